@@ -1,0 +1,1 @@
+"""The ``nnunet-prune`` command."""

@@ -1,0 +1,111 @@
+"""``nnunet-prune doctor``: nnU-Net's paths and environment, this package's classes, and whether nnU-Net sees them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_compile",
+            "nnUNet_n_proc_DA", "nnUNet_def_n_proc", "NNUNET_PRUNE_DISABLE_HOOK", "NNUNET_PRUNE_EPOCHS",
+            "NNUNET_PRUNE_ITERS_PER_EPOCH", "NNUNET_PRUNE_VAL_ITERS")
+
+# run in a fresh interpreter, started the way the stock console scripts start
+_PROBE = r"""
+import json, os, sys
+out = {"hook": "_nnunet_prune_hook" in sys.modules,
+       "extTrainer": os.environ.get("nnUNet_extTrainer", "")}
+from nnunet_prune import registry
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+import nnunetv2.experiment_planning.plan_and_preprocess_api as api
+import io, contextlib
+trainers = {}
+for name in registry.TRAINERS:
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            cls = recursive_find_trainer_class_by_name(name)
+        trainers[name] = cls.__module__ + "." + cls.__name__
+    except Exception as e:
+        trainers[name] = "NOT FOUND: " + type(e).__name__
+planners = {}
+import nnunetv2
+from os.path import join
+for name in registry.PLANNERS:
+    try:
+        cls = api.recursive_find_python_class(join(nnunetv2.__path__[0], "experiment_planning"), name,
+                                              current_module="nnunetv2.experiment_planning")
+        planners[name] = cls.__module__ + "." + cls.__name__
+    except Exception as e:
+        planners[name] = "NOT FOUND: " + type(e).__name__
+out["trainers"], out["planners"] = trainers, planners
+print("NNUNET_PRUNE_PROBE" + json.dumps(out))
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("doctor", help="show nnU-Net's set-up and whether the stock commands see this package",
+                       description="Print nnU-Net's paths and environment, the trainers and planners this package "
+                                   "provides, and check in a fresh Python process (as the stock console scripts "
+                                   "start) that nnU-Net finds each of them.")
+    p.set_defaults(func=run)
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def run(args) -> int:
+    import json
+
+    from nnunet_prune import __version__
+
+    print(f"nnunet-prune {__version__}  (python {sys.version.split()[0]}, {sys.executable})")
+    for dist in ("nnunetv2", "torch", "dynamic-network-architectures", "batchgenerators"):
+        print(f"  {dist:<30} {_version(dist)}")
+    print("\nEnvironment:")
+    for var in ENV_VARS:
+        value = os.environ.get(var)
+        print(f"  {var:<30} {value if value is not None else '(not set)'}")
+
+    problems = []
+    try:
+        import _nnunet_prune_hook as hook
+    except ImportError:
+        hook = None
+    print("\nStart-up hook (nnunet_prune.pth):")
+    if hook is None or "_nnunet_prune_hook" not in sys.modules:
+        problems.append("the start-up hook is not installed; reinstall the package with pip")
+    print(f"  shim folder for nnUNet_extTrainer: {hook.shim_folder() if hook else '?'}")
+
+    env = dict(os.environ)
+    result = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env)
+    probe = None
+    for line in result.stdout.splitlines():
+        if line.startswith("NNUNET_PRUNE_PROBE"):
+            probe = json.loads(line[len("NNUNET_PRUNE_PROBE"):])
+    if probe is None:
+        print("  could not run the check in a fresh interpreter:\n" + (result.stderr or result.stdout)[-2000:])
+        return 1
+    print(f"  active in a fresh interpreter: {'yes' if probe['hook'] else 'NO'}")
+    if not probe["hook"]:
+        problems.append("a fresh Python process does not run the start-up hook (is NNUNET_PRUNE_DISABLE_HOOK set, "
+                        "or was the package installed with --target?)")
+
+    for kind, table in (("Trainers (-tr)", probe["trainers"]), ("Planners (-pl)", probe["planners"])):
+        print(f"\n{kind}: found by nnU-Net?")
+        for name, where in table.items():
+            ok = not where.startswith("NOT FOUND")
+            print(f"  {'ok ' if ok else 'NO '} {name:<38} {where}")
+            if not ok:
+                problems.append(f"nnU-Net does not find {name}")
+    print()
+    if problems:
+        print("Problems:\n" + "\n".join(f"  - {p}" for p in dict.fromkeys(problems)))
+        return 1
+    print("All good: the stock nnU-Net commands see every trainer and planner of this package.")
+    return 0

@@ -1,0 +1,125 @@
+"""Adjustments applied to nnU-Net modules right after nnU-Net imports them (see ``_nnunet_prune_hook``).
+
+* ``plan_and_preprocess_api``: the planner lookup (``-pl``) also finds this package's planners, an unknown name
+  gets an error listing what exists, and preprocessing is skipped for LUnet configurations whose data the default
+  plans already hold (:mod:`nnunet_prune.planners.reuse`).
+* ``find_objects``: an unknown trainer name (``-tr``) gets an error listing what exists. Finding this package's
+  trainers needs no patch: nnU-Net's own ``nnUNet_extTrainer`` search path does that.
+
+Nothing here is written to disk and nnU-Net's behaviour for its own classes is unchanged.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import sys
+import textwrap
+
+from nnunet_prune import NnUNetPruneError, registry
+
+PLAN_API = "nnunetv2.experiment_planning.plan_and_preprocess_api"
+FIND_OBJECTS = "nnunetv2.utilities.find_objects"
+
+
+def patch_module(module) -> None:
+    """Apply the patch belonging to ``module`` (an nnU-Net module that was just executed)."""
+    if getattr(module, "_nnunet_prune_patched", False):
+        return
+    if module.__name__ == PLAN_API:
+        module.recursive_find_python_class = _planner_lookup(module.recursive_find_python_class)
+        from nnunet_prune.planners.reuse import wrap_preprocess_dataset
+
+        module.preprocess_dataset = wrap_preprocess_dataset(module.preprocess_dataset)
+    elif module.__name__ == FIND_OBJECTS:
+        module.recursive_find_trainer_class_by_name = _trainer_lookup(module.recursive_find_trainer_class_by_name)
+    else:
+        return
+    module._nnunet_prune_patched = True
+    install_excepthook()
+
+
+def _planner_lookup(original):
+    @functools.wraps(original)
+    def lookup(folder, class_name, current_module, *args, **kwargs):
+        found = original(folder, class_name, current_module, *args, **kwargs)
+        if found is not None or current_module != "nnunetv2.experiment_planning":
+            return found
+        ours = registry.load_planner(class_name)
+        if ours is not None:
+            return ours
+        raise NnUNetPruneError(unknown_name_message("experiment planner (-pl)", class_name, available_planners()))
+
+    lookup._nnunet_prune_original = original
+    return lookup
+
+
+def _trainer_lookup(original):
+    @functools.wraps(original)
+    def lookup(trainer_name: str):
+        try:
+            return original(trainer_name)
+        except RuntimeError as e:
+            if "Could not find requested nnunet trainer" not in str(e):
+                raise
+            raise NnUNetPruneError(unknown_name_message("trainer (-tr)", trainer_name, available_trainers())) from None
+
+    lookup._nnunet_prune_original = original
+    return lookup
+
+
+def _all_subclasses(cls) -> set[type]:
+    out, todo = set(), [cls]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in out:
+                out.add(sub)
+                todo.append(sub)
+    return out
+
+
+def available_trainers() -> dict[str, list[str]]:
+    """Trainer names by origin: nnU-Net's own (all its modules are imported by a failed search) and ours."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    stock = sorted({c.__name__ for c in _all_subclasses(nnUNetTrainer) | {nnUNetTrainer}
+                    if c.__module__.startswith("nnunetv2.")})
+    return {"nnunet-prune": sorted(registry.TRAINERS), "nnU-Net": stock}
+
+
+def available_planners() -> dict[str, list[str]]:
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+
+    stock = sorted({c.__name__ for c in _all_subclasses(ExperimentPlanner) | {ExperimentPlanner}
+                    if c.__module__.startswith("nnunetv2.")})
+    return {"nnunet-prune": sorted(registry.PLANNERS), "nnU-Net": stock}
+
+
+def unknown_name_message(kind: str, name: str, available: dict[str, list[str]]) -> str:
+    everything = [n for names in available.values() for n in names]
+    close = difflib.get_close_matches(name, everything, n=5, cutoff=0.6)
+    lines = [f"There is no {kind} named '{name}'."]
+    if close:
+        lines.append(f"Did you mean: {', '.join(close)}?")
+    for origin, names in available.items():
+        lines.append(f"Available from {origin} ({len(names)}):")
+        lines.append(textwrap.fill(", ".join(names), width=110, initial_indent="  ", subsequent_indent="  "))
+    lines.append("Check the spelling (names are case-sensitive); `nnunet-prune doctor` shows whether nnU-Net sees "
+                 "this package's classes.")
+    return "\n".join(lines)
+
+
+def install_excepthook() -> None:
+    """Print only the message of an NnUNetPruneError that reaches the top level (no traceback)."""
+    previous = sys.excepthook
+    if getattr(previous, "_nnunet_prune", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        if isinstance(exc, NnUNetPruneError):
+            sys.stderr.write(f"\nERROR: {exc}\n")
+        else:
+            previous(exc_type, exc, tb)
+
+    hook._nnunet_prune = True
+    sys.excepthook = hook

@@ -1,0 +1,58 @@
+"""U-Nets whose widths follow the state dict they load.
+
+Stock nnU-Net builds ONE network from the plans and loads each fold's weights into it with a strict
+``load_state_dict``; folds pruned differently have different widths. These subclasses of the
+dynamic_network_architectures U-Nets resize their tensors to the shapes in the state dict first (widths are all
+the structure pruning changes), so a pruned fold loads wherever nnU-Net loads a network: the predictor,
+``--c`` resume, ``--val``, ensembling. They also accept the compact sparse entries of :mod:`nnunet_prune.compact`.
+Apart from ``load_state_dict`` they are the stock classes: same modules, same forward, same speed.
+
+Plans may name them by dotted path (``nnunet_prune.networks.AdaptivePlainConvUNet``); this package's trainers
+use them in place of the stock classes automatically.
+"""
+
+from __future__ import annotations
+
+from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+
+from nnunet_prune.compact import decode_state_dict
+from nnunet_prune.surgery.resize import resize_to_state_dict
+
+
+class AdaptiveWidthMixin:
+    """Resize to the incoming state dict before loading it."""
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        state_dict = decode_state_dict(state_dict)
+        resize_to_state_dict(self, state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+class AdaptivePlainConvUNet(AdaptiveWidthMixin, PlainConvUNet):
+    """``PlainConvUNet`` that takes its widths from the state dict it loads."""
+
+
+class AdaptiveResidualEncoderUNet(AdaptiveWidthMixin, ResidualEncoderUNet):
+    """``ResidualEncoderUNet`` that takes its widths from the state dict it loads."""
+
+
+#: stock class -> adaptive class (by dotted path, as nnU-Net plans name them)
+ADAPTIVE = {
+    "dynamic_network_architectures.architectures.unet.PlainConvUNet":
+        "nnunet_prune.networks.AdaptivePlainConvUNet",
+    "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet":
+        "nnunet_prune.networks.AdaptiveResidualEncoderUNet",
+}
+
+
+def adaptive_class_name(network_class_name: str) -> str:
+    """The adaptive counterpart of a plans' ``network_class_name`` (unchanged if it already is one)."""
+    if network_class_name in ADAPTIVE.values():
+        return network_class_name
+    if network_class_name not in ADAPTIVE:
+        from nnunet_prune import NnUNetPruneError
+
+        raise NnUNetPruneError(
+            f"Architecture {network_class_name} is not supported by nnunet-prune (supported: "
+            f"{', '.join(ADAPTIVE)}). Plan the dataset with a planner that builds one of them.")
+    return ADAPTIVE[network_class_name]

@@ -1,0 +1,11 @@
+"""Experiment planners of this package, for ``nnUNetv2_plan_and_preprocess -pl <name>``."""
+
+from nnunet_prune.planners.lunet import (
+    LUnetPlanner,
+    LUnetPlanner_8,
+    LUnetPlanner_16,
+    LUnetResEncPlanner,
+    LUnetResEncPlanner_16,
+)
+
+__all__ = ["LUnetPlanner", "LUnetPlanner_16", "LUnetPlanner_8", "LUnetResEncPlanner", "LUnetResEncPlanner_16"]

@@ -1,0 +1,140 @@
+"""LUnet planners: nnU-Net's plan with every stage as wide as the first (Lean U-Net, papers/lunet.txt §II-D).
+
+The plan is nnU-Net's own in every other respect (spacing, patch size, batch size, pooling, kernels, number of
+convolutions), so the only difference to the default plan is ``features_per_stage``. Preprocessed data is shared
+with the default plans (same data identifier), and ``nnUNetv2_plan_and_preprocess -pl LUnetPlanner`` skips
+preprocessing when the default plans already hold identical data (see :mod:`nnunet_prune.planners.reuse`).
+
+Width variants are separate classes because nnU-Net passes no extra arguments to planners.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
+    nnUNetPlannerResEncM,
+)
+
+
+class _LUnetMixin:
+    """Overrides shared by the plain and residual-encoder LUnet planners."""
+
+    #: width of every stage (the default plan's first-stage width is 32)
+    lunet_width: int = 32
+    #: plans identifier of the plans whose preprocessed data LUnet shares for 2d / 3d_fullres
+    shared_data_plans: str = "nnUNetPlans"
+
+    def get_plans_for_configuration(self, spacing, median_shape, data_identifier, approximate_n_voxels_dataset,
+                                    _cache) -> dict:
+        plan = super().get_plans_for_configuration(spacing, median_shape, data_identifier,
+                                                   approximate_n_voxels_dataset, _cache)
+        arch = plan["architecture"]["arch_kwargs"]
+        arch["features_per_stage"] = [self.lunet_width] * arch["n_stages"]
+        return plan
+
+    def generate_data_identifier(self, configuration_name: str) -> str:
+        if self.overwrite_target_spacing is None and self.preprocessor_name == "DefaultPreprocessor":
+            # preprocessing does not depend on the widths: share the data of the plans we deviate from
+            if configuration_name in ("2d", "3d_fullres"):
+                return f"nnUNetPlans_{configuration_name}"
+            return f"{self.shared_data_plans}_{configuration_name}"
+        return f"{self.plans_identifier}_{configuration_name}"
+
+    def plan_experiment(self):
+        plans = super().plan_experiment()
+        try:
+            print(lunet_parameter_summary(plans, self.dataset_json, self.reference_features))
+        except Exception as e:  # logging only: never fail planning because of it
+            print(f"(could not count LUnet parameters: {type(e).__name__}: {e})")
+        return plans
+
+    def reference_features(self, n_stages: int, dim: int) -> list[int]:
+        """features_per_stage of the plan this planner deviates from (nnU-Net's doubling rule)."""
+        cap = self.UNet_max_features_2d if dim == 2 else self.UNet_max_features_3d
+        return [min(self.UNet_base_num_features * 2 ** i, cap) for i in range(n_stages)]
+
+
+class LUnetPlanner(_LUnetMixin, ExperimentPlanner):
+    """Plain-convolution U-Net with constant width 32 (plans ``nnUNetLUnetPlans``)."""
+
+    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
+                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = "nnUNetLUnetPlans",
+                 overwrite_target_spacing=None, suppress_transpose: bool = False):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+
+
+class LUnetPlanner_16(LUnetPlanner):
+    """LUnet with constant width 16 (plans ``nnUNetLUnetPlans_16``)."""
+
+    lunet_width = 16
+
+    def __init__(self, dataset_name_or_id, gpu_memory_target_in_gb=8, preprocessor_name="DefaultPreprocessor",
+                 plans_name="nnUNetLUnetPlans_16", overwrite_target_spacing=None, suppress_transpose=False):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+
+
+class LUnetPlanner_8(LUnetPlanner):
+    """LUnet with constant width 8 (plans ``nnUNetLUnetPlans_8``)."""
+
+    lunet_width = 8
+
+    def __init__(self, dataset_name_or_id, gpu_memory_target_in_gb=8, preprocessor_name="DefaultPreprocessor",
+                 plans_name="nnUNetLUnetPlans_8", overwrite_target_spacing=None, suppress_transpose=False):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+
+
+class LUnetResEncPlanner(_LUnetMixin, nnUNetPlannerResEncM):
+    """Residual-encoder U-Net (nnU-Net's ResEnc M preset) with constant width 32 (plans ``nnUNetLUnetResEncPlans``)."""
+
+    shared_data_plans = "nnUNetResEncUNetMPlans"
+
+    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
+                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = "nnUNetLUnetResEncPlans",
+                 overwrite_target_spacing=None, suppress_transpose: bool = False):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+
+
+class LUnetResEncPlanner_16(LUnetResEncPlanner):
+    """Residual-encoder LUnet with constant width 16 (plans ``nnUNetLUnetResEncPlans_16``)."""
+
+    lunet_width = 16
+
+    def __init__(self, dataset_name_or_id, gpu_memory_target_in_gb=8, preprocessor_name="DefaultPreprocessor",
+                 plans_name="nnUNetLUnetResEncPlans_16", overwrite_target_spacing=None, suppress_transpose=False):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+
+
+def lunet_parameter_summary(plans: dict, dataset_json: dict, reference_features) -> str:
+    """A table of parameter counts: each configuration's LUnet network next to the default-width network."""
+    import torch
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    from nnunet_prune.stats import count_parameters
+
+    n_in = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
+    n_out = len([k for k in dataset_json["labels"] if k != "ignore"])
+    rows = []
+    for name, cfg in plans["configurations"].items():
+        arch = cfg.get("architecture")
+        if arch is None:  # e.g. 3d_cascade_fullres inherits
+            continue
+        kwargs = dict(arch["arch_kwargs"])
+        dim = len(cfg["patch_size"])
+        counts = []
+        for feats in (kwargs["features_per_stage"], reference_features(kwargs["n_stages"], dim)):
+            with torch.device("meta"):
+                net = get_network_from_plans(arch["network_class_name"], {**kwargs, "features_per_stage": feats},
+                                             arch["_kw_requires_import"], n_in, n_out, allow_init=False,
+                                             deep_supervision=False)
+            counts.append(count_parameters(net))
+        rows.append(f"  {name:<12} {kwargs['n_stages']:>6} {counts[0]:>14,} {counts[1]:>16,} "
+                    f"{counts[1] / counts[0]:>9.1f}x")
+    header = f"  {'config':<12} {'stages':>6} {'LUnet params':>14} {'default params':>16} {'fewer':>10}"
+    return "\nLUnet parameter count vs. the default plan's network:\n" + "\n".join([header, *rows]) + "\n"

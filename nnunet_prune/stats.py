@@ -1,0 +1,73 @@
+"""Model statistics: parameter counts, exact MACs (``torch.utils.flop_counter``), per-layer widths."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def unwrap(network: nn.Module) -> nn.Module:
+    """The plain module behind DDP and ``torch.compile`` wrappers."""
+    while True:
+        if isinstance(network, nn.parallel.DistributedDataParallel):
+            network = network.module
+        elif hasattr(network, "_orig_mod"):
+            network = network._orig_mod
+        else:
+            return network
+
+
+def count_parameters(network: nn.Module) -> int:
+    """Number of distinct parameters (modules registered under several names are counted once)."""
+    return sum(p.numel() for p in unwrap(network).parameters())
+
+
+def input_channels(network: nn.Module) -> int:
+    """Number of image channels the network expects (in_channels of its first convolution)."""
+    for m in unwrap(network).modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return m.in_channels
+    raise ValueError("network has no convolution")
+
+
+@contextlib.contextmanager
+def inference_outputs(network: nn.Module):
+    """Temporarily disable deep supervision (nnU-Net's decoders) so that only the inference path is executed."""
+    decoder = getattr(unwrap(network), "decoder", None)
+    old = getattr(decoder, "deep_supervision", None)
+    if old is not None:
+        decoder.deep_supervision = False
+    try:
+        yield
+    finally:
+        if old is not None:
+            decoder.deep_supervision = old
+
+
+def count_macs(network: nn.Module, patch_size: Sequence[int], batch_size: int = 1, inference: bool = True) -> int:
+    """Multiply-accumulates of one forward pass over ``batch_size`` patches, counted exactly by PyTorch's flop counter.
+
+    Runs on the meta device: nothing is computed and no activation memory is used, so this is cheap even for
+    3D networks. With ``inference=True`` deep supervision heads are skipped, as in nnU-Net's predictor.
+    """
+    net = unwrap(network)
+    tensors = {n: t.to("meta") for n, t in net.named_parameters()}
+    tensors.update({n: t.to("meta") for n, t in net.named_buffers()})
+    x = torch.empty((batch_size, input_channels(net), *patch_size), device="meta")
+    ctx = inference_outputs(net) if inference else contextlib.nullcontext()
+    with ctx, FlopCounterMode(display=False) as counter, torch.no_grad():
+        torch.func.functional_call(net, tensors, (x,))
+    return counter.get_total_flops() // 2
+
+
+def conv_widths(network: nn.Module) -> dict[str, int]:
+    """Output channels of every convolution and transposed convolution, by (first) module name."""
+    out = {}
+    for name, m in unwrap(network).named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            out[name] = m.weight.shape[1] if isinstance(m, nn.modules.conv._ConvTransposeNd) else m.weight.shape[0]
+    return out

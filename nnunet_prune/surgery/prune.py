@@ -1,0 +1,153 @@
+"""Remove channels from coupling groups in place: weights, biases, norms, consumers, optimizer state."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.modules.conv import _ConvTransposeNd
+
+from nnunet_prune.surgery.graph import ChannelGraph, ChannelGroup, External
+from nnunet_prune.surgery.tensors import set_tensor, sync_attributes
+
+NORM_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+
+@dataclass
+class PruneResult:
+    """What one call of :func:`prune_channels` did."""
+
+    #: group name -> removed channel indices, numbered as before the call
+    removed: dict[str, list[int]] = field(default_factory=dict)
+    #: group name -> number of requested removals not applied because of ``min_width``
+    clipped: dict[str, int] = field(default_factory=dict)
+    widths_before: dict[str, int] = field(default_factory=dict)
+    widths_after: dict[str, int] = field(default_factory=dict)
+    params_before: int = 0
+    params_after: int = 0
+
+    @property
+    def num_removed(self) -> int:
+        return sum(len(v) for v in self.removed.values())
+
+    @property
+    def changed(self) -> bool:
+        return self.num_removed > 0
+
+    def summary(self) -> str:
+        parts = [f"{k}: {self.widths_before[k]}->{self.widths_after[k]}" for k in self.removed]
+        return (f"removed {self.num_removed} channels in {len(self.removed)} groups "
+                f"({self.params_before:,} -> {self.params_after:,} parameters)" + (": " + ", ".join(parts)
+                                                                                    if parts else ""))
+
+
+def _optimizers(optimizer) -> list[torch.optim.Optimizer]:
+    if optimizer is None:
+        return []
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return [optimizer]
+    return list(optimizer)
+
+
+def plan_keep(graph: ChannelGraph, removal: Mapping, min_width: int = 1
+              ) -> tuple[dict[ChannelGroup, torch.Tensor], dict[str, list[int]], dict[str, int]]:
+    """Validate a removal request and turn it into the kept indices of every affected group.
+
+    Indices are taken in the order given; if honouring all of them would leave fewer than ``min_width`` channels,
+    the last ones are dropped (pass the most removable channels first).
+    """
+    if min_width < 1:
+        raise ValueError("min_width must be at least 1: a group with zero channels would disconnect the network")
+    keep, removed, clipped = {}, {}, {}
+    for key, indices in removal.items():
+        g = graph.resolve(key)
+        if g in keep:
+            raise ValueError(f"group {g.name} given twice")
+        idx = list(dict.fromkeys(int(i) for i in indices))
+        bad = [i for i in idx if not 0 <= i < g.size]
+        if bad:
+            raise IndexError(f"group {g.name} has {g.size} channels; cannot remove {bad[:5]}")
+        allowed = max(g.size - min_width, 0)
+        if len(idx) > allowed:
+            clipped[g.name] = len(idx) - allowed
+            idx = idx[:allowed]
+        if idx:
+            drop = set(idx)
+            keep[g] = torch.tensor([i for i in range(g.size) if i not in drop], dtype=torch.long)
+            removed[g.name] = sorted(idx)
+    return keep, removed, clipped
+
+
+def consumer_input_index(graph: ChannelGraph, consumer: nn.Module, keep: Mapping[ChannelGroup, torch.Tensor]
+                         ) -> torch.Tensor:
+    """Indices of the input channels ``consumer`` keeps, across its whole (concatenated) input."""
+    parts, offset = [], 0
+    for seg in graph.layouts[consumer]:
+        n = seg.channels if isinstance(seg, External) else seg.size
+        k = keep.get(seg) if isinstance(seg, ChannelGroup) else None
+        parts.append((k if k is not None else torch.arange(n)) + offset)
+        offset += n
+    return torch.cat(parts)
+
+
+def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGroup, Sequence[int]],
+                   optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
+                   min_width: int = 1) -> PruneResult:
+    """Remove channels from groups of ``graph`` in place and return what was done.
+
+    ``removal`` maps a group (object, name or index) to the channel indices to remove. Every tensor that carries
+    those channels is sliced once: producer weights and biases (transposed convs along dim 1), norm affine
+    parameters and running statistics, and the input slice of every consumer at the group's current offset.
+    Parameters keep their identity; optimizer state (SGD momentum, Adam moments, any tensor shaped like its
+    parameter) is sliced with the same indices so that training continues where it was; gradients are dropped.
+    """
+    from nnunet_prune.stats import count_parameters
+
+    result = PruneResult(widths_before=graph.widths(), params_before=count_parameters(graph.network))
+    keep, result.removed, result.clipped = plan_keep(graph, removal, min_width)
+    if keep:
+        specs: dict[tuple[nn.Module, str], dict[int, torch.Tensor]] = defaultdict(dict)
+        for g, k in keep.items():
+            for p in g.producers:
+                specs[(p, "weight")][1 if isinstance(p, _ConvTransposeNd) else 0] = k
+                if p.bias is not None:
+                    specs[(p, "bias")][0] = k
+            for n in g.norms:
+                for t in NORM_TENSORS:
+                    if getattr(n, t, None) is not None:
+                        specs[(n, t)][0] = k
+        for c in {c for g in keep for c in g.consumers}:
+            specs[(c, "weight")][0 if isinstance(c, _ConvTransposeNd) else 1] = consumer_input_index(graph, c, keep)
+
+        sliced: dict[nn.Parameter, tuple[torch.Size, dict[int, torch.Tensor]]] = {}
+        with torch.no_grad():
+            for (module, name), dims in specs.items():
+                tensor = getattr(module, name)
+                new = tensor
+                for dim, idx in dims.items():
+                    new = new.index_select(dim, idx.to(tensor.device))
+                old = set_tensor(module, name, new)
+                if name in module._parameters:
+                    sliced[module._parameters[name]] = (old.shape, dims)
+            for opt in _optimizers(optimizer):
+                _slice_optimizer_state(opt, sliced)
+        sync_attributes(graph.network)
+    result.widths_after = graph.widths()
+    result.params_after = count_parameters(graph.network)
+    return result
+
+
+def _slice_optimizer_state(optimizer: torch.optim.Optimizer,
+                           sliced: Mapping[nn.Parameter, tuple[torch.Size, dict[int, torch.Tensor]]]) -> None:
+    for param, (old_shape, dims) in sliced.items():
+        state = optimizer.state.get(param)
+        if not state:
+            continue
+        for key, value in list(state.items()):
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape == old_shape:
+                for dim, idx in dims.items():
+                    value = value.index_select(dim, idx.to(value.device))
+                state[key] = value
