@@ -55,13 +55,36 @@ def count_macs(network: nn.Module, patch_size: Sequence[int], batch_size: int = 
     3D networks. With ``inference=True`` deep supervision heads are skipped, as in nnU-Net's predictor.
     """
     net = unwrap(network)
-    tensors = {n: t.to("meta") for n, t in net.named_parameters()}
-    tensors.update({n: t.to("meta") for n, t in net.named_buffers()})
     x = torch.empty((batch_size, input_channels(net), *patch_size), device="meta")
     ctx = inference_outputs(net) if inference else contextlib.nullcontext()
-    with ctx, FlopCounterMode(display=False) as counter, torch.no_grad():
-        torch.func.functional_call(net, tensors, (x,))
+    modes = {m: m.training for m in net.modules()}
+    net.eval()  # inference behaviour (and training-only forward hooks stay quiet)
+    try:
+        with ctx, on_meta_device(net), FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(x)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
     return counter.get_total_flops() // 2
+
+
+@contextlib.contextmanager
+def on_meta_device(network: nn.Module):
+    """Temporarily replace every parameter and buffer by a meta tensor of the same shape (module by module, so
+    tensors registered under several names stay shared); the originals are put back on exit."""
+    saved = []
+    try:
+        for m in network.modules():
+            saved.append((m, dict(m._parameters), dict(m._buffers)))
+            for store in (m._parameters, m._buffers):
+                for k, t in store.items():
+                    if t is not None:
+                        store[k] = torch.empty(t.shape, dtype=t.dtype, device="meta")
+        yield network
+    finally:
+        for m, params, buffers in saved:
+            m._parameters.update(params)
+            m._buffers.update(buffers)
 
 
 def conv_widths(network: nn.Module) -> dict[str, int]:

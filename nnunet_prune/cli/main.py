@@ -13,10 +13,7 @@ from nnunet_prune import NnUNetPruneError, __version__
 SUBCOMMANDS = {
     "doctor": "nnunet_prune.cli.doctor",
     "dataset": "nnunet_prune.cli.dataset",
-    "demo": "nnunet_prune.cli.demo",
     "export": "nnunet_prune.cli.export",
-    "report": "nnunet_prune.cli.report",
-    "sweep": "nnunet_prune.cli.sweep",
 }
 
 

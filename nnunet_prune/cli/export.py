@@ -1,0 +1,36 @@
+"""``nnunet-prune export``: a slim, standard nnU-Net model folder from a trained one."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "export", help="write a slim, standard nnU-Net model folder (weights only, dead channels removed)",
+        description="Write a standard nnU-Net model folder that stock nnUNetv2_predict, cross-validation, "
+                    "nnUNetv2_find_best_configuration and ensembling use unchanged: weights only, channels that "
+                    "no layer reads removed physically, validation outputs copied. With --magnitude-tau the "
+                    "weights |w| <= tau are zeroed first and stored compactly.")
+    p.add_argument("model_folder", help="trained model folder (<trainer>__<plans>__<configuration>)")
+    p.add_argument("-o", "--output", required=True, help="output model folder (must not exist, see --overwrite)")
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to export (default: all trained folds)")
+    p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size; predictions "
+                                                       "may differ in a few voxels)")
+    p.add_argument("--magnitude-tau", type=float, default=None, metavar="T",
+                   help="zero conv weights with |w| <= T before exporting (post-training magnitude pruning)")
+    p.add_argument("--prune-bias", action="store_true", help="with --magnitude-tau: zero small biases too")
+    p.add_argument("--per-layer-normalised", action="store_true",
+                   help="with --magnitude-tau: threshold T x RMS(weights) per tensor instead of T")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output made by this command")
+    p.add_argument("--no-verify", action="store_true", help="skip comparing exported and source outputs")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from nnunet_prune.export import export_model_folder
+
+    result = export_model_folder(args.model_folder, args.output, folds=args.folds, fp16=args.fp16,
+                                 magnitude_tau=args.magnitude_tau, prune_bias=args.prune_bias,
+                                 per_layer_normalised=args.per_layer_normalised, overwrite=args.overwrite,
+                                 verify=not args.no_verify)
+    print(result.summary())
+    return 0

@@ -1,0 +1,208 @@
+"""Export a trained (pruned) nnU-Net model folder as a slim, standard nnU-Net model folder.
+
+The output is what ``nnUNetv2_predict -m``/``nnUNetv2_predict_from_modelfolder``, ``nnUNetv2_find_best_configuration``
+and ``nnUNetv2_ensemble`` read: plans.json, dataset.json, dataset_fingerprint.json, fold_k/checkpoint_final.pth
+(weights only: no optimizer state, no training log) and every fold's validation outputs. Channels no consumer reads
+are removed physically (exact: predictions do not change), so the file shrinks with the network. With
+``magnitude_tau`` the weights |w| <= tau are zeroed first (papers/magnitude-pruning-nnunet.txt), channels left
+dead by that are removed, and the remaining sparse tensors are stored compactly (bit mask + non-zeros).
+
+The source folder is never written to; an existing output is replaced only with ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from nnunet_prune import NnUNetPruneError
+from nnunet_prune.compact import encode_state_dict
+from nnunet_prune.criteria.magnitude import apply_magnitude_pruning, dead_channels
+from nnunet_prune.modelfolder import ModelFolder
+from nnunet_prune.networks import adaptive_class_name
+from nnunet_prune.stats import count_parameters
+from nnunet_prune.surgery import build_channel_graph
+
+SUMMARY_FILE = "export_summary.json"
+
+
+@dataclass
+class FoldExport:
+    fold: int | str
+    parameters_before: int
+    parameters_after: int
+    dead_channels_removed: int
+    checkpoint_bytes_before: int
+    checkpoint_bytes_after: int
+    max_abs_difference: float | None = None  # exported vs source (after magnitude zeroing), on a random patch
+    sparsity: dict | None = None  # magnitude pruning statistics
+
+
+@dataclass
+class ExportResult:
+    source: str
+    output: str
+    magnitude_tau: float | None
+    fp16: bool
+    folds: list[FoldExport] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"Exported {self.source}\n      -> {self.output}"]
+        for f in self.folds:
+            line = (f"  fold {f.fold}: {f.parameters_before:,} -> {f.parameters_after:,} parameters, checkpoint "
+                    f"{f.checkpoint_bytes_before / 1e6:.1f} MB -> {f.checkpoint_bytes_after / 1e6:.2f} MB")
+            if f.dead_channels_removed:
+                line += f", {f.dead_channels_removed} dead channels removed"
+            if f.sparsity:
+                line += f", sparsity {f.sparsity['sparsity_of_nonzero_weights']:.1%}"
+            if f.max_abs_difference is not None:
+                line += f", max |diff| {f.max_abs_difference:.2e}"
+            lines.append(line)
+        return "\n".join(lines)
+
+
+def _check_output(source: Path, output: Path, overwrite: bool) -> None:
+    if output == source or source in output.parents or output in source.parents:
+        raise NnUNetPruneError(f"The output {output} must not be the source model folder, inside it, or contain "
+                               f"it: the trained model must stay untouched. Choose another -o.")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        if not overwrite:
+            raise NnUNetPruneError(f"{output} exists and is not empty; nothing was written. Choose another -o or "
+                                   f"pass --overwrite to replace it.")
+        if output.is_dir() and (output / "plans.json").is_file() and not (output / SUMMARY_FILE).is_file():
+            raise NnUNetPruneError(f"{output} looks like a trained model folder that was not made by "
+                                   f"`nnunet-prune export`; refusing to overwrite it even with --overwrite.")
+
+
+def _copy_without_checkpoints(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pth"))
+
+
+def _architecture_entry(plans: dict, configuration: str) -> dict:
+    cfg = plans["configurations"][configuration]
+    while "architecture" not in cfg and "inherits_from" in cfg:
+        cfg = plans["configurations"][cfg["inherits_from"]]
+    return cfg["architecture"]
+
+
+def _storable_state_dict(state: dict, fp16: bool, compact: bool) -> dict:
+    """Converted copy of a state dict in which entries that alias one tensor (these networks register modules
+    under several names) still share one stored object, so the file holds every tensor once."""
+    converted: dict = {}
+    out = {}
+    for key, value in state.items():
+        ident = (value.data_ptr(), tuple(value.shape), tuple(value.stride()), value.dtype) \
+            if torch.is_tensor(value) else None
+        if ident is not None and ident in converted:
+            out[key] = converted[ident]
+            continue
+        new = value
+        if torch.is_tensor(value):
+            new = value.detach().clone()
+            if fp16 and new.is_floating_point():
+                new = new.half()
+            if compact:
+                new = encode_state_dict({key: new})[key]
+            converted[ident] = new
+        out[key] = new
+    return out
+
+
+def _random_patch(mf: ModelFolder) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(1, mf.num_input_channels, *mf.patch_size, generator=g)
+
+
+def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, folds: Sequence | None = None,
+                        fp16: bool = False, magnitude_tau: float | None = None, prune_bias: bool = False,
+                        per_layer_normalised: bool = False, overwrite: bool = False,
+                        verify: bool = True, compact: bool | None = None) -> ExportResult:
+    """Write the slim model folder; see the module docstring. Returns per-fold statistics.
+
+    ``compact`` (default: on when ``magnitude_tau`` is given) stores sparse tensors as bit mask + non-zeros.
+    """
+    mf = ModelFolder.open(source, folds)
+    output = Path(output).expanduser().resolve()
+    _check_output(mf.path, output, overwrite)
+    compact = (magnitude_tau is not None) if compact is None else compact
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    result = ExportResult(str(mf.path), str(output), magnitude_tau, fp16)
+    try:
+        plans = copy.deepcopy(mf.plans)
+        for item in mf.path.iterdir():
+            if item.name.startswith("fold_"):
+                continue
+            if item.is_dir():
+                _copy_without_checkpoints(item, tmp / item.name)
+            elif item.suffix != ".pth":
+                shutil.copy2(item, tmp / item.name)
+        needs_adaptive = compact
+        x = _random_patch(mf) if verify else None
+        slim_states = {}
+        for fold in mf.folds:
+            ckpt = mf.load_checkpoint(fold)
+            net = mf.load_network(fold)
+            params_before = count_parameters(net)
+            sparsity = None
+            if magnitude_tau is not None:
+                sparsity = apply_magnitude_pruning(net, magnitude_tau, prune_bias, per_layer_normalised).as_dict()
+            reference = None
+            if verify:
+                with torch.no_grad():
+                    reference = net(x)
+            graph = build_channel_graph(net)
+            dead = dead_channels(graph)
+            graph.prune(dead)
+            widths_changed = any(net.state_dict()[k].shape != v.shape
+                                 for k, v in mf.build_network().state_dict().items())
+            needs_adaptive = needs_adaptive or widths_changed
+            state = _storable_state_dict(net.state_dict(), fp16, compact)
+            slim_states[fold] = (ckpt, state, params_before, sparsity, sum(len(v) for v in dead.values()),
+                                 reference)
+        if needs_adaptive:
+            arch = _architecture_entry(plans, mf.configuration_name)
+            arch["network_class_name"] = adaptive_class_name(arch["network_class_name"])
+        (tmp / "plans.json").write_text(json.dumps(plans, indent=4))
+
+        for fold, (ckpt, state, params_before, sparsity, n_dead, reference) in slim_states.items():
+            fold_dir = tmp / f"fold_{fold}"
+            _copy_without_checkpoints(mf.fold_path(fold), fold_dir)
+            init_args = dict(ckpt["init_args"])
+            if isinstance(init_args.get("plans"), dict):
+                init_args["plans"] = plans
+            slim = {
+                "network_weights": state,
+                "trainer_name": ckpt["trainer_name"],
+                "init_args": init_args,
+                "inference_allowed_mirroring_axes": ckpt.get("inference_allowed_mirroring_axes"),
+                "current_epoch": ckpt.get("current_epoch"),
+                "nnunet_prune_export": {"source": str(mf.fold_path(fold)), "magnitude_tau": magnitude_tau,
+                                        "fp16": fp16, "compact": compact},
+            }
+            target = fold_dir / "checkpoint_final.pth"
+            torch.save(slim, target)
+            record = FoldExport(fold, params_before, 0, n_dead, mf.checkpoint_bytes(fold), target.stat().st_size,
+                                sparsity=sparsity)
+            net = ModelFolder.open(tmp, [fold]).load_network(fold)
+            record.parameters_after = count_parameters(net)
+            if verify:
+                with torch.no_grad():
+                    record.max_abs_difference = float((net(x) - reference).abs().max())
+            result.folds.append(record)
+        (tmp / SUMMARY_FILE).write_text(json.dumps(asdict(result), indent=2, default=str))
+        if output.exists():
+            shutil.rmtree(output)
+        tmp.rename(output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return result

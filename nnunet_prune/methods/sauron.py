@@ -1,0 +1,168 @@
+"""Sauron (papers/sauron.txt, Algorithm 1): layer-wise thresholds and the pruning rule.
+
+After every epoch, for every layer l (here: every coupling group):
+
+* Procedure 1 -- raise tau_l by tau_max / kappa if tau_l < tau_max and all of
+  C1 the training loss converged: the last value lies between the min and max of the previous rho values,
+  C2 the validation loss is not improving: the last value is above the best before it,
+  C3 the layer pruned fewer than mu % of its filters in the previous epoch,
+  C4 tau_l did not rise in the last rho epochs;
+* Procedure 2 -- remove every channel whose normalised distance delta_prune to a random reference channel pi is
+  below tau_l (never pi itself; the surgery layer never removes the last channel).
+
+This module holds the decisions only; statistics come from :mod:`nnunet_prune.criteria.sauron`, tensors are
+changed by :mod:`nnunet_prune.surgery`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from nnunet_prune import NnUNetPruneError
+
+ENV_VAR = "NNUNET_PRUNE_SAURON"
+
+
+@dataclass
+class SauronConfig:
+    """Sauron's hyperparameters, with the paper's defaults (§3.4)."""
+
+    lambda_: float = 0.5  # weight of delta_opt in the loss
+    tau_max: float = 0.3  # largest threshold
+    kappa: int = 15  # steps to reach tau_max
+    rho: int = 5  # patience (epochs) for C1 and C4
+    mu: float = 2.0  # C3: percent of a layer's filters pruned in the previous epoch
+    omega: int = 2  # average-pooling window and stride
+    stat_batches: int = 10  # delta_prune is averaged over this many training batches at the end of each epoch
+    tau_init: float = 0.0  # starting threshold (the paper starts at 0; > 0 prunes from the first epoch)
+
+    def validate(self) -> SauronConfig:
+        problems = []
+        if self.lambda_ < 0:
+            problems.append("lambda must be >= 0")
+        if not 0 < self.tau_max <= 1:
+            problems.append("tau_max must be in (0, 1] (delta_prune is normalised to [0, 1])")
+        for name in ("kappa", "rho", "omega", "stat_batches"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name} must be a positive integer")
+        if self.mu < 0:
+            problems.append("mu must be >= 0")
+        if not 0 <= self.tau_init <= self.tau_max:
+            problems.append("tau_init must be in [0, tau_max]")
+        if problems:
+            raise NnUNetPruneError("Invalid Sauron settings: " + "; ".join(problems) +
+                                   f". Set them as {ENV_VAR}='tau_max=0.3,kappa=15,rho=5,mu=2,omega=2'.")
+        return self
+
+    @classmethod
+    def resolve(cls, plans: Mapping | None = None, environ: Mapping[str, str] | None = None,
+                **defaults) -> SauronConfig:
+        """Defaults (``defaults`` override the paper's), then plans['nnunet_prune']['sauron'], then the environment
+        variable NNUNET_PRUNE_SAURON='key=value,...' (keys: lambda, tau_max, kappa, rho, mu, omega, stat_batches)."""
+        cfg = cls(**defaults)
+        sources = []
+        if plans is not None:
+            sources.append(("plans['nnunet_prune']['sauron']", dict(plans.get("nnunet_prune", {}).get("sauron", {}))))
+        text = (environ if environ is not None else os.environ).get(ENV_VAR, "")
+        if text.strip():
+            try:
+                pairs = dict(item.split("=", 1) for item in text.replace(";", ",").split(",") if item.strip())
+            except ValueError:
+                raise NnUNetPruneError(f"{ENV_VAR}={text!r}: expected comma-separated key=value pairs, e.g. "
+                                       f"'tau_max=0.3,kappa=15'.") from None
+            sources.append((ENV_VAR, pairs))
+        types = {f.name: f.type for f in fields(cls)}
+        for origin, values in sources:
+            for key, value in values.items():
+                name = "lambda_" if key.strip() in ("lambda", "lambda_") else key.strip()
+                if name not in types:
+                    raise NnUNetPruneError(f"{origin}: unknown Sauron setting {key!r} (known: lambda, "
+                                           f"{', '.join(n for n in types if n != 'lambda_')}).")
+                caster = int if types[name] in (int, "int") else float
+                try:
+                    setattr(cfg, name, caster(float(value)) if caster is int else caster(value))
+                except (TypeError, ValueError):
+                    raise NnUNetPruneError(f"{origin}: {key}={value!r} is not a number.") from None
+        return cfg.validate()
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["lambda"] = d.pop("lambda_")
+        return d
+
+
+@dataclass
+class LayerState:
+    tau: float = 0.0
+    last_rise_epoch: int | None = None
+    pruned_fraction_last_epoch: float = 0.0
+
+
+@dataclass
+class SauronThresholds:
+    """Per-layer thresholds tau_l and the bookkeeping of conditions C1-C4."""
+
+    config: SauronConfig
+    layers: dict[str, LayerState] = field(default_factory=dict)
+
+    def ensure(self, names: Sequence[str]) -> None:
+        for n in names:
+            self.layers.setdefault(n, LayerState(tau=self.config.tau_init))
+
+    # -- global conditions (they depend on the losses only) ------------------------------------------
+    def training_loss_converged(self, train_losses: Sequence[float]) -> bool:
+        """C1: the last training loss lies between the min and max of the rho values before it."""
+        rho = self.config.rho
+        if len(train_losses) < rho + 1:
+            return False
+        window = train_losses[-rho - 1:-1]
+        return min(window) <= train_losses[-1] <= max(window)
+
+    @staticmethod
+    def validation_not_improving(val_losses: Sequence[float]) -> bool:
+        """C2: the last validation loss is above the best (lowest) one before it."""
+        if len(val_losses) < 2:
+            return False
+        return val_losses[-1] > min(val_losses[:-1])
+
+    # -- Procedure 1 ------------------------------------------------------------------------------------
+    def update(self, epoch: int, train_losses: Sequence[float], val_losses: Sequence[float]) -> list[str]:
+        """Raise the thresholds whose conditions hold after ``epoch``; returns the names of the layers raised."""
+        cfg = self.config
+        c1 = self.training_loss_converged(train_losses)
+        c2 = self.validation_not_improving(val_losses)
+        raised = []
+        if not (c1 and c2):
+            return raised
+        for name, s in self.layers.items():
+            c3 = s.pruned_fraction_last_epoch * 100 < cfg.mu
+            c4 = s.last_rise_epoch is None or epoch - s.last_rise_epoch >= cfg.rho
+            if c3 and c4 and s.tau < cfg.tau_max - 1e-12:
+                s.tau = min(cfg.tau_max, s.tau + cfg.tau_max / cfg.kappa)
+                s.last_rise_epoch = epoch
+                raised.append(name)
+        return raised
+
+    # -- Procedure 2 ------------------------------------------------------------------------------------
+    def select(self, name: str, delta_prune: np.ndarray, reference: int) -> list[int]:
+        """Channels of layer ``name`` to remove: delta_prune < tau (the reference channel is never removed).
+        Returned most-redundant first, so a width limit keeps the least redundant ones."""
+        tau = self.layers[name].tau
+        if tau <= 0:
+            return []
+        order = np.argsort(delta_prune, kind="stable")
+        return [int(i) for i in order if i != reference and delta_prune[i] < tau]
+
+    def record_pruned(self, name: str, removed: int, width_before: int) -> None:
+        self.layers[name].pruned_fraction_last_epoch = removed / width_before if width_before else 0.0
+
+    # -- checkpointing ----------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {n: asdict(s) for n, s in self.layers.items()}
+
+    def load(self, state: Mapping) -> None:
+        self.layers = {n: LayerState(**s) for n, s in state.items()}
