@@ -23,12 +23,12 @@ import torch
 from torch import nn
 
 from nnunet_prune import NnUNetPruneError
-from nnunet_prune.modelfolder import ModelFolder
+from nnunet_prune.modelfolder import ModelFolder, parse_fold
 from nnunet_prune.stats import count_macs, count_parameters, inference_outputs, input_channels, unwrap
 
 __all__ = [
     "FoldEfficiency", "format_markdown", "format_table", "measure_latency", "measure_model_folder",
-    "open_model_folders", "peak_gpu_memory_mb", "resolve_device", "write_report",
+    "open_model_folders", "peak_gpu_memory_mb", "plot_dice_vs_macs", "read_dice", "resolve_device", "write_report",
 ]
 
 
@@ -49,6 +49,9 @@ class FoldEfficiency:
     parameters: int
     macs: int
     checkpoint_bytes: int
+    #: parameters that are not exactly zero (differs from ``parameters`` after unstructured/magnitude pruning, which
+    #: shrinks checkpoints but not dense MACs)
+    nonzero_parameters: int | None = None
     cpu_ms_eager: float | None = None
     cpu_ms_compiled: float | None = None
     #: CPU threads used for the CPU timings
@@ -81,9 +84,10 @@ def resolve_device(device: str) -> torch.device:
     except (RuntimeError, ValueError):
         raise NnUNetPruneError(f"Unknown device {device!r}: use cpu, cuda or auto.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NnUNetPruneError(
-            f"--device {device} was asked for, but this PyTorch ({torch.__version__}) sees no CUDA GPU. Use "
-            f"--device cpu (or auto), or install a CUDA build of PyTorch on a machine with an NVIDIA GPU.")
+        why = ("it is a CPU-only build: install a CUDA build of PyTorch" if torch.version.cuda is None else
+               "check nvidia-smi and CUDA_VISIBLE_DEVICES")
+        raise NnUNetPruneError(f"--device {device} was asked for, but this PyTorch ({torch.__version__}) sees no "
+                               f"CUDA GPU ({why}). Or use --device cpu (or auto).")
     if dev.type not in ("cpu", "cuda"):
         raise NnUNetPruneError(f"Device {device!r} is not supported for timing: use cpu, cuda or auto.")
     return dev
@@ -127,7 +131,8 @@ def measure_latency(network: nn.Module, patch_size: Sequence[int], device: str |
     ``compiled`` uses ``torch.compile``: on the CPU plain inductor, on CUDA ``mode="reduce-overhead"`` (CUDA
     graphs), which is how a deployed model would run. ``bf16`` runs under bfloat16 autocast. ``threads`` sets
     ``torch.set_num_threads`` for the measurement. The network's device, mode and the thread count are restored
-    afterwards; a compile failure propagates (callers decide whether it is fatal).
+    afterwards; a compiled measurement resets torch.compile's caches (``torch.compiler.reset``) before and after.
+    A compile failure propagates (callers decide whether it is fatal).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
@@ -259,25 +264,31 @@ def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence 
         raise NnUNetPruneError(f"--repeats must be at least 1 and --warmup at least 0 (got {repeats}, {warmup}).")
     if threads is not None and threads < 1:
         raise NnUNetPruneError(f"--threads must be at least 1 (got {threads}).")
-    mf = path if isinstance(path, ModelFolder) else open_model_folders([path], folds)[0]
-    if isinstance(path, ModelFolder) and folds is not None:
-        mf = ModelFolder.open(mf.path, folds, mf.checkpoint_name)
+    if isinstance(path, ModelFolder):
+        mf = path
+        chosen = mf.folds if folds is None else [parse_fold(f) for f in folds]
+        if any(f not in mf.folds for f in chosen):
+            mf = ModelFolder.open(mf.path, folds, mf.checkpoint_name)  # checks the folds exist
+    else:
+        mf = open_model_folders([path], folds)[0]
+        chosen = mf.folds
     label = label or mf.path.name
     patch = mf.patch_size
     rows = []
-    for fold in mf.folds:
+    for fold in chosen:
         net = mf.load_network(fold)
         dice, per_class = read_dice(mf, fold)
         row = FoldEfficiency(
             model=label, fold=fold, trainer=mf.trainer_name, configuration=mf.configuration_name,
             patch_size=list(patch), parameters=count_parameters(net), macs=count_macs(net, patch),
+            nonzero_parameters=sum(int(torch.count_nonzero(p)) for p in net.parameters()),
             checkpoint_bytes=mf.checkpoint_bytes(fold), dice=dice, dice_per_class=per_class, repeats=repeats,
             path=str(mf.path))
 
         def compiled_ms(where: torch.device, use_bf16: bool, row=row, net=net, fold=fold) -> float | None:
             try:
-                return measure_latency(net, patch, where, repeats, warmup, compiled=True, threads=threads,
-                                       bf16=use_bf16)
+                return measure_latency(net, patch, where, repeats, warmup, compiled=True, bf16=use_bf16,
+                                       threads=threads if where.type == "cpu" else None)
             except Exception as e:  # inductor needs a C++ compiler / Triton; eager numbers are still worth having
                 note = f"torch.compile on {where.type} failed for {label} fold {fold} ({_first_line(e)})"
                 row.notes.append(note)
@@ -340,6 +351,8 @@ def _table(rows: Sequence[FoldEfficiency]) -> tuple[list[str], list[list[str]]]:
         ("Model", lambda r: r.model, None),
         ("Fold", lambda r: str(r.fold), None),
         ("Params (M)", lambda r: _num(r.parameters / 1e6), "parameters"),
+        ("Nonzero (M)", lambda r: _num(None if r.nonzero_parameters is None else r.nonzero_parameters / 1e6),
+         "nonzero_parameters"),
         ("GMAC/patch", lambda r: _num(r.macs / 1e9), "macs"),
         ("Checkpoint (MB)", lambda r: _num(r.checkpoint_bytes / 1e6), "checkpoint_bytes"),
         ("CPU ms", lambda r: _num(r.cpu_ms_eager), "cpu_ms_eager"),
@@ -347,7 +360,7 @@ def _table(rows: Sequence[FoldEfficiency]) -> tuple[list[str], list[list[str]]]:
         ("GPU ms", lambda r: _num(r.gpu_ms_eager), "gpu_ms_eager"),
         ("GPU ms compiled", lambda r: _num(r.gpu_ms_compiled), "gpu_ms_compiled"),
         ("GPU peak (MB)", lambda r: _num(r.gpu_peak_mb), "gpu_peak_mb"),
-        ("Dice", lambda r: "-" if r.dice is None else f"{r.dice:.4f}", "dice"),
+        ("Dice", lambda r: "-" if r.dice is None else f"{r.dice:.4f}", None),  # always: missing Dice is news
     ]
     b = {a: base(a) for a in ("parameters", "macs", "cpu_ms_eager", "cpu_ms_compiled", "gpu_ms_eager",
                               "gpu_ms_compiled", "dice")}
@@ -364,6 +377,9 @@ def _table(rows: Sequence[FoldEfficiency]) -> tuple[list[str], list[list[str]]]:
     if len({r.model for r in rows}) < 2:  # relative to itself says nothing
         columns = [c for c in columns if not c[0].endswith("vs first")]
     columns = [c for c in columns if c[2] is None or any(getattr(r, c[2]) is not None for r in rows)]
+    if not any(r.nonzero_parameters is not None and r.nonzero_parameters < 0.95 * r.parameters for r in rows):
+        # no unstructured sparsity worth a column (a few exact zeros, e.g. untrained biases, are no news)
+        columns = [c for c in columns if c[0] != "Nonzero (M)"]
     return [c[0] for c in columns], [[c[1](r) for c in columns] for r in rows]
 
 
@@ -375,7 +391,8 @@ def format_table(rows: Sequence[FoldEfficiency]) -> str:
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
 
     def line(values):
-        return "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths)))
+        pairs = zip(values, widths, strict=True)
+        return "  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(pairs))
 
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(c) for c in cells)])
 
@@ -391,8 +408,9 @@ def format_markdown(rows: Sequence[FoldEfficiency]) -> str:
     lines += ["", "MACs: multiply-accumulates for one patch (batch 1, inference path without deep supervision), "
                   "counted exactly by PyTorch's flop counter. Latency: median milliseconds per patch (batch 1); CPU "
                   "in float32, GPU under bf16 autocast, compiled = `torch.compile` (on GPU with CUDA graphs). "
-                  "Dice: foreground mean of nnU-Net's validation (`fold_k/validation/summary.json`). "
-                  "'vs first': relative to the first model given (mean over its folds)."]
+                  "Dice: foreground mean of nnU-Net's validation (`fold_k/validation/summary.json`)."
+              + (" 'vs first': relative to the first model given (mean over its folds)."
+                 if any(h.endswith("vs first") for h in headers) else "")]
     setup = []
     threads = sorted({r.threads for r in rows if r.threads})
     if threads:
@@ -405,7 +423,8 @@ def format_markdown(rows: Sequence[FoldEfficiency]) -> str:
         setup.append(f"repeats: {', '.join(map(str, repeats))}")
     setup.append(f"PyTorch {torch.__version__}")
     lines += ["", "; ".join(setup) + "."]
-    patches = sorted({f"{r.model}: {r.configuration}, patch {'x'.join(map(str, r.patch_size))}" for r in rows})
+    patches = dict.fromkeys(f"{r.model}: {r.trainer}, configuration {r.configuration}, patch "
+                            f"{'x'.join(map(str, r.patch_size))} (`{r.path}`)" for r in rows)
     lines += ["", "Models:", "", *(f"- {p}" for p in patches)]
     notes = [n for r in rows for n in r.notes]
     if notes:
@@ -432,31 +451,40 @@ def plot_dice_vs_macs(rows: Sequence[FoldEfficiency], file: str | os.PathLike) -
     points = [r for r in rows if r.dice is not None]
     if not points:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    # the object-oriented API with the Agg canvas: no pyplot, so the caller's backend (e.g. Jupyter's) is untouched
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     models = list(dict.fromkeys(r.model for r in points))
     markers = "osD^vP*Xh<>"
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    try:
-        for i, model in enumerate(models):
-            mine = [r for r in points if r.model == model]
-            ax.scatter([r.gmacs for r in mine], [r.dice for r in mine], marker=markers[i % len(markers)],
-                       color=plt.cm.tab10(i % 10), label=model, s=45, zorder=3)
-            for r in mine:
-                ax.annotate(f"f{r.fold}", (r.gmacs, r.dice), textcoords="offset points", xytext=(5, 4), fontsize=7)
-        ax.set_xscale("log")
-        ax.set_xlabel("GMACs per patch (log scale)")
-        ax.set_ylabel("validation Dice (foreground mean)")
-        ax.set_title("Dice vs compute")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        fig.savefig(file, dpi=150)
-    finally:
-        plt.close(fig)
+    colors = colormaps["tab10"]
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, model in enumerate(models):
+        mine = [r for r in points if r.model == model]
+        ax.scatter([r.gmacs for r in mine], [r.dice for r in mine], marker=markers[i % len(markers)],
+                   color=colors(i % 10), label=model, s=45, zorder=3)
+        folds_at: dict[tuple[float, float], list[str]] = {}  # folds on the same spot share one label
+        for r in mine:
+            folds_at.setdefault((r.gmacs, r.dice), []).append(str(r.fold))
+        for xy, folds in folds_at.items():
+            ax.annotate("f" + ",".join(folds), xy, textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_xscale("log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    gmacs = [r.gmacs for r in points]
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(plain if max(gmacs) < 10 * min(gmacs) else NullFormatter())
+    ax.margins(x=0.08, y=0.1)
+    ax.set_xlabel("GMACs per patch (log scale)")
+    ax.set_ylabel("validation Dice (foreground mean)")
+    ax.set_title("Dice vs compute")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(file, dpi=150)
     return True
 
 

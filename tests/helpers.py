@@ -71,9 +71,9 @@ def zeroing_hooks(graph, removal) -> list:
     handles = []
     for key, idx in removal.items():
         for module in graph.resolve(key).outputs:
-            def hook(mod, inp, out, idx=list(idx)):
+            def hook(mod, inp, out, idx=tuple(idx)):
                 out = out.clone()
-                out[:, idx] = 0
+                out[:, list(idx)] = 0
                 return out
             handles.append(module.register_forward_hook(hook))
     return handles

@@ -250,7 +250,7 @@ def test_surgery_under_torch_compile_recompiles_boundedly():
     with torch.no_grad():
         compiled(x)
         graph = build_channel_graph(compiled)
-        for step in range(3):
+        for _ in range(3):
             graph.prune({g.index: [0] for g in graph if g.size > 2})
             assert torch.allclose(compiled(x), net(x))
     assert counter.frame_count <= 1 + 3  # one compilation per surgery at most

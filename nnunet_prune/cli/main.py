@@ -13,7 +13,10 @@ from nnunet_prune import NnUNetPruneError, __version__
 SUBCOMMANDS = {
     "doctor": "nnunet_prune.cli.doctor",
     "dataset": "nnunet_prune.cli.dataset",
+    "demo": "nnunet_prune.cli.demo",
+    "report": "nnunet_prune.cli.report",
     "export": "nnunet_prune.cli.export",
+    "sweep": "nnunet_prune.cli.sweep",
 }
 
 
@@ -24,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "used through the stock nnU-Net commands; this command adds data, export, reports and sweeps.")
     parser.add_argument("--version", action="version", version=f"nnunet-prune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in SUBCOMMANDS.items():
+    for module in SUBCOMMANDS.values():
         importlib.import_module(module).add_parser(sub)
     return parser
 

@@ -10,8 +10,6 @@ Width variants are separate classes because nnU-Net passes no extra arguments to
 
 from __future__ import annotations
 
-from typing import Union
-
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_encoder_unet_planners import (
     nnUNetPlannerResEncM,
@@ -59,7 +57,7 @@ class _LUnetMixin:
 class LUnetPlanner(_LUnetMixin, ExperimentPlanner):
     """Plain-convolution U-Net with constant width 32 (plans ``nnUNetLUnetPlans``)."""
 
-    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
+    def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 8,
                  preprocessor_name: str = "DefaultPreprocessor", plans_name: str = "nnUNetLUnetPlans",
                  overwrite_target_spacing=None, suppress_transpose: bool = False):
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
@@ -93,7 +91,7 @@ class LUnetResEncPlanner(_LUnetMixin, nnUNetPlannerResEncM):
 
     shared_data_plans = "nnUNetResEncUNetMPlans"
 
-    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
+    def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 8,
                  preprocessor_name: str = "DefaultPreprocessor", plans_name: str = "nnUNetLUnetResEncPlans",
                  overwrite_target_spacing=None, suppress_transpose: bool = False):
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,

@@ -18,7 +18,6 @@ This module only describes; :mod:`nnunet_prune.surgery.prune` changes tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD, BottleneckD, StackedResidualBlocks
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU, StackedConvBlocks
@@ -71,7 +70,7 @@ class ChannelGroup:
                 f"consumers={len(self.consumers)})")
 
 
-Segment = Union[ChannelGroup, External]
+Segment = ChannelGroup | External
 
 
 class ChannelGraph:

@@ -4,8 +4,10 @@ nnU-Net finds them through the shim module that ``nnUNet_extTrainer`` points at 
 ``_nnunet_prune_hook``); that shim imports everything listed in ``__all__`` here.
 """
 
+from nnunet_prune.trainers import magnitude as _magnitude
 from nnunet_prune.trainers.base import nnUNetTrainerPruning
 from nnunet_prune.trainers.budget import nnUNetTrainerBudget
+from nnunet_prune.trainers.magnitude import nnUNetTrainerMagnitude
 from nnunet_prune.trainers.sauron import (
     nnUNetTrainerSauron,
     nnUNetTrainerSauron_lambda0,
@@ -13,5 +15,8 @@ from nnunet_prune.trainers.sauron import (
     nnUNetTrainerSauron_lambda2,
 )
 
-__all__ = ["nnUNetTrainerBudget", "nnUNetTrainerPruning", "nnUNetTrainerSauron", "nnUNetTrainerSauron_lambda0",
-           "nnUNetTrainerSauron_lambda1", "nnUNetTrainerSauron_lambda2"]
+globals().update({cls.__name__: cls for cls in _magnitude.VARIANTS})
+
+__all__ = ["nnUNetTrainerBudget", "nnUNetTrainerMagnitude", "nnUNetTrainerPruning", "nnUNetTrainerSauron",
+           "nnUNetTrainerSauron_lambda0", "nnUNetTrainerSauron_lambda1", "nnUNetTrainerSauron_lambda2",
+           *[cls.__name__ for cls in _magnitude.VARIANTS]]

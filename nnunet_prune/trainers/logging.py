@@ -104,7 +104,7 @@ def plot_pruning_progress(log: dict, scalar_keys, output_folder: str) -> None:
     for ax, key in zip(axes[3:], method_keys):
         values = [v if v is not None else math.nan for v in log.get(key, [])[:n]]
         if values and isinstance(values[0], (list, tuple)):
-            for i, series in enumerate(zip(*values)):
+            for series in zip(*values):
                 ax.plot(epochs, series, lw=1)
         else:
             ax.plot(epochs, values, lw=2)

@@ -1,0 +1,111 @@
+"""``nnunet-prune report``: parameters, MACs, latency, memory and Dice of model folders, side by side."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from nnunet_prune import NnUNetPruneError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "report", help="compare model folders: parameters, MACs, checkpoint size, latency, GPU memory, Dice",
+        description="Measure every fold of one or more trained nnU-Net model folders (e.g. the dense baseline first, "
+                    "then pruned models) and write report.csv, report.md and dice_vs_macs.png. MACs are exact for one "
+                    "patch; latency is the median per patch (batch 1), eager and torch.compile'd; Dice is read from "
+                    "fold_k/validation/summary.json. Columns 'vs first' compare with the first folder given.")
+    p.add_argument("model_folders", nargs="+", metavar="MODEL_FOLDER",
+                   help="nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration> (or an exported folder)")
+    p.add_argument("-f", "--folds", nargs="+", default=None, metavar="FOLD",
+                   help="folds to measure in every folder (default: all folds with checkpoint_final.pth)")
+    p.add_argument("-o", "--out", default="nnunet_prune_report", metavar="OUT_DIR",
+                   help="output folder (default: ./nnunet_prune_report)")
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
+                   help="where to time: cpu, or cuda (GPU and CPU); auto = cuda when available (default)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for the CPU timings (default: PyTorch's default)")
+    p.add_argument("--repeats", type=int, default=10, metavar="N", help="timed passes per measurement (default: 10)")
+    p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed passes first (default: 2)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="skip the torch.compile timings (compiling takes tens of seconds per fold)")
+    p.add_argument("--no-cpu", action="store_true", help="with a GPU, skip the CPU timings")
+    p.set_defaults(func=run)
+
+
+def model_labels(paths: list[Path]) -> list[str]:
+    """Short unique labels: the folder name, with its parent's name where two folders share a name."""
+    names = [p.name for p in paths]
+    labels = [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
+    return [f"{lab} ({i + 1})" if labels.count(lab) > 1 else lab for i, lab in enumerate(labels)]
+
+
+def _summary(row) -> str:
+    from nnunet_prune.report import _num
+
+    parts = [f"{_num(row.parameters / 1e6)} M params", f"{_num(row.gmacs)} GMAC"]
+    for dev, eager, compiled in (("CPU", row.cpu_ms_eager, row.cpu_ms_compiled),
+                                 ("GPU", row.gpu_ms_eager, row.gpu_ms_compiled)):
+        if eager is not None:
+            parts.append(f"{dev} {_num(eager)} ms" + (f" (compiled {_num(compiled)} ms)" if compiled else ""))
+    if row.gpu_peak_mb is not None:
+        parts.append(f"GPU peak {_num(row.gpu_peak_mb)} MB")
+    parts.append("Dice " + ("-" if row.dice is None else f"{row.dice:.4f}"))
+    return ", ".join(parts)
+
+
+def run(args) -> int:
+    from nnunet_prune.report import (
+        format_table,
+        measure_model_folder,
+        open_model_folders,
+        resolve_device,
+        write_report,
+    )
+
+    # everything the user can get wrong is checked before the first (possibly long) measurement
+    if args.repeats < 1 or args.warmup < 0:
+        raise NnUNetPruneError(f"--repeats must be at least 1 and --warmup at least 0 (got {args.repeats}, "
+                               f"{args.warmup}).")
+    if args.threads is not None and args.threads < 1:
+        raise NnUNetPruneError(f"--threads must be at least 1 (got {args.threads}).")
+    device = resolve_device(args.device)
+    out = Path(args.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise NnUNetPruneError(f"{out} exists and is not a folder: choose another output folder with -o.")
+    folders = open_model_folders(args.model_folders, args.folds)
+    labels = model_labels([mf.path for mf in folders])
+
+    total = sum(len(mf.folds) for mf in folders)
+    print(f"Measuring {total} fold(s) of {len(folders)} model folder(s) on {device.type}"
+          f"{'' if args.no_compile else ', eager and compiled'} ({args.repeats} repeats).", flush=True)
+    rows, i = [], 0
+    try:
+        for mf, label in zip(folders, labels, strict=True):
+            for fold in mf.folds:
+                i += 1
+                print(f"[{i}/{total}] {label} fold {fold}: ", end="", flush=True)
+                pending: list[str] = []
+                row, = measure_model_folder(mf, [fold], device=device.type, repeats=args.repeats,
+                                            warmup=args.warmup, threads=args.threads, compile=not args.no_compile,
+                                            cpu=not args.no_cpu or device.type == "cpu", label=label,
+                                            warn=pending.append)
+                print(_summary(row), flush=True)
+                for message in pending:
+                    print(f"WARNING: {message}", file=sys.stderr, flush=True)
+                rows.append(row)
+    except KeyboardInterrupt:
+        if rows:  # keep what was measured: a long run should not be lost to Ctrl-C
+            written = write_report(rows, out)
+            print(f"\nInterrupted: wrote the {len(rows)} fold(s) measured so far to {written['markdown'].parent}.",
+                  file=sys.stderr)
+        raise
+
+    print()
+    print(format_table(rows))
+    written = write_report(rows, out)
+    print()
+    print("Wrote " + ", ".join(str(p) for p in written.values()) + ".")
+    if "plot" not in written:
+        print("No Dice-vs-MACs plot: no fold has fold_k/validation/summary.json (run nnUNetv2_train ... --val).")
+    return 0

@@ -1,0 +1,76 @@
+"""``nnunet-prune sweep``: post-training magnitude pruning with a proxy-Dice sweep."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from nnunet_prune import NnUNetPruneError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "sweep", help="magnitude-prune a trained model at many thresholds and measure the proxy Dice",
+        description="For each tau, zero every conv weight with |w| <= tau in every fold, predict the images with "
+                    "the pruned ensemble (nnU-Net inference with TTA) and compare with the unpruned ensemble "
+                    "(proxy Dice), and with labels if given. Resumable: run it again to finish an interrupted "
+                    "sweep. Name the model by folder or the nnU-Net way (-d -c [-tr] [-p]).")
+    p.add_argument("model_folder", nargs="?", default=None, help="trained model folder")
+    p.add_argument("-d", "--dataset", default=None, help="dataset name or ID (instead of MODEL_FOLDER)")
+    p.add_argument("-c", "--configuration", default=None, help="configuration, e.g. 2d or 3d_fullres")
+    p.add_argument("-tr", "--trainer", default="nnUNetTrainer", help="trainer (default: nnUNetTrainer)")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    p.add_argument("-i", "--images", required=True, help="folder of images named like imagesTs (CASE_0000.nii.gz)")
+    p.add_argument("-o", "--output", default=None,
+                   help="output folder (default: ./magnitude_sweep_<model folder name>)")
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds of the ensemble (default: all trained)")
+    p.add_argument("--labels", default=None, help="folder of ground-truth segmentations for the real Dice")
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--taus", nargs="+", type=float, default=None,
+                      help="tau values (default: the paper's 0..0.02 in steps of 0.001)")
+    grid.add_argument("--sparsities", nargs="+", type=float, default=None, metavar="S",
+                      help="target sparsities in [0, 1) instead of tau values (tau = quantile of |w|)")
+    p.add_argument("--threshold", type=float, default=0.95, help="proxy Dice of the critical point (default 0.95)")
+    p.add_argument("--refine", type=int, default=4, metavar="N",
+                   help="extra tau values between the last good and first bad tau (default 4; 0 = off)")
+    p.add_argument("--prune-bias", action="store_true", help="zero small biases too")
+    p.add_argument("--per-layer-normalised", action="store_true",
+                   help="threshold tau x RMS(weights) per tensor (tau grid 0..2 by 0.1 unless --taus)")
+    p.add_argument("--disable-tta", action="store_true", help="no mirroring test-time augmentation")
+    p.add_argument("--step-size", type=float, default=0.5, help="sliding-window step size (default 0.5)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="inference device (default cpu)")
+    p.add_argument("--save-predictions", action="store_true", help="also write each tau's segmentations")
+    p.add_argument("--restart", action="store_true", help="discard a previous sweep in the output folder")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from nnunet_prune.modelfolder import ModelFolder, resolve_model_folder
+    from nnunet_prune.sweep import STATE_FILE, MagnitudeSweep, SweepSettings
+
+    folder = resolve_model_folder(args.model_folder, args.dataset, args.configuration, args.trainer, args.plans)
+    model = ModelFolder.open(folder, args.folds)
+    if args.sparsities and any(not 0 <= s < 1 for s in args.sparsities):
+        raise NnUNetPruneError("--sparsities must lie in [0, 1), e.g. 0.5 0.8 0.9.")
+    if args.taus and any(t < 0 for t in args.taus):
+        raise NnUNetPruneError("--taus must be >= 0.")
+    output = Path(args.output or f"magnitude_sweep_{model.path.name}").expanduser().resolve()
+    if args.restart and (output / STATE_FILE).is_file():
+        shutil.rmtree(output)
+    settings = SweepSettings(taus=args.taus, target_sparsities=args.sparsities, threshold=args.threshold,
+                             refine_steps=args.refine, prune_bias=args.prune_bias,
+                             per_layer_normalised=args.per_layer_normalised, use_mirroring=not args.disable_tta,
+                             tile_step_size=args.step_size, device=args.device,
+                             save_predictions=args.save_predictions)
+    sweep = MagnitudeSweep(model, args.images, output, args.labels, settings)
+    print(f"Sweep of {model.path.name} (folds {', '.join(map(str, model.folds))}) on {len(sweep.cases)} images "
+          f"-> {output}")
+    report = sweep.run()
+    crit = report["critical_point"]
+    if crit:
+        print(f"Critical point: tau={crit['tau']:.6g}, sparsity {crit['sparsity']:.1%} at proxy Dice "
+              f"{crit['proxy_dice']:.4f} (threshold {report['threshold']}).")
+    else:
+        print(f"No tau kept the proxy Dice >= {report['threshold']}.")
+    print(f"Results: {output / 'summary.md'}, sweep.csv, sweep.json, dice_vs_sparsity.png, stage_sparsity.png")
+    return 0

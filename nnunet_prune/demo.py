@@ -1,0 +1,282 @@
+"""``nnunet-prune demo``: the whole package on demo data, with stock nnU-Net commands, in one working folder.
+
+Steps (each a stock nnU-Net console script or a command of this package, run as a subprocess with its output
+streamed): create the dataset; plan and preprocess with nnU-Net's default planner and with ``LUnetPlanner``
+(which reuses the default plan's data); train the default network, LUnet and Sauron briefly on the CPU;
+export the Sauron model slim; predict the held-out images with ``nnUNetv2_predict``; run the magnitude-pruning
+sweep on the default model; print and save a table of parameters, MACs, held-out Dice and wall times.
+
+The training budget is tiny (minutes on a laptop CPU), so the numbers show the mechanics and the size/speed
+trade-offs, not what these methods reach with nnU-Net's full 1000-epoch schedule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nnunet_prune import NnUNetPruneError
+
+MARKER = ".nnunet_prune_demo"
+DATASET_ID = 990
+
+#: Sauron's schedule compressed for a run of a few epochs (the paper's: tau_max 0.3, kappa 15, rho 5, tau from 0)
+DEMO_SAURON = "tau_init=0.15,tau_max=0.3,kappa=3,rho=2,stat_batches=8"
+
+
+@dataclass
+class DemoBudget:
+    epochs: int = 10
+    iterations: int = 25
+    val_iterations: int = 4
+
+
+@dataclass
+class ModelRow:
+    name: str
+    trainer: str
+    plans: str
+    model_folder: str
+    parameters: int = 0
+    macs: int = 0
+    checkpoint_mb: float = 0.0
+    dice: float | None = None
+    dice_per_class: dict = field(default_factory=dict)
+    train_seconds: float = 0.0
+    predict_seconds: float = 0.0
+    cpu_ms_per_patch: float | None = None
+
+
+def _script(name: str) -> str:
+    local = Path(sys.executable).parent / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        raise NnUNetPruneError(f"{name} not found next to {sys.executable} or on PATH. Is nnunetv2 installed in "
+                               f"this environment?")
+    return found
+
+
+class Demo:
+    def __init__(self, workdir: str | os.PathLike, dataset: str = "synthetic", budget: DemoBudget | None = None,
+                 sweep: bool = True, sauron: bool = True, lits_wheel: str | None = None):
+        self.workdir = Path(workdir).expanduser().resolve()
+        self.dataset = dataset
+        self.budget = budget or DemoBudget()
+        self.do_sweep, self.do_sauron = sweep, sauron
+        self.lits_wheel = lits_wheel
+        self.rows: list[ModelRow] = []
+        self.timings: dict[str, float] = {}
+        self.env = dict(os.environ)
+        self.env.update({
+            "nnUNet_raw": str(self.workdir / "nnUNet_raw"),
+            "nnUNet_preprocessed": str(self.workdir / "nnUNet_preprocessed"),
+            "nnUNet_results": str(self.workdir / "nnUNet_results"),
+            "nnUNet_def_n_proc": str(min(2, os.cpu_count() or 1)),
+            "nnUNet_compile": "f",
+            "PYTHONUNBUFFERED": "1",
+            "NNUNET_PRUNE_EPOCHS": str(self.budget.epochs),
+            "NNUNET_PRUNE_ITERS_PER_EPOCH": str(self.budget.iterations),
+            "NNUNET_PRUNE_VAL_ITERS": str(self.budget.val_iterations),
+        })
+        self.env.pop("NNUNET_PRUNE_DISABLE_HOOK", None)
+
+    # ------------------------------------------------------------------ helpers
+    def prepare_workdir(self) -> None:
+        if self.workdir.exists() and any(self.workdir.iterdir()):
+            if not (self.workdir / MARKER).is_file():
+                raise NnUNetPruneError(f"{self.workdir} exists, is not empty and was not made by the demo; "
+                                       f"choose another --workdir (nothing was touched).")
+            shutil.rmtree(self.workdir)
+        self.workdir.mkdir(parents=True)
+        (self.workdir / MARKER).write_text("working folder of `nnunet-prune demo`; safe to delete\n")
+        for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            Path(self.env[k]).mkdir()
+
+    def step(self, title: str):
+        print(f"\n==> {title}", flush=True)
+        return time.perf_counter()
+
+    def run(self, cmd: list[str], extra_env: dict | None = None, quiet_prefixes=("{'data_identifier'",)) -> None:
+        env = {**self.env, **(extra_env or {})}
+        printable = " ".join(Path(cmd[0]).name if i == 0 else c for i, c in enumerate(cmd))
+        print(f"    $ {printable}", flush=True)
+        proc = subprocess.Popen(cmd, env=env, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, bufsize=1)
+        tail = []
+        for line in proc.stdout:
+            line = line.rstrip()
+            tail = (tail + [line])[-40:]
+            if line and not line.lstrip().startswith(quiet_prefixes) and "#####" not in line:
+                print(f"    | {line[:160]}", flush=True)
+        if proc.wait() != 0:
+            raise NnUNetPruneError(f"`{printable}` failed (exit code {proc.returncode}). Last output:\n"
+                                   + "\n".join(tail))
+
+    @property
+    def dataset_name(self) -> str:
+        raw = Path(self.env["nnUNet_raw"])
+        return next(p.name for p in raw.iterdir() if p.name.startswith(f"Dataset{DATASET_ID:03d}_"))
+
+    # ------------------------------------------------------------------ steps
+    def create_dataset(self) -> None:
+        t = self.step(f"Creating the {self.dataset} dataset")
+        cmd = [sys.executable, "-m", "nnunet_prune.cli.main", "dataset", self.dataset, "-d", str(DATASET_ID)]
+        if self.dataset == "synthetic":
+            cmd += ["--dim", "2", "--cases", "20", "--test-cases", "5"]
+        elif self.lits_wheel:
+            cmd += ["--wheel", self.lits_wheel]
+        self.run(cmd)
+        self.timings["dataset"] = time.perf_counter() - t
+
+    def plan(self) -> None:
+        t = self.step("Planning and preprocessing: nnU-Net default planner (2d)")
+        n = self.env["nnUNet_def_n_proc"]
+        self.run([_script("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", n,
+                  "-npfp", n])
+        self.timings["plan default"] = time.perf_counter() - t
+        t = self.step("Planning: LUnetPlanner (constant width 32; reuses the preprocessed data)")
+        self.run([_script("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-pl",
+                  "LUnetPlanner", "-np", n, "-npfp", n])
+        self.timings["plan LUnet"] = time.perf_counter() - t
+
+    def train(self, name: str, trainer: str, plans: str = "nnUNetPlans", extra_env: dict | None = None) -> ModelRow:
+        t = self.step(f"Training {name}: nnUNetv2_train {DATASET_ID} 2d 0 -tr {trainer} -p {plans} "
+                      f"({self.budget.epochs} epochs x {self.budget.iterations} iterations, CPU)")
+        self.run([_script("nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", trainer, "-p", plans, "-device",
+                  "cpu"], {"nnUNet_n_proc_DA": "0", **(extra_env or {})})
+        folder = Path(self.env["nnUNet_results"]) / self.dataset_name / f"{trainer}__{plans}__2d"
+        row = ModelRow(name, trainer, plans, str(folder), train_seconds=time.perf_counter() - t)
+        self.rows.append(row)
+        return row
+
+    def export(self, row: ModelRow) -> None:
+        t = self.step(f"Exporting {row.name} as a slim model folder")
+        out = self.workdir / "exported" / Path(row.model_folder).name
+        self.run([sys.executable, "-m", "nnunet_prune.cli.main", "export", row.model_folder, "-o", str(out)])
+        row.model_folder = str(out)
+        self.timings[f"export {row.name}"] = time.perf_counter() - t
+
+    def predict(self, row: ModelRow) -> None:
+        t = self.step(f"Predicting the held-out images with {row.name} (stock nnUNetv2_predict_from_modelfolder)")
+        out = self.workdir / "predictions" / row.name
+        self.run([_script("nnUNetv2_predict_from_modelfolder"), "-i", str(self.images_ts), "-o", str(out), "-m",
+                  row.model_folder, "-f", "0", "-device", "cpu", "-npp", "0", "-nps", "0",
+                  "--disable_progress_bar"])
+        row.predict_seconds = time.perf_counter() - t
+
+    def sweep(self, row: ModelRow) -> dict:
+        t = self.step(f"Magnitude-pruning sweep of {row.name} (proxy Dice on the held-out images)")
+        out = self.workdir / "magnitude_sweep"
+        self.run([sys.executable, "-m", "nnunet_prune.cli.main", "sweep", row.model_folder, "-i",
+                  str(self.images_ts), "--labels", str(self.labels_ts), "-o", str(out), "-f", "0"])
+        self.timings["sweep"] = time.perf_counter() - t
+        return json.loads((out / "sweep.json").read_text())
+
+    @property
+    def images_ts(self) -> Path:
+        return Path(self.env["nnUNet_raw"]) / self.dataset_name / "imagesTs"
+
+    @property
+    def labels_ts(self) -> Path:
+        return Path(self.env["nnUNet_raw"]) / self.dataset_name / "labelsTs"
+
+    def measure(self) -> None:
+        """Parameters, MACs, checkpoint size, CPU latency per patch and held-out Dice of every model."""
+        import numpy as np
+        import torch
+
+        from nnunet_prune.modelfolder import ModelFolder
+        from nnunet_prune.stats import count_macs, count_parameters
+        from nnunet_prune.sweep import dice_per_case, foreground_mean
+
+        os.environ.update({k: self.env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
+        for row in self.rows:
+            mf = ModelFolder.open(row.model_folder, [0])
+            net = mf.load_network(0)
+            row.parameters, row.macs = count_parameters(net), count_macs(net, mf.patch_size)
+            row.checkpoint_mb = mf.checkpoint_bytes(0) / 1e6
+            x = torch.randn(1, mf.num_input_channels, *mf.patch_size)
+            times = []
+            with torch.inference_mode():
+                for i in range(12):
+                    start = time.perf_counter()
+                    net(x)
+                    if i >= 2:
+                        times.append(time.perf_counter() - start)
+            row.cpu_ms_per_patch = float(np.median(times) * 1000)
+            rw = mf.plans_manager.image_reader_writer_class()
+            ending = mf.dataset_json["file_ending"]
+            pred_dir = self.workdir / "predictions" / row.name
+            ref, pred = {}, {}
+            for f in sorted(self.labels_ts.glob(f"*{ending}")):
+                case = f.name[:-len(ending)]
+                ref[case] = rw.read_seg(str(f))[0][0]
+                pred[case] = rw.read_seg(str(pred_dir / f.name))[0][0]
+            labels = mf.label_manager.foreground_labels
+            row.dice, per_class = foreground_mean(dice_per_case(ref, pred, labels))
+            names = {str(v): k for k, v in mf.dataset_json["labels"].items()}
+            row.dice_per_class = {names.get(k, k): v for k, v in per_class.items()}
+
+    def table(self) -> str:
+        base = self.rows[0]
+        lines = ["| model | parameters | GMAC / patch | MACs vs default | checkpoint | CPU ms / patch | held-out Dice "
+                 "| per class | train time | predict time |",
+                 "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+        for r in self.rows:
+            per_class = ", ".join(f"{k} {v:.2f}" for k, v in r.dice_per_class.items())
+            lines.append(f"| {r.name} | {r.parameters / 1e6:.3f} M | {r.macs / 1e9:.3f} | {r.macs / base.macs:.1%} | "
+                         f"{r.checkpoint_mb:.1f} MB | {r.cpu_ms_per_patch:.1f} | {r.dice:.3f} | {per_class} | "
+                         f"{r.train_seconds:.0f} s | {r.predict_seconds:.0f} s |")
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ all
+    def run_all(self) -> Path:
+        start = time.perf_counter()
+        self.prepare_workdir()
+        self.create_dataset()
+        self.plan()
+        dense = self.train("nnU-Net default", "nnUNetTrainerBudget")
+        self.train("LUnet", "nnUNetTrainerBudget", "nnUNetLUnetPlans")
+        if self.do_sauron:
+            sauron = self.train("Sauron", "nnUNetTrainerSauron", extra_env={"NNUNET_PRUNE_SAURON": DEMO_SAURON})
+            self.export(sauron)
+        for row in self.rows:
+            self.predict(row)
+        sweep = self.sweep(dense) if self.do_sweep else None
+        t = self.step("Measuring parameters, MACs, CPU latency and held-out Dice")
+        self.measure()
+        self.timings["measure"] = time.perf_counter() - t
+        total = time.perf_counter() - start
+        text = self.summary(sweep, total)
+        print("\n" + text)
+        out = self.workdir / "demo_results.md"
+        out.write_text(text)
+        (self.workdir / "demo_results.json").write_text(json.dumps(
+            {"rows": [asdict(r) for r in self.rows], "timings": self.timings, "total_seconds": total,
+             "budget": asdict(self.budget), "dataset": self.dataset,
+             "sweep_critical_point": sweep["critical_point"] if sweep else None}, indent=2))
+        return out
+
+    def summary(self, sweep: dict | None, total: float) -> str:
+        lines = [f"# nnunet-prune demo ({self.dataset} data, 2d, fold 0)", "",
+                 f"Training budget: {self.budget.epochs} epochs x {self.budget.iterations} iterations on the CPU "
+                 f"(nnU-Net's default is 1000 x 250): the numbers show mechanics and trade-offs, not final accuracy.",
+                 "", self.table(), ""]
+        if sweep:
+            crit = sweep["critical_point"]
+            lines.append("Magnitude-pruning sweep of the default model (proxy Dice = pruned vs unpruned predictions):")
+            if crit:
+                lines.append(f"critical point tau = {crit['tau']:.4g}: {crit['sparsity']:.1%} of the weights zeroed at "
+                             f"proxy Dice {crit['proxy_dice']:.3f} (threshold {sweep['threshold']}); "
+                             f"details in magnitude_sweep/summary.md.")
+            else:
+                lines.append(f"no tau kept the proxy Dice >= {sweep['threshold']}; see magnitude_sweep/summary.md.")
+            lines.append("")
+        lines.append(f"Total wall time: {total / 60:.1f} min. Working folder: {self.workdir}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,73 @@
+"""Post-training magnitude pruning with a proxy-Dice sweep (papers/magnitude-pruning-nnunet.txt §2).
+
+For each tau of a sweep every fold of a trained model is pruned (|w| <= tau -> 0, no retraining); the pruned
+ensemble predicts the same images as the unpruned one and the proxy Dice between the two tells how much was lost.
+This module holds the schedule: the tau grid, its refinement around the critical point, tau values for target
+sparsities, and the critical point itself. Inference and files are in :mod:`nnunet_prune.sweep`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: the paper's grid: 0 to 0.02 in steps of 0.001
+PAPER_GRID = tuple(round(0.001 * i, 3) for i in range(21))
+#: default grid for --per-layer-normalised (tau in units of each tensor's RMS)
+NORMALISED_GRID = tuple(round(0.1 * i, 1) for i in range(21))
+
+
+@dataclass
+class SweepPoint:
+    tau: float
+    sparsity: float  # of the weights non-zero before pruning, mean over folds
+    proxy_dice: float
+
+
+def critical_point(points: Sequence[SweepPoint], threshold: float = 0.95) -> SweepPoint | None:
+    """The point of largest sparsity whose proxy Dice is at least ``threshold`` (None if there is none)."""
+    ok = [p for p in points if p.proxy_dice >= threshold]
+    return max(ok, key=lambda p: (p.sparsity, p.tau)) if ok else None
+
+
+def first_failure(points: Sequence[SweepPoint], threshold: float = 0.95) -> SweepPoint | None:
+    """The smallest tau whose proxy Dice falls below ``threshold``."""
+    bad = [p for p in sorted(points, key=lambda p: p.tau) if p.proxy_dice < threshold]
+    return bad[0] if bad else None
+
+
+def refinement_taus(points: Sequence[SweepPoint], threshold: float = 0.95, steps: int = 4) -> list[float]:
+    """New tau values between the last tau that keeps proxy Dice >= threshold and the first one that does not
+    (``steps`` evenly spaced interior values), so the critical sparsity is located more finely. Empty if the
+    crossing is not bracketed by the points evaluated so far."""
+    ordered = sorted(points, key=lambda p: p.tau)
+    bad = first_failure(ordered, threshold)
+    if bad is None:
+        return []
+    good = [p for p in ordered if p.tau < bad.tau and p.proxy_dice >= threshold]
+    if not good:
+        return []
+    lo, hi = good[-1].tau, bad.tau
+    done = {round(p.tau, 9) for p in ordered}
+    new = [round(lo + (hi - lo) * (i + 1) / (steps + 1), 9) for i in range(steps)]
+    return [t for t in new if t not in done and lo < t < hi]
+
+
+def taus_for_sparsities(weights: Sequence[torch.Tensor], targets: Sequence[float]) -> list[float]:
+    """Thresholds that zero the requested fractions of the non-zero weights (quantiles of |w| pooled over the
+    given tensors, e.g. every prunable tensor of every fold)."""
+    flat = torch.cat([w.detach().abs().flatten().float().cpu() for w in weights])
+    flat = flat[flat > 0]
+    if flat.numel() == 0:
+        return [0.0 for _ in targets]
+    values = np.sort(flat.numpy())
+    out = []
+    for t in targets:
+        if not 0 <= t < 1:
+            raise ValueError(f"target sparsity must be in [0, 1), got {t}")
+        k = int(np.floor(t * len(values)))
+        out.append(float(values[k - 1]) if k > 0 else 0.0)
+    return out

@@ -1,0 +1,506 @@
+"""The proxy-Dice sweep of post-training magnitude pruning, on top of nnU-Net's own inference.
+
+1. The images are preprocessed once with the model's plans (nnU-Net's preprocessor) and kept in memory.
+2. The unpruned ensemble of the chosen folds predicts them (nnU-Net's sliding window, Gaussian weighting and
+   mirroring TTA, as ``nnUNetv2_predict``); these reference segmentations are cached on disk.
+3. For each tau every fold is pruned (:func:`nnunet_prune.criteria.magnitude.apply_magnitude_pruning`), the pruned
+   ensemble predicts the same images and the proxy Dice against the reference is computed per case and class and
+   averaged like nnU-Net's ``foreground_mean`` (plus the real Dice when labels are given).
+4. After the grid, tau is refined around the critical point (:mod:`nnunet_prune.methods.magnitude`).
+
+Every finished tau is written to ``sweep_state.json`` at once: an interrupted sweep run again with the same
+settings reuses finished tau values and the cached reference predictions. The cost approaches
+(number of tau + 1) x one ensemble inference.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnunet_prune import NnUNetPruneError
+from nnunet_prune.criteria.magnitude import apply_magnitude_pruning, stage_order
+from nnunet_prune.methods.magnitude import (
+    NORMALISED_GRID,
+    PAPER_GRID,
+    SweepPoint,
+    critical_point,
+    first_failure,
+    refinement_taus,
+    taus_for_sparsities,
+)
+from nnunet_prune.modelfolder import ModelFolder
+
+STATE_FILE = "sweep_state.json"
+
+
+@dataclass
+class SweepSettings:
+    taus: list[float] | None = None  # None: the paper's grid (or the normalised grid)
+    target_sparsities: list[float] | None = None  # quantile grid instead of taus
+    threshold: float = 0.95  # proxy Dice of the critical point
+    refine_steps: int = 4  # extra tau values between the last good and first bad tau (0: off)
+    prune_bias: bool = False
+    per_layer_normalised: bool = False
+    use_mirroring: bool = True
+    tile_step_size: float = 0.5
+    device: str = "cpu"
+    save_predictions: bool = False
+
+    def fingerprint(self) -> dict:
+        """The settings that change the numbers (not the grid: more tau values can always be added)."""
+        return {"prune_bias": self.prune_bias, "per_layer_normalised": self.per_layer_normalised,
+                "use_mirroring": self.use_mirroring, "tile_step_size": self.tile_step_size}
+
+
+@dataclass
+class TauResult:
+    tau: float
+    sparsity_of_nonzero: float  # mean over folds
+    sparsity_of_all_parameters: float  # mean over folds
+    proxy_dice: float
+    proxy_dice_per_class: dict
+    proxy_dice_per_case: dict
+    real_dice: float | None = None
+    real_dice_per_class: dict | None = None
+    stages: dict = field(default_factory=dict)  # stage -> {weights, zero_before, zero_after} summed over folds
+    per_fold_sparsity: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def list_cases(images: Path, dataset_json: dict) -> dict[str, list[str]]:
+    """Case identifier -> channel files, checked against the dataset's channels (clear errors, no work done)."""
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+    if not images.is_dir():
+        raise NnUNetPruneError(f"-i {images}: no such folder.")
+    ending = dataset_json["file_ending"]
+    n_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
+    files = sorted(f for f in os.listdir(images) if f.endswith(ending))
+    if not files:
+        raise NnUNetPruneError(f"-i {images} holds no images ending in {ending} (the model's file ending). Images "
+                               f"must be named like nnU-Net's imagesTs: CASE_0000{ending}.")
+    lists = create_lists_from_splitted_dataset_folder(str(images), ending)
+    cases = {os.path.basename(c[0])[:-(len(ending) + 5)]: c for c in lists}
+    wrong = {k: len(v) for k, v in cases.items() if len(v) != n_channels}
+    if not cases or wrong:
+        detail = ", ".join(f"{k} ({v} files)" for k, v in list(wrong.items())[:5])
+        raise NnUNetPruneError(
+            f"The images in {images} do not match the model's {n_channels} input channel(s) "
+            f"{list(dataset_json.get('channel_names', {}).values())}: {detail or 'no CASE_0000 files found'}. "
+            f"Each case needs files CASE_0000{ending} ... CASE_{n_channels - 1:04d}{ending}.")
+    return cases
+
+
+def check_labels(labels: Path, cases: Sequence[str], ending: str) -> dict[str, Path]:
+    if not labels.is_dir():
+        raise NnUNetPruneError(f"--labels {labels}: no such folder.")
+    found = {c: labels / f"{c}{ending}" for c in cases}
+    missing = [c for c, p in found.items() if not p.is_file()]
+    if missing:
+        raise NnUNetPruneError(f"--labels {labels} lacks {len(missing)} of {len(cases)} cases (e.g. "
+                               f"{missing[0]}{ending}). Give a label file CASE{ending} for every image, or omit "
+                               f"--labels.")
+    return found
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def dice_per_case(reference: dict[str, np.ndarray], prediction: dict[str, np.ndarray], labels,
+                  ignore_label=None) -> dict[str, dict[str, float]]:
+    """nnU-Net's Dice: 2TP / (2TP + FP + FN), NaN when a class is absent from both."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
+
+    out = {}
+    for case, ref in reference.items():
+        pred = prediction[case]
+        ignore = ref == ignore_label if ignore_label is not None else None
+        out[case] = {}
+        for label in labels:
+            tp, fp, fn, _ = compute_tp_fp_fn_tn(region_or_label_to_mask(ref, label),
+                                                region_or_label_to_mask(pred, label), ignore)
+            out[case][str(label)] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn > 0 else math.nan
+    return out
+
+
+def foreground_mean(per_case: dict[str, dict[str, float]]) -> tuple[float, dict[str, float]]:
+    """Mean over classes of the per-class mean over cases (as nnU-Net's foreground_mean); classes that are absent
+    from both segmentations in every case are skipped instead of turning the result into NaN."""
+    labels = next(iter(per_case.values())).keys() if per_case else []
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_class = {lab: float(np.nanmean([c[lab] for c in per_case.values()])) for lab in labels}
+    values = [v for v in per_class.values() if not math.isnan(v)]
+    return (float(np.mean(values)) if values else math.nan), per_class
+
+
+# ------------------------------------------------------------------------------------------------ sweep
+class MagnitudeSweep:
+    """One sweep over one model folder; see the module docstring."""
+
+    def __init__(self, model: ModelFolder, images: str | os.PathLike, output: str | os.PathLike,
+                 labels: str | os.PathLike | None = None, settings: SweepSettings | None = None):
+        self.model = model
+        self.settings = settings or SweepSettings()
+        self.output = Path(output).expanduser().resolve()
+        if self.output == model.path or model.path in self.output.parents:
+            raise NnUNetPruneError(f"-o {self.output} lies inside the model folder; the trained model stays "
+                                   f"untouched. Choose an output outside {model.path}.")
+        self.images = Path(images).expanduser().resolve()
+        self.cases = list_cases(self.images, model.dataset_json)
+        ending = model.dataset_json["file_ending"]
+        self.labels = check_labels(Path(labels).expanduser().resolve(), list(self.cases), ending) \
+            if labels is not None else None
+        if self.settings.device == "cuda" and not torch.cuda.is_available():
+            raise NnUNetPruneError("--device cuda: no CUDA device is available. Use --device cpu.")
+        self._check_existing_state()
+
+    # -- bookkeeping ------------------------------------------------------------------------------------
+    def key(self) -> dict:
+        folds = {str(f): [str(self.model.fold_path(f) / self.model.checkpoint_name), self.model.checkpoint_bytes(f),
+                          int((self.model.fold_path(f) / self.model.checkpoint_name).stat().st_mtime)]
+                 for f in self.model.folds}
+        images = {c: [os.path.getsize(p) for p in files] for c, files in self.cases.items()}
+        return {"model": str(self.model.path), "folds": folds, "images": images, **self.settings.fingerprint()}
+
+    def _check_existing_state(self) -> None:
+        state_file = self.output / STATE_FILE
+        self.state = {"key": self.key(), "reference_seconds": None, "results": {}}
+        if not state_file.is_file():
+            if self.output.exists() and any(self.output.iterdir()):
+                raise NnUNetPruneError(f"-o {self.output} exists, is not empty and holds no sweep. Choose an empty "
+                                       f"or new folder.")
+            return
+        old = json.loads(state_file.read_text())
+        if old.get("key") != self.state["key"]:
+            diff = [k for k in self.state["key"] if old.get("key", {}).get(k) != self.state["key"][k]]
+            raise NnUNetPruneError(f"{self.output} holds a sweep of a different model, folds, images or settings "
+                                   f"(differs in: {', '.join(diff)}). Use another -o, or --restart to discard it.")
+        self.state = old
+
+    def _save_state(self) -> None:
+        self.output.mkdir(parents=True, exist_ok=True)
+        tmp = self.output / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        tmp.replace(self.output / STATE_FILE)
+
+    # -- inference --------------------------------------------------------------------------------------
+    def _prepare(self):
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        m = self.model
+        device = torch.device(self.settings.device)
+        self.network = m.build_network().to(device).eval()
+        self.dense_states = [m.load_checkpoint(f)["network_weights"] for f in m.folds]
+        ckpt = m.first_checkpoint
+        self.predictor = nnUNetPredictor(tile_step_size=self.settings.tile_step_size, use_gaussian=True,
+                                         use_mirroring=self.settings.use_mirroring,
+                                         perform_everything_on_device=device.type == "cuda", device=device,
+                                         verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+        self.predictor.manual_initialization(self.network, m.plans_manager, m.configuration_manager, None,
+                                             m.dataset_json, m.trainer_name,
+                                             ckpt.get("inference_allowed_mirroring_axes"))
+        preprocessor = m.configuration_manager.preprocessor_class(verbose=False)
+        self.preprocessed = {}
+        for case, files in self.cases.items():
+            data, _, properties = preprocessor.run_case(files, None, m.plans_manager, m.configuration_manager,
+                                                        m.dataset_json)
+            self.preprocessed[case] = (torch.from_numpy(data), properties)
+        self.label_list = m.label_manager.foreground_regions if m.label_manager.has_regions \
+            else m.label_manager.foreground_labels
+        self.ignore_label = m.label_manager.ignore_label
+
+    def _predict(self, parameters: list[dict]) -> dict[str, np.ndarray]:
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        m = self.model
+        self.predictor.list_of_parameters = parameters
+        out = {}
+        with torch.no_grad():
+            for case, (data, properties) in self.preprocessed.items():
+                logits = self.predictor.predict_logits_from_preprocessed_data(data).cpu()
+                out[case] = convert_predicted_logits_to_segmentation_with_correct_shape(
+                    logits, m.plans_manager, m.configuration_manager, m.label_manager, properties)
+        return out
+
+    def _pruned_parameters(self, tau: float) -> tuple[list[dict], list]:
+        params, stats = [], []
+        for dense in self.dense_states:
+            self.network.load_state_dict(dense)
+            stats.append(apply_magnitude_pruning(self.network, tau, self.settings.prune_bias,
+                                                 self.settings.per_layer_normalised))
+            params.append({k: v.detach().clone() for k, v in self.network.state_dict().items()})
+        return params, stats
+
+    def _reference(self) -> dict[str, np.ndarray]:
+        folder = self.output / "reference"
+        files = {c: folder / f"{c}.npz" for c in self.cases}
+        if self.state.get("reference_seconds") is not None and all(p.is_file() for p in files.values()):
+            return {c: np.load(p)["seg"] for c, p in files.items()}
+        start = time.perf_counter()
+        ref = self._predict(self.dense_states)
+        self.state["reference_seconds"] = round(time.perf_counter() - start, 3)
+        folder.mkdir(parents=True, exist_ok=True)
+        for c, seg in ref.items():
+            np.savez_compressed(files[c], seg=seg)
+        self._save_state()
+        return ref
+
+    def _real_labels(self) -> dict[str, np.ndarray] | None:
+        if self.labels is None:
+            return None
+        rw = self.model.plans_manager.image_reader_writer_class()
+        return {c: rw.read_seg(str(p))[0][0] for c, p in self.labels.items()}
+
+    def _save_predictions(self, tau: float, seg: dict[str, np.ndarray]) -> None:
+        rw = self.model.plans_manager.image_reader_writer_class()
+        folder = self.output / "predictions" / f"tau_{tau:.6f}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for case, s in seg.items():
+            _, props = rw.read_images(self.cases[case])
+            rw.write_seg(s, str(folder / f"{case}{self.model.dataset_json['file_ending']}"), props)
+
+    def evaluate(self, tau: float, reference, real) -> TauResult:
+        start = time.perf_counter()
+        params, stats = self._pruned_parameters(tau)
+        pred = self._predict(params)
+        per_case = dice_per_case(reference, pred, self.label_list, self.ignore_label)
+        proxy, proxy_cls = foreground_mean(per_case)
+        result = TauResult(tau=tau,
+                           sparsity_of_nonzero=float(np.mean([s.sparsity_of_nonzero for s in stats])),
+                           sparsity_of_all_parameters=float(np.mean([s.sparsity_all_parameters for s in stats])),
+                           proxy_dice=proxy, proxy_dice_per_class=proxy_cls,
+                           proxy_dice_per_case={c: float(np.nanmean(list(v.values()))) if any(
+                               not math.isnan(x) for x in v.values()) else math.nan for c, v in per_case.items()},
+                           per_fold_sparsity=[s.sparsity_of_nonzero for s in stats])
+        if real is not None:
+            result.real_dice, result.real_dice_per_class = foreground_mean(
+                dice_per_case(real, pred, self.label_list, self.ignore_label))
+        stages = OrderedDict((s, {"weights": 0, "zero_before": 0, "zero_after": 0})
+                             for s in stage_order(len(self.network.encoder.stages)))
+        for s in stats:
+            for name, st in s.stages.items():
+                row = stages.setdefault(name, {"weights": 0, "zero_before": 0, "zero_after": 0})
+                row["weights"] += st.weights
+                row["zero_before"] += st.zero_before
+                row["zero_after"] += st.zero_after
+        result.stages = dict(stages)
+        if self.settings.save_predictions:
+            self._save_predictions(tau, pred)
+        result.seconds = round(time.perf_counter() - start, 3)
+        return result
+
+    def grid(self) -> list[float]:
+        s = self.settings
+        if s.target_sparsities:
+            from nnunet_prune.criteria.magnitude import prunable_convs
+
+            weights = []
+            for dense in self.dense_states:
+                self.network.load_state_dict(dense)
+                weights += [m.weight.detach().clone() for _, m in prunable_convs(self.network)]
+            return [0.0] + taus_for_sparsities(weights, s.target_sparsities)
+        if s.taus:
+            return sorted(set(float(t) for t in s.taus))
+        return list(NORMALISED_GRID if s.per_layer_normalised else PAPER_GRID)
+
+    def run(self, progress: bool = True) -> dict:
+        """Run (or finish) the sweep; returns the full report (also written to the output folder)."""
+        from tqdm import tqdm
+
+        start = time.perf_counter()
+        self.output.mkdir(parents=True, exist_ok=True)
+        self._prepare()
+        results: dict[str, dict] = self.state["results"]
+        reference = self._reference()
+        real = self._real_labels()
+        grid = self.grid()
+
+        def run_taus(taus, desc):
+            todo = [t for t in taus if f"{t:.9g}" not in results]
+            bar = tqdm(todo, desc=desc, unit="tau", disable=not progress)
+            for tau in bar:
+                r = self.evaluate(tau, reference, real)
+                results[f"{tau:.9g}"] = asdict(r)
+                self._save_state()
+                bar.write(f"  tau={tau:<10.6g} sparsity={r.sparsity_of_nonzero:6.1%}  proxy Dice={r.proxy_dice:.4f}"
+                          + (f"  real Dice={r.real_dice:.4f}" if r.real_dice is not None else "")
+                          + f"  ({r.seconds:.1f} s)")
+
+        skipped = len(grid) - len([t for t in grid if f"{t:.9g}" not in results])
+        if skipped and progress:
+            print(f"Reusing {skipped} finished tau values from {self.output / STATE_FILE}.")
+        run_taus(grid, "tau grid")
+        if self.settings.refine_steps > 0:
+            run_taus(refinement_taus(self._points(), self.settings.threshold, self.settings.refine_steps),
+                     "refining")
+        self.state["last_run_seconds"] = round(time.perf_counter() - start, 3)
+        self._save_state()
+        report = self.report()
+        write_outputs(report, self.output)
+        return report
+
+    def _points(self) -> list[SweepPoint]:
+        return [SweepPoint(r["tau"], r["sparsity_of_nonzero"], r["proxy_dice"])
+                for r in self.state["results"].values()]
+
+    def report(self) -> dict:
+        rows = sorted(self.state["results"].values(), key=lambda r: r["tau"])
+        points = self._points()
+        crit = critical_point(points, self.settings.threshold)
+        fail = first_failure(points, self.settings.threshold)
+        evaluated = len(rows)
+        total_eval_seconds = sum(r["seconds"] for r in rows)
+        return {
+            "model": str(self.model.path),
+            "trainer": self.model.trainer_name,
+            "configuration": self.model.configuration_name,
+            "folds": [str(f) for f in self.model.folds],
+            "cases": list(self.cases),
+            "settings": asdict(self.settings),
+            "threshold": self.settings.threshold,
+            "critical_point": asdict(crit) if crit else None,
+            "first_failure": asdict(fail) if fail else None,
+            "reference_seconds": self.state.get("reference_seconds"),
+            "tau_evaluations": evaluated,
+            "tau_seconds_total": round(total_eval_seconds, 3),
+            "cost_in_ensemble_inferences": round((total_eval_seconds + (self.state.get("reference_seconds") or 0))
+                                                 / self.state["reference_seconds"], 2)
+            if self.state.get("reference_seconds") else None,
+            "results": rows,
+        }
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def write_outputs(report: dict, output: Path) -> dict[str, Path]:
+    """sweep.csv, sweep.json, summary.md and the plots."""
+    import pandas as pd
+
+    rows = report["results"]
+    table = []
+    for r in rows:
+        row = {"tau": r["tau"], "sparsity_of_nonzero": r["sparsity_of_nonzero"],
+               "sparsity_of_all_parameters": r["sparsity_of_all_parameters"], "proxy_dice": r["proxy_dice"],
+               "real_dice": r["real_dice"], "seconds": r["seconds"]}
+        row.update({f"proxy_dice_class_{k}": v for k, v in r["proxy_dice_per_class"].items()})
+        if r["real_dice_per_class"]:
+            row.update({f"real_dice_class_{k}": v for k, v in r["real_dice_per_class"].items()})
+        row.update({f"sparsity_{s}": (v["zero_after"] - v["zero_before"]) / (v["weights"] - v["zero_before"])
+                    if v["weights"] > v["zero_before"] else 0.0 for s, v in r["stages"].items()})
+        table.append(row)
+    paths = {"csv": output / "sweep.csv", "json": output / "sweep.json", "markdown": output / "summary.md"}
+    pd.DataFrame(table).to_csv(paths["csv"], index=False)
+    paths["json"].write_text(json.dumps(report, indent=1, default=str))
+    paths["markdown"].write_text(summary_markdown(report))
+    try:
+        paths.update(plot_sweep(report, output))
+    except Exception as e:  # plots are a convenience; the numbers are in the CSV/JSON
+        print(f"could not plot the sweep ({type(e).__name__}: {e})")
+    return paths
+
+
+def _stage_sparsities(result: dict) -> dict[str, float]:
+    return {s: (v["zero_after"] - v["zero_before"]) / (v["weights"] - v["zero_before"])
+            if v["weights"] > v["zero_before"] else 0.0 for s, v in result["stages"].items()}
+
+
+def summary_markdown(report: dict) -> str:
+    crit = report["critical_point"]
+    lines = [f"# Magnitude-pruning sweep: {Path(report['model']).name}", "",
+             f"- model: `{report['model']}` (trainer {report['trainer']}, configuration {report['configuration']}, "
+             f"folds {', '.join(report['folds'])})",
+             f"- images: {len(report['cases'])} cases; proxy Dice = Dice of the pruned vs the unpruned ensemble "
+             f"(nnU-Net inference{' with' if report['settings']['use_mirroring'] else ' without'} mirroring TTA)",
+             f"- threshold {'|w| <= tau x RMS(layer)' if report['settings']['per_layer_normalised'] else '|w| <= tau'}"
+             f"{', biases pruned too' if report['settings']['prune_bias'] else ''}; sparsity counts only weights "
+             f"that were non-zero before pruning", ""]
+    if crit:
+        lines.append(f"**Critical point** (largest sparsity with proxy Dice >= {report['threshold']}): "
+                     f"tau = {crit['tau']:.6g}, sparsity {crit['sparsity']:.1%}, proxy Dice {crit['proxy_dice']:.4f}.")
+    else:
+        lines.append(f"No evaluated tau keeps proxy Dice >= {report['threshold']}.")
+    if report.get("reference_seconds"):
+        lines.append(f"\nTiming: one ensemble inference (reference) {report['reference_seconds']:.1f} s; "
+                     f"{report['tau_evaluations']} tau values {report['tau_seconds_total']:.1f} s; the whole sweep "
+                     f"cost {report['cost_in_ensemble_inferences']} ensemble inferences "
+                     f"(ideal: {report['tau_evaluations'] + 1}).")
+    lines += ["", "| tau | sparsity (non-zero weights) | sparsity (all params) | proxy Dice | real Dice |",
+              "|---:|---:|---:|---:|---:|"]
+    for r in report["results"]:
+        real = f"{r['real_dice']:.4f}" if r["real_dice"] is not None else "-"
+        lines.append(f"| {r['tau']:.6g} | {r['sparsity_of_nonzero']:.1%} | {r['sparsity_of_all_parameters']:.1%} | "
+                     f"{r['proxy_dice']:.4f} | {real} |")
+    if crit:
+        at = next(r for r in report["results"] if r["tau"] == crit["tau"])
+        lines += ["", f"Per-stage sparsity at the critical point (tau = {crit['tau']:.6g}):", "",
+                  "| stage | weights | sparsity |", "|---|---:|---:|"]
+        for s, v in _stage_sparsities(at).items():
+            lines.append(f"| {s} | {at['stages'][s]['weights']:,} | {v:.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(report: dict, output: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["results"]
+    taus = [r["tau"] for r in rows]
+    sp = [r["sparsity_of_nonzero"] * 100 for r in rows]
+    proxy = [r["proxy_dice"] for r in rows]
+    real = [r["real_dice"] for r in rows]
+    has_real = any(v is not None for v in real)
+    crit = report["critical_point"]
+    paths = {}
+    for x, xlabel, name in ((sp, "sparsity of non-zero weights [%]", "dice_vs_sparsity.png"),
+                            (taus, "tau", "dice_vs_tau.png")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        ax.plot(x, proxy, "o-", label="proxy Dice (pruned vs unpruned)")
+        if has_real:
+            ax.plot(x, [v if v is not None else math.nan for v in real], "s--", label="real Dice (vs labels)")
+        ax.axhline(report["threshold"], color="gray", ls=":", label=f"threshold {report['threshold']}")
+        if crit:
+            cx = crit["sparsity"] * 100 if name.startswith("dice_vs_sparsity") else crit["tau"]
+            ax.axvline(cx, color="red", ls=":", label="critical point")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("Dice")
+        ax.set_ylim(0, 1.02)
+        ax.legend(loc="lower left")
+        ax.set_title(Path(report["model"]).name, fontsize=9)
+        fig.tight_layout()
+        paths[name] = output / name
+        fig.savefig(paths[name], dpi=120)
+        plt.close(fig)
+
+    chosen = [r for r in rows if crit and r["tau"] == crit["tau"]] + [rows[-1]]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    stages = list(rows[-1]["stages"])
+    width = 0.8 / len(chosen)
+    for i, r in enumerate(chosen):
+        v = _stage_sparsities(r)
+        ax.bar(np.arange(len(stages)) + i * width, [v[s] * 100 for s in stages], width,
+               label=f"tau={r['tau']:.4g} ({r['sparsity_of_nonzero']:.0%} overall)")
+    ax.set_xticks(np.arange(len(stages)) + width * (len(chosen) - 1) / 2)
+    ax.set_xticklabels(stages, rotation=45)
+    ax.set_ylabel("sparsity of non-zero weights [%]")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    ax.set_title("Per-stage sparsity (encoder -> bottleneck -> decoder)")
+    fig.tight_layout()
+    paths["stage_sparsity.png"] = output / "stage_sparsity.png"
+    fig.savefig(paths["stage_sparsity.png"], dpi=120)
+    plt.close(fig)
+    return paths

@@ -1,0 +1,161 @@
+"""``nnUNetTrainerMagnitude_tau<NNN>``: "pruned at tau" as one more nnU-Net model.
+
+``nnUNetv2_train D C F -tr nnUNetTrainerMagnitude_tau005`` takes fold F of a trained dense model, zeroes every conv
+weight with |w| <= 0.005 (papers/magnitude-pruning-nnunet.txt), saves it as this trainer's
+``checkpoint_final.pth`` and lets nnU-Net run its normal validation, so the folder holds ``validation/summary.json``
+per fold and works with cross-validation, ``nnUNetv2_find_best_configuration`` and ensembling (``--npz``).
+
+Which dense model: the folder in ``NNUNET_PRUNE_DENSE_MODEL`` (a model folder with fold_F/checkpoint_final.pth), or
+by default the stock ``nnUNetTrainer__<plans>__<configuration>`` folder of the same dataset.
+
+``_ft`` variants fine-tune after pruning with the zero pattern held fixed (masks re-applied after every optimizer
+step; default 10 epochs at a tenth of nnU-Net's learning rate; ``NNUNET_PRUNE_EPOCHS`` etc. set the budget).
+``nnUNetTrainerMagnitude`` itself reads tau from ``NNUNET_PRUNE_MAGNITUDE_TAU``. Biases are pruned too when
+``NNUNET_PRUNE_MAGNITUDE_BIAS=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from os.path import isdir, isfile, join
+
+import torch
+from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p, save_json
+
+from nnunet_prune import NnUNetPruneError, registry
+from nnunet_prune.criteria.magnitude import apply_magnitude_pruning, reapply_masks, weight_masks
+from nnunet_prune.trainers.base import nnUNetTrainerPruning
+
+DENSE_ENV = "NNUNET_PRUNE_DENSE_MODEL"
+TAU_ENV = "NNUNET_PRUNE_MAGNITUDE_TAU"
+BIAS_ENV = "NNUNET_PRUNE_MAGNITUDE_BIAS"
+
+
+class nnUNetTrainerMagnitude(nnUNetTrainerPruning):
+    """Magnitude-prune a trained dense fold at tau (no training unless ``finetune``), then nnU-Net's validation."""
+
+    magnitude_tau: float | None = None
+    finetune: bool = False
+    finetune_epochs: int = 10
+    finetune_lr_factor: float = 0.1
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.tau = self.magnitude_tau if self.magnitude_tau is not None else _tau_from_env()
+        self.prune_bias = os.environ.get(BIAS_ENV, "").lower() in ("1", "true", "t", "yes")
+        if self.finetune:
+            if "num_epochs" not in self.budget_overrides:
+                self.num_epochs = self.finetune_epochs
+            self.initial_lr *= self.finetune_lr_factor
+        self._masks = None
+        self.sparsity = None
+
+    def method_config(self) -> dict:
+        return {"tau": self.tau, "prune_bias": self.prune_bias, "finetune": self.finetune,
+                "finetune_epochs": self.num_epochs if self.finetune else 0,
+                "finetune_initial_lr": self.initial_lr if self.finetune else None,
+                "dense_checkpoint": self.dense_checkpoint()}
+
+    def dense_checkpoint(self) -> str:
+        """Path of the dense fold this trainer prunes (see the module docstring)."""
+        folder = os.environ.get(DENSE_ENV)
+        if not folder:
+            from nnunetv2.paths import nnUNet_results
+
+            folder = join(str(nnUNet_results), self.plans_manager.dataset_name,
+                          f"nnUNetTrainer__{self.plans_manager.plans_name}__{self.configuration_name}")
+        return join(folder, f"fold_{self.fold}", "checkpoint_final.pth")
+
+    def load_dense_weights(self) -> None:
+        path = self.dense_checkpoint()
+        if not isfile(path):
+            raise NnUNetPruneError(
+                f"{self.__class__.__name__} prunes a trained dense model, but {path} does not exist. Train the dense "
+                f"fold first (nnUNetv2_train ... -tr nnUNetTrainer), or point {DENSE_ENV} at the model folder that "
+                f"holds fold_{self.fold}/checkpoint_final.pth.")
+        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        self.network_module.load_state_dict(ckpt["network_weights"])
+        self._rewrap_network()
+        self.inference_allowed_mirroring_axes = ckpt.get("inference_allowed_mirroring_axes",
+                                                         self.inference_allowed_mirroring_axes)
+        self.print_to_log_file(f"Loaded dense weights from {path}")
+
+    def prune(self) -> None:
+        self.sparsity = apply_magnitude_pruning(self.network_module, self.tau, self.prune_bias)
+        self.print_to_log_file(
+            f"Magnitude pruning at tau={self.tau}: {self.sparsity.sparsity_of_nonzero:.2%} of the non-zero conv "
+            f"weights zeroed ({self.sparsity.sparsity_all_parameters:.2%} of all parameters are zero now)")
+        if self.local_rank == 0:
+            maybe_mkdir_p(self.output_folder)
+            save_json(self.sparsity.as_dict(), join(self.output_folder, "magnitude_pruning.json"), sort_keys=False)
+
+    def run_training(self):
+        if not self.was_initialized:
+            self.initialize()
+        self.load_dense_weights()
+        self.prune()
+        if self.finetune:
+            self._masks = weight_masks(self.network_module)
+            return super().run_training()  # on_train_end writes checkpoint_final
+        self._write_model_files()
+        self.current_epoch = 0
+        self.save_checkpoint(join(self.output_folder, "checkpoint_final.pth"))
+        self.print_to_log_file("Pruned model saved (no fine-tuning); nnU-Net's validation follows.")
+
+    def _write_model_files(self) -> None:
+        """plans.json, dataset.json and the fingerprint, as nnU-Net's on_train_start writes them."""
+        if self.local_rank != 0:
+            return
+        maybe_mkdir_p(self.output_folder)
+        save_json(self.plans_manager.plans, join(self.output_folder_base, "plans.json"), sort_keys=False)
+        save_json(self.dataset_json, join(self.output_folder_base, "dataset.json"), sort_keys=False)
+        fingerprint = join(self.preprocessed_dataset_folder_base, "dataset_fingerprint.json")
+        if isfile(fingerprint):
+            shutil.copyfile(fingerprint, join(self.output_folder_base, "dataset_fingerprint.json"))
+        with open(join(self.output_folder, "pruning_config.json"), "w") as f:
+            json.dump({"trainer": self.__class__.__name__, "method": self.method_config()}, f, indent=2)
+
+    def train_step(self, batch: dict) -> dict:
+        out = super().train_step(batch)
+        if self._masks is not None:
+            reapply_masks(self._masks)  # the zero pattern stays fixed while fine-tuning
+        return out
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        if self.finetune and isdir(self.output_folder):
+            self._masks = weight_masks(self.network_module)
+
+
+def _tau_from_env() -> float:
+    value = os.environ.get(TAU_ENV)
+    try:
+        tau = float(value)
+    except (TypeError, ValueError):
+        tau = -1.0
+    if tau < 0:
+        raise NnUNetPruneError(
+            f"nnUNetTrainerMagnitude needs {TAU_ENV} set to a threshold >= 0 (e.g. 0.005), got {value!r}; or use a "
+            f"fixed variant such as {registry.magnitude_trainer_name(5)}.")
+    return tau
+
+
+def _make_variant(tau_milli: int, finetune: bool) -> type:
+    name = registry.magnitude_trainer_name(tau_milli, finetune)
+    doc = f"Magnitude pruning at tau = {tau_milli / 1000:g}" + (", then fine-tuning with the zero pattern fixed."
+                                                               if finetune else ", no retraining.")
+    cls = type(name, (nnUNetTrainerMagnitude,), {"magnitude_tau": tau_milli / 1000, "finetune": finetune,
+                                                 "__doc__": doc, "__module__": __name__})
+    cls.__qualname__ = name
+    return cls
+
+
+VARIANTS = [_make_variant(t, ft) for t in registry.MAGNITUDE_TAUS_MILLI for ft in (False, True)]
+for _cls in VARIANTS:
+    setattr(sys.modules[__name__], _cls.__name__, _cls)
+
+__all__ = ["nnUNetTrainerMagnitude", *[c.__name__ for c in VARIANTS]]
