@@ -166,7 +166,7 @@ class Demo:
         t = self.step(f"Predicting the held-out images with {row.name} (stock nnUNetv2_predict_from_modelfolder)")
         out = self.workdir / "predictions" / row.name
         self.run([_script("nnUNetv2_predict_from_modelfolder"), "-i", str(self.images_ts), "-o", str(out), "-m",
-                  row.model_folder, "-f", "0", "-device", "cpu", "-npp", "0", "-nps", "0",
+                  row.model_folder, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
                   "--disable_progress_bar"])
         row.predict_seconds = time.perf_counter() - t
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from nnunet_prune import NnUNetPruneError
 from nnunet_prune.datasets.common import RawCase, write_raw_dataset
 
 LABELS = {"background": 0, "organ": 1, "lesion": 2, "vessel": 3}
@@ -81,9 +82,14 @@ def create_synthetic_dataset(dataset_id: int, dim: int = 2, cases: int = 20, tes
     ``cases`` training cases go to imagesTr/labelsTr, ``test_cases`` held-out cases to imagesTs/labelsTs.
     """
     if dim not in (2, 3):
-        raise ValueError(f"dim must be 2 or 3, got {dim}")
+        raise NnUNetPruneError(f"--dim must be 2 or 3, got {dim}.")
     if cases < 2:
-        raise ValueError("nnU-Net needs at least 2 training cases")
+        raise NnUNetPruneError(f"--cases {cases}: nnU-Net needs at least 2 training cases (5 or more for its "
+                               f"5-fold cross-validation).")
+    if test_cases < 0:
+        raise NnUNetPruneError(f"--test-cases must be >= 0, got {test_cases}.")
+    if size is not None and size < 8:
+        raise NnUNetPruneError(f"--size {size}: use at least 8 voxels per edge.")
     spacing = (1.0,) * dim
     train = [RawCase(f"phantom_{i:03d}", *make_case(seed, i, dim, size), spacing) for i in range(cases)]
     test = [RawCase(f"phantom_{i:03d}", *make_case(seed, i, dim, size), spacing)

@@ -11,6 +11,7 @@ Nothing here is written to disk and nnU-Net's behaviour for its own classes is u
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import functools
 import sys
@@ -28,6 +29,8 @@ def patch_module(module) -> None:
         return
     if module.__name__ == PLAN_API:
         module.recursive_find_python_class = _planner_lookup(module.recursive_find_python_class)
+        module.plan_experiments = _looking_up("planner", module.plan_experiments)
+        module.extract_fingerprints = _looking_up("fingerprint extractor", module.extract_fingerprints)
         from nnunet_prune.planners.reuse import wrap_preprocess_dataset
 
         module.preprocess_dataset = wrap_preprocess_dataset(module.preprocess_dataset)
@@ -39,16 +42,39 @@ def patch_module(module) -> None:
     install_excepthook()
 
 
+#: what the class lookup of plan_and_preprocess_api is looking for right now (it serves -pl and -fpe alike;
+#: direct calls, e.g. from `nnunet-prune doctor`, are planner lookups)
+_LOOKING_FOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("nnunet_prune_looking_for",
+                                                                     default="planner")
+
+
+def _looking_up(kind: str, function):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        token = _LOOKING_FOR.set(kind)
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _LOOKING_FOR.reset(token)
+
+    wrapper._nnunet_prune_original = function
+    return wrapper
+
+
 def _planner_lookup(original):
     @functools.wraps(original)
     def lookup(folder, class_name, current_module, *args, **kwargs):
         found = original(folder, class_name, current_module, *args, **kwargs)
+        kind = _LOOKING_FOR.get()
         if found is not None or current_module != "nnunetv2.experiment_planning":
             return found
-        ours = registry.load_planner(class_name)
-        if ours is not None:
-            return ours
-        raise NnUNetPruneError(unknown_name_message("experiment planner (-pl)", class_name, available_planners()))
+        if kind == "planner":
+            ours = registry.load_planner(class_name)
+            if ours is not None:
+                return ours
+            raise NnUNetPruneError(unknown_name_message("experiment planner (-pl)", class_name,
+                                                        available_planners()))
+        raise NnUNetPruneError(unknown_name_message(f"{kind} (-fpe)", class_name, available_extractors()))
 
     lookup._nnunet_prune_original = original
     return lookup
@@ -93,6 +119,13 @@ def available_planners() -> dict[str, list[str]]:
     stock = sorted({c.__name__ for c in _all_subclasses(ExperimentPlanner) | {ExperimentPlanner}
                     if c.__module__.startswith("nnunetv2.")})
     return {"nnunet-prune": sorted(registry.PLANNERS), "nnU-Net": stock}
+
+
+def available_extractors() -> dict[str, list[str]]:
+    from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+
+    return {"nnU-Net": sorted({c.__name__ for c in _all_subclasses(DatasetFingerprintExtractor)
+                               | {DatasetFingerprintExtractor}})}
 
 
 def unknown_name_message(kind: str, name: str, available: dict[str, list[str]]) -> str:

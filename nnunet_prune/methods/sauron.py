@@ -16,6 +16,7 @@ changed by :mod:`nnunet_prune.surgery`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -41,7 +42,8 @@ class SauronConfig:
     tau_init: float = 0.0  # starting threshold (the paper starts at 0; > 0 prunes from the first epoch)
 
     def validate(self) -> SauronConfig:
-        problems = []
+        problems = [f"{f.name.rstrip('_')} must be a finite number" for f in fields(self)
+                    if not math.isfinite(getattr(self, f.name))]
         if self.lambda_ < 0:
             problems.append("lambda must be >= 0")
         if not 0 < self.tau_max <= 1:
@@ -82,11 +84,18 @@ class SauronConfig:
                 if name not in types:
                     raise NnUNetPruneError(f"{origin}: unknown Sauron setting {key!r} (known: lambda, "
                                            f"{', '.join(n for n in types if n != 'lambda_')}).")
-                caster = int if types[name] in (int, "int") else float
                 try:
-                    setattr(cfg, name, caster(float(value)) if caster is int else caster(value))
+                    number = float(value)
+                    if not math.isfinite(number):
+                        raise ValueError
                 except (TypeError, ValueError):
-                    raise NnUNetPruneError(f"{origin}: {key}={value!r} is not a number.") from None
+                    raise NnUNetPruneError(f"{origin}: {key}={value!r} is not a number (finite numbers only).") \
+                        from None
+                if types[name] in (int, "int"):
+                    if not number.is_integer():
+                        raise NnUNetPruneError(f"{origin}: {key}={value!r} must be a whole number.")
+                    number = int(number)
+                setattr(cfg, name, number)
         return cfg.validate()
 
     def as_dict(self) -> dict:

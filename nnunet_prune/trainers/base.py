@@ -17,6 +17,7 @@ Used on its own it trains the dense network (nothing is pruned), which is handy 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Mapping
@@ -112,6 +113,9 @@ class nnUNetTrainerPruning(nnUNetTrainer):
     def _rewrap_network(self) -> None:
         """Rebuild torch.compile / DDP wrappers after the parameter shapes changed."""
         module = self.network_module
+        # drop the old wrappers first: a DDP reducer keeps gradient accumulators that remember the old shapes
+        self.network = module
+        gc.collect()
         if self._do_i_compile():
             torch._dynamo.reset()  # drop graphs of the old shapes: one recompilation per surgery, never a pile-up
             module = torch.compile(module)

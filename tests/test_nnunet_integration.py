@@ -1,0 +1,190 @@
+"""Integration with the stock nnU-Net console scripts, run in subprocesses on tiny synthetic datasets.
+
+Discovery (-tr / -pl found with no extra step), LUnet plans, training, --c resume, prediction,
+find_best_configuration, export, the magnitude trainers and errors for unknown names.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import nibabel
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import DATASET_2D, DATASET_3D, read_json
+
+pytestmark = pytest.mark.slow
+
+
+def segmentations(folder) -> dict[str, np.ndarray]:
+    return {p.name: np.asarray(nibabel.load(p).dataobj) for p in sorted(folder.glob("*.nii.gz"))}
+
+
+def test_doctor_sees_every_class(nnunet):
+    out = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "doctor").stdout
+    assert "All good" in out
+    assert "ok  nnUNetTrainerSauron" in out and "ok  LUnetPlanner" in out
+    assert "NO " not in out
+
+
+def test_lunet_plans_constant_width_and_shared_data(nnunet, dataset2d):
+    pre = nnunet.preprocessed_dataset(DATASET_2D)
+    default = read_json(pre / "nnUNetPlans.json")["configurations"]["2d"]
+    lunet = read_json(pre / "nnUNetLUnetPlans.json")["configurations"]["2d"]
+    feats = lunet["architecture"]["arch_kwargs"]["features_per_stage"]
+    default_feats = default["architecture"]["arch_kwargs"]["features_per_stage"]
+    assert feats == [32] * len(feats) and len(feats) == len(default_feats) and default_feats[-1] > 32
+    # everything but the widths is the default plan's
+    for key in ("patch_size", "batch_size", "spacing", "normalization_schemes"):
+        assert lunet[key] == default[key]
+    assert lunet["data_identifier"] == default["data_identifier"] == "nnUNetPlans_2d"
+    assert "reusing it instead of preprocessing again" in nnunet.lunet_plan_output
+    assert "LUnet parameter count vs. the default plan's network" in nnunet.lunet_plan_output
+    assert not (pre / "nnUNetLUnetPlans_2d").exists()
+
+
+def test_unknown_trainer_and_planner_list_what_exists(nnunet, dataset2d):
+    bad = nnunet.run("nnUNetv2_train", DATASET_2D, "2d", 0, "-tr", "nnUNetTrainerSauronn", "-device", "cpu",
+                     check=False)
+    text = bad.stdout + bad.stderr
+    assert bad.returncode != 0
+    assert "There is no trainer (-tr) named 'nnUNetTrainerSauronn'" in text
+    assert "Did you mean: nnUNetTrainerSauron" in text and "nnUNetTrainerBudget" in text
+    assert "Traceback" not in text
+    bad = nnunet.run("nnUNetv2_plan_experiment", "-d", DATASET_2D, "-pl", "LUnetPlaner", check=False)
+    text = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "There is no experiment planner (-pl) named 'LUnetPlaner'" in text
+    assert "LUnetPlanner" in text and "ExperimentPlanner" in text and "Traceback" not in text
+
+
+def test_train_predict_and_find_best_configuration(nnunet, dataset2d, dense_model):
+    for fold in (0, 1):
+        assert (dense_model / f"fold_{fold}" / "validation" / "summary.json").is_file()
+    out = nnunet.base / "pred_dense"
+    nnunet.run("nnUNetv2_predict", "-i", dataset2d / "imagesTs", "-o", out, "-d", DATASET_2D, "-c", "2d", "-tr",
+               "nnUNetTrainerBudget", "-f", 0, 1, "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_progress_bar")
+    assert len(segmentations(out)) == 3
+    best = nnunet.run("nnUNetv2_find_best_configuration", DATASET_2D, "-c", "2d", "-tr", "nnUNetTrainerBudget",
+                      "-f", 0, 1)
+    assert "nnUNetTrainerBudget" in best.stdout
+    assert (nnunet.results / dense_model.parent.name / "inference_information.json").is_file()
+
+
+def test_lunet_trains_with_the_lunet_plans(nnunet, dataset2d):
+    folder = nnunet.train(DATASET_2D, "2d", 0, "nnUNetTrainerBudget", plans="nnUNetLUnetPlans")
+    ckpt = torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    widths = {v.shape[0] for k, v in ckpt["network_weights"].items()
+              if k.endswith(".conv.weight") and "seg_layers" not in k}
+    assert widths == {32}
+
+
+def test_sauron_prunes_during_training_and_predicts(nnunet, dataset2d, sauron_model):
+    fold = sauron_model / "fold_0"
+    history = read_json(fold / "pruning_history.json")["epochs"]
+    config = read_json(fold / "pruning_config.json")
+    assert config["method"]["tau_init"] == 0.6 and config["method"]["lambda"] == 0.5
+    assert [r["epoch"] for r in history] == [0, 1, 2]
+    removed = sum(sum(r["removed"].values()) for r in history)
+    assert removed > 0
+    assert history[-1]["num_parameters"] < config["initial_parameters"]
+    assert history[-1]["macs"] < config["initial_macs_per_patch"]
+    assert all(np.isfinite(r["delta_opt"]) for r in history)
+    for png in ("progress.png", "progress_pruning.png", "pruning_widths.png"):
+        assert (fold / png).is_file()
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert ckpt["trainer_name"] == "nnUNetTrainerSauron"
+    assert (fold / "validation" / "summary.json").is_file()
+    # stock prediction builds one network from the plans and loads the pruned weights into it
+    out = nnunet.base / "pred_sauron"
+    nnunet.run("nnUNetv2_predict", "-i", dataset2d / "imagesTs", "-o", out, "-d", DATASET_2D, "-c", "2d", "-tr",
+               "nnUNetTrainerSauron", "-f", 0, "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_progress_bar")
+    assert len(segmentations(out)) == 3
+
+
+def test_sauron_resume_restores_widths_thresholds_and_optimizer(nnunet, dataset2d, sauron_model):
+    import shutil
+
+    fold = sauron_model / "fold_0"
+    before = read_json(fold / "pruning_history.json")["epochs"][-1]
+    backup = nnunet.base / "sauron_backup"
+    shutil.copytree(sauron_model, backup)  # keep the 3-epoch model for the other tests
+    try:
+        nnunet.run("nnUNetv2_train", DATASET_2D, "2d", 0, "-tr", "nnUNetTrainerSauron", "-device", "cpu", "--c",
+                   env={"nnUNet_n_proc_DA": "0", "NNUNET_PRUNE_EPOCHS": "4",
+                        "NNUNET_PRUNE_SAURON": "tau_init=0.0,tau_max=0.9,kappa=2,rho=1,stat_batches=2"})
+        history = read_json(fold / "pruning_history.json")["epochs"]
+        assert [r["epoch"] for r in history] == [0, 1, 2, 3]
+        assert history[2] == before  # restored from the checkpoint's logger, not recomputed
+        # the thresholds come from the checkpoint (0.6), not from tau_init=0.0 of the new environment
+        assert min(history[3]["sauron_tau"]) >= 0.6
+        assert all(history[3]["widths"][g] <= before["widths"][g] for g in before["widths"])
+        ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+        conv = ckpt["network_weights"]["encoder.stages.0.0.convs.0.conv.weight"]
+        assert conv.shape[0] == history[3]["widths"]["enc0.conv0"]
+        momentum = ckpt["optimizer_state"]["state"][0]["momentum_buffer"]
+        assert momentum.shape == conv.shape
+    finally:
+        shutil.rmtree(sauron_model)
+        shutil.copytree(backup, sauron_model)
+
+
+def test_export_gives_identical_stock_predictions_and_smaller_files(nnunet, dataset2d, sauron_model):
+    out = nnunet.base / "exported_sauron"
+    nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "export", sauron_model, "-o", out)
+    src, dst = sauron_model / "fold_0" / "checkpoint_final.pth", out / "fold_0" / "checkpoint_final.pth"
+    assert dst.stat().st_size < src.stat().st_size / 1.8  # weights only, each tensor stored once
+    assert (out / "fold_0" / "validation" / "summary.json").is_file()
+    assert read_json(out / "plans.json")["configurations"]["2d"]["architecture"]["network_class_name"] == \
+        "nnunet_prune.networks.AdaptivePlainConvUNet"
+    summary = read_json(out / "export_summary.json")
+    assert summary["folds"][0]["max_abs_difference"] == 0.0
+    preds = {}
+    for name, folder in (("source", sauron_model), ("export", out)):
+        preds[name] = nnunet.base / f"pred_modelfolder_{name}"
+        nnunet.run("nnUNetv2_predict_from_modelfolder", "-i", dataset2d / "imagesTs", "-o", preds[name], "-m",
+                   folder, "-f", 0, "-device", "cpu", "-npp", 1, "-nps", 1, "--disable_progress_bar")
+    a, b = segmentations(preds["source"]), segmentations(preds["export"])
+    assert a.keys() == b.keys() and len(a) == 3
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    # never overwrite without being asked, never write into the source
+    again = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "export", sauron_model, "-o", out, check=False)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
+    inside = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "export", sauron_model, "-o",
+                        sauron_model / "x", check=False)
+    assert inside.returncode == 2 and "must not be the source" in inside.stderr
+    nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "export", sauron_model, "-o", out, "--overwrite")
+
+
+def test_magnitude_trainer_validates_pruned_dense_fold(nnunet, dataset2d, dense_model):
+    folder = nnunet.train(DATASET_2D, "2d", 0, "nnUNetTrainerMagnitude_tau005", "--npz",
+                          env={"NNUNET_PRUNE_DENSE_MODEL": str(dense_model)})
+    fold = folder / "fold_0"
+    stats = read_json(fold / "magnitude_pruning.json")
+    assert stats["tau"] == 0.005 and 0 < stats["sparsity_of_nonzero_weights"] < 1
+    assert (fold / "validation" / "summary.json").is_file()
+    ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    dense = torch.load(dense_model / "fold_0" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    key = "encoder.stages.0.0.convs.1.conv.weight"
+    w, d = ckpt["network_weights"][key], dense["network_weights"][key]
+    assert torch.equal(w, torch.where(d.abs() <= 0.005, torch.zeros_like(d), d))
+    # a missing dense model is a clear error, not a traceback from inside nnU-Net
+    bad = nnunet.run("nnUNetv2_train", DATASET_2D, "2d", 1, "-tr", "nnUNetTrainerMagnitude_tau010", "-device",
+                     "cpu", env={"NNUNET_PRUNE_DENSE_MODEL": str(nnunet.base / "nowhere")}, check=False)
+    assert bad.returncode != 0 and "NNUNET_PRUNE_DENSE_MODEL" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_3d_lunet_and_resenc_plans(nnunet):
+    nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "dataset", "synthetic", "-d", DATASET_3D, "--dim",
+               3, "--cases", 4, "--test-cases", 1, "--size", 32)
+    nnunet.run("nnUNetv2_plan_and_preprocess", "-d", DATASET_3D, "-c", "3d_fullres", "-pl", "LUnetResEncPlanner",
+               "-np", 2, "-npfp", 2)
+    out = nnunet.run("nnUNetv2_plan_experiment", "-d", DATASET_3D, "-pl", "LUnetPlanner_16").stdout
+    pre = nnunet.preprocessed_dataset(DATASET_3D)
+    resenc = read_json(pre / "nnUNetLUnetResEncPlans.json")["configurations"]["3d_fullres"]["architecture"]
+    assert resenc["network_class_name"].endswith("ResidualEncoderUNet")
+    assert set(resenc["arch_kwargs"]["features_per_stage"]) == {32}
+    lunet16 = read_json(pre / "nnUNetLUnetPlans_16.json")["configurations"]["3d_fullres"]["architecture"]
+    assert set(lunet16["arch_kwargs"]["features_per_stage"]) == {16}
+    assert "3d_fullres" in out and "fewer" in out
