@@ -11,58 +11,56 @@ momentum tensor once, write its sliced copy once); ``GB/s`` is that divided by t
 ``copy_`` of the same tensors into pre-allocated buffers (reads + writes somewhat MORE bytes than the step must),
 i.e. roughly the floor for a memory-bound implementation on this machine; ``page faults`` are the minor faults
 during the step (fresh memory mapped and zeroed by the kernel). The issue's goal is a step under 20 ms on CPU;
-``meets goal`` compares the median with it. ``--profile`` adds a breakdown (the functions ``prune_channels`` calls
-and ``Tensor.index_select`` are wrapped with timers). ``--prototype`` times the current implementation against a
-prototype of the proposed changes (below), interleaved on fresh copies, and checks that the results are identical.
-``--small`` has no effect here (the step depends on the weights, not on the patch size); it is accepted so that
-all benchmark scripts share their options.
+``meets goal`` compares the median with it.
 
-Findings (2-core AMD EPYC VM, torch 2.14.1, 1 thread, while other CPU-heavy jobs were running, so absolute
-numbers vary by up to 2x between runs; the side-by-side ratios are more stable):
+``--profile`` adds a breakdown by phase: the functions ``prune_channels`` calls (``plan_keep``,
+``consumer_input_index``, ``index_slicer`` -- building the gather indices --, ``set_tensor``,
+``_slice_optimizer_state``, ``sync_attributes``, ``count_parameters``, ``ChannelGraph.widths``) and
+``Tensor.index_select`` (the gathers of weights / norms; those of the momentum count as optimizer state) are
+wrapped with timers; the rest is "other". ``--compare-two-pass`` times the current ``graph.prune`` against an
+in-script reference of the previous approach (every sliced tensor and momentum buffer sliced with one
+``index_select`` per dim, everything else the same), interleaved on fresh copies, checks that both give identical
+tensors, optimizer state and channel attributes, and prints the speed-up of the one-pass gather. ``--small`` has
+no effect here (the step depends on the weights, not on the patch size); it is accepted so that all benchmark
+scripts share their options.
 
-* The goal is missed by 3-15x: 2d ~65-120 ms, 3d_fullres ~55-130 ms, 3d_resenc ~130-320 ms (graph building:
-  1-3 ms, not included).
-* The step is memory-bound. 3d_fullres has 31.2 M parameters: 125 MB of weights + 125 MB of momentum are read and
-  ~140 MB written (390 MB, 206 tensors); 2d 33.5 M parameters, 418 MB; ResEnc M 102 M parameters, 1.28 GB. The
-  breakdown (``--profile``): ``index_select`` of weights/norms 40-60 %, slicing the SGD momentum 28-45 %; all the
-  Python around it 10-15 %: ``plan_keep`` 4-9 % (5-10 ms: it evaluates the ``ChannelGroup.size`` property --
-  ``producers[0].weight.shape`` through ``Module.__getattr__`` -- once per removed index), ``sync_attributes``
-  2-4 % (2-9 ms, four passes over all modules), the two ``count_parameters`` 1-3 %, spec building / loops 3-4 %.
-* The current code slices a conv that is producer AND consumer with two ``index_select`` calls (dim 0, then dim 1),
-  which reads the tensor and then 75 % of it again, and writes twice; on this VM the step takes ~1.2-2.4x a plain
-  ``copy_`` of the same tensors.
-* A single core moves ~13 GB/s (read + write) here (``copy ms``: 500 MB in ~37 ms for 3d_fullres), so the 390 MB
-  of 3d_fullres alone take >= ~30 ms: 20 ms for a full-width 3D/2D default network is out of reach on one core of
-  this VM whatever the implementation (the prototype below gets to ~40 ms); it needs > 20 GB/s (several
-  threads on a workstation / server CPU -- not measurable on this loaded 2-core VM), a smaller step (traffic
-  shrinks with the square of the width: later steps of an iterative schedule are cheaper) or a GPU (there the
-  copies take well under 1 ms and the Python part, plus one host-to-device index copy per sliced tensor, remains).
+What the step costs, and why:
 
-Proposals for ``nnunet_prune/surgery/prune.py`` (implemented as ``prototype_prune`` below; ``--prototype`` measures
-them -- three smoke runs: 1.4-1.8x faster on 2d, 1.2-1.75x on 3d_fullres, 1.4-1.6x on 3d_resenc; bit-identical
-tensors, optimizer state and channel attributes; still ~40 ms for 3d_fullres on one core of this VM):
+* It is memory-bound: nearly all of the time goes into gathering the kept slices of the weights and of the SGD
+  momentum buffers; the Python around it (planning, index building, channel bookkeeping, parameter counts) is a
+  small share (``--profile``). At the default ``--fraction 0.25`` the step must read and write at least ~420 MB
+  for 2d (33.5 M parameters), ~390 MB for 3d_fullres (31.2 M: 125 MB of weights + 125 MB of momentum read, ~140 MB
+  written) and ~1.3 GB for 3d_resenc (ResEnc M, 102 M parameters); the traffic shrinks with the square of the
+  width, so later steps of an iterative schedule are cheaper.
+* Adopted in ``nnunet_prune/surgery/prune.py``: a conv that is both producer and consumer (most of them) is sliced
+  along dims 0 AND 1; ``index_slicer`` gathers it in ONE ``index_select`` over the rows of its
+  ``(out * in, kernel)`` view, and the same slicer is applied to the parameter's momentum (any optimizer state of
+  its shape). Two successive ``index_select`` calls, as before, read the tensor and then ~75 % of it again and
+  write twice. This is the main gain (``--compare-two-pass``; the results are bit-identical); its own cost is the
+  int64 row index (one entry per kept (out, in) pair, built by ``index_slicer`` and read by the gather), which is
+  larger relative to the weights for 3x3 (2d) than for 3x3x3 (3d) kernels. Smaller changes adopted with it:
+  ``plan_keep`` reads ``ChannelGroup.size`` once per group (it used to go through ``Module.__getattr__`` once per
+  removed index) and builds the kept indices with a mask; kept indices are moved to the device once per group /
+  consumer instead of once per tensor and optimizer-state entry (no effect on CPU, saves synchronous
+  host-to-device copies on CUDA); ``sync_attributes`` makes one pass over the modules (children before parents)
+  instead of four.
+* 20 ms for a full-width default network is out of reach on one core of this VM whatever the implementation:
+  moving ~400 MB in 20 ms needs a sustained ~20 GB/s (read + write), more than a plain ``copy_`` of the same
+  tensors achieves on one core here (``copy ms`` is itself above the goal). It needs more memory bandwidth
+  (several threads, ``--threads N``, on a workstation / server CPU: ``index_select`` along dim 0 runs in parallel
+  over rows), a smaller step, or a GPU (there the copies take well under a millisecond and the Python part
+  remains). Timings measured on a quiet machine are recorded in docs/performance.md.
 
-1. One-pass gather for tensors sliced along dims 0 and 1: view the weight as ``(out*in, kernel)`` rows and
-   ``index_select`` the rows ``keep0[:, None] * in + keep1[None, :]`` once; reuse the same slicer for the momentum
-   buffer (and any optimizer state of the same shape). This is the main win (items 2-5 together give only
-   1.0-1.2x, partly within the noise).
-2. ``plan_keep``: read ``g.size`` once per group (5-7 ms -> ~1.5-2.5 ms on these networks), build ``keep`` with a
-   mask.
-3. Move kept indices to the device once per group / consumer instead of ``idx.to(tensor.device)`` per tensor and
-   per optimizer-state entry (no effect on CPU; on CUDA each is a synchronous host-to-device copy).
-4. ``sync_attributes``: one pass over ``reversed(list(network.modules()))`` (children before parents) instead of
-   four passes (~1.7 -> ~0.9 ms on 2d/3d_fullres).
-5. Compute ``PruneResult.params_before/after`` lazily (or from the removed shapes) instead of two full
-   ``count_parameters`` passes in the hot path (~0.4-1 ms each).
-6. Worth a check on a real machine: the step with ``--threads N`` (``index_select`` along dim 0 runs in parallel
-   over rows); ``THP_MEM_ALLOC_ENABLE=1`` cut the page faults of the step ~4x (7.9 k -> 2 k) but had no
-   measurable effect on the time amid the noise here.
+On a machine with other jobs running, pass ``--threads 1`` (or at most the number of idle cores): with torch's
+default of one thread per core and a core busy, every parallel op waits for a descheduled thread, which made the
+step several times slower and even reversed the ``--compare-two-pass`` ratio in a smoke run.
 
 Usage::
 
-    python benchmarks/surgery_cost.py --small --repeats 3 --profile --prototype    # smoke run
-    python benchmarks/surgery_cost.py --threads 8 --repeats 15 --profile --prototype --out surgery_cost.md
-    python benchmarks/surgery_cost.py --device cuda --repeats 30 --out surgery_cost_cuda.json
+    python benchmarks/surgery_cost.py --networks 2d --repeats 2 --threads 1 --profile --compare-two-pass  # smoke
+    python benchmarks/surgery_cost.py --repeats 15 --profile --compare-two-pass --out surgery_cost.md
+    python benchmarks/surgery_cost.py --threads 8 --repeats 15 --compare-two-pass
+    python benchmarks/surgery_cost.py --device cuda --repeats 30 --compare-two-pass --out surgery_cost_cuda.json
 """
 
 from __future__ import annotations
@@ -79,6 +77,7 @@ import time
 from collections import defaultdict
 
 import torch
+from torch.nn.modules.conv import _ConvTransposeNd
 
 try:
     from benchmarks import common
@@ -86,6 +85,8 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
     import common
 
 from nnunet_prune.surgery import build_channel_graph
+from nnunet_prune.surgery.prune import NORM_TENSORS, PruneResult, consumer_input_index, plan_keep
+from nnunet_prune.surgery.tensors import set_tensor, sync_attributes
 
 GOAL_MS = 20.0
 
@@ -174,6 +175,7 @@ class PhaseTimer:
         timer = self
         targets = [(stats, "count_parameters", "count_parameters (x2)"), (prune, "plan_keep", "plan_keep"),
                    (prune, "consumer_input_index", "consumer_input_index"),
+                   (prune, "index_slicer", "index_slicer (gather indices)"),
                    (prune, "sync_attributes", "sync_attributes"), (prune, "set_tensor", "set_tensor"),
                    (ChannelGraph, "widths", "graph.widths (x2)")]
         saved = [(owner, attr, getattr(owner, attr), label) for owner, attr, label in targets if hasattr(owner, attr)]
@@ -183,7 +185,7 @@ class PhaseTimer:
         def index_select(t, *a, **k):
             if timer._depth_opt:
                 return original_index_select(t, *a, **k)
-            return timer.wrap(original_index_select, "index_select weights/norms")(t, *a, **k)
+            return timer.wrap(original_index_select, "index_select (weights/norms)")(t, *a, **k)
 
         def slice_opt(*a, **k):
             timer._depth_opt += 1
@@ -207,96 +209,32 @@ class PhaseTimer:
             del torch.Tensor.index_select  # the original lives on torch._C.TensorBase
 
 # ------------------------------------------------------------------------------------------------------------------
-# Prototype of the proposed changes to nnunet_prune/surgery/prune.py (measured side by side with --prototype; the
-# package itself is not modified). Same results, tensor for tensor, as graph.prune; differences:
-#   * plan_keep reads ``g.size`` once per group (the original evaluates the property once per removed index) and
-#     builds the kept indices with a mask;
-#   * kept indices are moved to the device once per group / consumer, not once per tensor;
-#   * each parameter's slicing function is built once and applied to the parameter and its optimizer state right
-#     away; with ``one_pass`` a tensor sliced along dims 0 AND 1 (every conv that is both producer and consumer) is
-#     gathered in ONE pass over (out*in, kernel) rows instead of two index_selects (the second re-reads 75 %);
-#   * one pass over the modules (children before parents) for the channel bookkeeping instead of four;
-#   * no count_parameters in the hot path (PruneResult could compute the counts lazily).
+# Reference: prune_channels before the one-pass gather (--compare-two-pass). Everything as in prune_channels
+# (plan_keep, indices moved to the device once per group / consumer, set_tensor, sync_attributes, the parameter
+# counts) except that every tensor and every optimizer-state entry is sliced with one index_select per dim.
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def _proto_plan_keep(graph, removal, min_width: int = 1):
-    keep, removed, clipped = {}, {}, {}
-    for key, indices in removal.items():
-        g = graph.resolve(key)
-        size = g.size
-        idx = list(dict.fromkeys(int(i) for i in indices))
-        bad = [i for i in idx if not 0 <= i < size]
-        if bad:
-            raise IndexError(f"group {g.name} has {size} channels; cannot remove {bad[:5]}")
-        allowed = max(size - min_width, 0)
-        if len(idx) > allowed:
-            clipped[g.name] = len(idx) - allowed
-            idx = idx[:allowed]
-        if idx:
-            mask = torch.ones(size, dtype=torch.bool)
-            mask[idx] = False
-            keep[g] = mask.nonzero().squeeze(1)
-            removed[g.name] = sorted(idx)
-    return keep, removed, clipped
-
-
-def _proto_sync_attributes(network: torch.nn.Module) -> None:
-    from dynamic_network_architectures.building_blocks.residual import BasicBlockD, BottleneckD, StackedResidualBlocks
-    from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU, StackedConvBlocks
-    from torch.nn.modules.batchnorm import _NormBase
-    from torch.nn.modules.conv import _ConvNd
-
-    from nnunet_prune.surgery.tensors import conv_in_channels, conv_out_channels
-
-    for m in reversed(list(network.modules())):  # pre-order reversed: every module after all its descendants
-        if isinstance(m, _ConvNd):
-            m.in_channels, m.out_channels = conv_in_channels(m), conv_out_channels(m)
-        elif isinstance(m, ConvDropoutNormReLU):
-            m.input_channels, m.output_channels = m.conv.in_channels, m.conv.out_channels
-            if isinstance(getattr(m, "norm", None), _NormBase):
-                m.norm.num_features = m.conv.out_channels
-        elif isinstance(m, StackedConvBlocks):
-            m.output_channels = m.convs[-1].output_channels
-        elif isinstance(m, BasicBlockD):
-            m.input_channels, m.output_channels = m.conv1.input_channels, m.conv2.output_channels
-        elif isinstance(m, BottleneckD):
-            m.input_channels, m.output_channels = m.conv1.input_channels, m.conv3.output_channels
-            m.bottleneck_channels = m.conv1.output_channels
-        elif isinstance(m, StackedResidualBlocks):
-            m.output_channels = m.blocks[-1].output_channels
-    encoder = getattr(network, "encoder", None)
-    if encoder is not None and hasattr(encoder, "stages") and hasattr(encoder, "output_channels"):
-        encoder.output_channels = [(s[-1] if isinstance(s, torch.nn.Sequential) else s).output_channels
-                                   for s in encoder.stages]
-
-
-def _proto_slicer(shape: torch.Size, dims: dict[int, torch.Tensor], one_pass: bool):
-    if one_pass and len(dims) == 2 and set(dims) == {0, 1} and len(shape) > 2:
-        rows = (dims[0][:, None] * shape[1] + dims[1][None, :]).reshape(-1)
-        new_shape = (len(dims[0]), len(dims[1]), *shape[2:])
-        return lambda t: t.reshape(shape[0] * shape[1], -1).index_select(0, rows).view(new_shape)
-
-    def slicer(t):
+def two_pass_slicer(dims: dict[int, torch.Tensor]):
+    """Successive ``index_select`` calls, one per dim: a tensor sliced along dims 0 and 1 is read and written twice."""
+    def slicer(t: torch.Tensor) -> torch.Tensor:
         for dim, idx in dims.items():
             t = t.index_select(dim, idx)
         return t
     return slicer
 
 
-def prototype_prune(graph, removal, optimizer=None, min_width: int = 1, one_pass: bool = True):
-    from torch.nn.modules.conv import _ConvTransposeNd
+def two_pass_prune(graph, removal, optimizer=None, min_width: int = 1) -> PruneResult:
+    """``prune_channels`` with the previous two-pass slicing; same results, tensor for tensor."""
+    from nnunet_prune.stats import count_parameters
 
-    from nnunet_prune.surgery.prune import NORM_TENSORS, PruneResult, consumer_input_index
-    from nnunet_prune.surgery.tensors import set_tensor
-
-    result = PruneResult(widths_before=graph.widths())
-    keep, result.removed, result.clipped = _proto_plan_keep(graph, removal, min_width)
+    result = PruneResult(widths_before=graph.widths(), params_before=count_parameters(graph.network))
+    keep, result.removed, result.clipped = plan_keep(graph, removal, min_width)
     if keep:
         device = next(graph.network.parameters()).device
+        keep = {g: k.to(device) for g, k in keep.items()}
         specs: dict[tuple, dict[int, torch.Tensor]] = defaultdict(dict)
         for g, k in keep.items():
-            k = k.to(device)
             for p in g.producers:
                 specs[(p, "weight")][1 if isinstance(p, _ConvTransposeNd) else 0] = k
                 if p.bias is not None:
@@ -309,20 +247,22 @@ def prototype_prune(graph, removal, optimizer=None, min_width: int = 1, one_pass
             specs[(c, "weight")][0 if isinstance(c, _ConvTransposeNd) else 1] = \
                 consumer_input_index(graph, c, keep).to(device)
         optimizers = [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer or [])
+        sliced = {}
         with torch.no_grad():
             for (module, name), dims in specs.items():
-                tensor = getattr(module, name)
-                old_shape = tensor.shape
-                slicer = _proto_slicer(old_shape, dims, one_pass)
-                set_tensor(module, name, slicer(tensor))
-                param = module._parameters.get(name)
-                for opt in optimizers if param is not None else []:
+                slicer = two_pass_slicer(dims)
+                old = set_tensor(module, name, slicer(getattr(module, name)))
+                if name in module._parameters:
+                    sliced[module._parameters[name]] = (old.shape, slicer)
+            for opt in optimizers:
+                for param, (old_shape, slicer) in sliced.items():
                     state = opt.state.get(param)
                     for key, value in list(state.items()) if state else []:
                         if torch.is_tensor(value) and value.dim() > 0 and value.shape == old_shape:
                             state[key] = slicer(value)
-        _proto_sync_attributes(graph.network)
+        sync_attributes(graph.network)
     result.widths_after = graph.widths()
+    result.params_after = count_parameters(graph.network)
     return result
 
 
@@ -342,20 +282,17 @@ def same_state(a: tuple, b: tuple) -> bool:
                for at in ATTRIBUTES)
 
 
-def compare_prototype(name: str, net, opt, args, gen, device) -> list[list]:
-    """Current ``graph.prune`` vs the prototype (with / without the one-pass gather), interleaved, fresh copies."""
-    variants = {
-        "current graph.prune": lambda g, r, o: g.prune(r, optimizer=o),
-        "prototype: Python/index fixes": lambda g, r, o: prototype_prune(g, r, o, one_pass=False),
-        "prototype: + one-pass 2-dim gather": lambda g, r, o: prototype_prune(g, r, o, one_pass=True),
-    }
+CURRENT, TWO_PASS = "one-pass gather (graph.prune)", "two-pass index_select (previous)"
+
+
+def compare_two_pass(name: str, net, opt, args, gen, device) -> tuple[list[list], dict]:
+    """Current ``graph.prune`` vs the two-pass reference: interleaved (alternating order), fresh copies each."""
+    variants = {CURRENT: lambda g, r, o: g.prune(r, optimizer=o), TWO_PASS: two_pass_prune}
     times = {k: [] for k in variants}
-    identical = {}
-    order = list(variants)
+    identical = False
     for run in range(args.warmup + args.repeats):
         removal, results = None, {}
-        order = order[1:] + order[:1]  # rotate, so that no variant always runs first
-        for k in order:
+        for k in (list(variants) if run % 2 else list(variants)[::-1]):  # no variant always runs first
             net_c, opt_c = copy.deepcopy((net, opt))
             graph = build_channel_graph(net_c)
             if removal is None:
@@ -368,24 +305,26 @@ def compare_prototype(name: str, net, opt, args, gen, device) -> list[list]:
                 results[k] = (net_c, opt_c)
             del net_c, opt_c, graph
         if run == 0:
-            ref = results["current graph.prune"]
-            identical = {k: same_state(ref, v) for k, v in results.items()}
+            identical = same_state(results[CURRENT], results[TWO_PASS])
         del results
-    base = common.median(times["current graph.prune"])
+    one, two = common.median(times[CURRENT]), common.median(times[TWO_PASS])
     rows = []
     for k, v in times.items():
         lo, hi = common.spread(v)
         rows.append([name, k, f"{common.median(v) * 1e3:.1f}", f"{lo * 1e3:.1f}-{hi * 1e3:.1f}",
-                     f"{base / common.median(v):.2f}x", "yes" if identical[k] else "NO"])
-    return rows
+                     f"{two / common.median(v):.2f}x", "yes" if identical else "NO"])
+    record = dict(one_pass_ms=one * 1e3, two_pass_ms=two * 1e3, speedup=two / one, identical=identical,
+                  one_pass_all_ms=[x * 1e3 for x in times[CURRENT]], two_pass_all_ms=[x * 1e3 for x in times[TWO_PASS]])
+    return rows, record
 
 
 def main(argv=None) -> str:
     p = common.base_parser(__doc__, default_repeats=10)
     p.add_argument("--fraction", type=float, default=0.25, help="fraction of every group's channels to remove")
     p.add_argument("--profile", action="store_true", help="also print a breakdown of the step by phase")
-    p.add_argument("--prototype", action="store_true",
-                   help="also time the prototype of the proposed prune_channels changes side by side")
+    p.add_argument("--compare-two-pass", action="store_true",
+                   help="also time graph.prune against the previous two-pass slicing (interleaved) and check that "
+                        "the results are identical")
     args = p.parse_args(argv)
     device = common.setup(args)
     info = common.machine_info(device)
@@ -395,7 +334,7 @@ def main(argv=None) -> str:
     headers = ["network", "params (M)", "groups", "tensors sliced", "MB touched", "build graph ms",
                "prune ms (median)", "min-max ms", "GB/s", "copy ms", "prune/copy",
                "page faults", "goal ms", "meets goal"]
-    rows, records, profile_rows, proto_rows = [], [], [], []
+    rows, records, profile_rows, compare_rows = [], [], [], []
     for name in names:
         net = common.build_network(name).to(device)
         opt = populated_optimizer(net)
@@ -465,10 +404,13 @@ def main(argv=None) -> str:
             total = rec["profile_ms"]["total (with timers)"]
             for k, v in rec["profile_ms"].items():
                 profile_rows.append([name, k, f"{v:.2f}", f"{100 * v / total:.0f} %"])
-        if args.prototype:
-            proto_rows += compare_prototype(name, net, opt, args, gen, device)
-            for r in proto_rows[-3:]:
+        if args.compare_two_pass:
+            cmp_rows, rec["compare_two_pass"] = compare_two_pass(name, net, opt, args, gen, device)
+            compare_rows += cmp_rows
+            for r in cmp_rows:
                 print(" | ".join(str(c) for c in r), flush=True)
+            print(f"{name}: one-pass gather {rec['compare_two_pass']['speedup']:.2f}x faster than two-pass, "
+                  f"identical results: {'yes' if rec['compare_two_pass']['identical'] else 'NO'}", flush=True)
         del net, opt
 
     notes = [f"Removed {args.fraction:.0%} of the channels (random, at least one) of every group in one "
@@ -480,12 +422,14 @@ def main(argv=None) -> str:
     if profile_rows:
         notes += ["", f"Breakdown (--profile, median of {args.repeats} further repeats; timers add a little "
                       f"overhead):", "", common.markdown_table(["network", "phase", "ms", "share"], profile_rows)]
-    if proto_rows:
-        notes += ["", f"Current implementation vs the prototype of the proposed changes (--prototype; interleaved, "
-                      f"rotating order, fresh copies, median of {args.repeats}; 'identical' = same tensors, optimizer "
-                      f"state and channel attributes as the current implementation):", "",
+    if compare_rows:
+        notes += ["", f"One-pass gather (current `graph.prune`) vs the previous two-pass slicing (--compare-two-pass: "
+                      f"one index_select per dim for every sliced tensor and momentum buffer, everything else the "
+                      f"same; interleaved, alternating order, fresh copies, median of {args.repeats}; 'speed-up' = "
+                      f"two-pass median / median; 'identical' = same tensors, optimizer state and channel "
+                      f"attributes):", "",
                   common.markdown_table(["network", "implementation", "ms (median)", "min-max ms", "speed-up",
-                                         "identical"], proto_rows)]
+                                         "identical"], compare_rows)]
     return common.finish("surgery cost: one full pruning step", info, args, headers, rows, "\n".join(notes), records)
 
 

@@ -66,17 +66,19 @@ def plan_keep(graph: ChannelGraph, removal: Mapping, min_width: int = 1
         g = graph.resolve(key)
         if g in keep:
             raise ValueError(f"group {g.name} given twice")
+        size = g.size
         idx = list(dict.fromkeys(int(i) for i in indices))
-        bad = [i for i in idx if not 0 <= i < g.size]
+        bad = [i for i in idx if not 0 <= i < size]
         if bad:
-            raise IndexError(f"group {g.name} has {g.size} channels; cannot remove {bad[:5]}")
-        allowed = max(g.size - min_width, 0)
+            raise IndexError(f"group {g.name} has {size} channels; cannot remove {bad[:5]}")
+        allowed = max(size - min_width, 0)
         if len(idx) > allowed:
             clipped[g.name] = len(idx) - allowed
             idx = idx[:allowed]
         if idx:
-            drop = set(idx)
-            keep[g] = torch.tensor([i for i in range(g.size) if i not in drop], dtype=torch.long)
+            mask = torch.ones(size, dtype=torch.bool)
+            mask[idx] = False
+            keep[g] = mask.nonzero().squeeze(1)
             removed[g.name] = sorted(idx)
     return keep, removed, clipped
 
@@ -88,9 +90,28 @@ def consumer_input_index(graph: ChannelGraph, consumer: nn.Module, keep: Mapping
     for seg in graph.layouts[consumer]:
         n = seg.channels if isinstance(seg, External) else seg.size
         k = keep.get(seg) if isinstance(seg, ChannelGroup) else None
-        parts.append((k if k is not None else torch.arange(n)) + offset)
+        parts.append((k.cpu() if k is not None else torch.arange(n)) + offset)
         offset += n
     return torch.cat(parts)
+
+
+def index_slicer(shape: torch.Size, dims: Mapping[int, torch.Tensor]):
+    """A function that keeps the indices ``dims[d]`` along each dim ``d`` of a tensor of ``shape``.
+
+    A weight sliced along both its output and input dim is gathered in one pass (rows of the (out * in, kernel)
+    view): the step is memory-bound, and two successive index_selects read and write most of it twice.
+    """
+    if set(dims) == {0, 1} and len(shape) > 2:
+        rows = (dims[0][:, None] * shape[1] + dims[1][None, :]).reshape(-1)
+        new_shape = (len(dims[0]), len(dims[1]), *shape[2:])
+        return lambda t: t.reshape(shape[0] * shape[1], -1).index_select(0, rows).view(new_shape)
+
+    def slicer(t: torch.Tensor) -> torch.Tensor:
+        for dim, idx in dims.items():
+            t = t.index_select(dim, idx)
+        return t
+
+    return slicer
 
 
 def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGroup, Sequence[int]],
@@ -109,6 +130,8 @@ def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGrou
     result = PruneResult(widths_before=graph.widths(), params_before=count_parameters(graph.network))
     keep, result.removed, result.clipped = plan_keep(graph, removal, min_width)
     if keep:
+        device = next(graph.network.parameters()).device
+        keep = {g: k.to(device) for g, k in keep.items()}  # one host-to-device copy per group, not per tensor
         specs: dict[tuple[nn.Module, str], dict[int, torch.Tensor]] = defaultdict(dict)
         for g, k in keep.items():
             for p in g.producers:
@@ -120,18 +143,17 @@ def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGrou
                     if getattr(n, t, None) is not None:
                         specs[(n, t)][0] = k
         for c in {c for g in keep for c in g.consumers}:
-            specs[(c, "weight")][0 if isinstance(c, _ConvTransposeNd) else 1] = consumer_input_index(graph, c, keep)
+            specs[(c, "weight")][0 if isinstance(c, _ConvTransposeNd) else 1] = \
+                consumer_input_index(graph, c, keep).to(device)
 
-        sliced: dict[nn.Parameter, tuple[torch.Size, dict[int, torch.Tensor]]] = {}
+        sliced: dict[nn.Parameter, tuple[torch.Size, object]] = {}
         with torch.no_grad():
             for (module, name), dims in specs.items():
                 tensor = getattr(module, name)
-                new = tensor
-                for dim, idx in dims.items():
-                    new = new.index_select(dim, idx.to(tensor.device))
-                old = set_tensor(module, name, new)
+                slicer = index_slicer(tensor.shape, dims)
+                old = set_tensor(module, name, slicer(tensor))
                 if name in module._parameters:
-                    sliced[module._parameters[name]] = (old.shape, dims)
+                    sliced[module._parameters[name]] = (old.shape, slicer)
             for opt in _optimizers(optimizer):
                 _slice_optimizer_state(opt, sliced)
         sync_attributes(graph.network)
@@ -140,14 +162,11 @@ def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGrou
     return result
 
 
-def _slice_optimizer_state(optimizer: torch.optim.Optimizer,
-                           sliced: Mapping[nn.Parameter, tuple[torch.Size, dict[int, torch.Tensor]]]) -> None:
-    for param, (old_shape, dims) in sliced.items():
+def _slice_optimizer_state(optimizer: torch.optim.Optimizer, sliced: Mapping[nn.Parameter, tuple]) -> None:
+    for param, (old_shape, slicer) in sliced.items():
         state = optimizer.state.get(param)
         if not state:
             continue
         for key, value in list(state.items()):
             if torch.is_tensor(value) and value.dim() > 0 and value.shape == old_shape:
-                for dim, idx in dims.items():
-                    value = value.index_select(dim, idx.to(value.device))
-                state[key] = value
+                state[key] = slicer(value)

@@ -42,25 +42,22 @@ def sync_attributes(network: nn.Module) -> None:
     dynamic_network_architectures (``input_channels`` / ``output_channels`` of blocks and stages, the encoder's
     per-stage ``output_channels`` list), which ``compute_conv_feature_map_size`` and the decoder rely on.
     """
-    for m in network.modules():
+    for m in reversed(list(network.modules())):  # every module after all of its descendants
         if isinstance(m, _ConvNd):
             m.in_channels, m.out_channels = conv_in_channels(m), conv_out_channels(m)
-    for m in network.modules():
-        if isinstance(m, ConvDropoutNormReLU):
+        elif isinstance(m, ConvDropoutNormReLU):
             m.input_channels, m.output_channels = m.conv.in_channels, m.conv.out_channels
             norm = getattr(m, "norm", None)
             if isinstance(norm, _NormBase):
                 norm.num_features = m.conv.out_channels
-    for m in network.modules():
-        if isinstance(m, StackedConvBlocks):
+        elif isinstance(m, StackedConvBlocks):
             m.output_channels = m.convs[-1].output_channels
         elif isinstance(m, BasicBlockD):
             m.input_channels, m.output_channels = m.conv1.input_channels, m.conv2.output_channels
         elif isinstance(m, BottleneckD):
             m.input_channels, m.output_channels = m.conv1.input_channels, m.conv3.output_channels
             m.bottleneck_channels = m.conv1.output_channels
-    for m in network.modules():
-        if isinstance(m, StackedResidualBlocks):
+        elif isinstance(m, StackedResidualBlocks):
             m.output_channels = m.blocks[-1].output_channels
     encoder = getattr(network, "encoder", None)
     if encoder is not None and hasattr(encoder, "stages") and hasattr(encoder, "output_channels"):

@@ -1,0 +1,103 @@
+"""The magnitude-pruning sweep and export on a tiny trained model (CPU, nnU-Net's own inference)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import DATASET_2D, read_json
+from tests.test_nnunet_integration import segmentations
+
+pytestmark = pytest.mark.slow
+
+
+def sweep(nnunet, *args, check=True):
+    return nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "sweep", *args, check=check)
+
+
+def test_sweep_proxy_dice_sparsity_resume_and_export(nnunet, dataset2d, dense_model):
+    out = nnunet.base / "sweep"
+    images, labels = dataset2d / "imagesTs", dataset2d / "labelsTs"
+    first = sweep(nnunet, "-d", DATASET_2D, "-c", "2d", "-tr", "nnUNetTrainerBudget", "-f", 0, 1, "-i", images,
+                  "--labels", labels, "-o", out, "--taus", 0, 0.004, "--refine", 0, "--save-predictions")
+    assert "Critical point" in first.stdout
+    state = read_json(out / "sweep_state.json")
+    assert sorted(float(k) for k in state["results"]) == [0.0, 0.004]
+
+    # interrupted / extended sweeps reuse finished tau values and the cached reference predictions
+    second = sweep(nnunet, dense_model, "-f", 0, 1, "-i", images, "--labels", labels, "-o", out, "--taus", 0,
+                   0.004, 0.02, 0.05, "--refine", 0, "--save-predictions")
+    assert "Reusing 2 finished tau values" in second.stdout
+    report = read_json(out / "sweep.json")
+    rows = {r["tau"]: r for r in report["results"]}
+    assert sorted(rows) == [0.0, 0.004, 0.02, 0.05]
+    assert rows[0.0]["proxy_dice"] == 1.0 and rows[0.0]["sparsity_of_nonzero"] == 0.0
+    sparsities = [rows[t]["sparsity_of_nonzero"] for t in sorted(rows)]
+    assert all(a < b for a, b in zip(sparsities, sparsities[1:]))
+    assert all(0 <= rows[t]["proxy_dice"] <= 1 for t in rows)
+    assert all(rows[t]["real_dice"] is not None for t in rows)
+    assert set(rows[0.05]["stages"]) >= {"enc0", "bottleneck", "dec0", "heads"}
+    assert report["reference_seconds"] > 0 and report["cost_in_ensemble_inferences"] > 1
+    for name in ("sweep.csv", "summary.md", "dice_vs_sparsity.png", "dice_vs_tau.png", "stage_sparsity.png"):
+        assert (out / name).is_file()
+    assert "Per-stage sparsity" in (out / "summary.md").read_text() or report["critical_point"] is None
+
+    # the exported model at tau predicts exactly what the pruned ensemble predicted inside the sweep
+    exported = nnunet.base / "magnitude_export"
+    nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "export", dense_model, "-o", exported,
+               "--magnitude-tau", 0.02, "-f", 0, 1)
+    summary = read_json(exported / "export_summary.json")
+    for f in summary["folds"]:
+        assert f["checkpoint_bytes_after"] < f["checkpoint_bytes_before"] / 2
+        assert f["sparsity"]["tau"] == 0.02
+        assert f["max_abs_difference"] <= 1e-4
+    pred = nnunet.base / "pred_magnitude_export"
+    nnunet.run("nnUNetv2_predict_from_modelfolder", "-i", images, "-o", pred, "-m", exported, "-f", 0, 1, "-device",
+               "cpu", "-npp", 1, "-nps", 1, "--disable_progress_bar")
+    a = segmentations(pred)
+    b = segmentations(out / "predictions" / "tau_0.020000")
+    assert a.keys() == b.keys() and len(a) == 3
+    for k in a:
+        assert np.mean(a[k] != b[k]) <= 1e-3, k  # identical up to rare float-rounding ties
+
+
+def test_sweep_bad_input_fails_before_any_work(nnunet, dataset2d, dense_model, tmp_path):
+    images = dataset2d / "imagesTs"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = sweep(nnunet, dense_model, "-i", empty, "-o", tmp_path / "o1", check=False)
+    assert r.returncode == 2 and "holds no images ending in .nii.gz" in r.stderr
+    two_channels = tmp_path / "two"
+    two_channels.mkdir()
+    for f in list(images.glob("*_0000.nii.gz"))[:1]:
+        shutil.copy(f, two_channels / f.name)
+        shutil.copy(f, two_channels / f.name.replace("_0000", "_0001"))
+    r = sweep(nnunet, dense_model, "-i", two_channels, "-o", tmp_path / "o2", check=False)
+    assert r.returncode == 2 and "do not match the model's 1 input channel" in r.stderr
+    r = sweep(nnunet, dense_model, "-i", images, "-f", 0, 3, "-o", tmp_path / "o3", check=False)
+    assert r.returncode == 2 and "fold(s) 3 have no checkpoint_final.pth" in r.stderr
+    r = sweep(nnunet, dataset2d, "-i", images, "-o", tmp_path / "o4", check=False)
+    assert r.returncode == 2 and "is not a trained nnU-Net model folder" in r.stderr
+    r = sweep(nnunet, dense_model, "-i", images, "-o", dense_model / "sweep", check=False)
+    assert r.returncode == 2 and "inside the model folder" in r.stderr
+    for i in range(1, 4):
+        assert not (tmp_path / f"o{i}").exists()
+    assert "Traceback" not in r.stderr
+
+
+def test_report_on_trained_folders(nnunet, dataset2d, dense_model, sauron_model):
+    out = nnunet.base / "report"
+    r = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "report", dense_model, sauron_model, "-f", 0,
+                   "-o", out, "--no-compile", "--repeats", 3, "--threads", 1)
+    import pandas as pd
+
+    table = pd.read_csv(out / "report.csv")
+    assert len(table) == 2
+    dense, sauron = table.iloc[0], table.iloc[1]
+    assert sauron["macs"] < dense["macs"] and sauron["parameters"] < dense["parameters"]
+    assert table["dice"].notna().all() and (table["cpu_ms_eager"] > 0).all()
+    assert (out / "report.md").is_file() and (out / "dice_vs_macs.png").is_file()
+    assert "nnUNetTrainerSauron" in r.stdout
