@@ -27,7 +27,7 @@ MARKER = ".nnunet_prune_demo"
 DATASET_ID = 990
 
 #: Sauron's schedule compressed for a run of a few epochs (the paper's: tau_max 0.3, kappa 15, rho 5, tau from 0)
-DEMO_SAURON = "tau_init=0.15,tau_max=0.3,kappa=3,rho=2,stat_batches=8"
+DEMO_SAURON = "tau_init=0.25,tau_max=0.3,kappa=3,rho=2,stat_batches=8"
 
 
 @dataclass

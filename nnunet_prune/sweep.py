@@ -34,6 +34,7 @@ from nnunet_prune.methods.magnitude import (
     PAPER_GRID,
     SweepPoint,
     critical_point,
+    extension_tau,
     first_failure,
     refinement_taus,
     taus_for_sparsities,
@@ -41,6 +42,8 @@ from nnunet_prune.methods.magnitude import (
 from nnunet_prune.modelfolder import ModelFolder
 
 STATE_FILE = "sweep_state.json"
+#: at most this many tau values beyond the default grid (x1.5 each: 0.02 -> ~2.6)
+MAX_EXTENSION = 12
 
 
 @dataclass
@@ -343,6 +346,12 @@ class MagnitudeSweep:
         if skipped and progress:
             print(f"Reusing {skipped} finished tau values from {self.output / STATE_FILE}.")
         run_taus(grid, "tau grid")
+        if not (self.settings.taus or self.settings.target_sparsities):
+            for _ in range(MAX_EXTENSION):  # the default grid ends before the proxy Dice falls: go on
+                tau = extension_tau(self._points(), self.settings.threshold)
+                if tau is None:
+                    break
+                run_taus([tau], "extending")
         if self.settings.refine_steps > 0:
             run_taus(refinement_taus(self._points(), self.settings.threshold, self.settings.refine_steps),
                      "refining")
@@ -431,6 +440,11 @@ def summary_markdown(report: dict) -> str:
                      f"tau = {crit['tau']:.6g}, sparsity {crit['sparsity']:.1%}, proxy Dice {crit['proxy_dice']:.4f}.")
     else:
         lines.append(f"No evaluated tau keeps proxy Dice >= {report['threshold']}.")
+    fail = report.get("first_failure")
+    if crit and fail and fail["tau"] < crit["tau"]:
+        lines.append(f"The curve is not monotonic: proxy Dice first falls below the threshold at tau = "
+                     f"{fail['tau']:.6g} (sparsity {fail['sparsity']:.1%}, proxy Dice {fail['proxy_dice']:.4f}) and "
+                     f"recovers later; the conservative choice is the last tau before that.")
     if report.get("reference_seconds"):
         lines.append(f"\nTiming: one ensemble inference (reference) {report['reference_seconds']:.1f} s; "
                      f"{report['tau_evaluations']} tau values {report['tau_seconds_total']:.1f} s; the whole sweep "

@@ -518,3 +518,13 @@ def test_adaptive_network_loads_compact_state_dict(channel_pruned):
     assert all(torch.equal(a, b) for a, b in zip(ref, out))
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, net.state_dict()[k]), k
+
+
+def test_extension_tau_continues_the_grid_until_the_proxy_dice_falls():
+    from nnunet_prune.methods.magnitude import SweepPoint, extension_tau
+
+    good = [SweepPoint(0.0, 0.0, 1.0), SweepPoint(0.02, 0.5, 0.99)]
+    assert extension_tau(good) == 0.03
+    assert extension_tau(good + [SweepPoint(0.03, 0.6, 0.90)]) is None  # fell below 0.95: refine instead
+    assert extension_tau([SweepPoint(0.0, 0.0, 1.0), SweepPoint(0.5, 0.996, 0.97)]) is None  # nothing left
+    assert extension_tau([]) is None

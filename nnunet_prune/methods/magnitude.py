@@ -39,6 +39,19 @@ def first_failure(points: Sequence[SweepPoint], threshold: float = 0.95) -> Swee
     return bad[0] if bad else None
 
 
+def extension_tau(points: Sequence[SweepPoint], threshold: float = 0.95, factor: float = 1.5,
+                  max_sparsity: float = 0.995) -> float | None:
+    """The next tau beyond the grid when no tau so far made the proxy Dice fall below ``threshold`` (the paper's
+    grid stops at 0.02; a robust model may not fail by then): the largest tau times ``factor``, until the proxy
+    Dice falls or almost every weight is gone. None when nothing more is needed."""
+    if not points or first_failure(points, threshold) is not None:
+        return None
+    last = max(points, key=lambda p: p.tau)
+    if last.sparsity >= max_sparsity:
+        return None
+    return round(last.tau * factor, 9) if last.tau > 0 else None
+
+
 def refinement_taus(points: Sequence[SweepPoint], threshold: float = 0.95, steps: int = 4) -> list[float]:
     """New tau values between the last tau that keeps proxy Dice >= threshold and the first one that does not
     (``steps`` evenly spaced interior values), so the critical sparsity is located more finely. Empty if the
