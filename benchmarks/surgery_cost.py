@@ -77,7 +77,6 @@ import time
 from collections import defaultdict
 
 import torch
-from torch.nn.modules.conv import _ConvTransposeNd
 
 try:
     from benchmarks import common
@@ -85,8 +84,7 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
     import common
 
 from nnunet_prune.surgery import build_channel_graph
-from nnunet_prune.surgery.prune import NORM_TENSORS, PruneResult, consumer_input_index, plan_keep
-from nnunet_prune.surgery.tensors import set_tensor, sync_attributes
+from nnunet_prune.surgery.prune import PruneResult, prune_channels
 
 GOAL_MS = 20.0
 
@@ -209,14 +207,14 @@ class PhaseTimer:
             del torch.Tensor.index_select  # the original lives on torch._C.TensorBase
 
 # ------------------------------------------------------------------------------------------------------------------
-# Reference: prune_channels before the one-pass gather (--compare-two-pass). Everything as in prune_channels
-# (plan_keep, indices moved to the device once per group / consumer, set_tensor, sync_attributes, the parameter
-# counts) except that every tensor and every optimizer-state entry is sliced with one index_select per dim.
+# Reference: prune_channels before the one-pass gather (--compare-two-pass): the same function with a slicer that
+# slices every tensor and every optimizer-state entry with one index_select per dim.
 # ------------------------------------------------------------------------------------------------------------------
 
 
-def two_pass_slicer(dims: dict[int, torch.Tensor]):
-    """Successive ``index_select`` calls, one per dim: a tensor sliced along dims 0 and 1 is read and written twice."""
+def two_pass_slicer(shape: torch.Size, dims: dict[int, torch.Tensor]):
+    """Successive ``index_select`` calls, one per dim: a tensor sliced along dims 0 and 1 is read and written twice
+    (the implementation before the one-pass gather)."""
     def slicer(t: torch.Tensor) -> torch.Tensor:
         for dim, idx in dims.items():
             t = t.index_select(dim, idx)
@@ -226,44 +224,7 @@ def two_pass_slicer(dims: dict[int, torch.Tensor]):
 
 def two_pass_prune(graph, removal, optimizer=None, min_width: int = 1) -> PruneResult:
     """``prune_channels`` with the previous two-pass slicing; same results, tensor for tensor."""
-    from nnunet_prune.stats import count_parameters
-
-    result = PruneResult(widths_before=graph.widths(), params_before=count_parameters(graph.network))
-    keep, result.removed, result.clipped = plan_keep(graph, removal, min_width)
-    if keep:
-        device = next(graph.network.parameters()).device
-        keep = {g: k.to(device) for g, k in keep.items()}
-        specs: dict[tuple, dict[int, torch.Tensor]] = defaultdict(dict)
-        for g, k in keep.items():
-            for p in g.producers:
-                specs[(p, "weight")][1 if isinstance(p, _ConvTransposeNd) else 0] = k
-                if p.bias is not None:
-                    specs[(p, "bias")][0] = k
-            for n in g.norms:
-                for t in NORM_TENSORS:
-                    if getattr(n, t, None) is not None:
-                        specs[(n, t)][0] = k
-        for c in {c for g in keep for c in g.consumers}:
-            specs[(c, "weight")][0 if isinstance(c, _ConvTransposeNd) else 1] = \
-                consumer_input_index(graph, c, keep).to(device)
-        optimizers = [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer or [])
-        sliced = {}
-        with torch.no_grad():
-            for (module, name), dims in specs.items():
-                slicer = two_pass_slicer(dims)
-                old = set_tensor(module, name, slicer(getattr(module, name)))
-                if name in module._parameters:
-                    sliced[module._parameters[name]] = (old.shape, slicer)
-            for opt in optimizers:
-                for param, (old_shape, slicer) in sliced.items():
-                    state = opt.state.get(param)
-                    for key, value in list(state.items()) if state else []:
-                        if torch.is_tensor(value) and value.dim() > 0 and value.shape == old_shape:
-                            state[key] = slicer(value)
-        sync_attributes(graph.network)
-    result.widths_after = graph.widths()
-    result.params_after = count_parameters(graph.network)
-    return result
+    return prune_channels(graph, removal, optimizer=optimizer, min_width=min_width, slicer_factory=two_pass_slicer)
 
 
 ATTRIBUTES = ("in_channels", "out_channels", "input_channels", "output_channels", "num_features",

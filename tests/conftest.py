@@ -102,3 +102,15 @@ def sauron_model(nnunet, dataset2d) -> Path:
     return nnunet.train(DATASET_2D, "2d", 0, "nnUNetTrainerSauron",
                         env={"NNUNET_PRUNE_EPOCHS": "3",
                              "NNUNET_PRUNE_SAURON": "tau_init=0.6,tau_max=0.9,kappa=2,rho=1,stat_batches=2"})
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Unit tests of tiny networks: one intra-op thread avoids OpenMP oversubscription on a busy 2-core machine
+    (30x faster there); the previous setting is restored afterwards. Use with pytest.mark.usefixtures."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -66,14 +66,7 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These networks are tiny: one intra-op thread avoids OpenMP oversubscription on a busy machine (30x faster
-    here); the previous setting is restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 # ----------------------------------------------------------------------------------------------- stage labels
 @pytest.mark.parametrize("name, n_stages, expected", [

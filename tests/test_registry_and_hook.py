@@ -13,18 +13,9 @@ import pytest
 
 import _nnunet_prune_hook
 from nnunet_prune import NnUNetPruneError, registry
+from nnunet_prune.integration.patches import all_subclasses
 
 SHIM = _nnunet_prune_hook.shim_folder()
-
-
-def all_subclasses(cls) -> set[type]:
-    out, todo = set(), [cls]
-    while todo:
-        for sub in todo.pop().__subclasses__():
-            if sub not in out:
-                out.add(sub)
-                todo.append(sub)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- registry

@@ -25,14 +25,7 @@ TOL = 1e-6
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """These networks are tiny: one intra-op thread avoids OpenMP oversubscription on a busy machine (30x faster
-    here); the previous setting is restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 # ----------------------------------------------------------------------------------------------- references
 def ref_pool(x: np.ndarray, omega: int) -> np.ndarray:

@@ -94,7 +94,8 @@ def _trainer_lookup(original):
     return lookup
 
 
-def _all_subclasses(cls) -> set[type]:
+def all_subclasses(cls) -> set[type]:
+    """Every subclass of ``cls``, at any depth."""
     out, todo = set(), [cls]
     while todo:
         for sub in todo.pop().__subclasses__():
@@ -108,7 +109,7 @@ def available_trainers() -> dict[str, list[str]]:
     """Trainer names by origin: nnU-Net's own (all its modules are imported by a failed search) and ours."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    stock = sorted({c.__name__ for c in _all_subclasses(nnUNetTrainer) | {nnUNetTrainer}
+    stock = sorted({c.__name__ for c in all_subclasses(nnUNetTrainer) | {nnUNetTrainer}
                     if c.__module__.startswith("nnunetv2.")})
     return {"nnunet-prune": sorted(registry.TRAINERS), "nnU-Net": stock}
 
@@ -116,7 +117,7 @@ def available_trainers() -> dict[str, list[str]]:
 def available_planners() -> dict[str, list[str]]:
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
-    stock = sorted({c.__name__ for c in _all_subclasses(ExperimentPlanner) | {ExperimentPlanner}
+    stock = sorted({c.__name__ for c in all_subclasses(ExperimentPlanner) | {ExperimentPlanner}
                     if c.__module__.startswith("nnunetv2.")})
     return {"nnunet-prune": sorted(registry.PLANNERS), "nnU-Net": stock}
 
@@ -124,7 +125,7 @@ def available_planners() -> dict[str, list[str]]:
 def available_extractors() -> dict[str, list[str]]:
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 
-    return {"nnU-Net": sorted({c.__name__ for c in _all_subclasses(DatasetFingerprintExtractor)
+    return {"nnU-Net": sorted({c.__name__ for c in all_subclasses(DatasetFingerprintExtractor)
                                | {DatasetFingerprintExtractor}})}
 
 

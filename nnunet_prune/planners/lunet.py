@@ -23,6 +23,14 @@ class _LUnetMixin:
     lunet_width: int = 32
     #: plans identifier of the plans whose preprocessed data LUnet shares for 2d / 3d_fullres
     shared_data_plans: str = "nnUNetPlans"
+    #: plans identifier written unless -overwrite_plans_name is given
+    default_plans_name: str = "nnUNetLUnetPlans"
+
+    def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 8,
+                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str | None = None,
+                 overwrite_target_spacing=None, suppress_transpose: bool = False):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name,
+                         plans_name or self.default_plans_name, overwrite_target_spacing, suppress_transpose)
 
     def get_plans_for_configuration(self, spacing, median_shape, data_identifier, approximate_n_voxels_dataset,
                                     _cache) -> dict:
@@ -57,56 +65,35 @@ class _LUnetMixin:
 class LUnetPlanner(_LUnetMixin, ExperimentPlanner):
     """Plain-convolution U-Net with constant width 32 (plans ``nnUNetLUnetPlans``)."""
 
-    def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 8,
-                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = "nnUNetLUnetPlans",
-                 overwrite_target_spacing=None, suppress_transpose: bool = False):
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing, suppress_transpose)
+    default_plans_name = "nnUNetLUnetPlans"
 
 
 class LUnetPlanner_16(LUnetPlanner):
     """LUnet with constant width 16 (plans ``nnUNetLUnetPlans_16``)."""
 
     lunet_width = 16
-
-    def __init__(self, dataset_name_or_id, gpu_memory_target_in_gb=8, preprocessor_name="DefaultPreprocessor",
-                 plans_name="nnUNetLUnetPlans_16", overwrite_target_spacing=None, suppress_transpose=False):
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing, suppress_transpose)
+    default_plans_name = "nnUNetLUnetPlans_16"
 
 
 class LUnetPlanner_8(LUnetPlanner):
     """LUnet with constant width 8 (plans ``nnUNetLUnetPlans_8``)."""
 
     lunet_width = 8
-
-    def __init__(self, dataset_name_or_id, gpu_memory_target_in_gb=8, preprocessor_name="DefaultPreprocessor",
-                 plans_name="nnUNetLUnetPlans_8", overwrite_target_spacing=None, suppress_transpose=False):
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing, suppress_transpose)
+    default_plans_name = "nnUNetLUnetPlans_8"
 
 
 class LUnetResEncPlanner(_LUnetMixin, nnUNetPlannerResEncM):
     """Residual-encoder U-Net (nnU-Net's ResEnc M preset) with constant width 32 (plans ``nnUNetLUnetResEncPlans``)."""
 
     shared_data_plans = "nnUNetResEncUNetMPlans"
-
-    def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 8,
-                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = "nnUNetLUnetResEncPlans",
-                 overwrite_target_spacing=None, suppress_transpose: bool = False):
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing, suppress_transpose)
+    default_plans_name = "nnUNetLUnetResEncPlans"
 
 
 class LUnetResEncPlanner_16(LUnetResEncPlanner):
     """Residual-encoder LUnet with constant width 16 (plans ``nnUNetLUnetResEncPlans_16``)."""
 
     lunet_width = 16
-
-    def __init__(self, dataset_name_or_id, gpu_memory_target_in_gb=8, preprocessor_name="DefaultPreprocessor",
-                 plans_name="nnUNetLUnetResEncPlans_16", overwrite_target_spacing=None, suppress_transpose=False):
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing, suppress_transpose)
+    default_plans_name = "nnUNetLUnetResEncPlans_16"
 
 
 def lunet_parameter_summary(plans: dict, dataset_json: dict, reference_features) -> str:

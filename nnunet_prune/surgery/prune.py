@@ -116,7 +116,7 @@ def index_slicer(shape: torch.Size, dims: Mapping[int, torch.Tensor]):
 
 def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGroup, Sequence[int]],
                    optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
-                   min_width: int = 1) -> PruneResult:
+                   min_width: int = 1, slicer_factory=None) -> PruneResult:
     """Remove channels from groups of ``graph`` in place and return what was done.
 
     ``removal`` maps a group (object, name or index) to the channel indices to remove. Every tensor that carries
@@ -124,6 +124,8 @@ def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGrou
     parameters and running statistics, and the input slice of every consumer at the group's current offset.
     Parameters keep their identity; optimizer state (SGD momentum, Adam moments, any tensor shaped like its
     parameter) is sliced with the same indices so that training continues where it was; gradients are dropped.
+    ``slicer_factory(shape, {dim: kept indices})`` makes the slicing function (default :func:`index_slicer`;
+    benchmarks swap it).
     """
     from nnunet_prune.stats import count_parameters
 
@@ -150,7 +152,7 @@ def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGrou
         with torch.no_grad():
             for (module, name), dims in specs.items():
                 tensor = getattr(module, name)
-                slicer = index_slicer(tensor.shape, dims)
+                slicer = (slicer_factory or index_slicer)(tensor.shape, dims)
                 old = set_tensor(module, name, slicer(tensor))
                 if name in module._parameters:
                     sliced[module._parameters[name]] = (old.shape, slicer)
