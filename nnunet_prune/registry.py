@@ -24,6 +24,7 @@ TRAINERS: dict[str, str] = {
     "nnUNetTrainerSauron_lambda1": "nnunet_prune.trainers.sauron",
     "nnUNetTrainerSauron_lambda2": "nnunet_prune.trainers.sauron",
     "nnUNetTrainerMagnitude": "nnunet_prune.trainers.magnitude",
+    "nnUNetTrainerMagnitude_ft": "nnunet_prune.trainers.magnitude",
     **{magnitude_trainer_name(t, ft): "nnunet_prune.trainers.magnitude"
        for t in MAGNITUDE_TAUS_MILLI for ft in (False, True)},
 }

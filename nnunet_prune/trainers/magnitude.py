@@ -131,6 +131,12 @@ class nnUNetTrainerMagnitude(nnUNetTrainerPruning):
             self._masks = weight_masks(self.network_module)
 
 
+class nnUNetTrainerMagnitude_ft(nnUNetTrainerMagnitude):
+    """tau from NNUNET_PRUNE_MAGNITUDE_TAU, then fine-tuning with the zero pattern held fixed."""
+
+    finetune = True
+
+
 def _tau_from_env() -> float:
     value = os.environ.get(TAU_ENV)
     try:
@@ -158,4 +164,4 @@ VARIANTS = [_make_variant(t, ft) for t in registry.MAGNITUDE_TAUS_MILLI for ft i
 for _cls in VARIANTS:
     setattr(sys.modules[__name__], _cls.__name__, _cls)
 
-__all__ = ["nnUNetTrainerMagnitude", *[c.__name__ for c in VARIANTS]]
+__all__ = ["nnUNetTrainerMagnitude", "nnUNetTrainerMagnitude_ft", *[c.__name__ for c in VARIANTS]]
