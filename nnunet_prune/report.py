@@ -37,8 +37,9 @@ class FoldEfficiency:
     """Cost and accuracy of one fold of one model folder.
 
     MACs are for one patch (batch 1, inference path without deep supervision). Latencies are median milliseconds
-    per patch (batch 1); CPU runs in float32, GPU runs under bf16 autocast (compiled: ``torch.compile`` with CUDA
-    graphs). Fields that were not measured (no CUDA, compile disabled or failed) are None.
+    per patch (batch 1); eager runs in float32 (as a model is shipped), compiled runs use ``torch.compile`` -- on
+    the GPU with CUDA graphs under bf16 autocast (how a deployed GPU model would run). Fields that were not measured
+    (no CUDA, compile disabled or failed) are None.
     """
 
     model: str
@@ -256,7 +257,7 @@ def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence 
 
     ``device`` 'cpu' times on the CPU only; 'cuda' (or 'auto' with a GPU) times on the GPU and, unless
     ``cpu=False``, on the CPU too. ``compile=False`` skips the ``torch.compile`` timings (compiling a 3D U-Net takes
-    a while). ``bf16`` applies to GPU timings only. A failed compile is recorded as None plus a note, reported via
+    a while). ``bf16`` applies to the compiled GPU timing and the GPU memory peak only. A failed compile is recorded as None plus a note, reported via
     ``warn`` (default: one line on stderr), and never aborts the measurement.
     """
     dev = resolve_device(device)
@@ -303,7 +304,7 @@ def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence 
             row.threads = threads or torch.get_num_threads()
         if dev.type == "cuda":
             row.gpu_name = torch.cuda.get_device_name(dev)
-            row.gpu_ms_eager = measure_latency(net, patch, dev, repeats, warmup, bf16=bf16)
+            row.gpu_ms_eager = measure_latency(net, patch, dev, repeats, warmup)  # float32
             row.gpu_ms_compiled = compiled_ms(dev, bf16) if compile else None
             row.gpu_peak_mb = peak_gpu_memory_mb(net, patch, dev, bf16=bf16)
         rows.append(row)
@@ -407,7 +408,7 @@ def format_markdown(rows: Sequence[FoldEfficiency]) -> str:
         lines += ["| " + " | ".join(c) + " |" for c in cells]
     lines += ["", "MACs: multiply-accumulates for one patch (batch 1, inference path without deep supervision), "
                   "counted exactly by PyTorch's flop counter. Latency: median milliseconds per patch (batch 1); CPU "
-                  "in float32, GPU under bf16 autocast, compiled = `torch.compile` (on GPU with CUDA graphs). "
+                  "and GPU eager in float32, compiled = `torch.compile` (on GPU with CUDA graphs + bf16). "
                   "Dice: foreground mean of nnU-Net's validation (`fold_k/validation/summary.json`)."
               + (" 'vs first': relative to the first model given (mean over its folds)."
                  if any(h.endswith("vs first") for h in headers) else "")]
