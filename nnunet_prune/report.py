@@ -257,8 +257,9 @@ def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence 
 
     ``device`` 'cpu' times on the CPU only; 'cuda' (or 'auto' with a GPU) times on the GPU and, unless
     ``cpu=False``, on the CPU too. ``compile=False`` skips the ``torch.compile`` timings (compiling a 3D U-Net takes
-    a while). ``bf16`` applies to the compiled GPU timing and the GPU memory peak only. A failed compile is recorded as None plus a note, reported via
-    ``warn`` (default: one line on stderr), and never aborts the measurement.
+    a while). ``bf16`` applies to the compiled GPU timing and the GPU memory peak only. A failed compile is
+    recorded as None plus a note, reported via ``warn`` (default: one line on stderr), and never aborts the
+    measurement.
     """
     dev = resolve_device(device)
     if repeats < 1 or warmup < 0:
