@@ -103,6 +103,10 @@ def run(args) -> int:
             print(f"  {'ok ' if ok else 'NO '} {name:<38} {where}")
             if not ok:
                 problems.append(f"nnU-Net does not find {name}")
+    unset = [v for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results") if not os.environ.get(v)]
+    if unset:
+        print(f"Note: {', '.join(unset)} not set; nnU-Net needs them to plan, train and predict "
+              f"(see nnU-Net's documentation/setting_up_paths.md).")
     print()
     if problems:
         print("Problems:\n" + "\n".join(f"  - {p}" for p in dict.fromkeys(problems)))

@@ -1,0 +1,38 @@
+"""The README's main job, `nnunet-prune demo`, end to end with a tiny budget (stock nnU-Net scripts inside)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.conftest import NnUNet
+
+pytestmark = pytest.mark.slow
+
+
+def test_demo_runs_end_to_end_and_refuses_foreign_folders(tmp_path):
+    nnunet = NnUNet(tmp_path / "env")
+    workdir = tmp_path / "demo"
+    run = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "demo", "--workdir", workdir, "--epochs", 1,
+                     "--iterations", 3)
+    for step in ("Creating the synthetic dataset", "LUnetPlanner", "Training Sauron", "Exporting Sauron",
+                 "Predicting the held-out images", "Magnitude-pruning sweep", "Total wall time"):
+        assert step in run.stdout
+    results = json.loads((workdir / "demo_results.json").read_text())
+    rows = {r["name"]: r for r in results["rows"]}
+    assert set(rows) == {"nnU-Net default", "LUnet", "Sauron"}
+    assert rows["LUnet"]["parameters"] * 30 < rows["nnU-Net default"]["parameters"]
+    assert rows["LUnet"]["macs"] < rows["nnU-Net default"]["macs"]
+    assert all(0 <= r["dice"] <= 1 for r in rows.values())
+    assert "| model | parameters | GMAC / patch" in (workdir / "demo_results.md").read_text()
+    assert (workdir / "magnitude_sweep" / "summary.md").is_file()
+
+    # running it again replaces its own working folder, but never a folder it did not make
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep me")
+    bad = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "demo", "--workdir", foreign, check=False)
+    assert bad.returncode == 2 and "was not made by the demo" in bad.stderr
+    assert (foreign / "precious.txt").read_text() == "keep me"
