@@ -5,7 +5,9 @@ and ``nnUNetv2_ensemble`` read: plans.json, dataset.json, dataset_fingerprint.js
 (weights only: no optimizer state, no training log) and every fold's validation outputs. Channels no consumer reads
 are removed physically (exact: predictions do not change), so the file shrinks with the network. With
 ``magnitude_tau`` the weights |w| <= tau are zeroed first (papers/magnitude-pruning-nnunet.txt), channels left
-dead by that are removed, and the remaining sparse tensors are stored compactly (bit mask + non-zeros).
+dead by that are removed, and the remaining sparse tensors are stored compactly (bit mask + non-zeros); the
+source's validation outputs are then NOT copied (they belong to the unpruned model): validate a pruned model with
+the ``nnUNetTrainerMagnitude_tau*`` trainers.
 
 The source folder is never written to; an existing output is replaced only with ``overwrite=True``.
 """
@@ -82,8 +84,8 @@ def _check_output(source: Path, output: Path, overwrite: bool) -> None:
                                    f"`nnunet-prune export`; refusing to overwrite it even with --overwrite.")
 
 
-def _copy_without_checkpoints(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pth"))
+def _copy_without_checkpoints(src: Path, dst: Path, skip: Sequence[str] = ()) -> None:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.pth", *skip))
 
 
 def _architecture_entry(plans: dict, configuration: str) -> dict:
@@ -175,7 +177,10 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
 
         for fold, (ckpt, state, params_before, sparsity, n_dead, reference) in slim_states.items():
             fold_dir = tmp / f"fold_{fold}"
-            _copy_without_checkpoints(mf.fold_path(fold), fold_dir)
+            # After magnitude zeroing the source's validation results no longer describe the model; copied, they
+            # would let find_best_configuration rank the pruned model by the dense model's Dice.
+            _copy_without_checkpoints(mf.fold_path(fold), fold_dir,
+                                      skip=("validation",) if magnitude_tau is not None else ())
             init_args = dict(ckpt["init_args"])
             if isinstance(init_args.get("plans"), dict):
                 init_args["plans"] = plans

@@ -50,6 +50,8 @@ def test_sweep_proxy_dice_sparsity_resume_and_export(nnunet, dataset2d, dense_mo
     nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "export", dense_model, "-o", exported,
                "--magnitude-tau", 0.02, "-f", 0, 1)
     summary = read_json(exported / "export_summary.json")
+    # the dense model's validation results do not describe the pruned one: not copied
+    assert (exported / "fold_0").is_dir() and not (exported / "fold_0" / "validation").exists()
     for f in summary["folds"]:
         assert f["checkpoint_bytes_after"] < f["checkpoint_bytes_before"] / 2
         assert f["sparsity"]["tau"] == 0.02
