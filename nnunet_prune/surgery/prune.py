@@ -90,7 +90,7 @@ def consumer_input_index(graph: ChannelGraph, consumer: nn.Module, keep: Mapping
     for seg in graph.layouts[consumer]:
         n = seg.channels if isinstance(seg, External) else seg.size
         k = keep.get(seg) if isinstance(seg, ChannelGroup) else None
-        parts.append((k.cpu() if k is not None else torch.arange(n)) + offset)
+        parts.append((k if k is not None else torch.arange(n)) + offset)
         offset += n
     return torch.cat(parts)
 
@@ -133,7 +133,10 @@ def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGrou
     keep, result.removed, result.clipped = plan_keep(graph, removal, min_width)
     if keep:
         device = next(graph.network.parameters()).device
-        keep = {g: k.to(device) for g, k in keep.items()}  # one host-to-device copy per group, not per tensor
+        # indices are built on the host and copied to the device once per group / consumer, not once per tensor
+        consumer_index = {c: consumer_input_index(graph, c, keep).to(device)
+                          for c in {c for g in keep for c in g.consumers}}
+        keep = {g: k.to(device) for g, k in keep.items()}
         specs: dict[tuple[nn.Module, str], dict[int, torch.Tensor]] = defaultdict(dict)
         for g, k in keep.items():
             for p in g.producers:
@@ -144,9 +147,8 @@ def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGrou
                 for t in NORM_TENSORS:
                     if getattr(n, t, None) is not None:
                         specs[(n, t)][0] = k
-        for c in {c for g in keep for c in g.consumers}:
-            specs[(c, "weight")][0 if isinstance(c, _ConvTransposeNd) else 1] = \
-                consumer_input_index(graph, c, keep).to(device)
+        for c, index in consumer_index.items():
+            specs[(c, "weight")][0 if isinstance(c, _ConvTransposeNd) else 1] = index
 
         sliced: dict[nn.Parameter, tuple[torch.Size, object]] = {}
         with torch.no_grad():
