@@ -120,7 +120,24 @@ def base_parser(description: str, default_repeats: int) -> argparse.ArgumentPars
     return p
 
 
+OUT_MARKER = "<!-- written by an nnunet-prune benchmark -->"
+
+
+def check_out(path: str | None) -> None:
+    """Before the benchmark runs: ``--out`` is new or an earlier benchmark output (never a user's file)."""
+    if not path or not os.path.exists(path):
+        return
+    if os.path.isdir(path):
+        raise SystemExit(f"--out {path} is a folder: give a file name (.md or .json).")
+    with open(path, errors="replace") as f:
+        head = f.read(4096)
+    if OUT_MARKER not in head and '"nnunet_prune_benchmark": true' not in head:
+        raise SystemExit(f"--out {path} exists and was not written by a benchmark of this package; it would be "
+                         f"overwritten. Nothing was run: choose another file name or move it away.")
+
+
 def setup(args) -> torch.device:
+    check_out(getattr(args, "out", None))
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -241,10 +258,11 @@ def finish(title: str, info: dict, args, headers: Sequence[str], rows: Sequence[
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             if args.out.endswith(".json"):
-                json.dump({"title": title, "machine": info, "arguments": {k: v for k, v in vars(args).items()},
+                json.dump({"nnunet_prune_benchmark": True,
+                           "title": title, "machine": info, "arguments": {k: v for k, v in vars(args).items()},
                            "headers": list(headers), "rows": [list(r) for r in rows], "records": records or [],
                            "notes": notes}, f, indent=2, default=str)
             else:
-                f.write(text)
+                f.write(OUT_MARKER + "\n" + text)
         print(f"written to {args.out}")
     return text

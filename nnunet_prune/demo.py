@@ -24,6 +24,7 @@ from pathlib import Path
 from nnunet_prune import NnUNetPruneError
 
 MARKER = ".nnunet_prune_demo"
+TOOL = "demo"
 DATASET_ID = 990
 
 #: Sauron's schedule compressed for a run of a few epochs (the paper's: tau_max 0.3, kappa 15, rho 5, tau from 0)
@@ -88,15 +89,29 @@ class Demo:
 
     # ------------------------------------------------------------------ helpers
     def prepare_workdir(self) -> None:
+        from nnunet_prune.outputs import read_manifest, remove_owned
+
         if self.workdir.exists() and any(self.workdir.iterdir()):
             if not (self.workdir / MARKER).is_file():
                 raise NnUNetPruneError(f"{self.workdir} exists, is not empty and was not made by the demo; "
                                        f"choose another --workdir (nothing was touched).")
-            shutil.rmtree(self.workdir)
-        self.workdir.mkdir(parents=True)
+            if read_manifest(self.workdir) is None:
+                raise NnUNetPruneError(f"{self.workdir} is the working folder of a demo run that was killed before "
+                                       f"it recorded its files, so the demo cannot prove everything in it is its "
+                                       f"own. Nothing was touched: delete it yourself, or choose another --workdir.")
+            remove_owned(self.workdir, TOOL)  # only files the earlier demo recorded; anything else stops it
+        self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / MARKER).write_text("working folder of `nnunet-prune demo`; safe to delete\n")
+        self.record()
         for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
             Path(self.env[k]).mkdir()
+
+    def record(self) -> None:
+        """Record every file now in the working folder as the demo's own (what a rerun may delete)."""
+        from nnunet_prune.outputs import record_files
+
+        if self.workdir.is_dir():
+            record_files(self.workdir, TOOL)
 
     def step(self, title: str):
         print(f"\n==> {title}", flush=True)
@@ -239,6 +254,12 @@ class Demo:
     def run_all(self) -> Path:
         start = time.perf_counter()
         self.prepare_workdir()
+        try:
+            return self._run_steps(start)
+        finally:
+            self.record()  # also after a failure or Ctrl-C: the files of the steps that ran are the demo's
+
+    def _run_steps(self, start: float) -> Path:
         self.create_dataset()
         self.plan()
         dense = self.train("nnU-Net default", "nnUNetTrainerBudget")

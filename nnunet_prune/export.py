@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,10 +30,12 @@ from nnunet_prune.compact import encode_state_dict
 from nnunet_prune.criteria.magnitude import apply_magnitude_pruning, dead_channels
 from nnunet_prune.modelfolder import ModelFolder
 from nnunet_prune.networks import adaptive_class_name
+from nnunet_prune.outputs import check_replaceable, make_temp_dir, read_manifest, record_files, remove_owned
 from nnunet_prune.stats import count_parameters
 from nnunet_prune.surgery import build_channel_graph
 
 SUMMARY_FILE = "export_summary.json"
+TOOL = "export"
 
 
 @dataclass
@@ -72,16 +74,21 @@ class ExportResult:
 
 
 def _check_output(source: Path, output: Path, overwrite: bool) -> None:
+    """Before any work: the output is new, empty, or (with ``overwrite``) an earlier export holding only files the
+    export wrote (:mod:`nnunet_prune.outputs`)."""
     if output == source or source in output.parents or output in source.parents:
         raise NnUNetPruneError(f"The output {output} must not be the source model folder, inside it, or contain "
                                f"it: the trained model must stay untouched. Choose another -o.")
-    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+    if output.exists() and not output.is_dir():
+        raise NnUNetPruneError(f"-o {output} exists and is not a folder; nothing was written. Choose another -o.")
+    if output.exists() and any(output.iterdir()):
         if not overwrite:
             raise NnUNetPruneError(f"{output} exists and is not empty; nothing was written. Choose another -o or "
-                                   f"pass --overwrite to replace it.")
-        if output.is_dir() and (output / "plans.json").is_file() and not (output / SUMMARY_FILE).is_file():
+                                   f"pass --overwrite to replace an earlier export.")
+        if (output / "plans.json").is_file() and read_manifest(output) is None:
             raise NnUNetPruneError(f"{output} looks like a trained model folder that was not made by "
                                    f"`nnunet-prune export`; refusing to overwrite it even with --overwrite.")
+        check_replaceable(output, TOOL, "--overwrite")
 
 
 def _copy_without_checkpoints(src: Path, dst: Path, skip: Sequence[str] = ()) -> None:
@@ -131,12 +138,13 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
 
     ``compact`` (default: on when ``magnitude_tau`` is given) stores sparse tensors as bit mask + non-zeros.
     """
-    mf = ModelFolder.open(source, folds)
     output = Path(output).expanduser().resolve()
-    _check_output(mf.path, output, overwrite)
+    _check_output(Path(source).expanduser().resolve(), output, overwrite)
+    if magnitude_tau is not None and not (math.isfinite(magnitude_tau) and magnitude_tau >= 0):
+        raise NnUNetPruneError(f"--magnitude-tau must be a finite number >= 0 (got {magnitude_tau}).")
+    mf = ModelFolder.open(source, folds)
     compact = (magnitude_tau is not None) if compact is None else compact
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    tmp = make_temp_dir(output.parent, prefix=f".{output.name}.")
     result = ExportResult(str(mf.path), str(output), magnitude_tau, fp16)
     try:
         plans = copy.deepcopy(mf.plans)
@@ -204,8 +212,12 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
                     record.max_abs_difference = float((net(x) - reference).abs().max())
             result.folds.append(record)
         (tmp / SUMMARY_FILE).write_text(json.dumps(asdict(result), indent=2, default=str))
+        record_files(tmp, TOOL)  # everything in tmp is the export's own: what --overwrite may replace later
         if output.exists():
-            shutil.rmtree(output)
+            if any(output.iterdir()):
+                remove_owned(output, TOOL)  # checked again: only the earlier export's own files go
+            else:
+                output.rmdir()
         tmp.rename(output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

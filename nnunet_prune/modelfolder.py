@@ -58,6 +58,89 @@ def resolve_model_folder(path: str | os.PathLike | None = None, dataset: str | N
     return Path(get_output_folder(dataset, trainer, plans, configuration))
 
 
+def _read_json(file: Path) -> dict:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise NnUNetPruneError(f"Cannot read {file} ({type(e).__name__}: {e}). nnUNetv2_train writes it; restore it "
+                               f"from the dataset's nnUNet_preprocessed folder or retrain.") from None
+    if not isinstance(data, dict):
+        raise NnUNetPruneError(f"{file} does not hold a JSON object as nnU-Net writes it.")
+    return data
+
+
+def read_checkpoint(file: str | os.PathLike) -> dict:
+    """An nnU-Net checkpoint (``network_weights``, ``init_args``, ``trainer_name``, ...) read on the CPU, without
+    optimizer and grad-scaler state, its weights as a plain state dict.
+
+    Raises:
+        NnUNetPruneError: the file is missing, unreadable, or not an nnU-Net checkpoint.
+    """
+    from nnunet_prune.checkpoints import normalise_state_dict
+
+    file = Path(file)
+    if not file.is_file():
+        raise NnUNetPruneError(f"{file} does not exist.")
+    try:
+        ckpt = torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise NnUNetPruneError(f"Cannot read {file} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}). "
+                               f"The file is damaged or not a PyTorch checkpoint; use the checkpoint nnUNetv2_train "
+                               f"wrote, or retrain the fold.") from None
+    needed = ("network_weights", "init_args", "trainer_name")
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in needed) or not isinstance(ckpt["network_weights"],
+                                                                                          dict):
+        raise NnUNetPruneError(f"{file} is not an nnU-Net checkpoint (it needs the entries {', '.join(needed)}, as "
+                               f"nnUNetv2_train writes them). A bare state dict cannot be used: nnU-Net needs the "
+                               f"trainer and configuration it was trained with.")
+    ckpt = {k: v for k, v in ckpt.items() if k not in ("optimizer_state", "grad_scaler_state")}
+    ckpt["network_weights"] = normalise_state_dict(ckpt["network_weights"])
+    return ckpt
+
+
+def build_adaptive_network(plans_manager, configuration_manager, dataset_json: dict,
+                           deep_supervision: bool = False) -> nn.Module:
+    """The configuration's network as its width-adaptive class (every supported architecture), not initialised."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+    from nnunet_prune.networks import adaptive_class_name
+
+    cm = configuration_manager
+    return get_network_from_plans(adaptive_class_name(cm.network_arch_class_name), cm.network_arch_init_kwargs,
+                                  cm.network_arch_init_kwargs_req_import,
+                                  determine_num_input_channels(plans_manager, cm, dataset_json),
+                                  plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
+                                  allow_init=False, deep_supervision=deep_supervision)
+
+
+def check_trained_fold(file: str | os.PathLike, plans: dict, configuration: str, dataset_json: dict) -> dict:
+    """Check a trained fold's checkpoint that a trainer starts from, before the trainer writes anything: readable,
+    trained with the same plans identifier and configuration, weights that fit the plans' network. Returns it.
+
+    Raises:
+        NnUNetPruneError: naming the file, what does not match and what to do.
+    """
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_prune.checkpoints import check_state_dict
+
+    ckpt = read_checkpoint(file)
+    init = ckpt["init_args"] if isinstance(ckpt["init_args"], dict) else {}
+    theirs = init.get("configuration")
+    their_plans = init.get("plans", {}).get("plans_name") if isinstance(init.get("plans"), dict) else None
+    if theirs != configuration or (their_plans is not None and their_plans != plans.get("plans_name")):
+        raise NnUNetPruneError(
+            f"{file} was trained with plans {their_plans!r}, configuration {theirs!r}; this run uses plans "
+            f"{plans.get('plans_name')!r}, configuration {configuration!r}. Start from a fold trained with the same "
+            f"plans (-p) and configuration.")
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(configuration)
+    network = build_adaptive_network(pm, cm, dataset_json)
+    ckpt["network_weights"] = check_state_dict(network, ckpt["network_weights"], str(file), cm.patch_size)
+    return ckpt
+
+
 @dataclass
 class ModelFolder:
     """A trained nnU-Net model folder, validated."""
@@ -65,11 +148,17 @@ class ModelFolder:
     path: Path
     checkpoint_name: str = CHECKPOINT
     folds: list = field(default_factory=list)
+    _checkpoints: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def open(cls, path: str | os.PathLike, folds: Sequence | None = None,
-             checkpoint_name: str = CHECKPOINT) -> ModelFolder:
-        """Open ``path``; ``folds`` None means every fold that has ``checkpoint_name``."""
+             checkpoint_name: str = CHECKPOINT, validate: bool = True) -> ModelFolder:
+        """Open ``path``; ``folds`` None means every fold that has ``checkpoint_name``. With ``validate`` every
+        chosen fold's checkpoint is checked against the network at once (:meth:`validate`).
+
+        Raises:
+            NnUNetPruneError: not a model folder, missing folds, or a checkpoint that does not fit.
+        """
         path = Path(path).expanduser().resolve()
         if not path.is_dir():
             raise NnUNetPruneError(f"{path} does not exist or is not a folder.")
@@ -92,16 +181,48 @@ class ModelFolder:
                 raise NnUNetPruneError(
                     f"{path}: fold(s) {', '.join(map(str, absent))} have no {checkpoint_name} (available: "
                     f"{', '.join(map(str, available))}). Train them first or choose others with -f.")
-        return cls(path, checkpoint_name, chosen)
+        folder = cls(path, checkpoint_name, chosen)
+        if validate:
+            folder.validate()
+        return folder
+
+    def validate(self) -> None:
+        """Check every chosen fold's checkpoint against the plans' network before any work: a readable nnU-Net
+        checkpoint, of a configuration the plans hold, with the network's keys, tensor ranks and kernel sizes,
+        and widths that fit together (:func:`nnunet_prune.checkpoints.check_state_dict`).
+
+        Raises:
+            NnUNetPruneError: naming the file, what is wrong and what to do.
+        """
+        from nnunet_prune.checkpoints import check_state_dict
+
+        configurations = self.plans.get("configurations", {})
+        for fold in self.folds:
+            ckpt = self.load_checkpoint(fold)
+            configuration = ckpt["init_args"].get("configuration") if isinstance(ckpt["init_args"], dict) else None
+            if configuration not in configurations:
+                raise NnUNetPruneError(
+                    f"{self.path}: the checkpoint's configuration {configuration!r} cannot be read from plans.json "
+                    f"(fold {fold} was trained for it; plans.json defines {', '.join(configurations) or 'none'}). "
+                    f"Is plans.json the one the model was trained with?")
+            if configuration != self.configuration_name:
+                raise NnUNetPruneError(
+                    f"{self.path}: fold {fold} was trained for configuration {configuration!r} but fold "
+                    f"{self.folds[0]} for {self.configuration_name!r}; a model folder holds one configuration.")
+        network = self.build_network()
+        for fold in self.folds:
+            file = self.fold_path(fold) / self.checkpoint_name
+            self.load_checkpoint(fold)["network_weights"] = check_state_dict(
+                network, self.load_checkpoint(fold)["network_weights"], str(file), self.patch_size)
 
     # ---------------------------------------------------------------- metadata
     @cached_property
     def plans(self) -> dict:
-        return json.loads((self.path / "plans.json").read_text())
+        return _read_json(self.path / "plans.json")
 
     @cached_property
     def dataset_json(self) -> dict:
-        return json.loads((self.path / "dataset.json").read_text())
+        return _read_json(self.path / "dataset.json")
 
     @cached_property
     def plans_manager(self):
@@ -143,15 +264,16 @@ class ModelFolder:
         return self.path / fold_name(fold)
 
     def load_checkpoint(self, fold) -> dict:
-        file = self.fold_path(fold) / self.checkpoint_name
-        try:
-            ckpt = torch.load(file, map_location="cpu", weights_only=False)
-        except Exception as e:
-            raise NnUNetPruneError(f"Cannot read {file} ({type(e).__name__}: {e}). Is it an nnU-Net checkpoint?") \
-                from None
-        if not isinstance(ckpt, dict) or "network_weights" not in ckpt or "init_args" not in ckpt:
-            raise NnUNetPruneError(f"{file} is not an nnU-Net checkpoint (no 'network_weights'/'init_args').")
-        return ckpt
+        """The fold's checkpoint (read once, then cached) without optimizer state; ``network_weights`` is a plain
+        state dict (:func:`nnunet_prune.checkpoints.normalise_state_dict`).
+
+        Raises:
+            NnUNetPruneError: the file cannot be read or is not an nnU-Net checkpoint.
+        """
+        key = str(fold)
+        if key not in self._checkpoints:
+            self._checkpoints[key] = read_checkpoint(self.fold_path(fold) / self.checkpoint_name)
+        return self._checkpoints[key]
 
     def validation_summary(self, fold) -> dict | None:
         file = self.fold_path(fold) / "validation" / "summary.json"
@@ -160,15 +282,8 @@ class ModelFolder:
     # ---------------------------------------------------------------- networks
     def build_network(self, deep_supervision: bool = False) -> nn.Module:
         """The plans' network as its width-adaptive class (every supported architecture), randomly initialised."""
-        from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
-        from nnunet_prune.networks import adaptive_class_name
-
-        cm = self.configuration_manager
-        return get_network_from_plans(adaptive_class_name(cm.network_arch_class_name), cm.network_arch_init_kwargs,
-                                      cm.network_arch_init_kwargs_req_import, self.num_input_channels,
-                                      self.label_manager.num_segmentation_heads, allow_init=False,
-                                      deep_supervision=deep_supervision)
+        return build_adaptive_network(self.plans_manager, self.configuration_manager, self.dataset_json,
+                                      deep_supervision)
 
     def load_network(self, fold, deep_supervision: bool = False) -> nn.Module:
         """The fold's trained network (widths from its checkpoint), in eval mode on the CPU."""

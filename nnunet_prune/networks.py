@@ -15,15 +15,16 @@ from __future__ import annotations
 
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 
-from nnunet_prune.compact import decode_state_dict
+from nnunet_prune.checkpoints import normalise_state_dict
 from nnunet_prune.surgery.resize import resize_to_state_dict
 
 
 class AdaptiveWidthMixin:
-    """Resize to the incoming state dict before loading it."""
+    """Resize to the incoming state dict before loading it (compact entries and torch.nn.utils.prune's
+    ``weight_orig``/``weight_mask`` pairs are read too: :func:`nnunet_prune.checkpoints.normalise_state_dict`)."""
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        state_dict = decode_state_dict(state_dict)
+        state_dict = normalise_state_dict(state_dict)
         resize_to_state_dict(self, state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 

@@ -24,7 +24,12 @@ from torch import nn
 
 from nnunet_prune import NnUNetPruneError
 from nnunet_prune.modelfolder import ModelFolder, parse_fold
+from nnunet_prune.outputs import check_writable_files, record_files
 from nnunet_prune.stats import count_macs, count_parameters, inference_outputs, input_channels, unwrap
+
+TOOL = "report"
+#: the files ``report`` writes into its output folder (an existing one must be its own earlier output)
+OUTPUT_FILES = ("report.csv", "report.md", "dice_vs_macs.png")
 
 __all__ = [
     "FoldEfficiency", "format_markdown", "format_table", "measure_latency", "measure_model_folder",
@@ -496,12 +501,12 @@ def write_report(rows: Sequence[FoldEfficiency], out_dir: str | os.PathLike) -> 
     import pandas as pd
 
     out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise NnUNetPruneError(f"{out} exists and is not a folder: choose another output folder with -o.")
+    check_writable_files(out, OUTPUT_FILES, TOOL)
     out.mkdir(parents=True, exist_ok=True)
     written = {"csv": out / "report.csv", "markdown": out / "report.md"}
     pd.DataFrame(_records(rows)).to_csv(written["csv"], index=False)
     written["markdown"].write_text(format_markdown(rows))
     if plot_dice_vs_macs(rows, out / "dice_vs_macs.png"):
         written["plot"] = out / "dice_vs_macs.png"
+    record_files(out, TOOL, written.values())
     return written

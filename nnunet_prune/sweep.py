@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -40,8 +41,10 @@ from nnunet_prune.methods.magnitude import (
     taus_for_sparsities,
 )
 from nnunet_prune.modelfolder import ModelFolder
+from nnunet_prune.outputs import record_files, remove_owned
 
 STATE_FILE = "sweep_state.json"
+TOOL = "sweep"
 #: at most this many tau values beyond the default grid (x1.5 each: 0.02 -> ~2.6)
 MAX_EXTENSION = 12
 
@@ -82,27 +85,40 @@ class TauResult:
 
 # ------------------------------------------------------------------------------------------------ inputs
 def list_cases(images: Path, dataset_json: dict) -> dict[str, list[str]]:
-    """Case identifier -> channel files, checked against the dataset's channels (clear errors, no work done)."""
-    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+    """Case identifier -> channel files (CASE_0000<ending>, CASE_0001<ending>, ...), checked against the dataset's
+    channels before any work.
 
+    Raises:
+        NnUNetPruneError: the folder is missing, holds no images, holds files without nnU-Net's channel suffix
+            (e.g. a labels folder), or a case lacks a channel; the message says which files were expected.
+    """
+    images = Path(images)
     if not images.is_dir():
         raise NnUNetPruneError(f"-i {images}: no such folder.")
     ending = dataset_json["file_ending"]
-    n_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {})))
-    files = sorted(f for f in os.listdir(images) if f.endswith(ending))
+    channels = list(dataset_json.get("channel_names", dataset_json.get("modality", {})).values())
+    n_channels = len(channels)
+    expected = (f"Each case needs {n_channels} file(s) named like nnU-Net's imagesTs: "
+                + ", ".join(f"CASE_{i:04d}{ending}" for i in range(n_channels)) + f" (channels {channels}).")
+    files = sorted(f for f in os.listdir(images) if f.endswith(ending) and not f.startswith("."))
     if not files:
-        raise NnUNetPruneError(f"-i {images} holds no images ending in {ending} (the model's file ending). Images "
-                               f"must be named like nnU-Net's imagesTs: CASE_0000{ending}.")
-    lists = create_lists_from_splitted_dataset_folder(str(images), ending)
-    cases = {os.path.basename(c[0])[:-(len(ending) + 5)]: c for c in lists}
-    wrong = {k: len(v) for k, v in cases.items() if len(v) != n_channels}
-    if not cases or wrong:
-        detail = ", ".join(f"{k} ({v} files)" for k, v in list(wrong.items())[:5])
+        raise NnUNetPruneError(f"-i {images} holds no images ending in {ending} (the model's file ending). {expected}")
+    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(ending)}$")
+    unsuffixed = [f for f in files if not pattern.match(f)]
+    if unsuffixed:
         raise NnUNetPruneError(
-            f"The images in {images} do not match the model's {n_channels} input channel(s) "
-            f"{list(dataset_json.get('channel_names', {}).values())}: {detail or 'no CASE_0000 files found'}. "
-            f"Each case needs files CASE_0000{ending} ... CASE_{n_channels - 1:04d}{ending}.")
-    return cases
+            f"-i {images}: {len(unsuffixed)} of {len(files)} file(s) lack the channel suffix _XXXX (e.g. "
+            f"{', '.join(unsuffixed[:3])}). {expected} A folder of segmentations (labelsTs) goes to --labels.")
+    found: dict[str, dict[int, str]] = {}
+    for f in files:
+        case, channel = pattern.match(f).groups()
+        found.setdefault(case, {})[int(channel)] = str(images / f)
+    wrong = {c: sorted(ch) for c, ch in found.items() if sorted(ch) != list(range(n_channels))}
+    if wrong:
+        detail = ", ".join(f"{c} has channel(s) {ch}" for c, ch in list(wrong.items())[:5])
+        raise NnUNetPruneError(f"The images in {images} do not match the model's {n_channels} input channel(s): "
+                               f"{detail}. {expected}")
+    return {c: [ch[i] for i in range(n_channels)] for c, ch in sorted(found.items())}
 
 
 def check_labels(labels: Path, cases: Sequence[str], ending: str) -> dict[str, Path]:
@@ -111,9 +127,11 @@ def check_labels(labels: Path, cases: Sequence[str], ending: str) -> dict[str, P
     found = {c: labels / f"{c}{ending}" for c in cases}
     missing = [c for c, p in found.items() if not p.is_file()]
     if missing:
+        hint = " (it holds files named CASE_0000: is it the images folder?)" \
+            if any(labels.glob(f"*_0000{ending}")) else ""
         raise NnUNetPruneError(f"--labels {labels} lacks {len(missing)} of {len(cases)} cases (e.g. "
-                               f"{missing[0]}{ending}). Give a label file CASE{ending} for every image, or omit "
-                               f"--labels.")
+                               f"{missing[0]}{ending}){hint}. Give a label file CASE{ending} for every image, or "
+                               f"omit --labels.")
     return found
 
 
@@ -154,7 +172,8 @@ class MagnitudeSweep:
     """One sweep over one model folder; see the module docstring."""
 
     def __init__(self, model: ModelFolder, images: str | os.PathLike, output: str | os.PathLike,
-                 labels: str | os.PathLike | None = None, settings: SweepSettings | None = None):
+                 labels: str | os.PathLike | None = None, settings: SweepSettings | None = None,
+                 restart: bool = False):
         self.model = model
         self.settings = settings or SweepSettings()
         self.output = Path(output).expanduser().resolve()
@@ -168,7 +187,7 @@ class MagnitudeSweep:
             if labels is not None else None
         if self.settings.device == "cuda" and not torch.cuda.is_available():
             raise NnUNetPruneError("--device cuda: no CUDA device is available. Use --device cpu.")
-        self._check_existing_state()
+        self._check_existing_state(restart)
 
     # -- bookkeeping ------------------------------------------------------------------------------------
     def key(self) -> dict:
@@ -178,9 +197,11 @@ class MagnitudeSweep:
         images = {c: [os.path.getsize(p) for p in files] for c, files in self.cases.items()}
         return {"model": str(self.model.path), "folds": folds, "images": images, **self.settings.fingerprint()}
 
-    def _check_existing_state(self) -> None:
+    def _check_existing_state(self, restart: bool = False) -> None:
         state_file = self.output / STATE_FILE
         self.state = {"key": self.key(), "reference_seconds": None, "results": {}}
+        if restart and state_file.is_file():
+            remove_owned(self.output, TOOL)  # only the earlier sweep's own files; anything else stops here
         if not state_file.is_file():
             if self.output.exists() and any(self.output.iterdir()):
                 raise NnUNetPruneError(f"-o {self.output} exists, is not empty and holds no sweep. Choose an empty "
@@ -198,6 +219,7 @@ class MagnitudeSweep:
         tmp = self.output / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(self.state, indent=1))
         tmp.replace(self.output / STATE_FILE)
+        record_files(self.output, TOOL, [STATE_FILE])
 
     # -- inference --------------------------------------------------------------------------------------
     def _prepare(self):
@@ -258,6 +280,7 @@ class MagnitudeSweep:
         folder.mkdir(parents=True, exist_ok=True)
         for c, seg in ref.items():
             np.savez_compressed(files[c], seg=seg)
+        record_files(self.output, TOOL, files.values())
         self._save_state()
         return ref
 
@@ -271,9 +294,12 @@ class MagnitudeSweep:
         rw = self.model.plans_manager.image_reader_writer_class()
         folder = self.output / "predictions" / f"tau_{tau:.6f}"
         folder.mkdir(parents=True, exist_ok=True)
+        written = []
         for case, s in seg.items():
             _, props = rw.read_images(self.cases[case])
-            rw.write_seg(s, str(folder / f"{case}{self.model.dataset_json['file_ending']}"), props)
+            written.append(folder / f"{case}{self.model.dataset_json['file_ending']}")
+            rw.write_seg(s, str(written[-1]), props)
+        record_files(self.output, TOOL, written)
 
     def evaluate(self, tau: float, reference, real) -> TauResult:
         start = time.perf_counter()
@@ -417,6 +443,7 @@ def write_outputs(report: dict, output: Path) -> dict[str, Path]:
         paths.update(plot_sweep(report, output))
     except Exception as e:  # plots are a convenience; the numbers are in the CSV/JSON
         print(f"could not plot the sweep ({type(e).__name__}: {e})")
+    record_files(output, TOOL, paths.values())
     return paths
 
 

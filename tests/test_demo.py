@@ -29,6 +29,17 @@ def test_demo_runs_end_to_end_and_refuses_foreign_folders(tmp_path):
     assert "| model | parameters | GMAC / patch" in (workdir / "demo_results.md").read_text()
     assert (workdir / "magnitude_sweep" / "summary.md").is_file()
 
+    # every file of the working folder is recorded as the demo's own (what a rerun may delete) ...
+    from nnunet_prune.outputs import foreign_entries
+
+    assert foreign_entries(workdir, "demo") == []
+    # ... and a file the user adds there stops the rerun before anything is deleted
+    (workdir / "nnUNet_results" / "my_notes.txt").write_text("keep me")
+    bad = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "demo", "--workdir", workdir, check=False)
+    assert bad.returncode == 2 and "my_notes.txt" in bad.stderr
+    assert (workdir / "nnUNet_results" / "my_notes.txt").read_text() == "keep me"
+    assert (workdir / "demo_results.json").is_file()
+
     # running it again replaces its own working folder, but never a folder it did not make
     foreign = tmp_path / "mine"
     foreign.mkdir()

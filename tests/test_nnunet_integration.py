@@ -116,6 +116,12 @@ def test_sauron_resume_restores_widths_thresholds_and_optimizer(nnunet, dataset2
                         "NNUNET_PRUNE_SAURON": "tau_init=0.0,tau_max=0.9,kappa=2,rho=1,stat_batches=2"})
         history = read_json(fold / "pruning_history.json")["epochs"]
         assert [r["epoch"] for r in history] == [0, 1, 2, 3]
+        # pruning_config.json keeps what the fold was started with; the resume is appended with what changed
+        config = read_json(fold / "pruning_config.json")
+        assert config["budget"]["num_epochs"] == 3 and config["method"]["tau_init"] == 0.6
+        resume, = config["resumes"]
+        assert resume["epoch"] == 3 and resume["budget"]["num_epochs"] == 4
+        assert resume["method"]["tau_init"] == 0.0 and resume["method_settings_changed"] == ["tau_init"]
         assert history[2] == before  # restored from the checkpoint's logger, not recomputed
         # the thresholds come from the checkpoint (0.6), not from tau_init=0.0 of the new environment
         assert min(history[3]["sauron_tau"]) >= 0.6
@@ -188,3 +194,30 @@ def test_3d_lunet_and_resenc_plans(nnunet):
     lunet16 = read_json(pre / "nnUNetLUnetPlans_16.json")["configurations"]["3d_fullres"]["architecture"]
     assert set(lunet16["arch_kwargs"]["features_per_stage"]) == {16}
     assert "3d_fullres" in out and "fewer" in out
+
+
+def test_bad_settings_stop_before_the_fold_folder_exists(nnunet, dataset2d, dense_model, tmp_path):
+    """A rejected setting or an unusable dense fold stops nnUNetv2_train with one ERROR line and leaves no fold
+    folder behind (an empty fold_k would break nnUNetv2_predict without -f)."""
+    import shutil
+
+    damaged = tmp_path / "damaged_dense"
+    shutil.copytree(dense_model, damaged)
+    file = damaged / "fold_1" / "checkpoint_final.pth"
+    ckpt = torch.load(file, map_location="cpu", weights_only=False)
+    ckpt["network_weights"]["decoder.extra.weight"] = torch.zeros(3)
+    torch.save(ckpt, file)
+    cases = [
+        ("nnUNetTrainerSauron", {"NNUNET_PRUNE_SAURON": "kappa=-1"}, "kappa must be a positive integer"),
+        ("nnUNetTrainerSauron", {"NNUNET_PRUNE_ITERS_PER_EPOCH": "0"}, "NNUNET_PRUNE_ITERS_PER_EPOCH"),
+        ("nnUNetTrainerBudget", {"NNUNET_PRUNE_EPOCHS": "abc"}, "NNUNET_PRUNE_EPOCHS"),
+        ("nnUNetTrainerMagnitude", {"NNUNET_PRUNE_MAGNITUDE_TAU": "nan",
+                                    "NNUNET_PRUNE_DENSE_MODEL": str(dense_model)}, "NNUNET_PRUNE_MAGNITUDE_TAU"),
+        ("nnUNetTrainerMagnitude_tau020", {"NNUNET_PRUNE_DENSE_MODEL": str(damaged)}, "decoder.extra.weight"),
+    ]
+    for trainer, env, words in cases:
+        bad = nnunet.run("nnUNetv2_train", DATASET_2D, "2d", 1, "-tr", trainer, "-device", "cpu",
+                         env={"nnUNet_n_proc_DA": "0", **env}, check=False)
+        assert bad.returncode != 0, trainer
+        assert "ERROR:" in bad.stderr and words in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+        assert not (nnunet.model_folder(DATASET_2D, trainer, "nnUNetPlans", "2d") / "fold_1").exists(), trainer

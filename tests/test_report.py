@@ -14,6 +14,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunet_prune import NnUNetPruneError
 from nnunet_prune.cli.main import main
 from nnunet_prune.modelfolder import ModelFolder
+from nnunet_prune.outputs import MANIFEST
 from nnunet_prune.report import (
     FoldEfficiency,
     format_markdown,
@@ -281,7 +282,8 @@ def test_cli_report(tmp_path, capsys):
     # same folder name twice: labels are made unique with the parent folder
     assert "[1/2] a/nnUNetTrainer__nnUNetPlans__2d fold 0: " in stdout
     assert "[2/2] b/nnUNetTrainer__nnUNetPlans__2d fold 0: " in stdout and "MACs vs first" in stdout
-    assert {p.name for p in out.iterdir()} == {"report.csv", "report.md", "dice_vs_macs.png"}
+    # the three files, and the record of them that lets a rerun replace them (and nothing else)
+    assert {p.name for p in out.iterdir()} == {"report.csv", "report.md", "dice_vs_macs.png", MANIFEST}
 
 
 @pytest.mark.parametrize("case", ["missing", "not_model", "fold", "device", "threads", "out_is_file"])

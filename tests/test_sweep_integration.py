@@ -45,6 +45,17 @@ def test_sweep_proxy_dice_sparsity_resume_and_export(nnunet, dataset2d, dense_mo
         assert (out / name).is_file()
     assert "Per-stage sparsity" in (out / "summary.md").read_text() or report["critical_point"] is None
 
+    # every file the sweep wrote is recorded as its own; --restart deletes them, but never a file of the user's
+    from nnunet_prune.outputs import foreign_entries
+
+    assert foreign_entries(out, "sweep") == []
+    (out / "my_notes.txt").write_text("keep me")
+    refused = sweep(nnunet, dense_model, "-f", 0, 1, "-i", images, "-o", out, "--taus", 0, "--restart",
+                    check=False)
+    assert refused.returncode == 2 and "my_notes.txt" in refused.stderr and "Traceback" not in refused.stderr
+    assert (out / "my_notes.txt").read_text() == "keep me" and (out / "sweep_state.json").is_file()
+    (out / "my_notes.txt").unlink()
+
     # the exported model at tau predicts exactly what the pruned ensemble predicted inside the sweep
     exported = nnunet.base / "magnitude_export"
     nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "export", dense_model, "-o", exported,

@@ -55,7 +55,10 @@ def _summary(row) -> str:
 
 
 def run(args) -> int:
+    from nnunet_prune.outputs import check_writable_files
     from nnunet_prune.report import (
+        OUTPUT_FILES,
+        TOOL,
         format_table,
         measure_model_folder,
         open_model_folders,
@@ -71,8 +74,7 @@ def run(args) -> int:
         raise NnUNetPruneError(f"--threads must be at least 1 (got {args.threads}).")
     device = resolve_device(args.device)
     out = Path(args.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise NnUNetPruneError(f"{out} exists and is not a folder: choose another output folder with -o.")
+    check_writable_files(out, OUTPUT_FILES, TOOL)  # before any measurement: never overwrite a user's file
     folders = open_model_folders(args.model_folders, args.folds)
     labels = model_labels([mf.path for mf in folders])
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import math
 from pathlib import Path
 
 from nnunet_prune import NnUNetPruneError
@@ -40,29 +40,47 @@ def add_parser(sub) -> None:
     p.add_argument("--step-size", type=float, default=0.5, help="sliding-window step size (default 0.5)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="inference device (default cpu)")
     p.add_argument("--save-predictions", action="store_true", help="also write each tau's segmentations")
-    p.add_argument("--restart", action="store_true", help="discard a previous sweep in the output folder")
+    p.add_argument("--restart", action="store_true",
+                   help="discard a previous sweep in the output folder (only its own files; anything else there "
+                        "stops the command)")
     p.set_defaults(func=run)
 
 
+def check_arguments(args) -> None:
+    """Everything that needs no model or nnU-Net import, checked first (seconds before any loading)."""
+    for option, value in (("-i", args.images), ("--labels", args.labels)):
+        if value is not None and not Path(value).expanduser().is_dir():
+            raise NnUNetPruneError(f"{option} {value}: no such folder.")
+    if args.model_folder is not None and not Path(args.model_folder).expanduser().is_dir():
+        raise NnUNetPruneError(f"{args.model_folder}: no such folder (give a trained model folder, or -d/-c).")
+    if args.sparsities and any(not (math.isfinite(s) and 0 <= s < 1) for s in args.sparsities):
+        raise NnUNetPruneError("--sparsities must lie in [0, 1), e.g. 0.5 0.8 0.9.")
+    if args.taus and any(not (math.isfinite(t) and t >= 0) for t in args.taus):
+        raise NnUNetPruneError("--taus must be finite and >= 0.")
+    if not (math.isfinite(args.threshold) and 0 < args.threshold <= 1):
+        raise NnUNetPruneError(f"--threshold must lie in (0, 1] (got {args.threshold}).")
+    if args.refine < 0:
+        raise NnUNetPruneError(f"--refine must be >= 0 (got {args.refine}).")
+    if not 0 < args.step_size <= 1:
+        raise NnUNetPruneError(f"--step-size must lie in (0, 1] (got {args.step_size}).")
+    if args.output is not None and Path(args.output).expanduser().is_file():
+        raise NnUNetPruneError(f"-o {args.output} is a file: give a folder.")
+
+
 def run(args) -> int:
+    check_arguments(args)
     from nnunet_prune.modelfolder import ModelFolder, resolve_model_folder
-    from nnunet_prune.sweep import STATE_FILE, MagnitudeSweep, SweepSettings
+    from nnunet_prune.sweep import MagnitudeSweep, SweepSettings
 
     folder = resolve_model_folder(args.model_folder, args.dataset, args.configuration, args.trainer, args.plans)
     model = ModelFolder.open(folder, args.folds)
-    if args.sparsities and any(not 0 <= s < 1 for s in args.sparsities):
-        raise NnUNetPruneError("--sparsities must lie in [0, 1), e.g. 0.5 0.8 0.9.")
-    if args.taus and any(t < 0 for t in args.taus):
-        raise NnUNetPruneError("--taus must be >= 0.")
     output = Path(args.output or f"magnitude_sweep_{model.path.name}").expanduser().resolve()
-    if args.restart and (output / STATE_FILE).is_file():
-        shutil.rmtree(output)
     settings = SweepSettings(taus=args.taus, target_sparsities=args.sparsities, threshold=args.threshold,
                              refine_steps=args.refine, prune_bias=args.prune_bias,
                              per_layer_normalised=args.per_layer_normalised, use_mirroring=not args.disable_tta,
                              tile_step_size=args.step_size, device=args.device,
                              save_predictions=args.save_predictions)
-    sweep = MagnitudeSweep(model, args.images, output, args.labels, settings)
+    sweep = MagnitudeSweep(model, args.images, output, args.labels, settings, restart=args.restart)
     print(f"Sweep of {model.path.name} (folds {', '.join(map(str, model.folds))}) on {len(sweep.cases)} images "
           f"-> {output}")
     report = sweep.run()

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_prune import NnUNetPruneError
+from nnunet_prune.outputs import make_temp_dir
 
 NNUNET_FOLDER_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 
@@ -86,7 +87,7 @@ def write_raw_dataset(dataset_id: int, name: str, channel_names: dict[str, str],
     check_dataset_id_free(dataset_id, root)
     check_writable(root)
     target = root / f"Dataset{dataset_id:03d}_{name}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=root))
+    tmp = make_temp_dir(root, prefix=f".{target.name}.")  # ordinary permissions, unlike mkdtemp's 0700
     try:
         for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
             (tmp / sub).mkdir()

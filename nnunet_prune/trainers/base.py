@@ -21,6 +21,7 @@ import gc
 import json
 import os
 from collections.abc import Mapping
+from datetime import datetime
 from time import time
 
 import torch
@@ -34,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunet_prune.networks import adaptive_class_name
 from nnunet_prune.stats import count_macs, count_parameters, unwrap
 from nnunet_prune.surgery import ChannelGraph, PruneResult, build_channel_graph
-from nnunet_prune.trainers.budget import apply_budget_overrides
+from nnunet_prune.trainers.budget import apply_budget_overrides, read_budget_overrides
 from nnunet_prune.trainers.logging import RECORD_KEY, STATE_KEY, PruningLocalLogger, plot_widths
 
 HISTORY_FILE = "pruning_history.json"
@@ -78,8 +79,12 @@ class nnUNetTrainerPruning(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        # every setting is read and validated before nnU-Net's __init__ creates the fold folder and its log
+        overrides = read_budget_overrides()
+        self.resolve_settings(plans, configuration, fold, dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.budget_overrides = apply_budget_overrides(self)
+        self.budget_overrides = apply_budget_overrides(self, overrides)
+        self._resumed_from_epoch: int | None = None
         self.logger.local_logger = PruningLocalLogger(extra_keys=self.method_log_keys)
         self._graph: ChannelGraph | None = None
         self._macs_cache: tuple[tuple, int] | None = None
@@ -124,6 +129,12 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         self.network = module
 
     # ------------------------------------------------------------------ hooks for methods
+    def resolve_settings(self, plans: dict, configuration: str, fold: int, dataset_json: dict) -> None:
+        """Read and validate the method's settings (plans entry, environment) and check its inputs, raising
+        :class:`~nnunet_prune.NnUNetPruneError` for anything wrong. Called at the start of ``__init__``, BEFORE
+        nnU-Net creates the fold folder: a rejected setting leaves nothing behind (an empty ``fold_k`` would break
+        ``nnUNetv2_predict`` without ``-f``)."""
+
     def extra_training_loss(self) -> torch.Tensor | None:
         """A term added to nnU-Net's loss in every training step (e.g. Sauron's delta_opt); None for none."""
         return None
@@ -177,23 +188,55 @@ class nnUNetTrainerPruning(nnUNetTrainer):
     def on_train_start(self):
         super().on_train_start()
         if self.local_rank == 0:
+            self.write_config()
+
+    def write_config(self) -> None:
+        """pruning_config.json: what the fold was started with (method settings, budget, widths, parameters, MACs),
+        kept on ``--c``; each resume is appended under "resumes" with its budget and settings, and settings that
+        differ from the start are named there and in the training log."""
+        path = os.path.join(self.output_folder, CONFIG_FILE)
+        budget = {"num_epochs": self.num_epochs, "num_iterations_per_epoch": self.num_iterations_per_epoch,
+                  "num_val_iterations_per_epoch": self.num_val_iterations_per_epoch,
+                  "overridden_by_environment": self.budget_overrides}
+        method = self.method_config()
+        previous = None
+        if self._resumed_from_epoch is not None and os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    previous = json.load(f)
+            except (OSError, ValueError):
+                previous = None
+        if isinstance(previous, dict) and "method" in previous:
+            changed = sorted(k for k in set(method) | set(previous["method"])
+                             if method.get(k) != previous["method"].get(k))
+            resume = {"time": datetime.now().astimezone().isoformat(timespec="seconds"),
+                      "epoch": self._resumed_from_epoch, "trainer": self.__class__.__name__, "budget": budget,
+                      "method": method, "method_settings_changed": changed,
+                      "parameters": count_parameters(self.network_module), "macs_per_patch": self.current_macs()}
+            previous.setdefault("resumes", []).append(resume)
+            config = previous
+            if changed:
+                self.print_to_log_file(f"nnunet-prune: WARNING: resumed with method settings that differ from the "
+                                       f"start of this fold: {', '.join(changed)} (recorded in {CONFIG_FILE}).")
+        else:
             config = {
                 "trainer": self.__class__.__name__,
-                "method": self.method_config(),
-                "budget": {"num_epochs": self.num_epochs, "num_iterations_per_epoch": self.num_iterations_per_epoch,
-                           "num_val_iterations_per_epoch": self.num_val_iterations_per_epoch,
-                           "overridden_by_environment": self.budget_overrides},
+                "method": method,
+                "budget": budget,
                 "min_width": self.pruning_min_width,
                 "initial_widths": self.graph.widths(),
                 "initial_parameters": count_parameters(self.network_module),
                 "initial_macs_per_patch": self.current_macs(),
                 "patch_size": list(self.configuration_manager.patch_size),
+                "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+                "resumes": [],
             }
-            with open(os.path.join(self.output_folder, CONFIG_FILE), "w") as f:
-                json.dump(config, f, indent=2)
-            self.print_to_log_file(f"nnunet-prune: {config['initial_parameters']:,} parameters, "
-                                   f"{config['initial_macs_per_patch'] / 1e9:.3f} GMAC per patch; "
-                                   f"method settings: {config['method']}")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(config, f, indent=2)
+        os.replace(tmp, path)
+        self.print_to_log_file(f"nnunet-prune: {count_parameters(self.network_module):,} parameters, "
+                               f"{self.current_macs() / 1e9:.3f} GMAC per patch; method settings: {method}")
 
     def _build_loss(self):
         return LossWithExtraTerm(super()._build_loss(), self)
@@ -251,6 +294,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)  # the adaptive network takes the checkpoint's widths
+        self._resumed_from_epoch = self.current_epoch
         self._graph, self._macs_cache = None, None
         self._rewrap_network()
         state = self.logger.local_logger.last(STATE_KEY)

@@ -26,11 +26,17 @@ BUDGET_VARS = {
 }
 
 
-def apply_budget_overrides(trainer: nnUNetTrainer) -> dict[str, int]:
-    """Set the trainer's epoch / iteration counts from the environment; returns what was overridden."""
+def read_budget_overrides(environ: dict | None = None) -> dict[str, int]:
+    """The trainer attributes the NNUNET_PRUNE_* budget variables set ({attribute: value}); read and validated
+    before the trainer writes anything.
+
+    Raises:
+        NnUNetPruneError: a variable is set to something other than a positive whole number.
+    """
+    environ = os.environ if environ is None else environ
     applied = {}
     for var, attr in BUDGET_VARS.items():
-        value = os.environ.get(var)
+        value = environ.get(var)
         if value is None or value == "":
             continue
         try:
@@ -38,9 +44,16 @@ def apply_budget_overrides(trainer: nnUNetTrainer) -> dict[str, int]:
         except ValueError:
             n = -1
         if n < 1:
-            raise NnUNetPruneError(f"{var}={value!r}: expected a positive whole number.")
-        setattr(trainer, attr, n)
+            raise NnUNetPruneError(f"{var}={value!r}: expected a positive whole number (nothing was written).")
         applied[attr] = n
+    return applied
+
+
+def apply_budget_overrides(trainer: nnUNetTrainer, overrides: dict[str, int] | None = None) -> dict[str, int]:
+    """Set the trainer's epoch / iteration counts (default: from the environment); returns what was overridden."""
+    applied = read_budget_overrides() if overrides is None else overrides
+    for attr, n in applied.items():
+        setattr(trainer, attr, n)
     if applied:
         trainer.print_to_log_file("nnunet-prune budget overrides: " +
                                   ", ".join(f"{k}={v}" for k, v in applied.items()))
@@ -52,5 +65,6 @@ class nnUNetTrainerBudget(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        overrides = read_budget_overrides()  # a bad value stops here, before nnU-Net creates the fold folder
         super().__init__(plans, configuration, fold, dataset_json, device)
-        apply_budget_overrides(self)
+        apply_budget_overrides(self, overrides)

@@ -16,7 +16,7 @@ step; default 10 epochs at a tenth of nnU-Net's learning rate; ``NNUNET_PRUNE_EP
 
 from __future__ import annotations
 
-import json
+import math
 import os
 import shutil
 import sys
@@ -27,6 +27,7 @@ from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p, 
 
 from nnunet_prune import NnUNetPruneError, registry
 from nnunet_prune.criteria.magnitude import apply_magnitude_pruning, reapply_masks, weight_masks
+from nnunet_prune.modelfolder import check_trained_fold
 from nnunet_prune.trainers.base import nnUNetTrainerPruning
 
 DENSE_ENV = "NNUNET_PRUNE_DENSE_MODEL"
@@ -45,8 +46,6 @@ class nnUNetTrainerMagnitude(nnUNetTrainerPruning):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.tau = self.magnitude_tau if self.magnitude_tau is not None else _tau_from_env()
-        self.prune_bias = os.environ.get(BIAS_ENV, "").lower() in ("1", "true", "t", "yes")
         if self.finetune:
             if "num_epochs" not in self.budget_overrides:
                 self.num_epochs = self.finetune_epochs
@@ -60,24 +59,38 @@ class nnUNetTrainerMagnitude(nnUNetTrainerPruning):
                 "finetune_initial_lr": self.initial_lr if self.finetune else None,
                 "dense_checkpoint": self.dense_checkpoint()}
 
+    def resolve_settings(self, plans: dict, configuration: str, fold: int, dataset_json: dict) -> None:
+        """tau, prune_bias and the dense fold, checked before nnU-Net writes anything (a missing, unreadable or
+        mismatching dense checkpoint stops here unless this fold already has its own checkpoint: --c / --val)."""
+        self.tau = self.magnitude_tau if self.magnitude_tau is not None else _tau_from_env()
+        self.prune_bias = os.environ.get(BIAS_ENV, "").lower() in ("1", "true", "t", "yes")
+        self._dense_path = _dense_checkpoint_path(plans, configuration, fold)
+        self._dense_ckpt = None
+        own = _own_fold_folder(type(self).__name__, plans, configuration, fold)
+        if own is not None and any(isfile(join(own, f"checkpoint_{k}.pth")) for k in ("final", "latest", "best")):
+            return  # resuming or validating: the dense fold is not needed
+        if not isfile(self._dense_path):
+            raise NnUNetPruneError(
+                f"{type(self).__name__} prunes a trained dense model, but {self._dense_path} does not exist. Train the "
+                f"dense fold first (nnUNetv2_train ... -tr nnUNetTrainer), or point {DENSE_ENV} at the model folder "
+                f"that holds fold_{fold}/checkpoint_final.pth. Nothing was written.")
+        self._dense_ckpt = check_trained_fold(self._dense_path, plans, configuration, dataset_json)
+
     def dense_checkpoint(self) -> str:
         """Path of the dense fold this trainer prunes (see the module docstring)."""
-        folder = os.environ.get(DENSE_ENV)
-        if not folder:
-            from nnunetv2.paths import nnUNet_results
-
-            folder = join(str(nnUNet_results), self.plans_manager.dataset_name,
-                          f"nnUNetTrainer__{self.plans_manager.plans_name}__{self.configuration_name}")
-        return join(folder, f"fold_{self.fold}", "checkpoint_final.pth")
+        return self._dense_path
 
     def load_dense_weights(self) -> None:
         path = self.dense_checkpoint()
-        if not isfile(path):
-            raise NnUNetPruneError(
-                f"{self.__class__.__name__} prunes a trained dense model, but {path} does not exist. Train the dense "
-                f"fold first (nnUNetv2_train ... -tr nnUNetTrainer), or point {DENSE_ENV} at the model folder that "
-                f"holds fold_{self.fold}/checkpoint_final.pth.")
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        ckpt = self._dense_ckpt
+        if ckpt is None:
+            if not isfile(path):
+                raise NnUNetPruneError(
+                    f"{self.__class__.__name__} prunes a trained dense model, but {path} does not exist. Train the "
+                    f"dense fold first, or point {DENSE_ENV} at the model folder that holds "
+                    f"fold_{self.fold}/checkpoint_final.pth.")
+            ckpt = check_trained_fold(path, self.plans_manager.plans, self.configuration_name, self.dataset_json)
+        self._dense_ckpt = None  # the weights live in the network from here on
         self.network_module.load_state_dict(ckpt["network_weights"])
         self._rewrap_network()
         self.inference_allowed_mirroring_axes = ckpt.get("inference_allowed_mirroring_axes",
@@ -116,8 +129,7 @@ class nnUNetTrainerMagnitude(nnUNetTrainerPruning):
         fingerprint = join(self.preprocessed_dataset_folder_base, "dataset_fingerprint.json")
         if isfile(fingerprint):
             shutil.copyfile(fingerprint, join(self.output_folder_base, "dataset_fingerprint.json"))
-        with open(join(self.output_folder, "pruning_config.json"), "w") as f:
-            json.dump({"trainer": self.__class__.__name__, "method": self.method_config()}, f, indent=2)
+        self.write_config()
 
     def train_step(self, batch: dict) -> dict:
         out = super().train_step(batch)
@@ -137,13 +149,37 @@ class nnUNetTrainerMagnitude_ft(nnUNetTrainerMagnitude):
     finetune = True
 
 
+def _dense_checkpoint_path(plans: dict, configuration: str, fold) -> str:
+    """NNUNET_PRUNE_DENSE_MODEL/fold_F/checkpoint_final.pth, else the stock nnUNetTrainer folder's."""
+    folder = os.environ.get(DENSE_ENV)
+    if not folder:
+        from nnunetv2.paths import nnUNet_results
+
+        if nnUNet_results is None:
+            raise NnUNetPruneError(f"nnUNet_results is not set: set it, or point {DENSE_ENV} at the dense model "
+                                   f"folder.")
+        folder = join(str(nnUNet_results), plans["dataset_name"],
+                      f"nnUNetTrainer__{plans['plans_name']}__{configuration}")
+    return join(folder, f"fold_{fold}", "checkpoint_final.pth")
+
+
+def _own_fold_folder(trainer: str, plans: dict, configuration: str, fold) -> str | None:
+    """The fold folder nnU-Net's __init__ will use for this trainer (None when nnUNet_results is not set)."""
+    from nnunetv2.paths import nnUNet_results
+
+    if nnUNet_results is None:
+        return None
+    return join(str(nnUNet_results), plans["dataset_name"], f"{trainer}__{plans['plans_name']}__{configuration}",
+                f"fold_{fold}")
+
+
 def _tau_from_env() -> float:
     value = os.environ.get(TAU_ENV)
     try:
         tau = float(value)
     except (TypeError, ValueError):
         tau = -1.0
-    if tau < 0:
+    if not math.isfinite(tau) or tau < 0:
         raise NnUNetPruneError(
             f"nnUNetTrainerMagnitude needs {TAU_ENV} set to a threshold >= 0 (e.g. 0.005), got {value!r}; or use a "
             f"fixed variant such as {registry.magnitude_trainer_name(5)}.")
