@@ -69,9 +69,9 @@ def _read_json(file: Path) -> dict:
     return data
 
 
-def read_checkpoint(file: str | os.PathLike) -> dict:
-    """An nnU-Net checkpoint (``network_weights``, ``init_args``, ``trainer_name``, ...) read on the CPU, without
-    optimizer and grad-scaler state, its weights as a plain state dict.
+def read_checkpoint(file: str | os.PathLike, keep_training_state: bool = False) -> dict:
+    """An nnU-Net checkpoint (``network_weights``, ``init_args``, ``trainer_name``, ...) read on the CPU, its
+    weights as a plain state dict; optimizer and grad-scaler state are dropped unless ``keep_training_state``.
 
     Raises:
         NnUNetPruneError: the file is missing, unreadable, or not an nnU-Net checkpoint.
@@ -93,7 +93,14 @@ def read_checkpoint(file: str | os.PathLike) -> dict:
         raise NnUNetPruneError(f"{file} is not an nnU-Net checkpoint (it needs the entries {', '.join(needed)}, as "
                                f"nnUNetv2_train writes them). A bare state dict cannot be used: nnU-Net needs the "
                                f"trainer and configuration it was trained with.")
-    ckpt = {k: v for k, v in ckpt.items() if k not in ("optimizer_state", "grad_scaler_state")}
+    if keep_training_state:
+        missing = [k for k in ("optimizer_state", "logging", "current_epoch", "_best_ema") if k not in ckpt]
+        if missing:
+            raise NnUNetPruneError(f"{file} holds weights only (no {', '.join(missing)}), e.g. an `nnunet-prune "
+                                   f"export`: it predicts, but training cannot continue from it (--c). Resume from "
+                                   f"the checkpoint nnUNetv2_train wrote.")
+    else:
+        ckpt = {k: v for k, v in ckpt.items() if k not in ("optimizer_state", "grad_scaler_state")}
     ckpt["network_weights"] = normalise_state_dict(ckpt["network_weights"])
     return ckpt
 

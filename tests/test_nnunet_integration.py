@@ -221,3 +221,20 @@ def test_bad_settings_stop_before_the_fold_folder_exists(nnunet, dataset2d, dens
         assert bad.returncode != 0, trainer
         assert "ERROR:" in bad.stderr and words in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
         assert not (nnunet.model_folder(DATASET_2D, trainer, "nnUNetPlans", "2d") / "fold_1").exists(), trainer
+
+
+def test_damaged_own_checkpoint_is_one_clear_error_on_val_and_continue(nnunet, dataset2d, sauron_model):
+    import shutil
+
+    fold = sauron_model / "fold_4"
+    shutil.copytree(sauron_model / "fold_0", fold)
+    try:
+        file = fold / "checkpoint_final.pth"
+        file.write_bytes(file.read_bytes()[:2000])
+        for flag in ("--val", "--c"):
+            bad = nnunet.run("nnUNetv2_train", DATASET_2D, "2d", 4, "-tr", "nnUNetTrainerSauron", "-device", "cpu",
+                             flag, env={"nnUNet_n_proc_DA": "0"}, check=False)
+            assert bad.returncode != 0 and "ERROR:" in bad.stderr and "Cannot read" in bad.stderr, bad.stderr
+            assert "Traceback" not in bad.stderr
+    finally:
+        shutil.rmtree(fold)

@@ -32,6 +32,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from nnunet_prune.checkpoints import check_state_dict
+from nnunet_prune.modelfolder import read_checkpoint
 from nnunet_prune.networks import adaptive_class_name
 from nnunet_prune.stats import count_macs, count_parameters, unwrap
 from nnunet_prune.surgery import ChannelGraph, PruneResult, build_channel_graph
@@ -293,6 +295,14 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                 self.print_to_log_file(f"could not plot widths: {type(e).__name__}: {e}")
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if isinstance(filename_or_checkpoint, str):  # --c / --val: a damaged file is one clear error
+            if not self.was_initialized:
+                self.initialize()
+            file = filename_or_checkpoint
+            filename_or_checkpoint = read_checkpoint(file, keep_training_state=True)
+            filename_or_checkpoint["network_weights"] = check_state_dict(
+                self.network_module, filename_or_checkpoint["network_weights"], file,
+                self.configuration_manager.patch_size)
         super().load_checkpoint(filename_or_checkpoint)  # the adaptive network takes the checkpoint's widths
         self._resumed_from_epoch = self.current_epoch
         self._graph, self._macs_cache = None, None
