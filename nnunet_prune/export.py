@@ -4,7 +4,7 @@ The output is what ``nnUNetv2_predict -m``/``nnUNetv2_predict_from_modelfolder``
 and ``nnUNetv2_ensemble`` read: plans.json, dataset.json, dataset_fingerprint.json, fold_k/checkpoint_final.pth
 (weights only: no optimizer state, no training log) and every fold's validation outputs. Channels no consumer reads
 are removed physically (exact: predictions do not change), so the file shrinks with the network. With
-``magnitude_tau`` the weights |w| <= tau are zeroed first (papers/magnitude-pruning-nnunet.txt), channels left
+``magnitude_tau`` the weights |w| <= tau are zeroed first (Yang et al., MIDL 2025), channels left
 dead by that are removed, and the remaining sparse tensors are stored compactly (bit mask + non-zeros); the
 source's validation outputs are then NOT copied (they belong to the unpruned model): validate a pruned model with
 the ``nnUNetTrainerMagnitude_tau*`` trainers.

@@ -1,6 +1,6 @@
 """Weight magnitude: zeroing small weights, sparsity accounting by stage, and channels that became dead.
 
-Paper: papers/magnitude-pruning-nnunet.txt. One threshold tau for the whole network: every convolution and
+Paper: Yang et al., MIDL 2025. One threshold tau for the whole network: every convolution and
 transposed-convolution weight with |w| <= tau becomes 0 (segmentation heads included; norms never; biases only
 when asked). Sparsity is counted twice: over the weights that were non-zero before (what pruning did) and over
 all parameters of the network (what the file could save).

@@ -1,4 +1,4 @@
-"""Sauron's feature-map distances (papers/sauron.txt §3.2-3.3).
+"""Sauron's feature-map distances (arXiv:2209.13590 §3.2-3.3).
 
 Shapes: feature maps are (B, C, *spatial) for 2D or 3D. Distances are root-mean-square differences over the
 pooled map, so layers at different resolutions are comparable.

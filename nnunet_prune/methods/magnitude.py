@@ -1,4 +1,4 @@
-"""Post-training magnitude pruning with a proxy-Dice sweep (papers/magnitude-pruning-nnunet.txt §2).
+"""Post-training magnitude pruning with a proxy-Dice sweep (Yang et al., MIDL 2025 §2).
 
 For each tau of a sweep every fold of a trained model is pruned (|w| <= tau -> 0, no retraining); the pruned
 ensemble predicts the same images as the unpruned one and the proxy Dice between the two tells how much was lost.

@@ -1,4 +1,4 @@
-"""Sauron (papers/sauron.txt, Algorithm 1): layer-wise thresholds and the pruning rule.
+"""Sauron (arXiv:2209.13590, Algorithm 1): layer-wise thresholds and the pruning rule.
 
 After every epoch, for every layer l (here: every coupling group):
 

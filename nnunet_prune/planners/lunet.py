@@ -1,4 +1,4 @@
-"""LUnet planners: nnU-Net's plan with every stage as wide as the first (Lean U-Net, papers/lunet.txt §II-D).
+"""LUnet planners: nnU-Net's plan with every stage as wide as the first (Lean U-Net, arXiv:2512.03834 §II-D).
 
 The plan is nnU-Net's own in every other respect (spacing, patch size, batch size, pooling, kernels, number of
 convolutions), so the only difference to the default plan is ``features_per_stage``. Preprocessed data is shared

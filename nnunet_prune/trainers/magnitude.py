@@ -1,7 +1,7 @@
 """``nnUNetTrainerMagnitude_tau<NNN>``: "pruned at tau" as one more nnU-Net model.
 
 ``nnUNetv2_train D C F -tr nnUNetTrainerMagnitude_tau005`` takes fold F of a trained dense model, zeroes every conv
-weight with |w| <= 0.005 (papers/magnitude-pruning-nnunet.txt), saves it as this trainer's
+weight with |w| <= 0.005 (Yang et al., MIDL 2025), saves it as this trainer's
 ``checkpoint_final.pth`` and lets nnU-Net run its normal validation, so the folder holds ``validation/summary.json``
 per fold and works with cross-validation, ``nnUNetv2_find_best_configuration`` and ensembling (``--npz``).
 
