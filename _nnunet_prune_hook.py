@@ -4,8 +4,9 @@ It does two cheap things so that the stock nnU-Net commands find this package's 
 
 1. appends this package's trainer shim folder to ``nnUNet_extTrainer``, nnU-Net's own search path for trainers
    (inherited by every process nnU-Net spawns);
-2. registers an import hook that acts only when nnU-Net itself imports its planner API or its trainer lookup, and
-   then lets those find this package's planners and list what exists when a name is unknown.
+2. registers an import hook that acts only when nnU-Net itself imports its planner API, its trainer lookup or its
+   training entry point, and then lets those find this package's planners, list what exists when a name is
+   unknown, and name the planner to run when ``nnUNetv2_train -p`` names plans that do not exist.
 
 It imports neither torch nor nnU-Net and never raises: a broken hook must not break Python start-up. Set
 ``NNUNET_PRUNE_DISABLE_HOOK=1`` to switch it off.
@@ -17,6 +18,7 @@ import sys
 _TARGETS = frozenset({
     "nnunetv2.experiment_planning.plan_and_preprocess_api",
     "nnunetv2.utilities.find_objects",
+    "nnunetv2.run.run_training",
 })
 
 

@@ -52,10 +52,18 @@ def resolve_model_folder(path: str | os.PathLike | None = None, dataset: str | N
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
     try:
-        maybe_convert_to_dataset_name(dataset)
+        name = maybe_convert_to_dataset_name(dataset)
     except RuntimeError as e:
         raise NnUNetPruneError(f"Unknown dataset {dataset!r}: {e}") from None
-    return Path(get_output_folder(dataset, trainer, plans, configuration))
+    folder = Path(get_output_folder(dataset, trainer, plans, configuration))
+    if not folder.is_dir():
+        trained = sorted(p.name for p in folder.parent.glob("*__*__*") if any(p.glob("fold_*/checkpoint_final.pth"))) \
+            if folder.parent.is_dir() else []
+        listing = ("Trained models of " + name + ": " + ", ".join(trained) + " (name one with -tr TRAINER -p PLANS "
+                   "-c CONFIGURATION, or pass its folder).") if trained else f"No model of {name} is trained yet."
+        raise NnUNetPruneError(f"{folder.name} does not exist in {folder.parent} (-d {dataset} -c {configuration} "
+                               f"-tr {trainer} -p {plans}). {listing}")
+    return folder
 
 
 def _read_json(file: Path) -> dict:

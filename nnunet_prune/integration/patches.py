@@ -5,6 +5,11 @@
   plans already hold (:mod:`nnunet_prune.planners.reuse`).
 * ``find_objects``: an unknown trainer name (``-tr``) gets an error listing what exists. Finding this package's
   trainers needs no patch: nnU-Net's own ``nnUNet_extTrainer`` search path does that.
+* ``run_training``: ``nnUNetv2_train`` with plans (``-p``) that were never planned, or a configuration (``-c``)
+  the plans do not define, gets an error naming the planner command to run and the plans that exist, instead of
+  a ``FileNotFoundError`` from inside nnU-Net (any trainer, stock ones included).
+* the default experiment planner's thread count: ``nnUNet_n_proc_DA=0`` (data augmentation in the main process,
+  the usual CPU setting) no longer crashes planning (``torch.set_num_threads(0)``); one thread is used instead.
 
 Nothing here is written to disk and nnU-Net's behaviour for its own classes is unchanged.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import difflib
 import functools
+import inspect
 import sys
 import textwrap
 
@@ -21,6 +27,8 @@ from nnunet_prune import NnUNetPruneError, registry
 
 PLAN_API = "nnunetv2.experiment_planning.plan_and_preprocess_api"
 FIND_OBJECTS = "nnunetv2.utilities.find_objects"
+RUN_TRAINING = "nnunetv2.run.run_training"
+DEFAULT_PLANNER = "nnunetv2.experiment_planning.experiment_planners.default_experiment_planner"
 
 
 def patch_module(module) -> None:
@@ -34,8 +42,13 @@ def patch_module(module) -> None:
         from nnunet_prune.planners.reuse import wrap_preprocess_dataset
 
         module.preprocess_dataset = wrap_preprocess_dataset(module.preprocess_dataset)
+        planner_module = sys.modules.get(DEFAULT_PLANNER)
+        if planner_module is not None and hasattr(planner_module, "get_allowed_n_proc_DA"):
+            planner_module.get_allowed_n_proc_DA = _at_least_one(planner_module.get_allowed_n_proc_DA)
     elif module.__name__ == FIND_OBJECTS:
         module.recursive_find_trainer_class_by_name = _trainer_lookup(module.recursive_find_trainer_class_by_name)
+    elif module.__name__ == RUN_TRAINING:
+        module.get_trainer_from_args = _plans_check(module.get_trainer_from_args)
     else:
         return
     module._nnunet_prune_patched = True
@@ -92,6 +105,92 @@ def _trainer_lookup(original):
 
     lookup._nnunet_prune_original = original
     return lookup
+
+
+def _at_least_one(original):
+    """nnU-Net's planner sets torch's thread count to the number of data-augmentation processes, which fails with
+    nnUNet_n_proc_DA=0 (the usual CPU setting); planning then uses one thread instead of crashing."""
+    @functools.wraps(original)
+    def get_allowed_n_proc_DA():
+        return max(1, original())
+
+    get_allowed_n_proc_DA._nnunet_prune_original = original
+    return get_allowed_n_proc_DA
+
+
+def _plans_check(original):
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def get_trainer_from_args(*args, **kwargs):
+        try:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = bound.arguments
+            dataset, plans = arguments["dataset_name_or_id"], arguments["plans_identifier"]
+            configuration = arguments["configuration"]
+        except (TypeError, KeyError):  # another nnU-Net version: leave its checks alone
+            return original(*args, **kwargs)
+        check_plans(str(dataset), plans, configuration)
+        return original(*args, **kwargs)
+
+    get_trainer_from_args._nnunet_prune_original = original
+    return get_trainer_from_args
+
+
+def planner_command(dataset: str, plans: str) -> str:
+    """The nnU-Net command that writes plans ``plans`` for ``dataset``."""
+    commands = {"nnUNetPlans": "", "nnUNetResEncUNetMPlans": "nnUNetPlannerResEncM",
+                "nnUNetResEncUNetLPlans": "nnUNetPlannerResEncL", "nnUNetResEncUNetXLPlans": "nnUNetPlannerResEncXL"}
+    for name in registry.PLANNERS:
+        planner = registry.load_planner(name)
+        commands.setdefault(getattr(planner, "default_plans_name", ""), name)
+    base = f"nnUNetv2_plan_and_preprocess -d {dataset}"
+    if plans not in commands:
+        return f"{base} -pl PLANNER (the planner that writes {plans}.json)"
+    return base + (f" -pl {commands[plans]}" if commands[plans] else "") + \
+        (" (the default planner, needed first: the other planners reuse its preprocessed data)"
+         if plans == "nnUNetPlans" else "")
+
+
+def check_plans(dataset: str, plans: str, configuration: str) -> None:
+    """Before nnU-Net builds a trainer: the plans file exists and defines the configuration.
+
+    Raises:
+        NnUNetPruneError: naming the planner command to run and the plans / configurations that exist.
+    """
+    import json
+    import os
+
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    if nnUNet_preprocessed is None:
+        return  # nnU-Net explains this itself
+    try:
+        name = maybe_convert_to_dataset_name(dataset if dataset.startswith("Dataset") else int(dataset))
+    except (RuntimeError, ValueError):
+        return  # nnU-Net's own message names the dataset
+    folder = os.path.join(nnUNet_preprocessed, name)
+    file = os.path.join(folder, f"{plans}.json")
+    if not os.path.isfile(file):
+        other_json = ("dataset.json", "dataset_fingerprint.json", "splits_final.json")
+        present = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".json") and f not in other_json) \
+            if os.path.isdir(folder) else []
+        raise NnUNetPruneError(
+            f"No plans '{plans}' for {name}: {file} does not exist. Plan the dataset first:\n  "
+            f"{planner_command(dataset, plans)}\n"
+            + (f"Plans that exist for {name}: {', '.join(present)} (choose one with -p)." if present else
+               f"Nothing was planned for {name} yet."))
+    try:
+        with open(file) as f:
+            defined = list(json.load(f).get("configurations", {}))
+    except (OSError, ValueError):
+        return
+    if configuration not in defined:
+        raise NnUNetPruneError(f"The plans '{plans}' of {name} define no configuration '{configuration}' (they define "
+                               f"{', '.join(defined)}). Choose one of those with -c, or plan it: "
+                               f"{planner_command(dataset, plans)} -c {configuration}.")
 
 
 def all_subclasses(cls) -> set[type]:

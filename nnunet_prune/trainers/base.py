@@ -288,9 +288,16 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         super().on_train_end()
         if self.local_rank == 0:
             records = [r for r in self.logger.local_logger.my_fantastic_logging.get(RECORD_KEY, []) if r]
+            initial = None  # the unpruned widths (records start after epoch 0's surgery); else the first record
+            try:
+                with open(os.path.join(self.output_folder, CONFIG_FILE)) as f:
+                    initial = json.load(f).get("initial_widths")
+            except (OSError, ValueError, AttributeError):
+                pass
             try:
                 plot_widths(records, os.path.join(self.output_folder, "pruning_widths.png"),
-                            f"{self.__class__.__name__}: channels per coupling group")
+                            f"{self.__class__.__name__}: channels per coupling group",
+                            initial_widths=initial if isinstance(initial, dict) else None)
             except Exception as e:
                 self.print_to_log_file(f"could not plot widths: {type(e).__name__}: {e}")
 
@@ -298,11 +305,10 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         if isinstance(filename_or_checkpoint, str):  # --c / --val: a damaged file is one clear error
             if not self.was_initialized:
                 self.initialize()
-            file = filename_or_checkpoint
-            filename_or_checkpoint = read_checkpoint(file, keep_training_state=True)
-            filename_or_checkpoint["network_weights"] = check_state_dict(
-                self.network_module, filename_or_checkpoint["network_weights"], file,
-                self.configuration_manager.patch_size)
+            checked = read_checkpoint(filename_or_checkpoint, keep_training_state=True)
+            check_state_dict(self.network_module, checked["network_weights"], filename_or_checkpoint,
+                             self.configuration_manager.patch_size)
+            del checked  # nnU-Net reads the file itself (its load_checkpoint fails when given the dict)
         super().load_checkpoint(filename_or_checkpoint)  # the adaptive network takes the checkpoint's widths
         self._resumed_from_epoch = self.current_epoch
         self._graph, self._macs_cache = None, None

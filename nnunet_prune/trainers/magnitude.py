@@ -6,7 +6,8 @@ weight with |w| <= 0.005 (Yang et al., MIDL 2025), saves it as this trainer's
 per fold and works with cross-validation, ``nnUNetv2_find_best_configuration`` and ensembling (``--npz``).
 
 Which dense model: the folder in ``NNUNET_PRUNE_DENSE_MODEL`` (a model folder with fold_F/checkpoint_final.pth), or
-by default the stock ``nnUNetTrainer__<plans>__<configuration>`` folder of the same dataset.
+by default the stock ``nnUNetTrainer__<plans>__<configuration>`` folder of the same dataset, or, if that has no
+fold F, ``nnUNetTrainerBudget__<plans>__<configuration>`` (the stock trainer with a short budget).
 
 ``_ft`` variants fine-tune after pruning with the zero pattern held fixed (masks re-applied after every optimizer
 step; default 10 epochs at a tenth of nnU-Net's learning rate; ``NNUNET_PRUNE_EPOCHS`` etc. set the budget).
@@ -33,6 +34,8 @@ from nnunet_prune.trainers.base import nnUNetTrainerPruning
 DENSE_ENV = "NNUNET_PRUNE_DENSE_MODEL"
 TAU_ENV = "NNUNET_PRUNE_MAGNITUDE_TAU"
 BIAS_ENV = "NNUNET_PRUNE_MAGNITUDE_BIAS"
+#: model folders searched for the dense fold when NNUNET_PRUNE_DENSE_MODEL is not set, in this order
+DEFAULT_DENSE_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerBudget")
 
 
 class nnUNetTrainerMagnitude(nnUNetTrainerPruning):
@@ -70,10 +73,12 @@ class nnUNetTrainerMagnitude(nnUNetTrainerPruning):
         if own is not None and any(isfile(join(own, f"checkpoint_{k}.pth")) for k in ("final", "latest", "best")):
             return  # resuming or validating: the dense fold is not needed
         if not isfile(self._dense_path):
+            trained = [t for t in _trained_folds(plans, configuration, fold) if "Magnitude" not in t]
             raise NnUNetPruneError(
                 f"{type(self).__name__} prunes a trained dense model, but {self._dense_path} does not exist. Train the "
-                f"dense fold first (nnUNetv2_train ... -tr nnUNetTrainer), or point {DENSE_ENV} at the model folder "
-                f"that holds fold_{fold}/checkpoint_final.pth. Nothing was written.")
+                f"dense fold first (nnUNetv2_train ... -tr nnUNetTrainer, or nnUNetTrainerBudget for a short run), "
+                f"or point {DENSE_ENV} at the model folder that holds fold_{fold}/checkpoint_final.pth"
+                + (f"; trained with these plans: {', '.join(trained)}" if trained else "") + ". Nothing was written.")
         self._dense_ckpt = check_trained_fold(self._dense_path, plans, configuration, dataset_json)
 
     def dense_checkpoint(self) -> str:
@@ -158,9 +163,23 @@ def _dense_checkpoint_path(plans: dict, configuration: str, fold) -> str:
         if nnUNet_results is None:
             raise NnUNetPruneError(f"nnUNet_results is not set: set it, or point {DENSE_ENV} at the dense model "
                                    f"folder.")
-        folder = join(str(nnUNet_results), plans["dataset_name"],
-                      f"nnUNetTrainer__{plans['plans_name']}__{configuration}")
+        candidates = [join(str(nnUNet_results), plans["dataset_name"], f"{t}__{plans['plans_name']}__{configuration}")
+                      for t in DEFAULT_DENSE_TRAINERS]
+        folder = next((c for c in candidates if isfile(join(c, f"fold_{fold}", "checkpoint_final.pth"))),
+                      candidates[0])
     return join(folder, f"fold_{fold}", "checkpoint_final.pth")
+
+
+def _trained_folds(plans: dict, configuration: str, fold) -> list[str]:
+    """Model folders of the dataset with this plans, configuration and a finished fold (for error messages)."""
+    from nnunetv2.paths import nnUNet_results
+
+    if nnUNet_results is None or not isdir(join(str(nnUNet_results), plans["dataset_name"])):
+        return []
+    root = join(str(nnUNet_results), plans["dataset_name"])
+    suffix = f"__{plans['plans_name']}__{configuration}"
+    return sorted(join(root, d) for d in os.listdir(root)
+                  if d.endswith(suffix) and isfile(join(root, d, f"fold_{fold}", "checkpoint_final.pth")))
 
 
 def _own_fold_folder(trainer: str, plans: dict, configuration: str, fold) -> str | None:
