@@ -46,8 +46,13 @@ class FoldExport:
     dead_channels_removed: int
     checkpoint_bytes_before: int
     checkpoint_bytes_after: int
-    max_abs_difference: float | None = None  # exported vs source (after magnitude zeroing), on a random patch
+    #: max |logit difference| on a random patch between the exported fold (loaded back as nnU-Net loads it) and the
+    #: network it was written from -- after magnitude zeroing, if any: how exact the export itself is
+    max_abs_difference: float | None = None
     sparsity: dict | None = None  # magnitude pruning statistics
+    #: with --magnitude-tau: max |logit difference| between the exported fold and the unpruned source (what the
+    #: zeroing changed); None without magnitude pruning (then it equals max_abs_difference)
+    max_abs_difference_to_source: float | None = None
 
 
 @dataclass
@@ -68,7 +73,12 @@ class ExportResult:
             if f.sparsity:
                 line += f", sparsity {f.sparsity['sparsity_of_nonzero_weights']:.1%}"
             if f.max_abs_difference is not None:
-                line += f", max |diff| {f.max_abs_difference:.2e}"
+                if f.max_abs_difference_to_source is None:
+                    line += f", max |logit diff| to the source {f.max_abs_difference:.2e}"
+                else:
+                    line += (f", max |logit diff| to the pruned network {f.max_abs_difference:.2e} (the export is "
+                             f"exact), to the unpruned source {f.max_abs_difference_to_source:.2e} (what "
+                             f"pruning changed)")
             lines.append(line)
         return "\n".join(lines)
 
@@ -163,7 +173,11 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
             net = mf.load_network(fold)
             params_before = count_parameters(net)
             sparsity = None
+            source_output = None
             if magnitude_tau is not None:
+                if verify:
+                    with torch.no_grad():
+                        source_output = net(x)
                 sparsity = apply_magnitude_pruning(net, magnitude_tau, prune_bias, per_layer_normalised).as_dict()
             reference = None
             if verify:
@@ -177,13 +191,13 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
             needs_adaptive = needs_adaptive or widths_changed
             state = _storable_state_dict(net.state_dict(), fp16, compact)
             slim_states[fold] = (ckpt, state, params_before, sparsity, sum(len(v) for v in dead.values()),
-                                 reference)
+                                 reference, source_output)
         if needs_adaptive:
             arch = _architecture_entry(plans, mf.configuration_name)
             arch["network_class_name"] = adaptive_class_name(arch["network_class_name"])
         (tmp / "plans.json").write_text(json.dumps(plans, indent=4))
 
-        for fold, (ckpt, state, params_before, sparsity, n_dead, reference) in slim_states.items():
+        for fold, (ckpt, state, params_before, sparsity, n_dead, reference, source_output) in slim_states.items():
             fold_dir = tmp / f"fold_{fold}"
             # After magnitude zeroing the source's validation results no longer describe the model; copied, they
             # would let find_best_configuration rank the pruned model by the dense model's Dice.
@@ -209,7 +223,10 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
             record.parameters_after = count_parameters(net)
             if verify:
                 with torch.no_grad():
-                    record.max_abs_difference = float((net(x) - reference).abs().max())
+                    exported_output = net(x)
+                record.max_abs_difference = float((exported_output - reference).abs().max())
+                if source_output is not None:
+                    record.max_abs_difference_to_source = float((exported_output - source_output).abs().max())
             result.folds.append(record)
         (tmp / SUMMARY_FILE).write_text(json.dumps(asdict(result), indent=2, default=str))
         record_files(tmp, TOOL)  # everything in tmp is the export's own: what --overwrite may replace later
