@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -52,6 +53,7 @@ class ModelRow:
     train_seconds: float = 0.0
     predict_seconds: float = 0.0
     cpu_ms_per_patch: float | None = None
+    cpu_ms_iqr: float | None = None
 
 
 def _script(name: str) -> str:
@@ -119,7 +121,7 @@ class Demo:
 
     def run(self, cmd: list[str], extra_env: dict | None = None, quiet_prefixes=("{'data_identifier'",)) -> None:
         env = {**self.env, **(extra_env or {})}
-        printable = " ".join(Path(cmd[0]).name if i == 0 else c for i, c in enumerate(cmd))
+        printable = shlex.join([Path(cmd[0]).name, *cmd[1:]])  # quoted: paths with spaces paste as they are
         print(f"    $ {printable}", flush=True)
         proc = subprocess.Popen(cmd, env=env, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1)
@@ -203,12 +205,14 @@ class Demo:
 
     def measure(self) -> None:
         """Parameters, MACs, checkpoint size, CPU latency per patch and held-out Dice of every model."""
-        import numpy as np
         import torch
 
         from nnunet_prune.modelfolder import ModelFolder
+        from nnunet_prune.report import measure_latency_stats
         from nnunet_prune.stats import count_macs, count_parameters
         from nnunet_prune.sweep import dice_per_case, foreground_mean
+
+        self.threads = torch.get_num_threads()
 
         os.environ.update({k: self.env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
         for row in self.rows:
@@ -216,15 +220,9 @@ class Demo:
             net = mf.load_network(0)
             row.parameters, row.macs = count_parameters(net), count_macs(net, mf.patch_size)
             row.checkpoint_mb = mf.checkpoint_bytes(0) / 1e6
-            x = torch.randn(1, mf.num_input_channels, *mf.patch_size)
-            times = []
-            with torch.inference_mode():
-                for i in range(12):
-                    start = time.perf_counter()
-                    net(x)
-                    if i >= 2:
-                        times.append(time.perf_counter() - start)
-            row.cpu_ms_per_patch = float(np.median(times) * 1000)
+            self.patch_size = list(mf.patch_size)
+            stats = measure_latency_stats(net, mf.patch_size, "cpu", repeats=10, warmup=2, threads=self.threads)
+            row.cpu_ms_per_patch, row.cpu_ms_iqr = stats.median_ms, stats.iqr_ms
             rw = mf.plans_manager.image_reader_writer_class()
             ending = mf.dataset_json["file_ending"]
             pred_dir = self.workdir / "predictions" / row.name
@@ -238,18 +236,64 @@ class Demo:
             names = {str(v): k for k, v in mf.dataset_json["labels"].items()}
             row.dice_per_class = {names.get(k, k): v for k, v in per_class.items()}
 
-    def table(self) -> str:
+    def _columns(self) -> tuple[list[str], list[list[str]]]:
+        from nnunet_prune.report import _latency, _ratio
+
         base = self.rows[0]
-        lines = ["| model | parameters | GMAC / patch | MACs vs default | checkpoint | CPU ms / patch | held-out Dice "
-                 "| per class | train time | predict time |",
-                 "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+        classes = list(base.dice_per_class)
+        patch = "x".join(map(str, getattr(self, "patch_size", [])))
+        headers = ["model", "parameters", "GMAC/patch", "MACs vs default", "checkpoint",
+                   f"CPU ms/patch ({patch}, {getattr(self, 'threads', '?')} thr.)", "Dice",
+                   *[f"Dice {c}" for c in classes], "train", "predict"]
+        cells = []
         for r in self.rows:
-            per_class = ", ".join(f"{k} {v:.2f}" for k, v in r.dice_per_class.items())
-            lines.append(f"| {r.name} | {r.parameters / 1e6:.3f} M | {r.macs / 1e9:.3f} | {r.macs / base.macs:.1%} | "
-                         f"{r.checkpoint_mb:.1f} MB | {r.cpu_ms_per_patch:.1f} | {r.dice:.3f} | {per_class} | "
-                         f"{r.train_seconds:.0f} s | {r.predict_seconds:.0f} s |")
+            cells.append([r.name, f"{r.parameters / 1e6:.3f} M", f"{r.macs / 1e9:.3f}",
+                          "-" if r is base else _ratio(r.macs, base.macs), f"{r.checkpoint_mb:.1f} MB",
+                          _latency(r.cpu_ms_per_patch, r.cpu_ms_iqr), f"{r.dice:.3f}",
+                          *[f"{r.dice_per_class.get(c, float('nan')):.2f}" for c in classes],
+                          f"{r.train_seconds:.0f} s", f"{r.predict_seconds:.0f} s"])
+        return headers, cells
+
+    def table(self) -> str:
+        """The results as a Markdown table (demo_results.md)."""
+        headers, cells = self._columns()
+        lines = ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
+        lines += ["| " + " | ".join(c) + " |" for c in cells]
         return "\n".join(lines)
 
+    def text_table(self) -> str:
+        """The results as an aligned plain-text table for the terminal (two blocks, each under 110 characters)."""
+        headers, cells = self._columns()
+        split = 6  # size and speed | accuracy and wall time
+
+        def block(cols: list[int]) -> list[str]:
+            widths = [max(len(headers[i]), *(len(c[i]) for c in cells)) for i in cols]
+            fmt = lambda vals: "  ".join(v.ljust(w) if i == 0 else v.rjust(w)  # noqa: E731
+                                         for i, (v, w) in enumerate(zip(vals, widths, strict=True)))
+            return [fmt([headers[i] for i in cols]), "  ".join("-" * w for w in widths),
+                    *(fmt([c[i] for i in cols]) for c in cells)]
+
+        return "\n".join(block(list(range(split))) + [""] + block([0, *range(split, len(headers))]))
+
+    def notes(self, sweep: dict | None) -> list[str]:
+        """Plain words for what the numbers cannot show on their own."""
+        out = []
+        base = self.rows[0]
+        for c in base.dice_per_class:
+            values = {r.name: r.dice_per_class.get(c) for r in self.rows}
+            if all(v is not None and v < 0.1 for v in values.values()):
+                out.append(f"No model learnt '{c}' within this budget (held-out Dice < 0.1 for all of them): its "
+                           f"numbers say nothing about pruning. Train longer (--epochs) to see it.")
+                continue
+            for r in self.rows[1:]:
+                mine, dense = r.dice_per_class.get(c), base.dice_per_class.get(c)
+                if mine is not None and dense is not None and dense - mine > 0.1:
+                    out.append(f"{r.name} reaches Dice {mine:.2f} on '{c}' against {dense:.2f} for the default "
+                               f"network: at this short budget the smaller model lost accuracy on it.")
+        if sweep and sweep.get("critical_point"):
+            out.append("The sweep's zeroed weights shrink the checkpoint (export --magnitude-tau) but give no "
+                       "speed-up: dense convolutions do the same work on zeros.")
+        return out
     # ------------------------------------------------------------------ all
     def run_all(self) -> Path:
         start = time.perf_counter()
@@ -274,28 +318,32 @@ class Demo:
         self.measure()
         self.timings["measure"] = time.perf_counter() - t
         total = time.perf_counter() - start
-        text = self.summary(sweep, total)
-        print("\n" + text)
+        print("\n" + self.summary(sweep, total, markdown=False))
         out = self.workdir / "demo_results.md"
-        out.write_text(text)
+        out.write_text(self.summary(sweep, total))
         (self.workdir / "demo_results.json").write_text(json.dumps(
             {"rows": [asdict(r) for r in self.rows], "timings": self.timings, "total_seconds": total,
              "budget": asdict(self.budget), "dataset": self.dataset,
              "sweep_critical_point": sweep["critical_point"] if sweep else None}, indent=2))
         return out
 
-    def summary(self, sweep: dict | None, total: float) -> str:
+    def summary(self, sweep: dict | None, total: float, markdown: bool = True) -> str:
         lines = [f"# nnunet-prune demo ({self.dataset} data, 2d, fold 0)", "",
                  f"Training budget: {self.budget.epochs} epochs x {self.budget.iterations} iterations on the CPU "
                  f"(nnU-Net's default is 1000 x 250): the numbers show mechanics and trade-offs, not final accuracy.",
-                 "", self.table(), ""]
+                 "", self.table() if markdown else self.text_table(), "",
+                 "CPU ms/patch: one patch, batch 1, median of 10 runs (± half the interquartile range). Dice: "
+                 "held-out test cases, foreground mean and per class.", ""]
+        notes = self.notes(sweep)
+        if notes:
+            lines += [("- " if markdown else "* ") + n for n in notes] + [""]
         if sweep:
             crit = sweep["critical_point"]
             lines.append("Magnitude-pruning sweep of the default model (proxy Dice = pruned vs unpruned predictions):")
             if crit:
                 lines.append(f"critical point tau = {crit['tau']:.4g}: {crit['sparsity']:.1%} of the weights zeroed at "
-                             f"proxy Dice {crit['proxy_dice']:.3f} (threshold {sweep['threshold']}); "
-                             f"details in magnitude_sweep/summary.md.")
+                             f"proxy Dice {crit['proxy_dice']:.3f} (threshold {sweep['threshold']}); no speed-up "
+                             f"from zeros alone; details in magnitude_sweep/summary.md.")
             else:
                 lines.append(f"no tau kept the proxy Dice >= {sweep['threshold']}; see magnitude_sweep/summary.md.")
             lines.append("")

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -61,6 +62,9 @@ class SweepSettings:
     tile_step_size: float = 0.5
     device: str = "cpu"
     save_predictions: bool = False
+    #: what the critical point is based on: "pooled" (per-class Dice over all cases, mean over the classes large
+    #: enough to judge) or "mean" (the paper's foreground mean of per-case Dice)
+    proxy_summary: str = "pooled"
 
     def fingerprint(self) -> dict:
         """The settings that change the numbers (not the grid: more tau values can always be added)."""
@@ -73,14 +77,19 @@ class TauResult:
     tau: float
     sparsity_of_nonzero: float  # mean over folds
     sparsity_of_all_parameters: float  # mean over folds
-    proxy_dice: float
-    proxy_dice_per_class: dict
+    proxy_dice: float  # the chosen summary (SweepSettings.proxy_summary)
+    proxy_dice_per_class: dict  # per class, pooled over cases
     proxy_dice_per_case: dict
     real_dice: float | None = None
     real_dice_per_class: dict | None = None
     stages: dict = field(default_factory=dict)  # stage -> {weights, zero_before, zero_after} summed over folds
     per_fold_sparsity: list = field(default_factory=list)
     seconds: float = 0.0
+    proxy_dice_pooled: float | None = None  # mean of pooled per-class Dice over the classes large enough to judge
+    proxy_dice_paper_mean: float | None = None  # the paper's foreground mean of per-case Dice
+    proxy_dice_paper_per_class: dict | None = None
+    reference_voxels: dict | None = None  # per class, summed over cases (the unpruned ensemble's prediction)
+    small_classes: list | None = None  # classes too small to judge (left out of the pooled summary)
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -136,9 +145,10 @@ def check_labels(labels: Path, cases: Sequence[str], ending: str) -> dict[str, P
 
 
 # ------------------------------------------------------------------------------------------------ metrics
-def dice_per_case(reference: dict[str, np.ndarray], prediction: dict[str, np.ndarray], labels,
-                  ignore_label=None) -> dict[str, dict[str, float]]:
-    """nnU-Net's Dice: 2TP / (2TP + FP + FN), NaN when a class is absent from both."""
+def class_counts(reference: dict[str, np.ndarray], prediction: dict[str, np.ndarray], labels,
+                 ignore_label=None) -> dict[str, dict[str, tuple[int, int, int]]]:
+    """Per case and class (label or region, as nnU-Net's evaluation): (TP, FP, FN) voxel counts; the reference
+    volume of a class is TP + FN."""
     from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
 
     out = {}
@@ -149,8 +159,61 @@ def dice_per_case(reference: dict[str, np.ndarray], prediction: dict[str, np.nda
         for label in labels:
             tp, fp, fn, _ = compute_tp_fp_fn_tn(region_or_label_to_mask(ref, label),
                                                 region_or_label_to_mask(pred, label), ignore)
-            out[case][str(label)] = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn > 0 else math.nan
+            out[case][str(label)] = (int(tp), int(fp), int(fn))
     return out
+
+
+def _dice(tp: int, fp: int, fn: int) -> float:
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn > 0 else math.nan
+
+
+def dice_per_case(reference: dict[str, np.ndarray], prediction: dict[str, np.ndarray], labels,
+                  ignore_label=None) -> dict[str, dict[str, float]]:
+    """nnU-Net's Dice: 2TP / (2TP + FP + FN), NaN when a class is absent from both."""
+    return {case: {lab: _dice(*c) for lab, c in per.items()}
+            for case, per in class_counts(reference, prediction, labels, ignore_label).items()}
+
+
+#: a class whose reference volume (voxels over all cases) is below this many voxels, or below this fraction of
+#: the mean reference volume of the foreground classes, is too small to judge: a few stray voxels flip its Dice
+SMALL_CLASS_VOXELS = 50
+SMALL_CLASS_FRACTION = 0.02
+
+
+@dataclass
+class ProxySummary:
+    """Proxy Dice of one pruned ensemble against the unpruned one, per class and summarised.
+
+    ``pooled``: per class, Dice of TP/FP/FN summed over all cases; the summary (``pooled_mean``) is the mean over
+    the classes that are large enough to judge. ``paper_mean``: the paper's (and nnU-Net's) foreground mean of
+    per-case Dice, which a nearly absent class can dominate (its per-case Dice flips between 0 and 1).
+    """
+
+    pooled: dict[str, float]
+    reference_voxels: dict[str, int]
+    small_classes: list[str]
+    pooled_mean: float
+    paper_mean: float
+    paper_per_class: dict[str, float]
+
+    @classmethod
+    def of(cls, counts: dict[str, dict[str, tuple[int, int, int]]]) -> ProxySummary:
+        labels = list(next(iter(counts.values()))) if counts else []
+        totals = {lab: np.sum([counts[c][lab] for c in counts], axis=0).astype(int).tolist() for lab in labels}
+        volume = {lab: int(t[0] + t[2]) for lab, t in totals.items()}
+        pooled = {lab: _dice(*t) for lab, t in totals.items()}
+        mean_volume = float(np.mean(list(volume.values()))) if volume else 0.0
+        small = [lab for lab in labels if volume[lab] < max(SMALL_CLASS_VOXELS, SMALL_CLASS_FRACTION * mean_volume)]
+        judged = [pooled[lab] for lab in labels if lab not in small and not math.isnan(pooled[lab])]
+        if not judged:  # nothing large enough: every class, rather than no number
+            judged = [v for v in pooled.values() if not math.isnan(v)]
+        paper, paper_per_class = foreground_mean({c: {lab: _dice(*v) for lab, v in per.items()}
+                                                  for c, per in counts.items()})
+        return cls(pooled, volume, small, float(np.mean(judged)) if judged else math.nan, paper, paper_per_class)
+
+    def value(self, summary: str) -> float:
+        """The summary the critical point is based on: 'pooled' (default) or 'mean' (the paper's)."""
+        return self.paper_mean if summary == "mean" else self.pooled_mean
 
 
 def foreground_mean(per_case: dict[str, dict[str, float]]) -> tuple[float, dict[str, float]]:
@@ -247,17 +310,23 @@ class MagnitudeSweep:
             else m.label_manager.foreground_labels
         self.ignore_label = m.label_manager.ignore_label
 
-    def _predict(self, parameters: list[dict]) -> dict[str, np.ndarray]:
+    def _predict(self, parameters: list[dict], progress: bool = False) -> dict[str, np.ndarray]:
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
         m = self.model
         self.predictor.list_of_parameters = parameters
         out = {}
+        start = time.perf_counter()
         with torch.no_grad():
-            for case, (data, properties) in self.preprocessed.items():
+            for i, (case, (data, properties)) in enumerate(self.preprocessed.items(), 1):
                 logits = self.predictor.predict_logits_from_preprocessed_data(data).cpu()
                 out[case] = convert_predicted_logits_to_segmentation_with_correct_shape(
                     logits, m.plans_manager, m.configuration_manager, m.label_manager, properties)
+                if progress:
+                    elapsed = time.perf_counter() - start
+                    left = elapsed / i * (len(self.preprocessed) - i)
+                    print(f"  case {i}/{len(self.preprocessed)} {case}: {elapsed:.0f} s, about {left:.0f} s left",
+                          flush=True)
         return out
 
     def _pruned_parameters(self, tau: float) -> tuple[list[dict], list]:
@@ -269,13 +338,16 @@ class MagnitudeSweep:
             params.append({k: v.detach().clone() for k, v in self.network.state_dict().items()})
         return params, stats
 
-    def _reference(self) -> dict[str, np.ndarray]:
+    def _reference(self, progress: bool = False) -> dict[str, np.ndarray]:
         folder = self.output / "reference"
         files = {c: folder / f"{c}.npz" for c in self.cases}
         if self.state.get("reference_seconds") is not None and all(p.is_file() for p in files.values()):
             return {c: np.load(p)["seg"] for c, p in files.items()}
         start = time.perf_counter()
-        ref = self._predict(self.dense_states)
+        if progress:
+            print(f"Reference: the unpruned ensemble ({len(self.model.folds)} fold(s)) predicts {len(self.cases)} "
+                  f"case(s).", flush=True)
+        ref = self._predict(self.dense_states, progress=progress)
         self.state["reference_seconds"] = round(time.perf_counter() - start, 3)
         folder.mkdir(parents=True, exist_ok=True)
         for c, seg in ref.items():
@@ -305,15 +377,19 @@ class MagnitudeSweep:
         start = time.perf_counter()
         params, stats = self._pruned_parameters(tau)
         pred = self._predict(params)
-        per_case = dice_per_case(reference, pred, self.label_list, self.ignore_label)
-        proxy, proxy_cls = foreground_mean(per_case)
+        counts = class_counts(reference, pred, self.label_list, self.ignore_label)
+        per_case = {case: {lab: _dice(*c) for lab, c in per.items()} for case, per in counts.items()}
+        proxy = ProxySummary.of(counts)
         result = TauResult(tau=tau,
                            sparsity_of_nonzero=float(np.mean([s.sparsity_of_nonzero for s in stats])),
                            sparsity_of_all_parameters=float(np.mean([s.sparsity_all_parameters for s in stats])),
-                           proxy_dice=proxy, proxy_dice_per_class=proxy_cls,
+                           proxy_dice=proxy.value(self.settings.proxy_summary), proxy_dice_per_class=proxy.pooled,
                            proxy_dice_per_case={c: float(np.nanmean(list(v.values()))) if any(
                                not math.isnan(x) for x in v.values()) else math.nan for c, v in per_case.items()},
-                           per_fold_sparsity=[s.sparsity_of_nonzero for s in stats])
+                           per_fold_sparsity=[s.sparsity_of_nonzero for s in stats],
+                           proxy_dice_pooled=proxy.pooled_mean, proxy_dice_paper_mean=proxy.paper_mean,
+                           proxy_dice_paper_per_class=proxy.paper_per_class,
+                           reference_voxels=proxy.reference_voxels, small_classes=proxy.small_classes)
         if real is not None:
             result.real_dice, result.real_dice_per_class = foreground_mean(
                 dice_per_case(real, pred, self.label_list, self.ignore_label))
@@ -353,13 +429,15 @@ class MagnitudeSweep:
         self.output.mkdir(parents=True, exist_ok=True)
         self._prepare()
         results: dict[str, dict] = self.state["results"]
-        reference = self._reference()
+        self._apply_summary()
+        reference = self._reference(progress)
         real = self._real_labels()
         grid = self.grid()
 
         def run_taus(taus, desc):
             todo = [t for t in taus if f"{t:.9g}" not in results]
-            bar = tqdm(todo, desc=desc, unit="tau", disable=not progress)
+            # a bar only on a terminal: piped into a log (the demo, CI) every redraw would become a line
+            bar = tqdm(todo, desc=desc, unit="tau", disable=not progress or not sys.stderr.isatty())
             for tau in bar:
                 r = self.evaluate(tau, reference, real)
                 results[f"{tau:.9g}"] = asdict(r)
@@ -391,6 +469,13 @@ class MagnitudeSweep:
         return [SweepPoint(r["tau"], r["sparsity_of_nonzero"], r["proxy_dice"])
                 for r in self.state["results"].values()]
 
+    def _apply_summary(self) -> None:
+        """proxy_dice of every finished tau in the chosen summary (a resumed sweep may choose another one)."""
+        key = "proxy_dice_paper_mean" if self.settings.proxy_summary == "mean" else "proxy_dice_pooled"
+        for r in self.state["results"].values():
+            if r.get(key) is not None:
+                r["proxy_dice"] = r[key]
+
     def report(self) -> dict:
         rows = sorted(self.state["results"].values(), key=lambda r: r["tau"])
         points = self._points()
@@ -404,6 +489,7 @@ class MagnitudeSweep:
             "configuration": self.model.configuration_name,
             "folds": [str(f) for f in self.model.folds],
             "cases": list(self.cases),
+            "label_names": _label_names(self.model.dataset_json),
             "settings": asdict(self.settings),
             "threshold": self.settings.threshold,
             "critical_point": asdict(crit) if crit else None,
@@ -447,9 +533,39 @@ def write_outputs(report: dict, output: Path) -> dict[str, Path]:
     return paths
 
 
+def _label_names(dataset_json: dict) -> dict[str, str]:
+    """Class key (as the sweep stores it: the label value, or the region tuple) -> name from dataset.json."""
+    out = {}
+    for name, value in dataset_json.get("labels", {}).items():
+        out[str(tuple(value)) if isinstance(value, (list, tuple)) else str(value)] = name
+    return out
+
+
 def _stage_sparsities(result: dict) -> dict[str, float]:
     return {s: (v["zero_after"] - v["zero_before"]) / (v["weights"] - v["zero_before"])
             if v["weights"] > v["zero_before"] else 0.0 for s, v in result["stages"].items()}
+
+
+def _class_table(report: dict) -> list[str]:
+    """Per-class proxy Dice at the critical point (or the last tau) with each class's reference volume."""
+    crit = report["critical_point"]
+    rows = report["results"]
+    at = next((r for r in rows if crit and r["tau"] == crit["tau"]), rows[-1] if rows else None)
+    if not at or not at.get("reference_voxels"):
+        return []
+    names = report.get("label_names", {})
+    small = set(at.get("small_classes") or [])
+    out = ["", f"Per class at tau = {at['tau']:.6g}" + (" (the critical point)" if crit else "") + ":", "",
+           "| class | reference voxels | proxy Dice (pooled) | paper: mean of per-case Dice | judged |",
+           "|---|---:|---:|---:|---|"]
+    paper = at.get("proxy_dice_paper_per_class") or {}
+    for lab, dice in at["proxy_dice_per_class"].items():
+        p = paper.get(lab)
+        out.append(f"| {names.get(lab, lab)} | {at['reference_voxels'].get(lab, 0):,} | "
+                   f"{'-' if dice is None or math.isnan(dice) else f'{dice:.4f}'} | "
+                   f"{'-' if p is None or math.isnan(p) else f'{p:.4f}'} | "
+                   f"{'no: too small to judge' if lab in small else 'yes'} |")
+    return out
 
 
 def summary_markdown(report: dict) -> str:
@@ -473,10 +589,19 @@ def summary_markdown(report: dict) -> str:
                      f"{fail['tau']:.6g} (sparsity {fail['sparsity']:.1%}, proxy Dice {fail['proxy_dice']:.4f}) and "
                      f"recovers later; the conservative choice is the last tau before that.")
     if report.get("reference_seconds"):
-        lines.append(f"\nTiming: one ensemble inference (reference) {report['reference_seconds']:.1f} s; "
-                     f"{report['tau_evaluations']} tau values {report['tau_seconds_total']:.1f} s; the whole sweep "
-                     f"cost {report['cost_in_ensemble_inferences']} ensemble inferences "
-                     f"(ideal: {report['tau_evaluations'] + 1}).")
+        n = report["tau_evaluations"]
+        lines.append(f"\nTiming: one ensemble inference (the reference) took {report['reference_seconds']:.1f} s; "
+                     f"the {n} tau values took {report['tau_seconds_total']:.1f} s. The whole sweep cost as much as "
+                     f"{report['cost_in_ensemble_inferences']} ensemble inferences, where running nnUNetv2_predict "
+                     f"once per tau would cost at least {n + 1} (preprocessing is done once and kept in memory).")
+    summary = report["settings"].get("proxy_summary", "pooled")
+    lines.append("\nProxy Dice: " + (
+        "per class, Dice of the voxels of all cases together; the summary is the mean over the classes whose "
+        "reference volume is large enough to judge (a class with a few voxels flips between 0 and 1 when a few "
+        "stray voxels appear or vanish). `--proxy-summary mean` gives the paper's plain foreground mean."
+        if summary == "pooled" else "the paper's foreground mean of per-case Dice (`--proxy-summary mean`); "
+        "classes with few reference voxels can dominate it."))
+    lines += _class_table(report)
     lines += ["", "| tau | sparsity (non-zero weights) | sparsity (all params) | proxy Dice | real Dice |",
               "|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
@@ -493,55 +618,98 @@ def summary_markdown(report: dict) -> str:
 
 
 def plot_sweep(report: dict, output: Path) -> dict[str, Path]:
-    import matplotlib
+    """dice_vs_sparsity.png, dice_vs_tau.png and stage_sparsity.png, each drawn in its own style on a figure without
+    pyplot (the caller's backend and rcParams, e.g. a global seaborn font scale, neither leak in nor change)."""
+    from matplotlib.ticker import PercentFormatter
 
-    matplotlib.use("agg")
-    import matplotlib.pyplot as plt
+    from nnunet_prune.plotting import PART_COLORS, new_figure, plot_style, save
 
     rows = report["results"]
     taus = [r["tau"] for r in rows]
     sp = [r["sparsity_of_nonzero"] * 100 for r in rows]
     proxy = [r["proxy_dice"] for r in rows]
-    real = [r["real_dice"] for r in rows]
-    has_real = any(v is not None for v in real)
-    crit = report["critical_point"]
+    real = [r["real_dice"] if r.get("real_dice") is not None else math.nan for r in rows]
+    has_real = any(not math.isnan(v) for v in real)
+    crit, fail = report["critical_point"], report.get("first_failure")
+    model = Path(report["model"])
+    title = f"{model.parent.name}/{model.name}" if model.parent.name else model.name
+    folds = report.get("folds") or []
+    subtitle = (f"fold{'s' if len(folds) > 1 else ''} {', '.join(map(str, folds))}; " if folds else "") + \
+        f"{len(report.get('cases') or [])} cases, {len(rows)} tau values"
+    positive = [t for t in taus if t > 0]
     paths = {}
-    for x, xlabel, name in ((sp, "sparsity of non-zero weights [%]", "dice_vs_sparsity.png"),
-                            (taus, "tau", "dice_vs_tau.png")):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        ax.plot(x, proxy, "o-", label="proxy Dice (pruned vs unpruned)")
-        if has_real:
-            ax.plot(x, [v if v is not None else math.nan for v in real], "s--", label="real Dice (vs labels)")
-        ax.axhline(report["threshold"], color="gray", ls=":", label=f"threshold {report['threshold']}")
-        if crit:
-            cx = crit["sparsity"] * 100 if name.startswith("dice_vs_sparsity") else crit["tau"]
-            ax.axvline(cx, color="red", ls=":", label="critical point")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("Dice")
-        ax.set_ylim(0, 1.02)
-        ax.legend(loc="lower left")
-        ax.set_title(Path(report["model"]).name, fontsize=9)
-        fig.tight_layout()
-        paths[name] = output / name
-        fig.savefig(paths[name], dpi=120)
-        plt.close(fig)
+    with plot_style():
+        for name in ("dice_vs_sparsity.png", "dice_vs_tau.png"):
+            by_sparsity = name == "dice_vs_sparsity.png"
+            x = sp if by_sparsity else taus
+            fig = new_figure(figsize=(8.5, 4.5), layout="constrained")
+            ax = fig.add_subplot()
+            ax.plot(x, proxy, "o-", ms=4, label="proxy Dice (pruned vs unpruned ensemble)")
+            if has_real:
+                ax.plot(x, real, "s--", ms=4, label="real Dice (vs labels)")
+            ax.axhline(report["threshold"], color="0.4", ls=":", label=f"threshold {report['threshold']:g}")
+            if crit:
+                ax.axvline(crit["sparsity"] * 100 if by_sparsity else crit["tau"], color="tab:red", ls=":",
+                           label=f"critical point: tau {crit['tau']:.4g},\n{crit['sparsity']:.1%} sparsity, "
+                                 f"proxy Dice {crit['proxy_dice']:.3f}")
+            if crit and fail and fail["tau"] < crit["tau"]:  # not monotonic: where it first fell below
+                ax.plot([fail["sparsity"] * 100 if by_sparsity else fail["tau"]], [fail["proxy_dice"]], "x",
+                        color="tab:red", ms=9, mew=2, label=f"first below threshold: tau {fail['tau']:.4g}")
+            if by_sparsity:
+                ax.set_xlabel("sparsity of the weights that were non-zero before pruning")
+                ax.xaxis.set_major_formatter(PercentFormatter(100))
+                ax.set_xlim(-2, 102)
+            else:
+                ax.set_xlabel("tau (magnitude threshold"
+                              + (", in units of each layer's RMS" if report["settings"].get("per_layer_normalised")
+                                 else "") + ")")
+                if positive and max(positive) > 20 * min(positive):  # an extended grid: small tau values stay apart
+                    linear = min(positive) * 2
+                    ax.set_xscale("symlog", linthresh=linear, linscale=0.5)
+                    ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
+                    ax.set_xlim(-0.25 * linear, max(positive) * 1.3)
+                    ax.set_xlabel(ax.get_xlabel() + f"; log scale above {linear:g}")
+            ax.set_ylabel("Dice (foreground mean)")
+            ax.set_ylim(0, 1.02)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False)
+            fig.suptitle(f"Magnitude-pruning sweep: {title}")
+            ax.set_title(subtitle, fontsize=8, color="0.3")
+            paths[name] = output / name
+            save(fig, paths[name])
 
-    chosen = [r for r in rows if crit and r["tau"] == crit["tau"]] + [rows[-1]]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    stages = list(rows[-1]["stages"])
-    width = 0.8 / len(chosen)
-    for i, r in enumerate(chosen):
-        v = _stage_sparsities(r)
-        ax.bar(np.arange(len(stages)) + i * width, [v[s] * 100 for s in stages], width,
-               label=f"tau={r['tau']:.4g} ({r['sparsity_of_nonzero']:.0%} overall)")
-    ax.set_xticks(np.arange(len(stages)) + width * (len(chosen) - 1) / 2)
-    ax.set_xticklabels(stages, rotation=45)
-    ax.set_ylabel("sparsity of non-zero weights [%]")
-    ax.set_ylim(0, 100)
-    ax.legend()
-    ax.set_title("Per-stage sparsity (encoder -> bottleneck -> decoder)")
-    fig.tight_layout()
-    paths["stage_sparsity.png"] = output / "stage_sparsity.png"
-    fig.savefig(paths["stage_sparsity.png"], dpi=120)
-    plt.close(fig)
+        chosen = list({r["tau"]: r for r in ([r for r in rows if crit and r["tau"] == crit["tau"]]
+                                            + [rows[-1]])}.values())
+        stages = list(rows[-1]["stages"])
+        fig = new_figure(figsize=(max(7.0, 0.55 * len(stages) + 2), 4.5), layout="constrained")
+        ax = fig.add_subplot()
+        width = 0.8 / len(chosen)
+        xs = np.arange(len(stages))
+        for i, r in enumerate(chosen):
+            v = _stage_sparsities(r)
+            what = "critical point" if crit and r["tau"] == crit["tau"] else "largest tau"
+            ax.bar(xs + (i - (len(chosen) - 1) / 2) * width, [v.get(s, 0) * 100 for s in stages], width,
+                   color=("tab:blue", "tab:red")[i % 2],
+                   label=f"{what}: tau {r['tau']:.4g} ({r['sparsity_of_nonzero']:.0%} overall)")
+
+        def part(stage: str) -> str:
+            return ("decoder" if stage.startswith("dec") else stage if stage in ("bottleneck", "heads")
+                    else "encoder")
+
+        parts = [part(s) for s in stages]
+        for i in range(1, len(stages)):
+            if parts[i] != parts[i - 1]:
+                ax.axvline(i - 0.5, color="0.6", lw=0.8, ls="--")
+        ax.set_xticks(xs)
+        ax.set_xticklabels(stages, rotation=45, ha="right", rotation_mode="anchor")
+        for label, p in zip(ax.get_xticklabels(), parts):
+            label.set_color(PART_COLORS.get(p, "0.2"))
+        ax.grid(False, axis="x")
+        ax.set_xlabel("stage (network order: encoder, bottleneck, decoder, segmentation heads)")
+        ax.set_ylabel("sparsity of non-zero weights")
+        ax.yaxis.set_major_formatter(PercentFormatter(100))
+        ax.set_ylim(0, 100)
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncol=len(chosen), borderaxespad=0, frameon=False)
+        fig.suptitle(f"Per-stage sparsity: {title}")
+        paths["stage_sparsity.png"] = output / "stage_sparsity.png"
+        save(fig, paths["stage_sparsity.png"])
     return paths

@@ -26,7 +26,7 @@ def test_demo_runs_end_to_end_and_refuses_foreign_folders(tmp_path):
     assert rows["LUnet"]["parameters"] * 30 < rows["nnU-Net default"]["parameters"]
     assert rows["LUnet"]["macs"] < rows["nnU-Net default"]["macs"]
     assert all(0 <= r["dice"] <= 1 for r in rows.values())
-    assert "| model | parameters | GMAC / patch" in (workdir / "demo_results.md").read_text()
+    assert "| model | parameters | GMAC/patch" in (workdir / "demo_results.md").read_text()
     assert (workdir / "magnitude_sweep" / "summary.md").is_file()
 
     # every file of the working folder is recorded as the demo's own (what a rerun may delete) ...

@@ -521,3 +521,23 @@ def test_extension_tau_continues_the_grid_until_the_proxy_dice_falls():
     assert extension_tau(good + [SweepPoint(0.03, 0.6, 0.90)]) is None  # fell below 0.95: refine instead
     assert extension_tau([SweepPoint(0.0, 0.0, 1.0), SweepPoint(0.5, 0.996, 0.97)]) is None  # nothing left
     assert extension_tau([]) is None
+
+
+def test_proxy_summary_is_not_dominated_by_a_nearly_absent_class():
+    """An undertrained model: class 2 has 3 reference voxels in one case and a few stray ones elsewhere; its
+    per-case Dice flips between 0 and 1 and drags the paper's mean down while the pooled summary leaves it out."""
+    from nnunet_prune.sweep import ProxySummary
+
+    counts = {  # case -> class -> (TP, FP, FN)
+        "a": {"1": (980, 10, 10), "2": (0, 2, 3)},
+        "b": {"1": (990, 5, 5), "2": (0, 4, 0)},
+        "c": {"1": (985, 8, 7), "2": (0, 0, 0)},
+    }
+    s = ProxySummary.of(counts)
+    assert s.reference_voxels == {"1": 2977, "2": 3}
+    assert s.small_classes == ["2"]
+    assert s.pooled["1"] == pytest.approx(2 * 2955 / (2 * 2955 + 23 + 22))
+    assert s.pooled_mean == pytest.approx(s.pooled["1"])  # the tiny class is reported, not summarised
+    assert s.paper_mean == pytest.approx((s.paper_per_class["1"] + 0.0) / 2)  # nnU-Net's foreground mean
+    assert s.paper_mean < 0.6 < 0.98 < s.pooled_mean
+    assert s.value("mean") == s.paper_mean and s.value("pooled") == s.pooled_mean

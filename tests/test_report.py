@@ -236,12 +236,34 @@ def test_write_report_files_and_relative_columns(tmp_path):
     md = written["markdown"].read_text()
     assert "| Model | Fold | Params (M) | GMAC/patch |" in md and "MACs vs first" in md
     ratio = rows[2].macs / rows[0].macs
-    assert f"{ratio:.2f}x" in md and ratio < 1
-    assert "| nnUNetTrainer__nnUNetPlans__2d | 0 |" in md and "1.00x" in md
+    assert ratio < 1 and f"{1 / ratio:.3g}x fewer ({ratio - 1:+.1%})".replace("%", " %") in md  # as users quote it
+    assert "| nnUNetTrainer__nnUNetPlans__2d | 0 |" in md and "| same |" in md
     if not torch.cuda.is_available():
         assert "GPU ms" not in md and "CPU ms compiled" not in md  # unmeasured columns are left out
     table = format_table(rows)
     assert len(table.splitlines()) == 2 + len(rows) and "Other__nnUNetPlans__2d" in table
+
+
+def test_changes_read_as_users_quote_them():
+    from nnunet_prune.report import _latency, _ratio
+
+    assert _ratio(100_000, 7_800_000) == "78x fewer (-98.7 %)"
+    assert _ratio(50, 95, "faster", "slower") == "1.9x faster (-47.4 %)"
+    assert _ratio(120, 100) == "1.2x more (+20.0 %)" and _ratio(100.2, 100) == "same"
+    assert _ratio(None, 100) == "-" and _latency(95.1, 3.2) == "95.1 ±1.60" and _latency(None, None) == "-"
+
+
+def test_latency_stats_quartiles_and_busy_machine():
+    from nnunet_prune.report import LatencyStats, busy_machine_warning
+
+    stats = LatencyStats.of([0.010, 0.011, 0.012, 0.013, 0.100])
+    assert stats.median_ms == pytest.approx(12.0) and stats.min_ms == pytest.approx(10.0)
+    assert stats.q1_ms == pytest.approx(11.0) and stats.q3_ms == pytest.approx(13.0) and stats.runs == 5
+    import os
+
+    cores = os.cpu_count() or 1
+    assert busy_machine_warning(cores, 0.1) is None
+    assert "busy" in busy_machine_warning(cores, cores + 1.0)
 
 
 def test_write_report_without_dice_has_no_plot(tmp_path):

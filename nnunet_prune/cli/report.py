@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from pathlib import Path
 
 from nnunet_prune import NnUNetPruneError
@@ -40,14 +42,21 @@ def model_labels(paths: list[Path]) -> list[str]:
     return [f"{lab} ({i + 1})" if labels.count(lab) > 1 else lab for i, lab in enumerate(labels)]
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def _summary(row) -> str:
-    from nnunet_prune.report import _num
+    from nnunet_prune.report import _latency, _num
 
     parts = [f"{_num(row.parameters / 1e6)} M params", f"{_num(row.gmacs)} GMAC"]
-    for dev, eager, compiled in (("CPU", row.cpu_ms_eager, row.cpu_ms_compiled),
-                                 ("GPU", row.gpu_ms_eager, row.gpu_ms_compiled)):
-        if eager is not None:
-            parts.append(f"{dev} {_num(eager)} ms" + (f" (compiled {_num(compiled)} ms)" if compiled else ""))
+    for dev, eager, compiled in (("CPU", (row.cpu_ms_eager, row.cpu_ms_eager_iqr),
+                                  (row.cpu_ms_compiled, row.cpu_ms_compiled_iqr)),
+                                 ("GPU", (row.gpu_ms_eager, row.gpu_ms_eager_iqr),
+                                  (row.gpu_ms_compiled, row.gpu_ms_compiled_iqr))):
+        if eager[0] is not None:
+            parts.append(f"{dev} {_latency(*eager)} ms"
+                         + (f" (compiled {_latency(*compiled)} ms)" if compiled[0] is not None else ""))
     if row.gpu_peak_mb is not None:
         parts.append(f"GPU peak {_num(row.gpu_peak_mb)} MB")
     parts.append("Dice " + ("-" if row.dice is None else f"{row.dice:.4f}"))
@@ -55,11 +64,15 @@ def _summary(row) -> str:
 
 
 def run(args) -> int:
+    import torch
+
     from nnunet_prune.outputs import check_writable_files
     from nnunet_prune.report import (
         OUTPUT_FILES,
         TOOL,
+        busy_machine_warning,
         format_table,
+        load_average,
         measure_model_folder,
         open_model_folders,
         resolve_device,
@@ -79,14 +92,25 @@ def run(args) -> int:
     labels = model_labels([mf.path for mf in folders])
 
     total = sum(len(mf.folds) for mf in folders)
+    threads = args.threads or torch.get_num_threads()
+    load = load_average()
     print(f"Measuring {total} fold(s) of {len(folders)} model folder(s) on {device.type}"
-          f"{'' if args.no_compile else ', eager and compiled'} ({args.repeats} repeats).", flush=True)
+          f"{'' if args.no_compile else ', eager and compiled'} ({args.repeats} repeats, batch 1, one patch; CPU "
+          f"with {threads} thread(s) on {os.cpu_count()} cores"
+          + (f", load average {load:.2f}" if load is not None else "") + ").", flush=True)
+    busy = busy_machine_warning(threads, load)
+    if busy:
+        print(f"WARNING: {busy}", file=sys.stderr, flush=True)
     rows, i = [], 0
+    start = time.perf_counter()
     try:
         for mf, label in zip(folders, labels, strict=True):
             for fold in mf.folds:
                 i += 1
-                print(f"[{i}/{total}] {label} fold {fold}: ", end="", flush=True)
+                elapsed = time.perf_counter() - start
+                eta = f"; about {_duration(elapsed / (i - 1) * (total - i + 1))} left" if i > 1 else ""
+                print(f"[{i}/{total}] {label} fold {fold}: (patch {'x'.join(map(str, mf.patch_size))}{eta}) ",
+                      end="", flush=True)
                 pending: list[str] = []
                 row, = measure_model_folder(mf, [fold], device=device.type, repeats=args.repeats,
                                             warmup=args.warmup, threads=args.threads, compile=not args.no_compile,

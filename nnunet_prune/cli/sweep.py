@@ -33,6 +33,10 @@ def add_parser(sub) -> None:
     p.add_argument("--threshold", type=float, default=0.95, help="proxy Dice of the critical point (default 0.95)")
     p.add_argument("--refine", type=int, default=4, metavar="N",
                    help="extra tau values between the last good and first bad tau (default 4; 0 = off)")
+    p.add_argument("--proxy-summary", choices=("pooled", "mean"), default="pooled",
+                   help="what the critical point is based on: pooled (default; per-class Dice over all cases, mean "
+                        "over the classes large enough to judge) or mean (the paper's foreground mean of per-case "
+                        "Dice, which a nearly absent class can dominate)")
     p.add_argument("--prune-bias", action="store_true", help="zero small biases too")
     p.add_argument("--per-layer-normalised", action="store_true",
                    help="threshold tau x RMS(weights) per tensor (tau grid 0..2 by 0.1 unless --taus)")
@@ -79,7 +83,7 @@ def run(args) -> int:
                              refine_steps=args.refine, prune_bias=args.prune_bias,
                              per_layer_normalised=args.per_layer_normalised, use_mirroring=not args.disable_tta,
                              tile_step_size=args.step_size, device=args.device,
-                             save_predictions=args.save_predictions)
+                             save_predictions=args.save_predictions, proxy_summary=args.proxy_summary)
     sweep = MagnitudeSweep(model, args.images, output, args.labels, settings, restart=args.restart)
     print(f"Sweep of {model.path.name} (folds {', '.join(map(str, model.folds))}) on {len(sweep.cases)} images "
           f"-> {output}")
@@ -87,7 +91,15 @@ def run(args) -> int:
     crit = report["critical_point"]
     if crit:
         print(f"Critical point: tau={crit['tau']:.6g}, sparsity {crit['sparsity']:.1%} at proxy Dice "
-              f"{crit['proxy_dice']:.4f} (threshold {report['threshold']}).")
+              f"{crit['proxy_dice']:.4f} (threshold {report['threshold']}, {args.proxy_summary} summary).")
+        at = next(r for r in report["results"] if r["tau"] == crit["tau"])
+        names = report.get("label_names", {})
+        small = set(at.get("small_classes") or [])
+        for lab, dice in at["proxy_dice_per_class"].items():
+            print(f"  {names.get(lab, lab)}: proxy Dice {dice:.4f} over {at['reference_voxels'].get(lab, 0):,} "
+                  f"reference voxels" + (" (too small to judge: left out of the summary)" if lab in small else ""))
+        print("Zeroed weights shrink the checkpoint (nnunet-prune export --magnitude-tau) but dense convolutions do "
+              "not run faster: expect no speed-up from this sparsity alone.")
     else:
         print(f"No tau kept the proxy Dice >= {report['threshold']}.")
     print(f"Results: {output / 'summary.md'}, sweep.csv, sweep.json, dice_vs_sparsity.png, stage_sparsity.png")

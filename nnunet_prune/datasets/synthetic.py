@@ -57,7 +57,7 @@ def make_case(seed: int, index: int, dim: int = 2, size: int | None = None) -> t
         inside = np.argwhere(ndimage.binary_erosion(organ, iterations=max(1, size // 16)))
         if len(inside):
             c = inside[rng.integers(len(inside))] / (np.array(shape) - 1) * 2 - 1
-            lesion = _ellipsoid(grid, c, rng.uniform(0.07, 0.14, dim), _rotation(rng, dim)) & organ
+            lesion = _ellipsoid(grid, c, rng.uniform(0.12, 0.2, dim), _rotation(rng, dim)) & organ
             label[lesion] = 2
     vessel = _tube(shape, rng, radius_vox=rng.uniform(0.025, 0.045) * size) & body
     label[vessel] = 3
@@ -65,7 +65,7 @@ def make_case(seed: int, index: int, dim: int = 2, size: int | None = None) -> t
     image = np.full(shape, -1000.0)
     image[body] = 0.0
     image[label == 1] = 60.0
-    image[label == 2] = 15.0
+    image[label == 2] = -25.0  # hypodense: 85 HU below the organ, learnable within the demo's short budget
     image[label == 3] = 180.0
     image = ndimage.gaussian_filter(image, 0.7)  # partial volume
     bias = 1 + 0.08 * sum(np.cos(np.pi * rng.uniform(0.5, 1.5) * grid[i] + rng.uniform(0, 2 * np.pi))

@@ -55,88 +55,206 @@ class PruningLocalLogger(LocalLogger):
 
 
 def plot_pruning_progress(log: dict, scalar_keys, output_folder: str) -> None:
-    """``progress_pruning.png``: parameters and MACs (relative to the start), per-group widths, method scalars."""
-    import matplotlib
+    """``progress_pruning.png``: network size (relative to the unpruned network when the fold's
+    ``pruning_config.json`` says what it was), epoch time, the width of every coupling group (one line each, coloured
+    by encoder / bottleneck / decoder) and the method's series (a per-layer series as median and bands).
 
-    matplotlib.use("agg")
-    import matplotlib.pyplot as plt
+    Drawn in its own style: nnU-Net's ``seaborn.set(font_scale=2.5)`` does not leak in, and the caller's matplotlib
+    state is left as it was.
+    """
+    import json
+    import os
+    import textwrap
 
-    n = min(len(log[k]) for k in ("epoch_end_timestamps", "num_parameters", "macs"))
+    import numpy as np
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    from nnunet_prune.plotting import (
+        PART_COLORS,
+        SERIES_LABELS,
+        integer_ticks,
+        new_figure,
+        part_of,
+        plot_style,
+        save,
+        words,
+    )
+
+    n = min(len(log.get(k, [])) for k in ("epoch_end_timestamps", "num_parameters", "macs"))
     if n == 0:
         return
-    epochs = list(range(n))
+    config = {}
+    try:
+        with open(os.path.join(output_folder, "pruning_config.json")) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        pass
+    if not isinstance(config, dict):
+        config = {}
+    epochs = np.arange(n)
+    marker = "o" if n <= 15 else None  # single points of a short run stay visible
     method_keys = [k for k in scalar_keys if k not in SCALAR_KEYS]
-    fig, axes = plt.subplots(3 + len(method_keys), 1, figsize=(12, 4 * (3 + len(method_keys))), squeeze=False)
-    axes = axes[:, 0]
+    records = (list(log.get(RECORD_KEY, [])) + [None] * n)[:n]
+    initial = config.get("initial_widths") if isinstance(config.get("initial_widths"), dict) else None
+    names = list(initial) if initial else next((list(r["widths"]) for r in records if r), [])
 
-    def rel(values):
-        first = next((v for v in values if v), None)
-        return [v / first * 100 if v and first else math.nan for v in values]
+    def number(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return math.nan
 
-    ax = axes[0]
-    ax.plot(epochs, rel(log["num_parameters"][:n]), label="parameters", lw=2)
-    ax.plot(epochs, rel(log["macs"][:n]), label="MACs per patch", lw=2)
-    ax.set_ylabel("% of first epoch")
-    ax.set_ylim(0, 105)
-    ax.legend()
-    ax.set_title("Network size")
+    def relative(values, base):
+        values = [number(v) for v in values]
+        base = base or next((v for v in values if v and not math.isnan(v)), None)
+        return [v / base * 100 if base else math.nan for v in values]
 
-    ax = axes[1]
-    times = [e - s for e, s in zip(log["epoch_end_timestamps"][:n], log["epoch_start_timestamps"][:n])]
-    ax.plot(epochs, times, lw=2)
-    ax.set_ylabel("epoch time [s]")
-    ax.set_ylim(0, None)
+    def legend_right(ax, **kw):
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, frameon=False, **kw)
 
-    ax = axes[2]
-    records = log.get(RECORD_KEY, [])[:n]
-    names = []
-    for r in records:
-        if r:
-            names = list(r["widths"])
-            break
-    for name in names:
-        ax.plot(epochs, [r["widths"].get(name, math.nan) if r else math.nan for r in records], lw=1, label=name)
-    ax.set_ylabel("channels per group")
-    ax.set_yscale("log")
-    if 0 < len(names) <= 40:
-        ax.legend(fontsize=6, ncol=4, loc="upper right")
+    def last(values):
+        return next((v for v in reversed(values) if isinstance(v, (int, float))), None)
 
-    for ax, key in zip(axes[3:], method_keys):
-        values = [v if v is not None else math.nan for v in log.get(key, [])[:n]]
-        if values and isinstance(values[0], (list, tuple)):
-            for series in zip(*values):
-                ax.plot(epochs, series, lw=1)
-        else:
-            ax.plot(epochs, values, lw=2)
-        ax.set_ylabel(key)
-    axes[-1].set_xlabel("epoch")
-    fig.tight_layout()
-    fig.savefig(f"{output_folder}/progress_pruning.png")
-    plt.close(fig)
+    with plot_style():
+        panels = 3 + len(method_keys)
+        fig = new_figure(figsize=(10, 2.3 * panels + 0.7), layout="constrained")
+        axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
+        trainer = config.get("trainer")
+        fig.suptitle(f"{trainer}: pruning progress" if trainer else "Pruning progress")
+
+        ax = axes[0]
+        unpruned = bool(config.get("initial_parameters") and config.get("initial_macs_per_patch"))
+        params, macs = log["num_parameters"][:n], log["macs"][:n]
+        p_last, m_last = last(params), last(macs)
+        ax.plot(epochs, relative(params, config.get("initial_parameters")), marker=marker, lw=2,
+                label="parameters" + (f" (now {p_last / 1e6:.3g} M)" if p_last else ""))
+        ax.plot(epochs, relative(macs, config.get("initial_macs_per_patch")), marker=marker, lw=2, ls="--",
+                label="MACs per patch" + (f" (now {m_last / 1e9:.3g} G)" if m_last else ""))
+        if names and any(records):
+            channels = [sum(r["widths"].values()) if r else math.nan for r in records]
+            ax.plot(epochs, relative(channels, sum(initial.values()) if initial else None), marker=marker, lw=1.5,
+                    ls=":", color="0.3", label="channels (all groups)")
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("% of the unpruned\nnetwork" if unpruned else "% of epoch 0")
+        ax.set_title("Network size" + ("" if unpruned else " (relative to the end of epoch 0, already pruned)"),
+                     loc="left")
+        legend_right(ax)
+
+        ax = axes[1]
+        times = [number(e) - number(s) for e, s in zip(log["epoch_end_timestamps"][:n],
+                                                         log.get("epoch_start_timestamps", [])[:n])]
+        ax.plot(epochs[:len(times)], times, marker=marker, lw=2)
+        ax.set_ylim(0, None)
+        ax.set_ylabel("seconds")
+        ax.set_title("Epoch time", loc="left")
+
+        ax = axes[2]
+        counts: dict[str, int] = {}
+        for name in names:
+            part = part_of(name, names)
+            counts[part] = counts.get(part, 0) + 1
+            ax.plot(epochs, [number(r["widths"].get(name)) if r else math.nan for r in records], marker=marker,
+                    ms=3, lw=1, alpha=0.7, color=PART_COLORS.get(part, "0.5"))
+        if names:
+            ax.set_yscale("log", base=2)
+            ax.yaxis.set_major_locator(LogLocator(base=2))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            legend_right(ax, handles=[Line2D([], [], color=PART_COLORS.get(p, "0.5"), lw=2,
+                                             label=f"{p} ({c} group{'s' if c > 1 else ''})")
+                                      for p, c in counts.items()])
+        ax.set_ylabel("channels\n(log scale)")
+        ax.set_title(f"Channels per coupling group (one line each, {len(names)} groups)", loc="left")
+
+        for ax, key in zip(axes[3:], method_keys):
+            raw = (list(log.get(key, [])) + [None] * n)[:n]
+            label = words(key, SERIES_LABELS)
+            if any(isinstance(v, (list, tuple)) for v in raw):  # one value per layer: summarise, never 30 lines
+                stats = []
+                for v in raw:
+                    finite = [x for x in map(number, v or []) if not math.isnan(x)]
+                    stats.append(np.percentile(finite, [0, 25, 50, 75, 100]) if finite else [math.nan] * 5)
+                lo, q1, med, q3, hi = np.asarray(stats, dtype=float).T
+                layers = max((len(v) for v in raw if isinstance(v, (list, tuple))), default=0)
+                ax.fill_between(epochs, lo, hi, color="tab:blue", alpha=0.15, lw=0, label="min to max")
+                ax.fill_between(epochs, q1, q3, color="tab:blue", alpha=0.35, lw=0, label="middle half")
+                ax.plot(epochs, med, color="tab:blue", lw=2, marker=marker, label="median")
+                legend_right(ax, title=f"over {layers} layers")
+            else:
+                values = [number(v) for v in raw]
+                ax.plot(epochs, values, marker=marker, lw=2)
+                if all(isinstance(v, int) for v in raw if v is not None):
+                    integer_ticks(ax.yaxis)
+                    ax.set_ylim(bottom=0)
+            ax.set_ylabel("\n".join(textwrap.wrap(label, 18)))
+            ax.set_title(label[:1].upper() + label[1:], loc="left")
+
+        for ax in axes:
+            ax.tick_params(labelbottom=True)  # every panel keeps its epoch numbers
+            integer_ticks(ax.xaxis)
+        axes[-1].set_xlabel("epoch")
+        if n == 1:
+            axes[-1].set_xlim(-0.5, 0.5)
+        save(fig, f"{output_folder}/progress_pruning.png")
 
 
-def plot_widths(records: list[dict], output_file: str, title: str = "") -> None:
-    """Per-group widths at the first and last recorded epoch, as grouped bars (the per-layer width plot)."""
-    import matplotlib
+def plot_widths(records: list[dict], output_file: str, title: str = "",
+                initial_widths: dict[str, int] | None = None) -> None:
+    """``pruning_widths.png``: the channels of every coupling group before pruning and after the last recorded epoch,
+    as bar pairs in network order, with the share kept above each pair.
 
-    matplotlib.use("agg")
-    import matplotlib.pyplot as plt
+    ``initial_widths`` are the unpruned widths (the fold's ``pruning_config.json`` "initial_widths"); without them the
+    first record stands in, which is already pruned once (records are written after each epoch's surgery). Drawn in
+    its own style; the caller's matplotlib state is left as it was.
+    """
     import numpy as np
+    from matplotlib.patches import Patch
+
+    from nnunet_prune.plotting import PART_COLORS, new_figure, part_of, plot_style, save
 
     records = [r for r in records if r]
     if not records:
         return
-    first, last = records[0]["widths"], records[-1]["widths"]
-    names = list(first)
+    end = records[-1]
+    if initial_widths:
+        start, start_label = dict(initial_widths), "unpruned (start of training)"
+    else:
+        start, start_label = records[0]["widths"], f"after epoch {records[0]['epoch']} (first record)"
+    names = list(start) + [n for n in end["widths"] if n not in start]
+    before = [start.get(n, 0) for n in names]
+    after = [end["widths"].get(n, 0) for n in names]
+    parts = [part_of(n, names) for n in names]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(8, 0.35 * len(names)), 5))
-    ax.bar(x - 0.2, [first[n] for n in names], 0.4, label=f"epoch {records[0]['epoch']}")
-    ax.bar(x + 0.2, [last.get(n, 0) for n in names], 0.4, label=f"epoch {records[-1]['epoch']}")
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=90, fontsize=7)
-    ax.set_ylabel("channels")
-    ax.set_title(title or "Channels per coupling group")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(output_file)
-    plt.close(fig)
+    kept = sum(after) / sum(before) if sum(before) else float("nan")
+
+    with plot_style():
+        fig = new_figure(figsize=(max(7.0, 0.27 * len(names) + 1.8), 5), layout="constrained")
+        ax = fig.add_subplot()
+        ax.bar(x - 0.2, before, 0.4, color="0.82", edgecolor="0.5", linewidth=0.5, label=start_label)
+        ax.bar(x + 0.2, after, 0.4, color=[PART_COLORS.get(p, "0.5") for p in parts])
+        for xi, b, a in zip(x, before, after):
+            if b:
+                ax.annotate(f"{a / b:.0%}", (xi, max(a, b)), xytext=(0, 2), textcoords="offset points",
+                            ha="center", va="bottom", fontsize=6.5, rotation=90, color="0.25")
+        for i in range(1, len(names)):  # a thin line where the encoder / bottleneck / decoder starts
+            if parts[i] != parts[i - 1]:
+                ax.axvline(i - 0.5, color="0.6", lw=0.8, ls="--")
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, rotation=60, ha="right", rotation_mode="anchor", fontsize=7.5)
+        for label, part in zip(ax.get_xticklabels(), parts):
+            label.set_color(PART_COLORS.get(part, "0.2"))
+        ax.set_xlim(-0.7, len(names) - 0.3)
+        ax.set_ylim(0, max(before + after + [1]) * 1.15)
+        ax.grid(False, axis="x")
+        ax.set_ylabel("channels")
+        ax.set_xlabel("coupling group (network order; % = share of channels kept)")
+        handles = [Patch(facecolor="0.82", edgecolor="0.5", label=start_label)]
+        handles += [Patch(color=PART_COLORS.get(p, "0.5"), label=f"{p}, after epoch {end['epoch']}")
+                    for p in dict.fromkeys(parts)]
+        ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.01), borderaxespad=0, frameon=False,
+                  ncol=len(handles) if len(names) >= 24 else 2)  # a narrow plot: two columns stay inside
+        fig.suptitle(f"{title or 'Channels per coupling group'}\n"
+                     f"{sum(before):,} channels {'unpruned' if initial_widths else 'at first'}, "
+                     f"{sum(after):,} after epoch {end['epoch']} ({kept:.0%} kept)")
+        save(fig, output_file)
