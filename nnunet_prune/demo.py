@@ -123,11 +123,11 @@ class Demo:
         env = {**self.env, **(extra_env or {})}
         printable = shlex.join([Path(cmd[0]).name, *cmd[1:]])  # quoted: paths with spaces paste as they are
         print(f"    $ {printable}", flush=True)
-        proc = subprocess.Popen(cmd, env=env, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1)
+        proc = subprocess.Popen(cmd, env=env, cwd=self.workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         tail = []
-        for line in proc.stdout:
-            line = line.rstrip()
+        for raw in proc.stdout:
+            # a progress bar redraws itself with carriage returns: keep only its last state, not one line per redraw
+            line = raw.decode("utf-8", "replace").rstrip("\r\n").split("\r")[-1].rstrip()
             tail = (tail + [line])[-40:]
             if line and not line.lstrip().startswith(quiet_prefixes) and "#####" not in line:
                 print(f"    | {line[:160]}", flush=True)

@@ -207,20 +207,28 @@ def test_bad_settings_stop_before_the_fold_folder_exists(nnunet, dataset2d, dens
     ckpt = torch.load(file, map_location="cpu", weights_only=False)
     ckpt["network_weights"]["decoder.extra.weight"] = torch.zeros(3)
     torch.save(ckpt, file)
-    cases = [
-        ("nnUNetTrainerSauron", {"NNUNET_PRUNE_SAURON": "kappa=-1"}, "kappa must be a positive integer"),
-        ("nnUNetTrainerSauron", {"NNUNET_PRUNE_ITERS_PER_EPOCH": "0"}, "NNUNET_PRUNE_ITERS_PER_EPOCH"),
-        ("nnUNetTrainerBudget", {"NNUNET_PRUNE_EPOCHS": "abc"}, "NNUNET_PRUNE_EPOCHS"),
-        ("nnUNetTrainerMagnitude", {"NNUNET_PRUNE_MAGNITUDE_TAU": "nan",
-                                    "NNUNET_PRUNE_DENSE_MODEL": str(dense_model)}, "NNUNET_PRUNE_MAGNITUDE_TAU"),
-        ("nnUNetTrainerMagnitude_tau020", {"NNUNET_PRUNE_DENSE_MODEL": str(damaged)}, "decoder.extra.weight"),
+    cases = [  # (trainer, fold that does not exist yet, environment, words of the error)
+        ("nnUNetTrainerSauron", 1, {"NNUNET_PRUNE_SAURON": "kappa=-1"}, "kappa must be a positive integer"),
+        ("nnUNetTrainerSauron", 1, {"NNUNET_PRUNE_ITERS_PER_EPOCH": "0"}, "NNUNET_PRUNE_ITERS_PER_EPOCH"),
+        ("nnUNetTrainerBudget", 3, {"NNUNET_PRUNE_EPOCHS": "abc"}, "NNUNET_PRUNE_EPOCHS"),
+        ("nnUNetTrainerMagnitude", 1, {"NNUNET_PRUNE_MAGNITUDE_TAU": "nan",
+                                       "NNUNET_PRUNE_DENSE_MODEL": str(dense_model)}, "NNUNET_PRUNE_MAGNITUDE_TAU"),
+        ("nnUNetTrainerMagnitude_tau020", 1, {"NNUNET_PRUNE_DENSE_MODEL": str(damaged)}, "decoder.extra.weight"),
     ]
-    for trainer, env, words in cases:
-        bad = nnunet.run("nnUNetv2_train", DATASET_2D, "2d", 1, "-tr", trainer, "-device", "cpu",
+    for trainer, fold, env, words in cases:
+        assert not (nnunet.model_folder(DATASET_2D, trainer, "nnUNetPlans", "2d") / f"fold_{fold}").exists()
+        bad = nnunet.run("nnUNetv2_train", DATASET_2D, "2d", fold, "-tr", trainer, "-device", "cpu",
                          env={"nnUNet_n_proc_DA": "0", **env}, check=False)
         assert bad.returncode != 0, trainer
         assert "ERROR:" in bad.stderr and words in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
-        assert not (nnunet.model_folder(DATASET_2D, trainer, "nnUNetPlans", "2d") / "fold_1").exists(), trainer
+        assert not (nnunet.model_folder(DATASET_2D, trainer, "nnUNetPlans", "2d") / f"fold_{fold}").exists(), \
+            trainer
+    # plans that were never planned: the planner to run, not a FileNotFoundError from inside nnU-Net
+    bad = nnunet.run("nnUNetv2_train", DATASET_2D, "2d", 0, "-tr", "nnUNetTrainerSauron", "-p", "nnUNetLUnetPlans_8",
+                     "-device", "cpu", check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr, bad.stderr
+    assert "nnUNetv2_plan_and_preprocess -d 601 -pl LUnetPlanner_8" in bad.stderr
+    assert "nnUNetPlans" in bad.stderr and "nnUNetLUnetPlans" in bad.stderr  # what exists
 
 
 def test_damaged_own_checkpoint_is_one_clear_error_on_val_and_continue(nnunet, dataset2d, sauron_model):
