@@ -28,6 +28,15 @@ def test_demo_runs_end_to_end_and_refuses_foreign_folders(tmp_path):
     assert all(0 <= r["dice"] <= 1 for r in rows.values())
     assert "| model | parameters | GMAC/patch" in (workdir / "demo_results.md").read_text()
     assert (workdir / "magnitude_sweep" / "summary.md").is_file()
+    # a class no model learnt within the (here tiny) budget is said in words, not left as a silent 0.00
+    for c in rows["nnU-Net default"]["dice_per_class"]:
+        if all(r["dice_per_class"][c] < 0.1 for r in rows.values()):
+            assert f"No model learnt '{c}'" in run.stdout
+    # the terminal table is narrow, the commands it prints can be pasted, progress bars do not flood the log
+    start = run.stdout.index("\n", run.stdout.index("Training budget:"))
+    table = run.stdout[start:run.stdout.index("CPU ms/patch: one patch")]
+    assert max(len(line) for line in table.splitlines()) < 120
+    assert sum("it/s]" in line for line in run.stdout.splitlines()) < 10
 
     # every file of the working folder is recorded as the demo's own (what a rerun may delete) ...
     from nnunet_prune.outputs import foreign_entries

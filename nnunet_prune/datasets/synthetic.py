@@ -50,14 +50,14 @@ def make_case(seed: int, index: int, dim: int = 2, size: int | None = None) -> t
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
 
     body = _ellipsoid(grid, rng.normal(0, 0.03, dim), rng.uniform(0.8, 0.95, dim), _rotation(rng, dim))
-    organ = _ellipsoid(grid, rng.uniform(-0.25, 0.25, dim), rng.uniform(0.28, 0.45, dim), _rotation(rng, dim)) & body
+    organ = _ellipsoid(grid, rng.uniform(-0.2, 0.2, dim), rng.uniform(0.38, 0.55, dim), _rotation(rng, dim)) & body
     label = np.zeros(shape, dtype=np.uint8)
     label[organ] = 1
     if rng.uniform() < 0.85 and organ.any():
         inside = np.argwhere(ndimage.binary_erosion(organ, iterations=max(1, size // 16)))
         if len(inside):
             c = inside[rng.integers(len(inside))] / (np.array(shape) - 1) * 2 - 1
-            lesion = _ellipsoid(grid, c, rng.uniform(0.12, 0.2, dim), _rotation(rng, dim)) & organ
+            lesion = _ellipsoid(grid, c, rng.uniform(0.15, 0.25, dim), _rotation(rng, dim)) & organ
             label[lesion] = 2
     vessel = _tube(shape, rng, radius_vox=rng.uniform(0.025, 0.045) * size) & body
     label[vessel] = 3
@@ -65,7 +65,7 @@ def make_case(seed: int, index: int, dim: int = 2, size: int | None = None) -> t
     image = np.full(shape, -1000.0)
     image[body] = 0.0
     image[label == 1] = 60.0
-    image[label == 2] = -25.0  # hypodense: 85 HU below the organ, learnable within the demo's short budget
+    image[label == 2] = -50.0  # hypodense: 110 HU below the organ, learnable within the demo's short budget
     image[label == 3] = 180.0
     image = ndimage.gaussian_filter(image, 0.7)  # partial volume
     bias = 1 + 0.08 * sum(np.cos(np.pi * rng.uniform(0.5, 1.5) * grid[i] + rng.uniform(0, 2 * np.pi))

@@ -103,6 +103,46 @@ class SauronConfig:
         d["lambda"] = d.pop("lambda_")
         return d
 
+    # -- what a budget allows -----------------------------------------------------------------------
+    def earliest_pruning_epoch(self) -> int:
+        """The first epoch (0-based) after which channels can go: at once with tau_init > 0; else the first
+        threshold rise, which needs C1 over rho + 1 training losses and C2 over two validation losses."""
+        return 0 if self.tau_init > 0 else max(self.rho, 1)
+
+    def schedule_problems(self, num_epochs: int, final_epochs_without_pruning: int = 0) -> list[str]:
+        """Why a run of ``num_epochs`` epochs (the last ``final_epochs_without_pruning`` of them without surgery)
+        prunes nothing or little with these settings (empty: no problem the budget alone explains). Each message
+        names the setting to change."""
+        advice = (f"For a short run start the thresholds high and shorten the patience, e.g. "
+                  f"{ENV_VAR}='tau_init=0.25,rho=2,kappa=3', or train more epochs (NNUNET_PRUNE_EPOCHS).")
+        first = self.earliest_pruning_epoch()
+        last = num_epochs - 1 - final_epochs_without_pruning  # the last epoch after which channels may go
+        if last < first:
+            return [f"Sauron cannot prune anything in {num_epochs} epoch(s): "
+                    + (f"with tau_init=0 the first threshold rise needs the training loss to be flat over "
+                       f"rho+1={self.rho + 1} epochs (C1), so the earliest pruning is after epoch {first}"
+                       if first else "no epoch is left for pruning")
+                    + (f", and the last {final_epochs_without_pruning} epoch(s) only train the final network"
+                       if final_epochs_without_pruning else "") + f". {advice}"]
+        if self.tau_init == 0:
+            rises = (last - first) // self.rho + 1
+            if rises < self.kappa:
+                return [f"At most {rises} of the {self.kappa} threshold steps (kappa) fit in {num_epochs} epochs "
+                        f"(one step per rho={self.rho} epochs, and only while the training loss is flat (C1) and "
+                        f"the validation loss does not improve (C2)): the thresholds stay at or below "
+                        f"{rises * self.tau_max / self.kappa:.3g} of tau_max={self.tau_max}, and a short run whose "
+                        f"loss still falls may prune nothing. {advice}"]
+        return []
+
+
+def condition_counts(train_losses: Sequence[float], val_losses: Sequence[float], rho: int) -> tuple[int, int]:
+    """How many epochs C1 (training loss converged) and C2 (validation loss not improving) held, each judged on
+    the losses up to that epoch as after that epoch's validation."""
+    probe = SauronThresholds(SauronConfig(rho=rho))
+    c1 = sum(probe.training_loss_converged(train_losses[:i + 1]) for i in range(len(train_losses)))
+    c2 = sum(probe.validation_not_improving(val_losses[:i + 1]) for i in range(len(val_losses)))
+    return c1, c2
+
 
 @dataclass
 class LayerState:

@@ -76,6 +76,10 @@ def broadcast_decision(obj, src: int = 0):
 class nnUNetTrainerPruning(nnUNetTrainer):
     #: never shrink a coupling group below this many channels
     pruning_min_width: int = 1
+    #: no surgery after the last this-many epochs: the network nnU-Net saves and validates has trained at its final
+    #: width (pruning after the very last epoch left a demo's Sauron model with two classes at Dice 0, never
+    #: recovered, although its last pseudo Dice was fine)
+    final_epochs_without_pruning: int = 1
     #: method-specific scalar series to log each epoch (names of keys the subclass logs with log_method_scalar)
     method_log_keys: tuple[str, ...] = ()
 
@@ -226,6 +230,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                 "method": method,
                 "budget": budget,
                 "min_width": self.pruning_min_width,
+                "final_epochs_without_pruning": self.final_epochs_without_pruning,
                 "initial_widths": self.graph.widths(),
                 "initial_parameters": count_parameters(self.network_module),
                 "initial_macs_per_patch": self.current_macs(),
@@ -243,9 +248,19 @@ class nnUNetTrainerPruning(nnUNetTrainer):
     def _build_loss(self):
         return LossWithExtraTerm(super()._build_loss(), self)
 
+    def pruning_allowed(self) -> bool:
+        """Whether channels may still be removed after the current epoch (see final_epochs_without_pruning)."""
+        return self.current_epoch < self.num_epochs - self.final_epochs_without_pruning
+
     def on_epoch_end(self):
         start = time()
-        result = self.apply_pruning(self.decide_pruning())
+        removal = self.decide_pruning()  # the method still observes and logs in the final epochs
+        if removal and not self.pruning_allowed():
+            self.print_to_log_file(f"nnunet-prune: no surgery in the last {self.final_epochs_without_pruning} "
+                                   f"epoch(s) (the final network must train at its final width); "
+                                   f"{sum(len(v) for v in removal.values())} channel(s) kept.")
+            removal = {}
+        result = self.apply_pruning(removal)
         record = {
             "epoch": self.current_epoch,
             "widths": self.graph.widths(),
