@@ -246,3 +246,12 @@ def test_damaged_own_checkpoint_is_one_clear_error_on_val_and_continue(nnunet, d
             assert "Traceback" not in bad.stderr
     finally:
         shutil.rmtree(fold)
+
+
+def test_sauron_says_when_the_budget_is_too_short_for_its_schedule(nnunet, dataset2d):
+    """The paper's settings on a 2-epoch budget: said at the start (naming the setting), and again at the end."""
+    run = nnunet.run("nnUNetv2_train", DATASET_2D, "2d", 2, "-tr", "nnUNetTrainerSauron_lambda0", "-device", "cpu",
+                     env={"nnUNet_n_proc_DA": "0", "NNUNET_PRUNE_ITERS_PER_EPOCH": "2", "NNUNET_PRUNE_VAL_ITERS": "1"})
+    assert "WARNING: Sauron cannot prune anything in 2 epoch(s)" in run.stdout
+    assert "tau_init=0.25,rho=2,kappa=3" in run.stdout
+    assert "WARNING: Sauron removed no channel in 2 epochs" in run.stdout

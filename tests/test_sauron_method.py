@@ -13,6 +13,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nnunet_prune import NnUNetPruneError
 from nnunet_prune.criteria.sauron import EPS, delta_opt, delta_opt_layer, normalise_by_max, pool, prune_distances
@@ -229,6 +230,181 @@ def test_normalise_by_max_all_equal_gives_zeros():
     x = rand(2, 1, 4, 4, seed=16).repeat(1, 3, 1, 1)
     d = prune_distances(x, 1)
     assert torch.isfinite(normalise_by_max(d)).all()
+
+
+# ----------------------------------------------------------------------------------------------- fused = direct
+# The training path (criteria.sauron) pools with strided slice sums and computes delta_opt with a hand-written
+# backward (benchmarks/sauron_step.py). Here it is compared with the straightforward definition through autograd:
+# F.avg_pool, amin/amax, (B, C, N) differences, square, mean, sqrt -- values and gradients.
+def direct_pool(x: torch.Tensor, omega: int) -> torch.Tensor:
+    kernel = tuple(max(1, min(omega, s)) for s in x.shape[2:])
+    return (F.avg_pool2d if x.dim() == 4 else F.avg_pool3d)(x, kernel, kernel)
+
+
+def direct_distances(flat: torch.Tensor, reference: int) -> torch.Tensor:
+    d = (flat - flat[:, reference:reference + 1]).square().mean(dim=2).add(EPS).sqrt()
+    keep = torch.ones(flat.shape[1], dtype=flat.dtype)
+    keep[reference] = 0
+    return d * keep
+
+
+def direct_delta_opt(maps: list[torch.Tensor], omega: int = 2) -> torch.Tensor:
+    layers = []
+    for x in maps:
+        flat = direct_pool(x, omega).flatten(2)
+        if flat.shape[1] < 2:
+            layers.append(flat.sum() * 0)
+            continue
+        lo, hi = flat.amin(dim=2, keepdim=True), flat.amax(dim=2, keepdim=True)
+        layers.append(direct_distances((flat - lo) / (hi - lo + EPS), 0).mean())
+    return torch.stack(layers).mean()
+
+
+def awkward_maps(dim: int, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
+    """Layers with a constant channel, a constant reference map, exact ties at the min and the max, odd sizes
+    (the pooling drops the last row), a 1-channel layer and a layer pooled to a single position."""
+    g = torch.Generator().manual_seed(seed)
+    spatial = [(13, 10), (6, 9), (2, 2)] if dim == 2 else [(7, 8, 6), (4, 5, 6), (2, 2, 2)]
+    a = torch.randn(3, 6, *spatial[0], generator=g, dtype=dtype) * 3 + 1
+    a[:, 2] = 1.5  # constant channel
+    a[0, 0] = -2.0  # constant reference map in sample 0
+    block = (slice(0, 4),) * dim  # whole pooling windows: exact ties after pooling
+    a[1, 1][block] = a[1, 1].min() - 1  # ties at the min
+    a[2, 3][block] = a[2, 3].max() + 1  # ties at the max
+    one = torch.randn(3, 1, *spatial[1], generator=g, dtype=dtype)
+    tiny = torch.randn(3, 4, *spatial[2], generator=g, dtype=dtype)
+    return [a, one, tiny, torch.randn(3, 5, *spatial[1], generator=g, dtype=dtype)]
+
+
+def assert_close_grads(got, expected, rel: float) -> None:
+    """max |got - expected| <= rel * max(1, max |expected|) per tensor (a constant channel's min-max
+    normalisation divides by EPS, so its gradients are huge: the tolerance is relative to the largest one).
+    None (no gradient reached the tensor: a 1-channel layer) counts as zeros."""
+    for g, e in zip(got, expected, strict=True):
+        if g is None or e is None:
+            assert all(t is None or not t.any() for t in (g, e))
+            continue
+        assert (g - e).abs().max().item() <= rel * max(1.0, e.abs().max().item())
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_delta_opt_matches_direct_definition(dim, dtype):
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for seed in range(3):
+        maps = awkward_maps(dim, dtype, seed)
+        fast_leaves = [m.clone().requires_grad_(True) for m in maps]
+        ref_leaves = [m.clone().requires_grad_(True) for m in maps]
+        fast = delta_opt([pool(m, 2) for m in fast_leaves])
+        ref = direct_delta_opt(ref_leaves)
+        assert abs(fast.item() - ref.item()) <= tol
+        assert_close_grads(torch.autograd.grad(fast, fast_leaves, allow_unused=True),
+                           torch.autograd.grad(ref, ref_leaves, allow_unused=True), rel=tol)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_delta_opt_layer_matches_direct_definition_per_layer(dim, dtype):
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for x in awkward_maps(dim, dtype, seed=7):
+        leaf = x.clone().requires_grad_(True)
+        ref_leaf = x.clone().requires_grad_(True)
+        fast = delta_opt_layer(pool(leaf, 2))
+        ref = direct_delta_opt([ref_leaf])
+        assert abs(fast.item() - ref.item()) <= tol
+        if x.shape[1] < 2:
+            assert fast.item() == 0.0 and not fast.requires_grad
+            continue
+        assert_close_grads(torch.autograd.grad(fast, [leaf]), torch.autograd.grad(ref, [ref_leaf]), rel=tol)
+
+
+def test_fused_delta_opt_without_exact_float32_matmul():
+    """With TF32 / bf16 matrix products allowed (set_float32_matmul_precision below 'highest') the matrix-vector
+    products are replaced by sums: same values and gradients."""
+    maps = awkward_maps(2, torch.float32, seed=5)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        leaves = [m.clone().requires_grad_(True) for m in maps]
+        fast = delta_opt([pool(m, 2) for m in leaves])
+        grads = torch.autograd.grad(fast, leaves, allow_unused=True)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    ref_leaves = [m.clone().requires_grad_(True) for m in maps]
+    ref = direct_delta_opt(ref_leaves)
+    assert abs(fast.item() - ref.item()) <= 1e-5
+    assert_close_grads(grads, torch.autograd.grad(ref, ref_leaves, allow_unused=True), rel=1e-5)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("omega", [2, 3])
+def test_fused_pool_matches_avg_pool(dim, omega):
+    for x in awkward_maps(dim, torch.float32, seed=3):
+        leaf, ref_leaf = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        out, ref = pool(leaf, omega), direct_pool(ref_leaf, omega)
+        assert out.shape == ref.shape
+        assert (out - ref).abs().max().item() <= 1e-6 * max(1.0, ref.abs().max().item())
+        weights = torch.randn(ref.shape, generator=torch.Generator().manual_seed(dim))
+        (g,) = torch.autograd.grad((out * weights).sum(), leaf)
+        (g_ref,) = torch.autograd.grad((ref * weights).sum(), ref_leaf)
+        assert torch.allclose(g, g_ref, rtol=1e-6, atol=1e-7)
+
+
+def test_pool_in_half_precision_is_atens():
+    """Under autocast the maps are fp16/bf16: pooled by ATen's kernel (float accumulation, one rounding)."""
+    x = rand(2, 3, 8, 6, seed=20, dtype=torch.float32).to(torch.bfloat16)
+    assert torch.equal(pool(x, 2), F.avg_pool2d(x, 2, 2))
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("reference", [0, 3])
+def test_fused_prune_distances_match_direct_definition(dim, reference):
+    for seed in range(3):
+        x = pool(awkward_maps(dim, torch.float32, seed)[0], 2)
+        expected = direct_distances(x.flatten(2), reference).mean(dim=0)
+        got = prune_distances(x, reference)
+        assert got[reference].item() == 0.0
+        assert (got - expected).abs().max().item() <= 1e-5 * max(1.0, expected.abs().max().item())
+
+
+def test_observer_computes_what_the_definitions_say():
+    """SauronObserver (the trainer's hooks): lambda * delta_opt of the pooled group outputs of one training forward
+    pass, the prune distances summed while collecting, nothing in eval mode."""
+    from nnunet_prune.surgery import build_channel_graph
+    from nnunet_prune.trainers.sauron import SauronObserver
+    from tests.helpers import make_network
+
+    torch.manual_seed(0)
+    net = make_network("plain", 2)
+    graph = build_channel_graph(net)
+    observer = SauronObserver(omega=2, lambda_=0.5)
+    observer.attach(graph)
+    observer.reset_epoch({g.name: g.size - 1 for g in graph})
+    seen = {}
+    handles = [m.register_forward_hook(lambda mod, i, o, key=(g.name, j): seen.__setitem__(key, o.detach().clone()))
+               for g in graph for j, m in enumerate(g.outputs)]
+    x = torch.randn(2, 2, 32, 32)
+    net.eval()
+    with torch.no_grad():
+        net(x)
+    assert observer.extra_loss() is None  # eval mode: nothing recorded
+    net.train()
+    observer.collecting = True
+    net(x)
+    value = observer.extra_loss()
+    observer.end_step()
+    for h in handles:
+        h.remove()
+    keys = [(g.name, j) for g in graph for j in range(len(g.outputs))]
+    assert value.item() == pytest.approx(0.5 * direct_delta_opt([seen[k] for k in keys]).item(), abs=1e-6)
+    assert observer.delta_opt_steps == 1 and not observer.collecting
+    for g in graph:
+        for j in range(len(g.outputs)):
+            expected = direct_distances(direct_pool(seen[(g.name, j)], 2).flatten(2), g.size - 1).mean(dim=0)
+            np.testing.assert_allclose(observer.mean_distances(g.name, j).numpy(), expected.numpy(), atol=1e-5)
+    observer.detach()
+    net(x)
+    assert observer.extra_loss() is None
 
 
 # ----------------------------------------------------------------------------------------------- thresholds
@@ -482,3 +658,21 @@ def test_invalid_value_from_plans_is_named():
 def test_non_finite_values_are_rejected(text):
     with pytest.raises(NnUNetPruneError):
         SauronConfig.resolve(environ={ENV_VAR: text})
+
+
+def test_schedule_problems_name_the_setting_for_short_budgets():
+    from nnunet_prune.methods.sauron import SauronConfig, condition_counts
+
+    paper = SauronConfig()  # rho 5, kappa 15, tau_init 0
+    assert paper.earliest_pruning_epoch() == 5
+    problem, = paper.schedule_problems(5)
+    assert "cannot prune anything in 5 epoch(s)" in problem and "tau_init=0.25" in problem
+    problem, = paper.schedule_problems(10)  # a rise after epoch 5, the next one 5 epochs later: only 1 fits
+    assert "At most 1 of the 15 threshold steps" in problem and "NNUNET_PRUNE_EPOCHS" in problem
+    problem, = paper.schedule_problems(6, final_epochs_without_pruning=1)  # epoch 5 is the last: no surgery
+    assert "cannot prune anything in 6 epoch(s)" in problem and "last 1 epoch(s) only train" in problem
+    assert "At most 2 of" in paper.schedule_problems(11)[0]  # after epochs 5 and 10
+    assert paper.schedule_problems(5 + 5 * 15) == []  # the paper's 1000 epochs are plenty
+    assert SauronConfig(tau_init=0.25, rho=2, kappa=3).schedule_problems(3) == []  # prunes from the first epoch
+    assert condition_counts([5, 4, 3, 2, 1], [5, 4, 3, 2, 1], rho=2) == (0, 0)  # still learning: C1, C2 never
+    assert condition_counts([5, 4, 4.5, 4.2], [3, 2, 2.5, 2.4], rho=2) == (2, 2)
