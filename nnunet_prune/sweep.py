@@ -590,10 +590,13 @@ def summary_markdown(report: dict) -> str:
                      f"recovers later; the conservative choice is the last tau before that.")
     if report.get("reference_seconds"):
         n = report["tau_evaluations"]
+        per_tau = report["tau_seconds_total"] / n / report["reference_seconds"] if n else 0.0
         lines.append(f"\nTiming: one ensemble inference (the reference) took {report['reference_seconds']:.1f} s; "
-                     f"the {n} tau values took {report['tau_seconds_total']:.1f} s. The whole sweep cost as much as "
-                     f"{report['cost_in_ensemble_inferences']} ensemble inferences, where running nnUNetv2_predict "
-                     f"once per tau would cost at least {n + 1} (preprocessing is done once and kept in memory).")
+                     f"the {n} tau values took {report['tau_seconds_total']:.1f} s, i.e. each tau cost "
+                     f"{per_tau:.2f} ensemble inferences (pruning every fold included) and the whole sweep "
+                     f"{report['cost_in_ensemble_inferences']}. Running nnUNetv2_predict once per tau would cost "
+                     f"the same {n + 1} inferences plus its start-up and preprocessing every time; here the images "
+                     f"are preprocessed once and kept in memory.")
     summary = report["settings"].get("proxy_summary", "pooled")
     lines.append("\nProxy Dice: " + (
         "per class, Dice of the voxels of all cases together; the summary is the mean over the classes whose "
