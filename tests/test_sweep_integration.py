@@ -99,6 +99,13 @@ def test_sweep_bad_input_fails_before_any_work(nnunet, dataset2d, dense_model, t
     for i in range(1, 4):
         assert not (tmp_path / f"o{i}").exists()
     assert "Traceback" not in r.stderr
+    # -d/-c naming a model nobody trained: the error lists the models that exist
+    r = sweep(nnunet, "-d", DATASET_2D, "-c", "2d", "-i", images, "-o", tmp_path / "o5", check=False)
+    assert r.returncode == 2 and "nnUNetTrainer__nnUNetPlans__2d does not exist" in r.stderr
+    assert "Trained models of Dataset601_Synthetic2D:" in r.stderr and dense_model.name in r.stderr
+    # a folder of segmentations given as images: which files were expected
+    r = sweep(nnunet, dense_model, "-i", dataset2d / "labelsTs", "-o", tmp_path / "o6", check=False)
+    assert r.returncode == 2 and "lack the channel suffix" in r.stderr and "CASE_0000.nii.gz" in r.stderr
 
 
 def test_report_on_trained_folders(nnunet, dataset2d, dense_model, sauron_model):
