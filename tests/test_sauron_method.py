@@ -587,9 +587,16 @@ def test_keyword_defaults_are_overridden_by_plans_and_environment():
     assert SauronConfig.resolve(environ={ENV_VAR: "lambda=2"}, lambda_=0.0).lambda_ == 2
 
 
-def test_reads_os_environ_by_default(monkeypatch):
+def test_the_method_never_reads_the_environment_itself(monkeypatch):
+    """The nnU-Net glue passes the environment (the trainer: os.environ); the methods layer reads none."""
     monkeypatch.setenv(ENV_VAR, "kappa=4")
-    assert SauronConfig.resolve().kappa == 4
+    assert SauronConfig.resolve().kappa == 15
+    assert SauronConfig.resolve(environ={ENV_VAR: "kappa=4"}).kappa == 4
+    import inspect
+
+    from nnunet_prune.trainers.sauron import nnUNetTrainerSauron
+
+    assert "environ=os.environ" in inspect.getsource(nnUNetTrainerSauron.resolve_settings)
 
 
 @pytest.mark.parametrize("source, key", [

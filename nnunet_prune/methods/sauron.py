@@ -17,7 +17,6 @@ changed by :mod:`nnunet_prune.surgery`.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
@@ -63,13 +62,18 @@ class SauronConfig:
     @classmethod
     def resolve(cls, plans: Mapping | None = None, environ: Mapping[str, str] | None = None,
                 **defaults) -> SauronConfig:
-        """Defaults (``defaults`` override the paper's), then plans['nnunet_prune']['sauron'], then the environment
-        variable NNUNET_PRUNE_SAURON='key=value,...' (keys: lambda, tau_max, kappa, rho, mu, omega, stat_batches)."""
+        """Defaults (``defaults`` override the paper's), then plans['nnunet_prune']['sauron'], then ``environ``'s
+        NNUNET_PRUNE_SAURON='key=value,...' (keys: lambda, tau_max, kappa, rho, mu, omega, stat_batches, tau_init).
+        ``environ`` is given by the caller (the trainer passes ``os.environ``); None means no environment.
+
+        Raises:
+            NnUNetPruneError: an unknown key, a value that is not a finite number, or one out of range.
+        """
         cfg = cls(**defaults)
         sources = []
         if plans is not None:
             sources.append(("plans['nnunet_prune']['sauron']", dict(plans.get("nnunet_prune", {}).get("sauron", {}))))
-        text = (environ if environ is not None else os.environ).get(ENV_VAR, "")
+        text = (environ or {}).get(ENV_VAR, "")  # the caller (nnU-Net glue) passes os.environ; methods never read it
         if text.strip():
             try:
                 pairs = dict(item.split("=", 1) for item in text.replace(";", ",").split(",") if item.strip())

@@ -13,6 +13,7 @@ Hyperparameters: defaults of the paper; override with plans['nnunet_prune']['sau
 
 from __future__ import annotations
 
+import os
 from functools import partial
 
 import numpy as np
@@ -118,7 +119,7 @@ class nnUNetTrainerSauron(nnUNetTrainerPruning):
         self._rng = np.random.default_rng()
 
     def resolve_settings(self, plans: dict, configuration: str, fold: int, dataset_json: dict) -> None:
-        self.sauron = SauronConfig.resolve(plans, lambda_=self.sauron_lambda)
+        self.sauron = SauronConfig.resolve(plans, environ=os.environ, lambda_=self.sauron_lambda)
 
     def method_config(self) -> dict:
         return self.sauron.as_dict()

@@ -1,0 +1,54 @@
+"""The layer rules of docs/architecture.md, checked on the source: surgery, criteria and methods never import
+nnunetv2 and never read the environment; surgery imports neither criteria nor methods; criteria import no methods.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "nnunet_prune"
+#: layer -> packages it must not import (besides nnunetv2, which none of them may)
+FORBIDDEN = {
+    "surgery": ("nnunet_prune.criteria", "nnunet_prune.methods", "nnunet_prune.trainers", "nnunet_prune.cli"),
+    "criteria": ("nnunet_prune.methods", "nnunet_prune.trainers", "nnunet_prune.cli"),
+    "methods": ("nnunet_prune.trainers", "nnunet_prune.cli"),
+}
+#: modules outside the three folders that belong to the lower layers (pure PyTorch)
+LOWER_MODULES = ["checkpoints.py", "compact.py", "stats.py"]
+
+
+def sources(layer: str) -> list[Path]:
+    return sorted((PACKAGE / layer).glob("*.py"))
+
+
+def imported_modules(tree: ast.AST) -> list[str]:
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.append(node.module)
+    return out
+
+
+def reads_environment(tree: ast.AST) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv", "environb"):
+            found.append(ast.unparse(node))
+    return found
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_layer_imports_only_downward_and_reads_no_environment(layer):
+    files = sources(layer) + ([PACKAGE / m for m in LOWER_MODULES] if layer == "surgery" else [])
+    assert files
+    for file in files:
+        tree = ast.parse(file.read_text())
+        modules = imported_modules(tree)
+        assert not [m for m in modules if m == "nnunetv2" or m.startswith("nnunetv2.")], file
+        assert not [m for m in modules if m.startswith(FORBIDDEN[layer])], file
+        assert not reads_environment(tree), (file, reads_environment(tree))
