@@ -207,7 +207,7 @@ class Demo:
         """Parameters, MACs, checkpoint size, CPU latency per patch and held-out Dice of every model."""
         import torch
 
-        from nnunet_prune.modelfolder import ModelFolder
+        from nnunet_prune.modelfolder import ModelFolder, label_names
         from nnunet_prune.report import measure_latency_stats
         from nnunet_prune.stats import count_macs, count_parameters
         from nnunet_prune.sweep import dice_per_case, foreground_mean
@@ -233,7 +233,7 @@ class Demo:
                 pred[case] = rw.read_seg(str(pred_dir / f.name))[0][0]
             labels = mf.label_manager.foreground_labels
             row.dice, per_class = foreground_mean(dice_per_case(ref, pred, labels))
-            names = {str(v): k for k, v in mf.dataset_json["labels"].items()}
+            names = label_names(mf.dataset_json)
             row.dice_per_class = {names.get(k, k): v for k, v in per_class.items()}
 
     def _columns(self) -> tuple[list[str], list[list[str]]]:

@@ -230,11 +230,7 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
             result.folds.append(record)
         (tmp / SUMMARY_FILE).write_text(json.dumps(asdict(result), indent=2, default=str))
         record_files(tmp, TOOL)  # everything in tmp is the export's own: what --overwrite may replace later
-        if output.exists():
-            if any(output.iterdir()):
-                remove_owned(output, TOOL)  # checked again: only the earlier export's own files go
-            else:
-                output.rmdir()
+        remove_owned(output, TOOL)  # checked again: only the earlier export's own files go (an empty folder too)
         tmp.rename(output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -57,13 +57,36 @@ def resolve_model_folder(path: str | os.PathLike | None = None, dataset: str | N
         raise NnUNetPruneError(f"Unknown dataset {dataset!r}: {e}") from None
     folder = Path(get_output_folder(dataset, trainer, plans, configuration))
     if not folder.is_dir():
-        trained = sorted(p.name for p in folder.parent.glob("*__*__*") if any(p.glob("fold_*/checkpoint_final.pth"))) \
-            if folder.parent.is_dir() else []
+        trained = [p.name for p in trained_model_folders(folder.parent)]
         listing = ("Trained models of " + name + ": " + ", ".join(trained) + " (name one with -tr TRAINER -p PLANS "
                    "-c CONFIGURATION, or pass its folder).") if trained else f"No model of {name} is trained yet."
         raise NnUNetPruneError(f"{folder.name} does not exist in {folder.parent} (-d {dataset} -c {configuration} "
                                f"-tr {trainer} -p {plans}). {listing}")
     return folder
+
+
+def label_names(dataset_json: dict) -> dict[str, str]:
+    """Class key as nnU-Net's evaluation writes it (the label value, or the region tuple; a one-label region also
+    as its value) -> label name from dataset.json."""
+    out = {}
+    for name, value in dataset_json.get("labels", {}).items():
+        if isinstance(value, (list, tuple)):
+            out[str(tuple(value))] = name
+            if len(value) == 1:
+                out[str(value[0])] = name
+        else:
+            out[str(value)] = name
+    return out
+
+
+def trained_model_folders(dataset_results: str | os.PathLike, fold=None, suffix: str = "") -> list[Path]:
+    """Model folders (``<trainer>__<plans>__<configuration>``) in a dataset's results folder whose name ends in
+    ``suffix`` and that hold a finished fold (``fold`` given) or any finished fold; [] if the folder is missing."""
+    root = Path(dataset_results)
+    if not root.is_dir():
+        return []
+    pattern = f"fold_{fold}/{CHECKPOINT}" if fold is not None else f"fold_*/{CHECKPOINT}"
+    return sorted(p for p in root.glob(f"*__*__*{suffix}") if any(p.glob(pattern)))
 
 
 def _read_json(file: Path) -> dict:
@@ -225,10 +248,9 @@ class ModelFolder:
                     f"{self.path}: fold {fold} was trained for configuration {configuration!r} but fold "
                     f"{self.folds[0]} for {self.configuration_name!r}; a model folder holds one configuration.")
         network = self.build_network()
-        for fold in self.folds:
-            file = self.fold_path(fold) / self.checkpoint_name
-            self.load_checkpoint(fold)["network_weights"] = check_state_dict(
-                network, self.load_checkpoint(fold)["network_weights"], str(file), self.patch_size)
+        for fold in self.folds:  # (read_checkpoint already normalised the weights)
+            check_state_dict(network, self.load_checkpoint(fold)["network_weights"],
+                             str(self.fold_path(fold) / self.checkpoint_name), self.patch_size)
 
     # ---------------------------------------------------------------- metadata
     @cached_property

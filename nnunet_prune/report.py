@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from nnunet_prune import NnUNetPruneError
-from nnunet_prune.modelfolder import ModelFolder, parse_fold
+from nnunet_prune.modelfolder import ModelFolder, label_names, parse_fold
 from nnunet_prune.outputs import check_writable_files, record_files
 from nnunet_prune.stats import count_macs, count_parameters, inference_outputs, input_channels, unwrap
 
@@ -279,19 +279,6 @@ def _warn_stderr(message: str) -> None:
     print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
-def _label_name_map(dataset_json: dict) -> dict[str, str]:
-    """summary.json key (as nnU-Net writes labels and regions) -> label name from dataset.json."""
-    out = {}
-    for name, value in dataset_json.get("labels", {}).items():
-        if isinstance(value, (list, tuple)):
-            out[str(tuple(value))] = name
-            if len(value) == 1:
-                out[str(value[0])] = name
-        else:
-            out[str(value)] = name
-    return out
-
-
 def _finite(value) -> float | None:
     try:
         value = float(value)
@@ -307,7 +294,7 @@ def read_dice(folder: ModelFolder, fold) -> tuple[float | None, dict[str, float 
     if not summary:
         return None, None
     dice = _finite(summary.get("foreground_mean", {}).get("Dice"))
-    names = _label_name_map(folder.dataset_json)
+    names = label_names(folder.dataset_json)
     per_class = {names.get(str(k), str(k)): _finite(v.get("Dice")) for k, v in summary.get("mean", {}).items()
                  if isinstance(v, dict) and "Dice" in v}
     return dice, per_class or None

@@ -41,7 +41,7 @@ from nnunet_prune.methods.magnitude import (
     refinement_taus,
     taus_for_sparsities,
 )
-from nnunet_prune.modelfolder import ModelFolder
+from nnunet_prune.modelfolder import ModelFolder, label_names
 from nnunet_prune.outputs import record_files, remove_owned
 
 STATE_FILE = "sweep_state.json"
@@ -195,6 +195,7 @@ class ProxySummary:
     pooled_mean: float
     paper_mean: float
     paper_per_class: dict[str, float]
+    per_case: dict[str, dict[str, float]]  # case -> class -> Dice (NaN where a class is absent from both)
 
     @classmethod
     def of(cls, counts: dict[str, dict[str, tuple[int, int, int]]]) -> ProxySummary:
@@ -207,9 +208,10 @@ class ProxySummary:
         judged = [pooled[lab] for lab in labels if lab not in small and not math.isnan(pooled[lab])]
         if not judged:  # nothing large enough: every class, rather than no number
             judged = [v for v in pooled.values() if not math.isnan(v)]
-        paper, paper_per_class = foreground_mean({c: {lab: _dice(*v) for lab, v in per.items()}
-                                                  for c, per in counts.items()})
-        return cls(pooled, volume, small, float(np.mean(judged)) if judged else math.nan, paper, paper_per_class)
+        per_case = {c: {lab: _dice(*v) for lab, v in per.items()} for c, per in counts.items()}
+        paper, paper_per_class = foreground_mean(per_case)
+        return cls(pooled, volume, small, float(np.mean(judged)) if judged else math.nan, paper, paper_per_class,
+                   per_case)
 
     def value(self, summary: str) -> float:
         """The summary the critical point is based on: 'pooled' (default) or 'mean' (the paper's)."""
@@ -378,8 +380,8 @@ class MagnitudeSweep:
         params, stats = self._pruned_parameters(tau)
         pred = self._predict(params)
         counts = class_counts(reference, pred, self.label_list, self.ignore_label)
-        per_case = {case: {lab: _dice(*c) for lab, c in per.items()} for case, per in counts.items()}
         proxy = ProxySummary.of(counts)
+        per_case = proxy.per_case
         result = TauResult(tau=tau,
                            sparsity_of_nonzero=float(np.mean([s.sparsity_of_nonzero for s in stats])),
                            sparsity_of_all_parameters=float(np.mean([s.sparsity_all_parameters for s in stats])),
@@ -489,7 +491,7 @@ class MagnitudeSweep:
             "configuration": self.model.configuration_name,
             "folds": [str(f) for f in self.model.folds],
             "cases": list(self.cases),
-            "label_names": _label_names(self.model.dataset_json),
+            "label_names": label_names(self.model.dataset_json),
             "settings": asdict(self.settings),
             "threshold": self.settings.threshold,
             "critical_point": asdict(crit) if crit else None,
@@ -531,14 +533,6 @@ def write_outputs(report: dict, output: Path) -> dict[str, Path]:
         print(f"could not plot the sweep ({type(e).__name__}: {e})")
     record_files(output, TOOL, paths.values())
     return paths
-
-
-def _label_names(dataset_json: dict) -> dict[str, str]:
-    """Class key (as the sweep stores it: the label value, or the region tuple) -> name from dataset.json."""
-    out = {}
-    for name, value in dataset_json.get("labels", {}).items():
-        out[str(tuple(value)) if isinstance(value, (list, tuple)) else str(value)] = name
-    return out
 
 
 def _stage_sparsities(result: dict) -> dict[str, float]:

@@ -28,7 +28,7 @@ from batchgenerators.utilities.file_and_folder_operations import maybe_mkdir_p, 
 
 from nnunet_prune import NnUNetPruneError, registry
 from nnunet_prune.criteria.magnitude import apply_magnitude_pruning, reapply_masks, weight_masks
-from nnunet_prune.modelfolder import check_trained_fold
+from nnunet_prune.modelfolder import check_trained_fold, trained_model_folders
 from nnunet_prune.trainers.base import nnUNetTrainerPruning
 
 DENSE_ENV = "NNUNET_PRUNE_DENSE_MODEL"
@@ -72,14 +72,28 @@ class nnUNetTrainerMagnitude(nnUNetTrainerPruning):
         own = _own_fold_folder(type(self).__name__, plans, configuration, fold)
         if own is not None and any(isfile(join(own, f"checkpoint_{k}.pth")) for k in ("final", "latest", "best")):
             return  # resuming or validating: the dense fold is not needed
+        self._dense_ckpt = self._check_dense(plans, configuration, fold, dataset_json)
+
+    def _check_dense(self, plans: dict, configuration: str, fold, dataset_json: dict) -> dict:
+        """The dense fold's checkpoint, checked (:func:`~nnunet_prune.modelfolder.check_trained_fold`).
+
+        Raises:
+            NnUNetPruneError: it is missing (the message lists the folders trained with these plans), unreadable,
+                of other plans or configuration, or its weights do not fit the network.
+        """
         if not isfile(self._dense_path):
-            trained = [t for t in _trained_folds(plans, configuration, fold) if "Magnitude" not in t]
+            from nnunetv2.paths import nnUNet_results
+
+            trained = [] if nnUNet_results is None else [
+                str(p) for p in trained_model_folders(join(str(nnUNet_results), plans["dataset_name"]), fold,
+                                                      f"__{plans['plans_name']}__{configuration}")
+                if "Magnitude" not in p.name]
             raise NnUNetPruneError(
                 f"{type(self).__name__} prunes a trained dense model, but {self._dense_path} does not exist. Train the "
                 f"dense fold first (nnUNetv2_train ... -tr nnUNetTrainer, or nnUNetTrainerBudget for a short run), "
                 f"or point {DENSE_ENV} at the model folder that holds fold_{fold}/checkpoint_final.pth"
                 + (f"; trained with these plans: {', '.join(trained)}" if trained else "") + ". Nothing was written.")
-        self._dense_ckpt = check_trained_fold(self._dense_path, plans, configuration, dataset_json)
+        return check_trained_fold(self._dense_path, plans, configuration, dataset_json)
 
     def dense_checkpoint(self) -> str:
         """Path of the dense fold this trainer prunes (see the module docstring)."""
@@ -87,14 +101,8 @@ class nnUNetTrainerMagnitude(nnUNetTrainerPruning):
 
     def load_dense_weights(self) -> None:
         path = self.dense_checkpoint()
-        ckpt = self._dense_ckpt
-        if ckpt is None:
-            if not isfile(path):
-                raise NnUNetPruneError(
-                    f"{self.__class__.__name__} prunes a trained dense model, but {path} does not exist. Train the "
-                    f"dense fold first, or point {DENSE_ENV} at the model folder that holds "
-                    f"fold_{self.fold}/checkpoint_final.pth.")
-            ckpt = check_trained_fold(path, self.plans_manager.plans, self.configuration_name, self.dataset_json)
+        ckpt = self._dense_ckpt or self._check_dense(self.plans_manager.plans, self.configuration_name, self.fold,
+                                                     self.dataset_json)
         self._dense_ckpt = None  # the weights live in the network from here on
         self.network_module.load_state_dict(ckpt["network_weights"])
         self._rewrap_network()
@@ -168,18 +176,6 @@ def _dense_checkpoint_path(plans: dict, configuration: str, fold) -> str:
         folder = next((c for c in candidates if isfile(join(c, f"fold_{fold}", "checkpoint_final.pth"))),
                       candidates[0])
     return join(folder, f"fold_{fold}", "checkpoint_final.pth")
-
-
-def _trained_folds(plans: dict, configuration: str, fold) -> list[str]:
-    """Model folders of the dataset with this plans, configuration and a finished fold (for error messages)."""
-    from nnunetv2.paths import nnUNet_results
-
-    if nnUNet_results is None or not isdir(join(str(nnUNet_results), plans["dataset_name"])):
-        return []
-    root = join(str(nnUNet_results), plans["dataset_name"])
-    suffix = f"__{plans['plans_name']}__{configuration}"
-    return sorted(join(root, d) for d in os.listdir(root)
-                  if d.endswith(suffix) and isfile(join(root, d, f"fold_{fold}", "checkpoint_final.pth")))
 
 
 def _own_fold_folder(trainer: str, plans: dict, configuration: str, fold) -> str | None:
