@@ -86,7 +86,7 @@ def trained_model_folders(dataset_results: str | os.PathLike, fold=None, suffix:
     if not root.is_dir():
         return []
     pattern = f"fold_{fold}/{CHECKPOINT}" if fold is not None else f"fold_*/{CHECKPOINT}"
-    return sorted(p for p in root.glob(f"*__*__*{suffix}") if any(p.glob(pattern)))
+    return sorted(p for p in root.glob("*__*__*") if p.name.endswith(suffix) and any(p.glob(pattern)))
 
 
 def _read_json(file: Path) -> dict:

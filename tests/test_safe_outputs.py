@@ -314,3 +314,20 @@ def test_budget_variables_validated_before_anything_is_written(monkeypatch):
     for bad in ("abc", "0", "-2", "1.5"):
         with pytest.raises(NnUNetPruneError, match="NNUNET_PRUNE_EPOCHS"):
             read_budget_overrides({"NNUNET_PRUNE_EPOCHS": bad})
+
+
+def test_trained_model_folders_lists_finished_folds_by_plans_and_configuration(tmp_path):
+    from nnunet_prune.modelfolder import trained_model_folders
+
+    for name, fold in (("nnUNetTrainerBudget__nnUNetPlans__2d", 0), ("nnUNetTrainerSauron__nnUNetPlans__2d", 1),
+                       ("nnUNetTrainer__nnUNetLUnetPlans__2d", 0), ("nnUNetTrainer__nnUNetPlans__3d_fullres", 0)):
+        (tmp_path / name / f"fold_{fold}").mkdir(parents=True)
+        (tmp_path / name / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(b"x")
+    (tmp_path / "nnUNetTrainer__nnUNetPlans__2d" / "fold_0").mkdir(parents=True)  # started, not finished
+    names = lambda folders: [p.name for p in folders]  # noqa: E731
+    assert names(trained_model_folders(tmp_path)) == sorted([
+        "nnUNetTrainerBudget__nnUNetPlans__2d", "nnUNetTrainerSauron__nnUNetPlans__2d",
+        "nnUNetTrainer__nnUNetLUnetPlans__2d", "nnUNetTrainer__nnUNetPlans__3d_fullres"])  # not the unfinished one
+    assert names(trained_model_folders(tmp_path, 0, "__nnUNetPlans__2d")) == ["nnUNetTrainerBudget__nnUNetPlans__2d"]
+    assert names(trained_model_folders(tmp_path, 1, "__nnUNetPlans__2d")) == ["nnUNetTrainerSauron__nnUNetPlans__2d"]
+    assert trained_model_folders(tmp_path / "missing") == []
