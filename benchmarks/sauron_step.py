@@ -8,7 +8,7 @@ Three variants of the same network (same initial weights, same batch), timed int
   and a GradScaler on CUDA, as nnU-Net;
 * ``Sauron``           the same plus Sauron's forward hooks on every coupling-group output point (average pooling,
   omega = 2) and ``lambda * delta_opt`` added to the loss through ``LossWithExtraTerm`` -- the trainer's own code
-  (:class:`nnunet_prune.trainers.sauron.SauronObserver`, :mod:`nnunet_prune.criteria.sauron`), not a copy;
+  (:class:`nnunet_prune.methods.sauron.SauronObserver`, :mod:`nnunet_prune.criteria.sauron`), not a copy;
 * ``Sauron collecting`` a step of the last ``stat_batches`` iterations of an epoch: also the prune distances
   (eq. 3) of every output point to a random reference channel.
 
@@ -47,10 +47,10 @@ try:
 except ImportError:  # run as a script: benchmarks/ is on sys.path
     import common
 
+from nnunet_prune.methods.sauron import SauronObserver
 from nnunet_prune.stats import count_parameters
 from nnunet_prune.surgery import build_channel_graph
 from nnunet_prune.trainers.base import LossWithExtraTerm
-from nnunet_prune.trainers.sauron import SauronObserver
 
 VARIANTS = ("nnU-Net", "Sauron", "Sauron collecting")
 

@@ -52,7 +52,8 @@ def check_state_dict(network: nn.Module, state_dict: Mapping, source: str,
                      patch_size: Sequence[int] | None = None) -> dict:
     """Check that ``network`` (a width-adaptive network) can take ``state_dict``; returns the normalised dict.
 
-    Checks: same keys; every tensor of the rank the network expects; convolution kernels of the same size (widths
+    Checks: the block counts of every stack (a pruned checkpoint may have fewer blocks; the network takes them);
+    then same keys; every tensor of the rank the network expects; convolution kernels of the same size (widths
     may differ: they are what pruning changes); and, by a forward pass on the meta device over one patch of
     ``patch_size`` (no computation, no memory), that the widths fit together. ``network`` is resized to the
     state dict in the process (its values are not loaded).
@@ -61,9 +62,14 @@ def check_state_dict(network: nn.Module, state_dict: Mapping, source: str,
         NnUNetPruneError: naming ``source``, what does not match (with examples) and what to do.
     """
     from nnunet_prune.stats import count_macs
-    from nnunet_prune.surgery.resize import resize_to_state_dict
+    from nnunet_prune.surgery.graph import UnsupportedNetworkError
+    from nnunet_prune.surgery.resize import match_block_counts, resize_to_state_dict
 
     state = normalise_state_dict(state_dict)
+    try:
+        match_block_counts(network, state)  # blocks removed by pruning (or added back) come from the checkpoint
+    except UnsupportedNetworkError as e:
+        raise NnUNetPruneError(f"{source} does not match the network: {e}.") from None
     expected = network.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

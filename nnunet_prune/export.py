@@ -27,12 +27,11 @@ import torch
 
 from nnunet_prune import NnUNetPruneError
 from nnunet_prune.compact import encode_state_dict
-from nnunet_prune.criteria.magnitude import apply_magnitude_pruning, dead_channels
 from nnunet_prune.modelfolder import ModelFolder
 from nnunet_prune.networks import adaptive_class_name
 from nnunet_prune.outputs import check_replaceable, make_temp_dir, read_manifest, record_files, remove_owned
 from nnunet_prune.stats import count_parameters
-from nnunet_prune.surgery import build_channel_graph
+from nnunet_prune.transforms import magnitude_prune, remove_dead_channels
 
 SUMMARY_FILE = "export_summary.json"
 TOOL = "export"
@@ -178,19 +177,17 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
                 if verify:
                     with torch.no_grad():
                         source_output = net(x)
-                sparsity = apply_magnitude_pruning(net, magnitude_tau, prune_bias, per_layer_normalised).as_dict()
+                sparsity = magnitude_prune(net, magnitude_tau, prune_bias, per_layer_normalised).as_dict()
             reference = None
             if verify:
                 with torch.no_grad():
                     reference = net(x)
-            graph = build_channel_graph(net)
-            dead = dead_channels(graph)
-            graph.prune(dead)
+            n_dead = remove_dead_channels(net)
             widths_changed = any(net.state_dict()[k].shape != v.shape
                                  for k, v in mf.build_network().state_dict().items())
             needs_adaptive = needs_adaptive or widths_changed
             state = _storable_state_dict(net.state_dict(), fp16, compact)
-            slim_states[fold] = (ckpt, state, params_before, sparsity, sum(len(v) for v in dead.values()),
+            slim_states[fold] = (ckpt, state, params_before, sparsity, n_dead,
                                  reference, source_output)
         if needs_adaptive:
             arch = _architecture_entry(plans, mf.configuration_name)

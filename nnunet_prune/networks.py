@@ -37,23 +37,13 @@ class AdaptiveResidualEncoderUNet(AdaptiveWidthMixin, ResidualEncoderUNet):
     """``ResidualEncoderUNet`` that takes its widths from the state dict it loads."""
 
 
-#: stock class -> adaptive class (by dotted path, as nnU-Net plans name them)
-ADAPTIVE = {
-    "dynamic_network_architectures.architectures.unet.PlainConvUNet":
-        "nnunet_prune.networks.AdaptivePlainConvUNet",
-    "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet":
-        "nnunet_prune.networks.AdaptiveResidualEncoderUNet",
-}
-
-
 def adaptive_class_name(network_class_name: str) -> str:
-    """The adaptive counterpart of a plans' ``network_class_name`` (unchanged if it already is one)."""
-    if network_class_name in ADAPTIVE.values():
-        return network_class_name
-    if network_class_name not in ADAPTIVE:
-        from nnunet_prune import NnUNetPruneError
+    """The adaptive counterpart of a plans' ``network_class_name`` (unchanged if it already is one), from the
+    architecture registry (:mod:`nnunet_prune.surgery.architectures`).
 
-        raise NnUNetPruneError(
-            f"Architecture {network_class_name} is not supported by nnunet-prune (supported: "
-            f"{', '.join(ADAPTIVE)}). Plan the dataset with a planner that builds one of them.")
-    return ADAPTIVE[network_class_name]
+    Raises:
+        NnUNetPruneError: an architecture the registry does not know (the message lists the supported ones).
+    """
+    from nnunet_prune.surgery import architectures
+
+    return architectures.for_class_name(network_class_name).adaptive_class

@@ -3,7 +3,7 @@
 1. The images are preprocessed once with the model's plans (nnU-Net's preprocessor) and kept in memory.
 2. The unpruned ensemble of the chosen folds predicts them (nnU-Net's sliding window, Gaussian weighting and
    mirroring TTA, as ``nnUNetv2_predict``); these reference segmentations are cached on disk.
-3. For each tau every fold is pruned (:func:`nnunet_prune.criteria.magnitude.apply_magnitude_pruning`), the pruned
+3. For each tau every fold is pruned (:func:`nnunet_prune.transforms.magnitude_prune`), the pruned
    ensemble predicts the same images and the proxy Dice against the reference is computed per case and class and
    averaged like nnU-Net's ``foreground_mean`` (plus the real Dice when labels are given).
 4. After the grid, tau is refined around the critical point (:mod:`nnunet_prune.methods.magnitude`).
@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from nnunet_prune import NnUNetPruneError
-from nnunet_prune.criteria.magnitude import apply_magnitude_pruning, stage_order
 from nnunet_prune.methods.magnitude import (
     NORMALISED_GRID,
     PAPER_GRID,
@@ -43,6 +42,7 @@ from nnunet_prune.methods.magnitude import (
 )
 from nnunet_prune.modelfolder import ModelFolder, label_names
 from nnunet_prune.outputs import record_files, remove_owned
+from nnunet_prune.transforms import magnitude_prune
 
 STATE_FILE = "sweep_state.json"
 TOOL = "sweep"
@@ -335,8 +335,8 @@ class MagnitudeSweep:
         params, stats = [], []
         for dense in self.dense_states:
             self.network.load_state_dict(dense)
-            stats.append(apply_magnitude_pruning(self.network, tau, self.settings.prune_bias,
-                                                 self.settings.per_layer_normalised))
+            stats.append(magnitude_prune(self.network, tau, self.settings.prune_bias,
+                                         self.settings.per_layer_normalised))
             params.append({k: v.detach().clone() for k, v in self.network.state_dict().items()})
         return params, stats
 
@@ -396,7 +396,7 @@ class MagnitudeSweep:
             result.real_dice, result.real_dice_per_class = foreground_mean(
                 dice_per_case(real, pred, self.label_list, self.ignore_label))
         stages = OrderedDict((s, {"weights": 0, "zero_before": 0, "zero_after": 0})
-                             for s in stage_order(len(self.network.encoder.stages)))
+                             for s in (stats[0].stages if stats else ()))  # every stage, in network order
         for s in stats:
             for name, st in s.stages.items():
                 row = stages.setdefault(name, {"weights": 0, "zero_before": 0, "zero_after": 0})
@@ -412,7 +412,7 @@ class MagnitudeSweep:
     def grid(self) -> list[float]:
         s = self.settings
         if s.target_sparsities:
-            from nnunet_prune.criteria.magnitude import prunable_convs
+            from nnunet_prune.surgery.masks import prunable_convs
 
             weights = []
             for dense in self.dense_states:

@@ -11,10 +11,15 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "nnunet_prune"
 #: layer -> packages it must not import (besides nnunetv2, which none of them may)
+#: the glue and the tools (layers 4 and 5)
+UPPER = ("nnunet_prune.trainers", "nnunet_prune.cli", "nnunet_prune.planners", "nnunet_prune.integration",
+         "nnunet_prune.export", "nnunet_prune.sweep", "nnunet_prune.report", "nnunet_prune.demo",
+         "nnunet_prune.transforms", "nnunet_prune.modelfolder", "nnunet_prune.plotting", "nnunet_prune.outputs",
+         "nnunet_prune.datasets", "nnunet_prune.variables")
 FORBIDDEN = {
-    "surgery": ("nnunet_prune.criteria", "nnunet_prune.methods", "nnunet_prune.trainers", "nnunet_prune.cli"),
-    "criteria": ("nnunet_prune.methods", "nnunet_prune.trainers", "nnunet_prune.cli"),
-    "methods": ("nnunet_prune.trainers", "nnunet_prune.cli"),
+    "surgery": ("nnunet_prune.criteria", "nnunet_prune.methods", *UPPER),
+    "criteria": ("nnunet_prune.methods", *UPPER),
+    "methods": UPPER,
 }
 #: modules outside the three folders that belong to the lower layers (pure PyTorch)
 LOWER_MODULES = ["checkpoints.py", "compact.py", "stats.py"]
@@ -52,3 +57,17 @@ def test_layer_imports_only_downward_and_reads_no_environment(layer):
         assert not [m for m in modules if m == "nnunetv2" or m.startswith("nnunetv2.")], file
         assert not [m for m in modules if m.startswith(FORBIDDEN[layer])], file
         assert not reads_environment(tree), (file, reads_environment(tree))
+
+
+def test_every_variable_the_package_reads_is_documented_in_one_table():
+    """`nnunet-prune doctor` prints nnunet_prune.variables; a variable read anywhere else must be listed there."""
+    import re
+
+    from nnunet_prune.trainers.base import RENAMED_VARIABLES
+    from nnunet_prune.variables import PACKAGE_VARIABLES
+
+    found = set()
+    for file in [*PACKAGE.rglob("*.py"), PACKAGE.parent / "_nnunet_prune_hook.py"]:
+        found |= set(re.findall(r"NNUNET_PRUNE_[A-Z_]+", file.read_text()))
+    found -= {"NNUNET_PRUNE_PROBE"}  # a marker in doctor's output, not a variable
+    assert found - set(RENAMED_VARIABLES) == set(PACKAGE_VARIABLES)

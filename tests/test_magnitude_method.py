@@ -13,16 +13,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
 from nnunet_prune.compact import decode, decode_state_dict, encode, encode_state_dict, is_compact
-from nnunet_prune.criteria.magnitude import (
-    apply_magnitude_pruning,
-    dead_channels,
-    prunable_convs,
-    reapply_masks,
-    stage_of,
-    stage_order,
-    thresholds,
-    weight_masks,
-)
+from nnunet_prune.criteria.magnitude import thresholds
 from nnunet_prune.methods.magnitude import (
     PAPER_GRID,
     SweepPoint,
@@ -33,7 +24,35 @@ from nnunet_prune.methods.magnitude import (
 )
 from nnunet_prune.networks import AdaptivePlainConvUNet
 from nnunet_prune.surgery import build_channel_graph
+from nnunet_prune.surgery.layout import conv_stages
+from nnunet_prune.surgery.layout import stage_labels as stage_order
+from nnunet_prune.surgery.masks import hold_masks as reapply_masks
+from nnunet_prune.surgery.masks import prunable_convs
+from nnunet_prune.surgery.masks import zero_pattern as weight_masks
+from nnunet_prune.transforms import magnitude_prune as apply_magnitude_pruning
 from tests.helpers import as_list, make_network, randomize_norms
+
+
+def dead_channels(graph):
+    return graph.dead_channels()
+
+
+def stage_of(name: str, n_stages: int) -> str:
+    """Reference labels from module names (an independent oracle for the graph-based layout)."""
+    import re
+
+    if ".seg_layers." in f".{name}.":
+        return "heads"
+    m = re.match(r"(?:decoder\.)?encoder\.stages\.(\d+)\.", name)
+    if m:
+        s = int(m.group(1))
+        return "bottleneck" if s == n_stages - 1 else f"enc{s}"
+    if name.startswith(("encoder.stem", "decoder.encoder.stem")):
+        return "enc0"
+    m = re.match(r"decoder\.(?:stages|transpconvs)\.(\d+)", name)
+    if m:
+        return f"dec{n_stages - 2 - int(m.group(1))}"
+    return "other"
 
 ARCHS = ["plain", "resenc"]
 
@@ -122,6 +141,20 @@ def test_stage_of_agrees_with_the_channel_graph(arch):
         for p in g.producers:
             assert labels[p] == expected, graph.module_names[p]
     assert {labels[h] for h in graph.heads} == {"heads"}
+    # the layout the package uses (read off the graph) gives every conv the same label as the name-based oracle
+    layout = conv_stages(graph)
+    assert set(layout) == set(labels)
+    assert {m: s.label for m, s in layout.items()} == labels
+
+
+def test_layout_of_a_six_level_network():
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    net = PlainConvUNet(1, 6, [4, 8, 8, 8, 8, 8], nn.Conv2d, 3, [1, 2, 2, 2, 2, 2], 2, 2, 2, conv_bias=True,
+                        norm_op=nn.InstanceNorm2d, norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU)
+    layout = conv_stages(build_channel_graph(net))
+    names = {m: n for n, m in net.named_modules() if isinstance(m, _ConvNd)}
+    assert {names[m]: s.label for m, s in layout.items()} == {n: stage_of(n, 6) for n in names.values()}
 
 
 # ----------------------------------------------------------------------------------------------- zeroing
@@ -232,7 +265,11 @@ def test_every_stage_is_listed_even_without_zeros(arch):
 
 
 def test_negative_tau_rejected():
+    from nnunet_prune import NnUNetPruneError
+
     with pytest.raises(ValueError):
+        thresholds(net_for("plain"), -0.1)
+    with pytest.raises(NnUNetPruneError, match="tau must be a finite number >= 0"):
         apply_magnitude_pruning(net_for("plain"), -0.1)
 
 

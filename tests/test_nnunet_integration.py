@@ -211,8 +211,11 @@ def test_bad_settings_stop_before_the_fold_folder_exists(nnunet, dataset2d, dens
         ("nnUNetTrainerSauron", 1, {"NNUNET_PRUNE_SAURON": "kappa=-1"}, "kappa must be a positive integer"),
         ("nnUNetTrainerSauron", 1, {"NNUNET_PRUNE_ITERS_PER_EPOCH": "0"}, "NNUNET_PRUNE_ITERS_PER_EPOCH"),
         ("nnUNetTrainerBudget", 3, {"NNUNET_PRUNE_EPOCHS": "abc"}, "NNUNET_PRUNE_EPOCHS"),
-        ("nnUNetTrainerMagnitude", 1, {"NNUNET_PRUNE_MAGNITUDE_TAU": "nan",
-                                       "NNUNET_PRUNE_DENSE_MODEL": str(dense_model)}, "NNUNET_PRUNE_MAGNITUDE_TAU"),
+        ("nnUNetTrainerMagnitude", 1, {"NNUNET_PRUNE_MAGNITUDE": "tau=nan",
+                                       "NNUNET_PRUNE_DENSE_MODEL": str(dense_model)}, "NNUNET_PRUNE_MAGNITUDE"),
+        ("nnUNetTrainerMagnitude", 1, {"NNUNET_PRUNE_DENSE_MODEL": str(dense_model)}, "tau is required"),
+        ("nnUNetTrainerMagnitude_tau005", 1, {"NNUNET_PRUNE_MAGNITUDE_TAU": "0.01"},
+         "NNUNET_PRUNE_MAGNITUDE='tau=<value>'"),
         ("nnUNetTrainerMagnitude_tau020", 1, {"NNUNET_PRUNE_DENSE_MODEL": str(damaged)}, "decoder.extra.weight"),
     ]
     for trainer, fold, env, words in cases:

@@ -40,7 +40,8 @@ def test_magnitude_variants_carry_their_tau():
     for tau in registry.MAGNITUDE_TAUS_MILLI:
         for finetune in (False, True):
             cls = registry.load_trainer(registry.magnitude_trainer_name(tau, finetune))
-            assert cls.magnitude_tau == pytest.approx(tau / 1000) and cls.finetune is finetune
+            assert cls.method_defaults["tau"] == pytest.approx(tau / 1000)
+            assert cls.start_from_dense and (cls.finetune_epochs > 0) is finetune
     assert registry.magnitude_trainer_name(5) == "nnUNetTrainerMagnitude_tau005"
     assert registry.magnitude_trainer_name(15, True) == "nnUNetTrainerMagnitude_tau015_ft"
 

@@ -370,8 +370,8 @@ def test_fused_prune_distances_match_direct_definition(dim, reference):
 def test_observer_computes_what_the_definitions_say():
     """SauronObserver (the trainer's hooks): lambda * delta_opt of the pooled group outputs of one training forward
     pass, the prune distances summed while collecting, nothing in eval mode."""
+    from nnunet_prune.methods.sauron import SauronObserver
     from nnunet_prune.surgery import build_channel_graph
-    from nnunet_prune.trainers.sauron import SauronObserver
     from tests.helpers import make_network
 
     torch.manual_seed(0)

@@ -1,18 +1,68 @@
 """Post-training magnitude pruning with a proxy-Dice sweep (Yang et al., MIDL 2025 §2).
 
-For each tau of a sweep every fold of a trained model is pruned (|w| <= tau -> 0, no retraining); the pruned
-ensemble predicts the same images as the unpruned one and the proxy Dice between the two tells how much was lost.
-This module holds the schedule: the tau grid, its refinement around the critical point, tau values for target
-sparsities, and the critical point itself. Inference and files are in :mod:`nnunet_prune.sweep`.
+One tau for the whole network: every conv weight with |w| <= tau becomes zero, once, after training
+(:class:`MagnitudeMethod`; the trainers ``nnUNetTrainerMagnitude*`` start from a trained dense fold, prune, and
+optionally fine-tune with the zero pattern held). For each tau of a sweep every fold of a trained model is pruned
+(no retraining); the pruned ensemble predicts the same images as the unpruned one and the proxy Dice between the
+two tells how much was lost. This module also holds the sweep's schedule: the tau grid, its refinement around the
+critical point, tau values for target sparsities, and the critical point itself. Inference and files are in
+:mod:`nnunet_prune.sweep`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
+from torch import nn
+
+from nnunet_prune.criteria.magnitude import magnitude_masks
+from nnunet_prune.methods.base import MethodSettings, PruningMethod
+from nnunet_prune.surgery.graph import ChannelGraph
+from nnunet_prune.surgery.removal import Removal
+
+ENV_VAR = "NNUNET_PRUNE_MAGNITUDE"
+
+
+@dataclass
+class MagnitudeSettings(MethodSettings):
+    """Magnitude pruning's settings. ``tau`` has no default: a variant class (``nnUNetTrainerMagnitude_tau005``),
+    ``plans['nnunet_prune']['magnitude']`` or ``NNUNET_PRUNE_MAGNITUDE='tau=0.005'`` sets it; the sweep's options
+    ``--prune-bias`` and ``--per-layer-normalised`` are the settings of the same names, so any point of a sweep can
+    be trained as a model."""
+
+    NAME: ClassVar[str] = "Magnitude"
+    ENV_VAR: ClassVar[str] = ENV_VAR
+    EXAMPLE: ClassVar[str] = "tau=0.005,prune_bias=0,per_layer_normalised=0"
+
+    tau: float | None = None  # threshold, in weight units (or in units of each tensor's RMS, see below)
+    prune_bias: bool = False  # zero biases with |b| <= the threshold too
+    per_layer_normalised: bool = False  # each tensor's threshold is tau x RMS(weight)
+
+    def problems(self) -> list[str]:
+        if self.tau is None:
+            return ["tau is required (a threshold >= 0, e.g. 0.005; or use a fixed variant such as "
+                    "nnUNetTrainerMagnitude_tau005)"]
+        if not math.isfinite(self.tau) or self.tau < 0:
+            return [f"tau must be a finite number >= 0, got {self.tau}"]
+        return []
+
+
+class MagnitudeMethod(PruningMethod):
+    """Zero every prunable weight with |w| <= tau once, at the start (after the dense weights are loaded); the
+    zero pattern is held while fine-tuning. Nothing is decided after epochs."""
+
+    settings_class = MagnitudeSettings
+    holds_zero_pattern = True
+
+    def start(self, network: nn.Module, graph: ChannelGraph) -> Removal:
+        s = self.settings
+        weights, biases = magnitude_masks(network, s.tau, s.per_layer_normalised, s.prune_bias)
+        return Removal(weights=weights, biases=biases, tau=s.tau)
 
 #: the paper's grid: 0 to 0.02 in steps of 0.001
 PAPER_GRID = tuple(round(0.001 * i, 3) for i in range(21))

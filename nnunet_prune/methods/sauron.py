@@ -1,4 +1,11 @@
-"""Sauron (arXiv:2209.13590, Algorithm 1): layer-wise thresholds and the pruning rule.
+"""Sauron (Gonzalez et al., "Sauron U-Net: simple automated redundancy elimination in medical image segmentation
+via filter pruning", arXiv:2209.13590): the whole of Algorithm 1 in one file.
+
+Per training step (§3.2): every coupling group's output (here: every output point of every group, i.e. encoder
+and decoder convs, transposed convs, residual-block outputs, never the segmentation heads) is average-pooled with
+window omega, and lambda * delta_opt (eq. 2: distance of every min-max normalised channel to channel 0, averaged
+over layers) is added to the loss. During the last ``stat_batches`` training steps of each epoch, the raw pooled
+maps' distances to a random reference channel pi (new per layer and epoch, §3.3) are summed per channel.
 
 After every epoch, for every layer l (here: every coupling group):
 
@@ -7,29 +14,45 @@ After every epoch, for every layer l (here: every coupling group):
   C2 the validation loss is not improving: the last value is above the best before it,
   C3 the layer pruned fewer than mu % of its filters in the previous epoch,
   C4 tau_l did not rise in the last rho epochs;
-* Procedure 2 -- remove every channel whose normalised distance delta_prune to a random reference channel pi is
-  below tau_l (never pi itself; the surgery layer never removes the last channel).
+* Procedure 2 -- delta_prune (eq. 3) = the mean distances normalised by their maximum, combined over a group's
+  output points by max (a channel is redundant only where it is redundant everywhere); remove every channel whose
+  delta_prune is below tau_l (never pi itself; the surgery layer never removes the last channel).
 
-This module holds the decisions only; statistics come from :mod:`nnunet_prune.criteria.sauron`, tensors are
-changed by :mod:`nnunet_prune.surgery`.
+Scores come from :mod:`nnunet_prune.criteria.sauron`, feature maps from
+:class:`~nnunet_prune.surgery.taps.ActivationTap`; tensors are changed by the trainers' driver
+(:mod:`nnunet_prune.surgery.removal`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
+import torch
 
-from nnunet_prune import NnUNetPruneError
+from nnunet_prune.criteria.sauron import delta_opt, normalise_by_max, pool, prune_distances
+from nnunet_prune.methods.base import MethodSettings, PruningMethod, TrainingProgress
+from nnunet_prune.surgery.graph import ChannelGraph, ChannelGroup
+from nnunet_prune.surgery.removal import Removal, SurgeryResult
+from nnunet_prune.surgery.taps import ActivationTap, ChannelStatistics
 
 ENV_VAR = "NNUNET_PRUNE_SAURON"
 
 
 @dataclass
-class SauronConfig:
-    """Sauron's hyperparameters, with the paper's defaults (§3.4)."""
+class SauronConfig(MethodSettings):
+    """Sauron's hyperparameters, with the paper's defaults (§3.4).
+
+    Set by a variant class (``nnUNetTrainerSauron_lambda0``), ``plans['nnunet_prune']['sauron']`` or
+    ``NNUNET_PRUNE_SAURON='tau_max=0.3,kappa=15'`` (:meth:`MethodSettings.resolve`).
+    """
+
+    NAME: ClassVar[str] = "Sauron"
+    ENV_VAR: ClassVar[str] = ENV_VAR
+    EXAMPLE: ClassVar[str] = "tau_max=0.3,kappa=15,rho=5,mu=2,omega=2"
+    ALIASES: ClassVar[dict[str, str]] = {"lambda": "lambda_", "lambda_": "lambda_"}
 
     lambda_: float = 0.5  # weight of delta_opt in the loss
     tau_max: float = 0.3  # largest threshold
@@ -40,9 +63,8 @@ class SauronConfig:
     stat_batches: int = 10  # delta_prune is averaged over this many training batches at the end of each epoch
     tau_init: float = 0.0  # starting threshold (the paper starts at 0; > 0 prunes from the first epoch)
 
-    def validate(self) -> SauronConfig:
-        problems = [f"{f.name.rstrip('_')} must be a finite number" for f in fields(self)
-                    if not math.isfinite(getattr(self, f.name))]
+    def problems(self) -> list[str]:
+        problems = super().problems()
         if self.lambda_ < 0:
             problems.append("lambda must be >= 0")
         if not 0 < self.tau_max <= 1:
@@ -54,58 +76,7 @@ class SauronConfig:
             problems.append("mu must be >= 0")
         if not 0 <= self.tau_init <= self.tau_max:
             problems.append("tau_init must be in [0, tau_max]")
-        if problems:
-            raise NnUNetPruneError("Invalid Sauron settings: " + "; ".join(problems) +
-                                   f". Set them as {ENV_VAR}='tau_max=0.3,kappa=15,rho=5,mu=2,omega=2'.")
-        return self
-
-    @classmethod
-    def resolve(cls, plans: Mapping | None = None, environ: Mapping[str, str] | None = None,
-                **defaults) -> SauronConfig:
-        """Defaults (``defaults`` override the paper's), then plans['nnunet_prune']['sauron'], then ``environ``'s
-        NNUNET_PRUNE_SAURON='key=value,...' (keys: lambda, tau_max, kappa, rho, mu, omega, stat_batches, tau_init).
-        ``environ`` is given by the caller (the trainer passes ``os.environ``); None means no environment.
-
-        Raises:
-            NnUNetPruneError: an unknown key, a value that is not a finite number, or one out of range.
-        """
-        cfg = cls(**defaults)
-        sources = []
-        if plans is not None:
-            sources.append(("plans['nnunet_prune']['sauron']", dict(plans.get("nnunet_prune", {}).get("sauron", {}))))
-        text = (environ or {}).get(ENV_VAR, "")  # the caller (nnU-Net glue) passes os.environ; methods never read it
-        if text.strip():
-            try:
-                pairs = dict(item.split("=", 1) for item in text.replace(";", ",").split(",") if item.strip())
-            except ValueError:
-                raise NnUNetPruneError(f"{ENV_VAR}={text!r}: expected comma-separated key=value pairs, e.g. "
-                                       f"'tau_max=0.3,kappa=15'.") from None
-            sources.append((ENV_VAR, pairs))
-        types = {f.name: f.type for f in fields(cls)}
-        for origin, values in sources:
-            for key, value in values.items():
-                name = "lambda_" if key.strip() in ("lambda", "lambda_") else key.strip()
-                if name not in types:
-                    raise NnUNetPruneError(f"{origin}: unknown Sauron setting {key!r} (known: lambda, "
-                                           f"{', '.join(n for n in types if n != 'lambda_')}).")
-                try:
-                    number = float(value)
-                    if not math.isfinite(number):
-                        raise ValueError
-                except (TypeError, ValueError):
-                    raise NnUNetPruneError(f"{origin}: {key}={value!r} is not a number (finite numbers only).") \
-                        from None
-                if types[name] in (int, "int"):
-                    if not number.is_integer():
-                        raise NnUNetPruneError(f"{origin}: {key}={value!r} must be a whole number.")
-                    number = int(number)
-                setattr(cfg, name, number)
-        return cfg.validate()
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["lambda"] = d.pop("lambda_")
-        return d
+        return problems
 
     # -- what a budget allows -----------------------------------------------------------------------
     def earliest_pruning_epoch(self) -> int:
@@ -219,3 +190,161 @@ class SauronThresholds:
 
     def load(self, state: Mapping) -> None:
         self.layers = {n: LayerState(**s) for n, s in state.items()}
+
+
+class SauronObserver:
+    """What Sauron computes from the feature maps, fed by an :class:`~nnunet_prune.surgery.taps.ActivationTap`.
+
+    Per training forward pass every tapped output (B, C, *spatial) is average-pooled (omega); the pooled maps are
+    kept for :meth:`extra_loss` (lambda * delta_opt, eq. 2) when lambda > 0, and while :attr:`collecting` the
+    distances of every channel to the group's reference channel (eq. 3, raw pooled maps) are summed per output
+    point (:class:`~nnunet_prune.surgery.taps.ChannelStatistics`). Used by :class:`SauronMethod` and timed by
+    ``benchmarks/sauron_step.py``.
+    """
+
+    def __init__(self, omega: int, lambda_: float):
+        self.omega = omega
+        self.lambda_ = lambda_
+        self.collecting = False
+        #: group name -> reference channel pi (only groups listed here get distances)
+        self.references: dict[str, int] = {}
+        self.distances = ChannelStatistics()
+        self.delta_opt_sum = torch.zeros(())
+        self.delta_opt_steps = 0
+        self._pooled: list[torch.Tensor] = []
+        self.tap = ActivationTap(self._observe)
+
+    def attach(self, graph: ChannelGraph) -> None:
+        """Tap every output point of every group of ``graph`` (earlier hooks are removed)."""
+        self.tap.attach(graph)
+
+    def detach(self) -> None:
+        self.tap.detach()
+
+    def _observe(self, group: ChannelGroup, point: int, output: torch.Tensor) -> None:
+        pooled = pool(output, self.omega)
+        if self.lambda_ > 0:
+            self._pooled.append(pooled)
+        if self.collecting and group.name in self.references:
+            with torch.no_grad():
+                d = prune_distances(pooled.detach().float(), self.references[group.name])
+            self.distances.add(group.name, point, d)
+
+    def extra_loss(self) -> torch.Tensor | None:
+        """lambda * delta_opt of the maps pooled since the last call (None if lambda is 0 or nothing was seen);
+        the maps are released and delta_opt is added to the running sum."""
+        maps, self._pooled = self._pooled, []
+        if self.lambda_ == 0 or not maps:
+            return None
+        value = delta_opt([m.float() for m in maps])
+        self.delta_opt_sum = self.delta_opt_sum.to(value.device) + value.detach()
+        self.delta_opt_steps += 1
+        return self.lambda_ * value
+
+    def end_step(self) -> None:
+        """Drop maps a step did not consume (e.g. a failed step) and stop collecting."""
+        self._pooled = []
+        self.collecting = False
+
+    def reset_epoch(self, references: dict[str, int]) -> None:
+        """New reference channels; the distances and the delta_opt sum start again."""
+        self.references = references
+        self.distances.reset()
+        self.delta_opt_sum, self.delta_opt_steps = torch.zeros(()), 0
+
+    def mean_distances(self, group: str, point: int) -> torch.Tensor | None:
+        """(C,) distances of one output point averaged over the collected batches (None if none)."""
+        return self.distances.mean(group, point)
+
+    def mean_delta_opt(self) -> float:
+        """delta_opt averaged over this epoch's training steps (nan if none)."""
+        return float(self.delta_opt_sum) / self.delta_opt_steps if self.delta_opt_steps else float("nan")
+
+
+class SauronMethod(PruningMethod):
+    """Algorithm 1 of the paper behind the method protocol (see the module docstring)."""
+
+    settings_class = SauronConfig
+    log_keys = ("delta_opt", "sauron_tau", "sauron_layers_raised")
+
+    def __init__(self, settings: SauronConfig, rng: np.random.Generator | None = None):
+        super().__init__(settings, rng)
+        self.thresholds = SauronThresholds(settings)
+        self.observer = SauronObserver(settings.omega, settings.lambda_)
+        self._raised: list[str] = []
+
+    def bind(self, graph: ChannelGraph) -> None:
+        self.thresholds.ensure([g.name for g in graph])
+        self.observer.attach(graph)
+
+    def release(self) -> None:
+        self.observer.detach()
+
+    def epoch_start(self, epoch: int, graph: ChannelGraph) -> None:
+        # a new random reference channel pi per layer and epoch (§3.3)
+        self.observer.reset_epoch({g.name: int(self.rng.integers(g.size)) for g in graph if g.size > 1})
+
+    def step_start(self, step: int, steps_per_epoch: int) -> None:
+        self.observer.collecting = step >= steps_per_epoch - self.settings.stat_batches
+
+    def extra_loss(self) -> torch.Tensor | None:
+        return self.observer.extra_loss()
+
+    def step_end(self) -> None:
+        self.observer.end_step()
+
+    def delta_prune(self, group: ChannelGroup) -> np.ndarray | None:
+        """Eq. (3): normalised distances of the group's channels to its reference, combined over the group's output
+        points by max (None if no batch was collected)."""
+        means = [self.observer.mean_distances(group.name, j) for j in range(len(group.outputs))]
+        per_point = [normalise_by_max(d) for d in means if d is not None]
+        if not per_point:
+            return None
+        return torch.stack(per_point).amax(dim=0).cpu().numpy()
+
+    def decide(self, graph: ChannelGraph, progress: TrainingProgress) -> Removal:
+        self._raised = self.thresholds.update(progress.epoch, progress.train_losses, progress.val_losses)
+        channels = {}
+        for g in graph:
+            d = self.delta_prune(g) if g.name in self.observer.references else None
+            if d is not None:
+                idx = self.thresholds.select(g.name, d, self.observer.references[g.name])
+                if idx:
+                    channels[g.name] = idx
+        return Removal(channels=channels)
+
+    def after_surgery(self, result: SurgeryResult, graph: ChannelGraph) -> None:
+        if result.channels is not None:  # C3 of the next epoch
+            for name, width in result.channels.widths_before.items():
+                self.thresholds.record_pruned(name, len(result.channels.removed.get(name, [])), width)
+
+    def scalars(self, graph: ChannelGraph) -> dict:
+        return {"delta_opt": self.observer.mean_delta_opt(),
+                "sauron_tau": [round(self.thresholds.layers[g.name].tau, 6) for g in graph],
+                "sauron_layers_raised": len(self._raised)}
+
+    def messages(self) -> list[str]:
+        """A line for the training log about this epoch's threshold rises (empty: none)."""
+        if not self._raised:
+            return []
+        return [f"Sauron: raised tau of {len(self._raised)} layers; "
+                f"mean tau {np.mean([s.tau for s in self.thresholds.layers.values()]):.3f}"]
+
+    def state(self) -> dict:
+        return {"thresholds": self.thresholds.state()}
+
+    def load_state(self, state: Mapping) -> None:
+        self.thresholds.load(state.get("thresholds", {}))
+
+    def schedule_problems(self, num_epochs: int, final_epochs_without_pruning: int) -> list[str]:
+        return self.settings.schedule_problems(num_epochs, final_epochs_without_pruning)
+
+    def end_advice(self, removed_any: bool, progress: TrainingProgress) -> list[str]:
+        if removed_any or progress.epoch < 0:
+            return []
+        s = self.settings
+        c1, c2 = condition_counts(progress.train_losses, progress.val_losses, s.rho)
+        return [f"Sauron removed no channel in {progress.epoch + 1} epochs. Thresholds rise only when the training "
+                f"loss is flat (C1: held after {c1} epochs) and the validation loss does not improve (C2: held after "
+                f"{c2}); tau_init={s.tau_init}. For a short run set {ENV_VAR}='tau_init=0.25,rho=2,kappa=3' or train "
+                f"longer (NNUNET_PRUNE_EPOCHS)."]

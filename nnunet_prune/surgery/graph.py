@@ -77,8 +77,10 @@ class ChannelGraph:
     """All coupling groups of one network, plus the input layout of every consumer."""
 
     def __init__(self, network: nn.Module, groups: list[ChannelGroup], layouts: dict[nn.Module, list[Segment]],
-                 heads: list[nn.Module]):
+                 heads: list[nn.Module], producer_levels: dict[nn.Module, int] | None = None):
         self.network = network
+        #: resolution level of every producer (a residual group spanning levels has producers at each of them)
+        self.producer_levels = producer_levels or {}
         self.groups = groups
         self.layouts = layouts
         #: segmentation heads (1x1 convs producing class logits): consumers only, never pruned
@@ -117,11 +119,31 @@ class ChannelGraph:
             offset += seg.channels if isinstance(seg, External) else seg.size
         raise KeyError(f"{self.module_names.get(consumer)} does not read group {group.name}")
 
-    def prune(self, removal, optimizer=None, min_width: int = 1):
+    def prune(self, removal, optimizer=None, min_width: int = 1, min_keep=None):
         """Remove channels in place; see :func:`nnunet_prune.surgery.prune.prune_channels`."""
         from nnunet_prune.surgery.prune import prune_channels
 
-        return prune_channels(self, removal, optimizer=optimizer, min_width=min_width)
+        return prune_channels(self, removal, optimizer=optimizer, min_width=min_width, min_keep=min_keep)
+
+    def dead_channels(self) -> dict[str, list[int]]:
+        """Channels no consumer reads: every consumer's input slice for the channel is all zero, by group name.
+
+        Removing them changes no output (the surgery oracle), so an exporter may always remove them. A filter whose
+        own weights are all zero is *not* dead: after its norm it still emits the constant bias beta.
+        """
+        import torch
+
+        out = {}
+        for g in self.groups:
+            alive = torch.zeros(g.size, dtype=torch.bool)
+            for c in g.consumers:
+                dim = 0 if isinstance(c, _ConvTransposeNd) else 1
+                sl = c.weight.detach().narrow(dim, self.input_offset(c, g), g.size).ne(0)
+                alive |= sl.transpose(0, dim).reshape(g.size, -1).any(dim=1).cpu()
+            dead = (~alive).nonzero().flatten().tolist()
+            if dead:
+                out[g.name] = dead
+        return out
 
 
 class _UnionFind:
@@ -163,10 +185,12 @@ class _Builder:
         self.protos: list[_Proto] = []
         self.layouts: dict[nn.Module, list] = {}
         self.heads: list[nn.Module] = []
+        self.producer_levels: dict[nn.Module, int] = {}
 
     def new(self, kind: str, level: int, label: str, producer: nn.Module, norm: nn.Module | None,
             output: nn.Module | None) -> int:
         gid = self.uf.add()
+        self.producer_levels[producer] = level
         self.protos.append(_Proto(kind, level, label, [producer], [norm] if norm is not None else [],
                                   [output] if output is not None else []))
         return gid
@@ -244,7 +268,7 @@ class _Builder:
             for s in resolved:
                 if isinstance(s, ChannelGroup) and module not in s.consumers:
                     s.consumers.append(module)
-        return ChannelGraph(network, list(groups.values()), layouts, self.heads)
+        return ChannelGraph(network, list(groups.values()), layouts, self.heads, self.producer_levels)
 
 
 def _check_conv(module: nn.Module) -> None:
@@ -277,9 +301,29 @@ def _encoder_stage_blocks(stage: nn.Module) -> list[nn.Module]:
 
 
 def build_channel_graph(network: nn.Module) -> ChannelGraph:
-    """Coupling groups of an nnU-Net ``PlainConvUNet`` or ``ResidualEncoderUNet`` (also when wrapped).
+    """Coupling groups of a network of a registered architecture (also when wrapped by DDP / torch.compile):
+    the builder of its :mod:`~nnunet_prune.surgery.architectures` entry.
 
-    Raises :class:`UnsupportedNetworkError` for other architectures.
+    Raises:
+        UnsupportedNetworkError: an architecture that is not registered, or a structure its builder cannot slice.
+    """
+    from nnunet_prune.stats import unwrap
+    from nnunet_prune.surgery import architectures
+
+    net = unwrap(network)
+    try:
+        arch = architectures.of(net)
+    except UnsupportedNetworkError:
+        return build_unet_graph(net)  # any U-Net of dynamic_network_architectures' structure; else a clear error
+    return arch.build_graph(net)
+
+
+def build_unet_graph(network: nn.Module) -> ChannelGraph:
+    """Coupling groups of an nnU-Net ``PlainConvUNet`` or ``ResidualEncoderUNet`` (2D/3D, any norm, bias or not,
+    deep supervision on or off).
+
+    Raises:
+        UnsupportedNetworkError: not such a U-Net, or a structure it contains cannot be sliced safely.
     """
     from nnunet_prune.stats import unwrap
 

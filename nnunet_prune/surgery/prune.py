@@ -52,12 +52,17 @@ def _optimizers(optimizer) -> list[torch.optim.Optimizer]:
     return list(optimizer)
 
 
-def plan_keep(graph: ChannelGraph, removal: Mapping, min_width: int = 1
+def plan_keep(graph: ChannelGraph, removal: Mapping, min_width: int = 1, min_keep: Mapping[str, int] | None = None
               ) -> tuple[dict[ChannelGroup, torch.Tensor], dict[str, list[int]], dict[str, int]]:
     """Validate a removal request and turn it into the kept indices of every affected group.
 
-    Indices are taken in the order given; if honouring all of them would leave fewer than ``min_width`` channels,
-    the last ones are dropped (pass the most removable channels first).
+    Indices are taken in the order given; if honouring all of them would leave fewer than ``min_width`` channels
+    (or fewer than the group's per-group cap ``min_keep[name]``, see :func:`caps_from_ratio`), the last ones are
+    dropped (pass the most removable channels first).
+
+    Raises:
+        ValueError: ``min_width`` < 1 or a group given twice.
+        IndexError: an index outside the group.
     """
     if min_width < 1:
         raise ValueError("min_width must be at least 1: a group with zero channels would disconnect the network")
@@ -71,7 +76,8 @@ def plan_keep(graph: ChannelGraph, removal: Mapping, min_width: int = 1
         bad = [i for i in idx if not 0 <= i < size]
         if bad:
             raise IndexError(f"group {g.name} has {size} channels; cannot remove {bad[:5]}")
-        allowed = max(size - min_width, 0)
+        floor = max(min_width, (min_keep or {}).get(g.name, 0))
+        allowed = max(size - floor, 0)
         if len(idx) > allowed:
             clipped[g.name] = len(idx) - allowed
             idx = idx[:allowed]
@@ -114,9 +120,30 @@ def index_slicer(shape: torch.Size, dims: Mapping[int, torch.Tensor]):
     return slicer
 
 
+def caps_from_ratio(initial_widths: Mapping[str, int], max_ratio: float | Mapping[str, float]) -> dict[str, int]:
+    """Per-group caps: the fewest channels each group keeps when at most ``max_ratio`` (a fraction in [0, 1], one
+    for all groups or per group name) of its ``initial_widths`` may be removed in all. Groups without a ratio
+    are not capped. The result is ``min_keep`` of :func:`prune_channels`.
+
+    Raises:
+        ValueError: a ratio outside [0, 1].
+    """
+    import math
+
+    ratios = max_ratio if isinstance(max_ratio, Mapping) else {k: max_ratio for k in initial_widths}
+    out = {}
+    for name, ratio in ratios.items():
+        if not 0 <= float(ratio) <= 1:
+            raise ValueError(f"maximum pruning ratio of {name} must be in [0, 1], got {ratio}")
+        if name in initial_widths:
+            out[name] = max(1, math.ceil(initial_widths[name] * (1 - float(ratio)) - 1e-9))
+    return out
+
+
 def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGroup, Sequence[int]],
                    optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
-                   min_width: int = 1, slicer_factory=None) -> PruneResult:
+                   min_width: int = 1, slicer_factory=None, min_keep: Mapping[str, int] | None = None
+                   ) -> PruneResult:
     """Remove channels from groups of ``graph`` in place and return what was done.
 
     ``removal`` maps a group (object, name or index) to the channel indices to remove. Every tensor that carries
@@ -125,12 +152,15 @@ def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGrou
     Parameters keep their identity; optimizer state (SGD momentum, Adam moments, any tensor shaped like its
     parameter) is sliced with the same indices so that training continues where it was; gradients are dropped.
     ``slicer_factory(shape, {dim: kept indices})`` makes the slicing function (default :func:`index_slicer`;
-    benchmarks swap it).
+    benchmarks swap it). ``min_width`` and the per-group caps ``min_keep`` clip requests (see :func:`plan_keep`).
+
+    Raises:
+        ValueError, IndexError: an invalid request (:func:`plan_keep`); nothing is changed then.
     """
     from nnunet_prune.stats import count_parameters
 
     result = PruneResult(widths_before=graph.widths(), params_before=count_parameters(graph.network))
-    keep, result.removed, result.clipped = plan_keep(graph, removal, min_width)
+    keep, result.removed, result.clipped = plan_keep(graph, removal, min_width, min_keep)
     if keep:
         device = next(graph.network.parameters()).device
         # indices are built on the host and copied to the device once per group / consumer, not once per tensor

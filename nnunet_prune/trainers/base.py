@@ -1,18 +1,30 @@
-"""``nnUNetTrainerPruning``: the base of every pruning trainer (nnU-Net glue, no method logic).
+"""``nnUNetTrainerPruning``: the base of every pruning trainer and the one driver of every method (nnU-Net glue).
 
-What it adds to ``nnUNetTrainer``:
+A method's trainer is a small variant class that sets attributes (nnU-Net's way)::
 
-* the network is built as the width-adaptive class of :mod:`nnunet_prune.networks`, so checkpoints written after
-  pruning load in the predictor, on ``--c`` and on ``--val``;
-* hooks for a method: :meth:`extra_training_loss` (added to nnU-Net's loss in training steps),
-  :meth:`decide_pruning` (called after each epoch's validation), :meth:`after_surgery`, and
-  :meth:`method_state` / :meth:`load_method_state` (saved in every checkpoint, restored on ``--c``);
-* :meth:`apply_pruning`: one call of the surgery layer -- rank 0's decision broadcast under DDP, optimizer state
-  sliced, ``torch.compile`` / DDP wrappers rebuilt, learning-rate schedule untouched;
+    class nnUNetTrainerSauron(nnUNetTrainerPruning):
+        method_class = SauronMethod
+
+    class nnUNetTrainerSauron_lambda0(nnUNetTrainerSauron):
+        method_defaults = {"lambda": 0.0}
+
+What the base adds to ``nnUNetTrainer``:
+
+* settings: the method's :class:`~nnunet_prune.methods.base.MethodSettings`, resolved from ``method_defaults``,
+  the plans entry ``plans['nnunet_prune'][<method>]`` and the method's variable, validated before nnU-Net creates
+  the fold folder, recorded in ``pruning_config.json``; ``--c`` with other settings is refused;
+* a dense start for every method (``start_from_dense``: a trained fold's weights, heads included, checked before
+  anything is written) and fine-tuning (``finetune_epochs``, ``finetune_lr_factor``; 0 epochs = prune and save);
+* the driver: the method's hooks at nnU-Net's hook points (module docstring of :mod:`nnunet_prune.methods.base`)
+  and one surgery call per decision (:func:`~nnunet_prune.surgery.removal.apply_removal`: rank 0's decision
+  broadcast under DDP, optimizer state sliced, per-group caps ``pruning_max_ratio``, ``torch.compile`` / DDP wrappers
+  rebuilt, learning-rate schedule untouched); no surgery in the last ``final_epochs_without_pruning`` epochs;
+* the network is built as the width-adaptive class of its architecture (:mod:`nnunet_prune.surgery.architectures`),
+  so checkpoints written after pruning load in the predictor, on ``--c`` and on ``--val``;
 * per-epoch parameter count, MACs per patch and per-group widths in nnU-Net's logger (so in the checkpoint and in
   ``progress_pruning.png``), in ``pruning_history.json`` in the fold folder, and ``pruning_widths.png`` at the end.
 
-Used on its own it trains the dense network (nothing is pruned), which is handy as a like-for-like baseline.
+Used on its own (no ``method_class``) it trains the dense network, a like-for-like baseline.
 """
 
 from __future__ import annotations
@@ -20,7 +32,7 @@ from __future__ import annotations
 import gc
 import json
 import os
-from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from time import time
 
@@ -32,14 +44,25 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from nnunet_prune import NnUNetPruneError
 from nnunet_prune.checkpoints import check_state_dict
+from nnunet_prune.methods.base import MethodSettings, PruningMethod, TrainingProgress
 from nnunet_prune.modelfolder import read_checkpoint
 from nnunet_prune.networks import adaptive_class_name
 from nnunet_prune.stats import count_macs, count_parameters, unwrap
-from nnunet_prune.surgery import ChannelGraph, PruneResult, build_channel_graph
+from nnunet_prune.surgery import ChannelGraph, build_channel_graph
+from nnunet_prune.surgery.masks import hold_masks, zero_pattern
+from nnunet_prune.surgery.prune import caps_from_ratio
+from nnunet_prune.surgery.removal import Removal, SurgeryResult, apply_removal
+from nnunet_prune.trainers import dense
 from nnunet_prune.trainers.budget import apply_budget_overrides, read_budget_overrides
 from nnunet_prune.trainers.logging import RECORD_KEY, STATE_KEY, PruningLocalLogger, plot_widths
 
+#: variables of earlier versions, and what replaced them (setting one stops the run with this advice)
+RENAMED_VARIABLES = {
+    "NNUNET_PRUNE_MAGNITUDE_TAU": "NNUNET_PRUNE_MAGNITUDE='tau=<value>'",
+    "NNUNET_PRUNE_MAGNITUDE_BIAS": "NNUNET_PRUNE_MAGNITUDE='tau=<value>,prune_bias=1'",
+}
 HISTORY_FILE = "pruning_history.json"
 CONFIG_FILE = "pruning_config.json"
 
@@ -74,14 +97,25 @@ def broadcast_decision(obj, src: int = 0):
 
 
 class nnUNetTrainerPruning(nnUNetTrainer):
+    #: the method this trainer runs (None: the dense network, no pruning)
+    method_class: type[PruningMethod] | None = None
+    #: a variant's defaults for the method's settings, by public name (the plans entry and the variable override)
+    method_defaults: dict = {}
     #: never shrink a coupling group below this many channels
     pruning_min_width: int = 1
+    #: per-group cap: at most this fraction of each group's initial width is removed in all (None: no cap)
+    pruning_max_ratio: float | None = None
     #: no surgery after the last this-many epochs: the network nnU-Net saves and validates has trained at its final
     #: width (pruning after the very last epoch left a demo's Sauron model with two classes at Dice 0, never
     #: recovered, although its last pseudo Dice was fine)
     final_epochs_without_pruning: int = 1
-    #: method-specific scalar series to log each epoch (names of keys the subclass logs with log_method_scalar)
-    method_log_keys: tuple[str, ...] = ()
+    #: start from a trained dense fold (see :mod:`nnunet_prune.trainers.dense`) instead of random weights
+    start_from_dense: bool = False
+    #: with a dense start: epochs of training after the start (0: prune and save, no training; None: nnU-Net's
+    #: budget); NNUNET_PRUNE_EPOCHS overrides it
+    finetune_epochs: int | None = None
+    #: with a dense start: nnU-Net's initial learning rate is multiplied by this
+    finetune_lr_factor: float = 1.0
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -90,12 +124,60 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         self.resolve_settings(plans, configuration, fold, dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.budget_overrides = apply_budget_overrides(self, overrides)
+        if self.start_from_dense:
+            if self.finetune_epochs == 0:  # prune and save: nnU-Net's run_training runs no epoch
+                self.num_epochs = 0
+            elif self.finetune_epochs is not None and "num_epochs" not in self.budget_overrides:
+                self.num_epochs = self.finetune_epochs
+            if self.num_epochs:
+                self.initial_lr *= self.finetune_lr_factor
+        self.method: PruningMethod | None = (self.method_class(self.method_settings)
+                                             if self.method_class is not None else None)
         self._resumed_from_epoch: int | None = None
-        self.logger.local_logger = PruningLocalLogger(extra_keys=self.method_log_keys)
+        self.logger.local_logger = PruningLocalLogger(
+            extra_keys=self.method.log_keys if self.method is not None else ())
         self._graph: ChannelGraph | None = None
         self._macs_cache: tuple[tuple, int] | None = None
         self._epoch_removed: dict[str, list[int]] = {}
-        self._method_scalars: dict[str, float] = {}
+        self._epoch_blocks: list[str] = []
+        self._held_masks = None
+        self._step = 0
+        self._caps: dict[str, int] | None = None
+        self.start_result: SurgeryResult | None = None
+
+    # ------------------------------------------------------------------ settings
+    def resolve_settings(self, plans: dict, configuration: str, fold: int, dataset_json: dict) -> None:
+        """Read and validate the method's settings and check the dense start, raising
+        :class:`~nnunet_prune.NnUNetPruneError` for anything wrong. Called at the start of ``__init__``, BEFORE
+        nnU-Net creates the fold folder: a rejected setting leaves nothing behind (an empty ``fold_k`` would break
+        ``nnUNetv2_predict`` without ``-f``). Subclasses that read more call ``super()`` first."""
+        renamed = [f"{old} is no longer read: set {new}" for old, new in RENAMED_VARIABLES.items() if old in os.environ]
+        if renamed:
+            raise NnUNetPruneError("; ".join(renamed) + " (one variable per method; see `nnunet-prune doctor`).")
+        self.method_settings: MethodSettings | None = None
+        if self.method_class is not None:
+            self.method_settings = self.method_class.settings_class.resolve(plans, environ=os.environ,
+                                                                            **self.method_defaults)
+        if self.pruning_max_ratio is not None and not 0 <= self.pruning_max_ratio <= 1:
+            raise NnUNetPruneError(f"{type(self).__name__}.pruning_max_ratio must be in [0, 1], got "
+                                   f"{self.pruning_max_ratio}.")
+        self._dense_path = self._dense_ckpt = None
+        if self.start_from_dense:
+            self._dense_path = dense.dense_checkpoint_path(plans, configuration, fold, os.environ)
+            if not dense.has_own_checkpoint(type(self).__name__, plans, configuration, fold):  # else --c / --val
+                self._dense_ckpt = dense.check_dense(self._dense_path, type(self).__name__, plans, configuration,
+                                                     fold, dataset_json)
+
+    def method_config(self) -> dict:
+        """The method's settings by public name (``pruning_config.json``'s "method")."""
+        return self.method_settings.as_dict() if self.method_settings is not None else {}
+
+    def start_config(self) -> dict:
+        """How the fold starts: random weights, or a dense fold and the fine-tuning budget."""
+        if not self.start_from_dense:
+            return {"from": "random initialisation"}
+        return {"from": "dense", "dense_checkpoint": self._dense_path, "finetune_epochs": self.num_epochs,
+                "initial_lr": self.initial_lr if self.num_epochs else None}
 
     # ------------------------------------------------------------------ network
     @staticmethod
@@ -134,72 +216,218 @@ class nnUNetTrainerPruning(nnUNetTrainer):
             module = DDP(module, device_ids=[self.local_rank])
         self.network = module
 
-    # ------------------------------------------------------------------ hooks for methods
-    def resolve_settings(self, plans: dict, configuration: str, fold: int, dataset_json: dict) -> None:
-        """Read and validate the method's settings (plans entry, environment) and check its inputs, raising
-        :class:`~nnunet_prune.NnUNetPruneError` for anything wrong. Called at the start of ``__init__``, BEFORE
-        nnU-Net creates the fold folder: a rejected setting leaves nothing behind (an empty ``fold_k`` would break
-        ``nnUNetv2_predict`` without ``-f``)."""
-
-    def extra_training_loss(self) -> torch.Tensor | None:
-        """A term added to nnU-Net's loss in every training step (e.g. Sauron's delta_opt); None for none."""
-        return None
-
-    def decide_pruning(self) -> Mapping[str, list[int]]:
-        """Called on every rank after each epoch's validation; return {group name: channel indices} to remove.
-
-        Only rank 0's answer is used (it is broadcast to the other ranks).
-        """
-        return {}
-
-    def after_surgery(self, result: PruneResult) -> None:
-        """Called after channels were removed (e.g. to reset statistics that refer to old channel indices)."""
-
-    def method_state(self) -> dict:
-        """JSON-serialisable state of the method, saved in every checkpoint."""
-        return {}
-
-    def load_method_state(self, state: dict) -> None:
-        """Restore what :meth:`method_state` returned (on ``--c``)."""
-
-    def method_config(self) -> dict:
-        """Hyperparameters of the method, written to pruning_config.json in the fold folder."""
-        return {}
-
-    def log_method_scalar(self, key: str, value) -> None:
-        """Log a per-epoch value of the method (key must be in ``method_log_keys``)."""
-        self._method_scalars[key] = value
-        self.logger.log(key, value, self.current_epoch)
-
-    # ------------------------------------------------------------------ machinery
-    def apply_pruning(self, removal: Mapping[str, list[int]]) -> PruneResult:
-        """Remove channels (same decision on every rank), keep optimizer state, rebuild wrappers."""
-        removal = broadcast_decision({str(k): [int(i) for i in v] for k, v in removal.items()})
-        result = self.graph.prune(removal, optimizer=self.optimizer, min_width=self.pruning_min_width)
-        if result.changed:
+    # ------------------------------------------------------------------ surgery
+    def apply_removal(self, removal: Removal) -> SurgeryResult:
+        """One surgery: rank 0's channels and blocks on every rank, caps and ``pruning_min_width``, optimizer state
+        kept, wrappers and the channel graph rebuilt, the method re-bound."""
+        channels, blocks = broadcast_decision(({str(k): [int(i) for i in v] for k, v in removal.channels.items()},
+                                               list(removal.blocks)))
+        removal = Removal(channels, removal.weights, removal.biases, blocks, removal.tau)
+        result = apply_removal(self.network_module, removal, graph=self.graph, optimizer=self.optimizer,
+                               min_width=self.pruning_min_width, min_keep=self._caps)
+        if result.structure_changed:
+            if result.blocks is not None and result.blocks.changed:
+                self._graph = None
+                self._epoch_blocks += result.blocks.removed
+                self.print_to_log_file(f"pruning: removed blocks {', '.join(result.blocks.removed)}")
             self._rewrap_network()
-            for name, idx in result.removed.items():
-                self._epoch_removed.setdefault(name, []).extend(idx)
-            self.print_to_log_file(f"pruning: {result.summary()}")
-            self.after_surgery(result)
+            if result.channels is not None and result.channels.changed:
+                for name, idx in result.channels.removed.items():
+                    self._epoch_removed.setdefault(name, []).extend(idx)
+                self.print_to_log_file(f"pruning: {result.channels.summary()}")
+            if self.method is not None:
+                self.method.bind(self.graph)
         return result
 
     def current_macs(self) -> int:
-        """MACs of one patch through the inference path (cached until the widths change)."""
-        key = tuple(self.graph.widths().values())
+        """MACs of one patch through the inference path (cached until the structure changes)."""
+        key = (tuple(self.graph.widths().items()), count_parameters(self.network_module))
         if self._macs_cache is None or self._macs_cache[0] != key:
             self._macs_cache = (key, count_macs(self.network_module, self.configuration_manager.patch_size))
         return self._macs_cache[1]
 
+    def progress(self) -> TrainingProgress:
+        """The current epoch, the budget and nnU-Net's losses so far (what a method's decision sees)."""
+        log = self.logger.local_logger.my_fantastic_logging
+        return TrainingProgress(self.current_epoch, self.num_epochs, log["train_losses"], log["val_losses"])
+
+    def pruning_allowed(self) -> bool:
+        """Whether channels may still be removed after the current epoch (see final_epochs_without_pruning)."""
+        return self.current_epoch < self.num_epochs - self.final_epochs_without_pruning
+
+    # ------------------------------------------------------------------ the driver
+    def initialize(self):
+        if self.num_epochs == 0 and not self.was_initialized:  # prune and save (no epoch): nnU-Net's run_training
+            self.num_epochs = 1  # starts, runs no epoch and saves checkpoint_final; its LR schedule needs >= 1 epoch
+            try:
+                super().initialize()
+            finally:
+                self.num_epochs = 0
+            return
+        super().initialize()
+
     def on_train_start(self):
+        self.check_resume_settings()
         super().on_train_start()
+        fresh = self._resumed_from_epoch is None
+        if fresh and self.start_from_dense:
+            self.load_dense_weights()
         if self.local_rank == 0:
             self.write_config()
+        initial = self.initial_widths()
+        self._caps = caps_from_ratio(initial, self.pruning_max_ratio) if self.pruning_max_ratio is not None \
+            else None
+        if self.method is None:
+            return
+        self.method.bind(self.graph)
+        if fresh:
+            removal = self.method.start(self.network_module, self.graph)
+            if removal:
+                self.start_result = self.apply_removal(removal)
+                self._record_start(self.start_result)
+            if self.local_rank == 0:
+                for problem in self.method.schedule_problems(self.num_epochs, self.final_epochs_without_pruning):
+                    self.print_to_log_file(f"WARNING: {problem}")
+        if self.method.holds_zero_pattern and (not fresh or (self.start_result and self.start_result.sparsity)):
+            self._held_masks = zero_pattern(self.network_module)
+
+    def _record_start(self, result: SurgeryResult) -> None:
+        """Log the start surgery; a sparsity record goes to ``magnitude_pruning.json`` in the fold folder."""
+        if result.sparsity is not None:
+            sp = result.sparsity
+            self.print_to_log_file(
+                f"Magnitude pruning at tau={sp.tau}: {sp.sparsity_of_nonzero:.2%} of the non-zero conv weights zeroed "
+                f"({sp.sparsity_all_parameters:.2%} of all parameters are zero now)")
+            if self.local_rank == 0:
+                with open(os.path.join(self.output_folder, "magnitude_pruning.json"), "w") as f:
+                    json.dump(sp.as_dict(), f, indent=4)
+        if result.structure_changed:
+            self.print_to_log_file(f"nnunet-prune: {count_parameters(self.network_module):,} parameters, "
+                                   f"{self.current_macs() / 1e9:.3f} GMAC per patch after the start surgery")
+
+    def load_dense_weights(self) -> None:
+        """Load the dense fold (every tensor, heads included) into the network; checked in resolve_settings."""
+        ckpt = self._dense_ckpt or dense.check_dense(self._dense_path, type(self).__name__,
+                                                     self.plans_manager.plans, self.configuration_name, self.fold,
+                                                     self.dataset_json)
+        self._dense_ckpt = None  # the weights live in the network from here on
+        self.network_module.load_state_dict(ckpt["network_weights"])
+        self._graph, self._macs_cache = None, None
+        self._rewrap_network()
+        self.inference_allowed_mirroring_axes = ckpt.get("inference_allowed_mirroring_axes",
+                                                         self.inference_allowed_mirroring_axes)
+        self.print_to_log_file(f"Loaded dense weights from {self._dense_path}")
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._step = 0
+        if self.method is not None:
+            self.method.epoch_start(self.current_epoch, self.graph)
+
+    def train_step(self, batch: dict) -> dict:
+        if self.method is not None:
+            self.method.step_start(self._step, self.num_iterations_per_epoch)
+        try:
+            out = super().train_step(batch)
+        finally:
+            if self.method is not None:
+                self.method.step_end()
+            self._step += 1
+        if self._held_masks is not None:
+            hold_masks(self._held_masks)  # the zero pattern stays fixed while training
+        return out
+
+    def extra_training_loss(self) -> torch.Tensor | None:
+        """The method's term added to nnU-Net's loss in the current training step (None: none)."""
+        return self.method.extra_loss() if self.method is not None else None
+
+    def _build_loss(self):
+        return LossWithExtraTerm(super()._build_loss(), self)
+
+    def on_epoch_end(self):
+        start = time()
+        scalars: dict = {}
+        removal = Removal()
+        if self.method is not None:
+            removal = self.method.decide(self.graph, self.progress())  # still observes in the final epochs
+            scalars = self.method.scalars(self.graph)
+            for line in self.method.messages():
+                self.print_to_log_file(line)
+            for key, value in scalars.items():
+                self.logger.log(key, value, self.current_epoch)
+        if (removal.channels or removal.blocks) and not self.pruning_allowed():
+            self.print_to_log_file(f"nnunet-prune: no surgery in the last {self.final_epochs_without_pruning} "
+                                   f"epoch(s) (the final network must train at its final width); "
+                                   f"{sum(len(v) for v in removal.channels.values())} channel(s) and "
+                                   f"{len(removal.blocks)} block(s) kept.")
+            removal = Removal()
+        result = self.apply_removal(removal)
+        if self.method is not None:
+            self.method.after_surgery(result, self.graph)
+        record = {
+            "epoch": self.current_epoch,
+            "widths": self.graph.widths(),
+            "removed": {k: len(v) for k, v in self._epoch_removed.items()},
+            **({"removed_blocks": self._epoch_blocks} if self._epoch_blocks else {}),
+            "num_parameters": count_parameters(self.network_module),
+            "macs": self.current_macs(),
+            "pruning_seconds": round(time() - start, 4),
+            **scalars,
+        }
+        self.logger.log("num_parameters", record["num_parameters"], self.current_epoch)
+        self.logger.log("macs", record["macs"], self.current_epoch)
+        local = self.logger.local_logger
+        local.log(RECORD_KEY, record, self.current_epoch)
+        local.log(STATE_KEY, self.method.state() if self.method is not None else {}, self.current_epoch)
+        if result.structure_changed or self._epoch_removed:
+            self.print_to_log_file(f"parameters {record['num_parameters']:,}, {record['macs'] / 1e9:.3f} GMAC/patch")
+        self._epoch_removed, self._epoch_blocks = {}, []
+        super().on_epoch_end()  # timestamps, checkpoints (with the records above), progress plots
+        if self.local_rank == 0:
+            self.write_history()
+
+    # ------------------------------------------------------------------ records
+    def initial_widths(self) -> dict[str, int]:
+        """Group widths of the unpruned network (from ``pruning_config.json`` on ``--c``; else the current ones)."""
+        try:
+            with open(os.path.join(self.output_folder, CONFIG_FILE)) as f:
+                widths = json.load(f).get("initial_widths")
+            if isinstance(widths, dict):
+                return {str(k): int(v) for k, v in widths.items()}
+        except (OSError, ValueError, AttributeError, TypeError):
+            pass
+        return self.graph.widths()
+
+    def check_resume_settings(self) -> None:
+        """On ``--c``: refuse method settings that differ from those the fold was started with (a Sauron run with
+        another tau_max, a magnitude fold with another tau would be neither).
+
+        Raises:
+            NnUNetPruneError: naming each setting, its recorded and its current value, and what to do.
+        """
+        if self._resumed_from_epoch is None:
+            return
+        try:
+            with open(os.path.join(self.output_folder, CONFIG_FILE)) as f:
+                previous = json.load(f).get("method")
+        except (OSError, ValueError, AttributeError):
+            return
+        if not isinstance(previous, dict):
+            return
+        method = self.method_config()
+        changed = [f"{k}: {previous[k]!r} at the start, {method[k]!r} now" for k in sorted(set(method) & set(previous))
+                   if method[k] != previous[k]]
+        if changed:
+            var = self.method_settings.ENV_VAR if self.method_settings is not None else ""
+            raise NnUNetPruneError(
+                f"{type(self).__name__} fold {self.fold} was started with other method settings "
+                f"({'; '.join(changed)}; recorded in {os.path.join(self.output_folder, CONFIG_FILE)}). Continue "
+                f"(--c) with the settings it was started with" + (f" ({var}, plans entry)" if var else "") +
+                ", or train a new fold without --c. Nothing was changed.")
 
     def write_config(self) -> None:
-        """pruning_config.json: what the fold was started with (method settings, budget, widths, parameters, MACs),
-        kept on ``--c``; each resume is appended under "resumes" with its budget and settings, and settings that
-        differ from the start are named there and in the training log."""
+        """pruning_config.json: what the fold was started with (method settings, start, budget, widths, parameters,
+        MACs), kept on ``--c``; each resume is appended under "resumes" with its budget."""
         path = os.path.join(self.output_folder, CONFIG_FILE)
         budget = {"num_epochs": self.num_epochs, "num_iterations_per_epoch": self.num_iterations_per_epoch,
                   "num_val_iterations_per_epoch": self.num_val_iterations_per_epoch,
@@ -213,23 +441,21 @@ class nnUNetTrainerPruning(nnUNetTrainer):
             except (OSError, ValueError):
                 previous = None
         if isinstance(previous, dict) and "method" in previous:
-            changed = sorted(k for k in set(method) | set(previous["method"])
-                             if method.get(k) != previous["method"].get(k))
             resume = {"time": datetime.now().astimezone().isoformat(timespec="seconds"),
                       "epoch": self._resumed_from_epoch, "trainer": self.__class__.__name__, "budget": budget,
-                      "method": method, "method_settings_changed": changed,
-                      "parameters": count_parameters(self.network_module), "macs_per_patch": self.current_macs()}
+                      "method": method, "parameters": count_parameters(self.network_module),
+                      "macs_per_patch": self.current_macs()}
             previous.setdefault("resumes", []).append(resume)
             config = previous
-            if changed:
-                self.print_to_log_file(f"nnunet-prune: WARNING: resumed with method settings that differ from the "
-                                       f"start of this fold: {', '.join(changed)} (recorded in {CONFIG_FILE}).")
         else:
             config = {
                 "trainer": self.__class__.__name__,
                 "method": method,
+                "method_class": None if self.method_class is None else self.method_class.__name__,
+                "start": self.start_config(),
                 "budget": budget,
                 "min_width": self.pruning_min_width,
+                "max_ratio": self.pruning_max_ratio,
                 "final_epochs_without_pruning": self.final_epochs_without_pruning,
                 "initial_widths": self.graph.widths(),
                 "initial_parameters": count_parameters(self.network_module),
@@ -244,43 +470,6 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         os.replace(tmp, path)
         self.print_to_log_file(f"nnunet-prune: {count_parameters(self.network_module):,} parameters, "
                                f"{self.current_macs() / 1e9:.3f} GMAC per patch; method settings: {method}")
-
-    def _build_loss(self):
-        return LossWithExtraTerm(super()._build_loss(), self)
-
-    def pruning_allowed(self) -> bool:
-        """Whether channels may still be removed after the current epoch (see final_epochs_without_pruning)."""
-        return self.current_epoch < self.num_epochs - self.final_epochs_without_pruning
-
-    def on_epoch_end(self):
-        start = time()
-        removal = self.decide_pruning()  # the method still observes and logs in the final epochs
-        if removal and not self.pruning_allowed():
-            self.print_to_log_file(f"nnunet-prune: no surgery in the last {self.final_epochs_without_pruning} "
-                                   f"epoch(s) (the final network must train at its final width); "
-                                   f"{sum(len(v) for v in removal.values())} channel(s) kept.")
-            removal = {}
-        result = self.apply_pruning(removal)
-        record = {
-            "epoch": self.current_epoch,
-            "widths": self.graph.widths(),
-            "removed": {k: len(v) for k, v in self._epoch_removed.items()},
-            "num_parameters": count_parameters(self.network_module),
-            "macs": self.current_macs(),
-            "pruning_seconds": round(time() - start, 4),
-            **self._method_scalars,
-        }
-        self.logger.log("num_parameters", record["num_parameters"], self.current_epoch)
-        self.logger.log("macs", record["macs"], self.current_epoch)
-        local = self.logger.local_logger
-        local.log(RECORD_KEY, record, self.current_epoch)
-        local.log(STATE_KEY, self.method_state(), self.current_epoch)
-        if result.changed or self._epoch_removed:
-            self.print_to_log_file(f"parameters {record['num_parameters']:,}, {record['macs'] / 1e9:.3f} GMAC/patch")
-        self._epoch_removed, self._method_scalars = {}, {}
-        super().on_epoch_end()  # timestamps, checkpoints (with the records above), progress plots
-        if self.local_rank == 0:
-            self.write_history()
 
     def write_history(self) -> None:
         """pruning_history.json: one record per finished epoch (derived from the logger, so it matches --c)."""
@@ -301,8 +490,14 @@ class nnUNetTrainerPruning(nnUNetTrainer):
 
     def on_train_end(self):
         super().on_train_end()
-        if self.local_rank == 0:
-            records = [r for r in self.logger.local_logger.my_fantastic_logging.get(RECORD_KEY, []) if r]
+        records = [r for r in self.logger.local_logger.my_fantastic_logging.get(RECORD_KEY, []) if r]
+        if self.method is not None:
+            if self.local_rank == 0 and records:
+                removed_any = any(sum(r["removed"].values()) or r.get("removed_blocks") for r in records)
+                for line in self.method.end_advice(removed_any, replace(self.progress(), epoch=len(records) - 1)):
+                    self.print_to_log_file(f"WARNING: {line}")
+            self.method.release()
+        if self.local_rank == 0 and records:
             initial = None  # the unpruned widths (records start after epoch 0's surgery); else the first record
             try:
                 with open(os.path.join(self.output_folder, CONFIG_FILE)) as f:
@@ -329,7 +524,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         self._graph, self._macs_cache = None, None
         self._rewrap_network()
         state = self.logger.local_logger.last(STATE_KEY)
-        if state:
-            self.load_method_state(state)
+        if state and self.method is not None:
+            self.method.load_state(state)
         self.print_to_log_file(f"nnunet-prune: loaded {count_parameters(self.network_module):,} parameters, "
                                f"widths {self.graph.widths()}")

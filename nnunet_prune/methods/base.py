@@ -1,0 +1,236 @@
+"""The method protocol: what every pruning method of this package is, whatever its paper.
+
+A method is a :class:`PruningMethod` subclass with a :class:`MethodSettings` dataclass. The trainers' generic driver
+(:class:`nnunet_prune.trainers.base.nnUNetTrainerPruning`) calls it at fixed points and applies what it returns
+with :func:`nnunet_prune.surgery.removal.apply_removal`; a method never slices a tensor and never reads the
+environment or nnU-Net's plans (the glue passes them in)::
+
+    settings = SauronSettings.resolve(plans_entry, env_text, **variant_defaults)   # validated
+    method = SauronMethod(settings)
+    method.bind(graph)                         # start; again after every surgery and after --c
+    removal = method.start(network, graph)     # once, after the weights are loaded (one-shot methods decide here)
+    for each epoch:
+        method.epoch_start(epoch, graph)
+        for each training step:
+            method.step_start(step, steps_per_epoch)
+            loss = nnU-Net's loss + method.extra_loss()
+            method.step_end()
+        removal = method.decide(graph, progress)        # rank 0's answer is used under DDP
+        result = apply_removal(...)                     # skipped in the last epochs: see the driver
+        method.after_surgery(result, graph)             # every epoch, also when nothing was removed
+        log method.scalars(); checkpoint method.state()
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnunet_prune import NnUNetPruneError
+from nnunet_prune.surgery.graph import ChannelGraph
+from nnunet_prune.surgery.removal import Removal, SurgeryResult
+
+_TRUE, _FALSE = ("1", "true", "t", "yes", "y", "on"), ("0", "false", "f", "no", "n", "off", "")
+
+
+@dataclass
+class MethodSettings:
+    """Base of every method's settings: a dataclass of numbers and flags, validated, in one documented form.
+
+    Sources, later ones win: the dataclass defaults (the paper's), the variant class's defaults, the plans entry
+    ``plans['nnunet_prune'][NAME.lower()]``, then the method's variable ``ENV_VAR='key=value,...'``. The resolved
+    values are recorded in the fold's ``pruning_config.json``.
+    """
+
+    NAME: ClassVar[str] = "method"
+    ENV_VAR: ClassVar[str] = ""
+    EXAMPLE: ClassVar[str] = ""
+    #: public key -> field name (e.g. "lambda" -> "lambda_": a keyword cannot be a field)
+    ALIASES: ClassVar[dict[str, str]] = {}
+
+    def problems(self) -> list[str]:
+        """What is wrong with these values (empty: valid). Subclasses add their ranges."""
+        return [f"{self.public_name(f.name)} must be a finite number" for f in fields(self)
+                if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]
+
+    def validate(self) -> MethodSettings:
+        """Return self if valid.
+
+        Raises:
+            NnUNetPruneError: listing every problem and the variable to set.
+        """
+        problems = self.problems()
+        if problems:
+            raise NnUNetPruneError(f"Invalid {self.NAME} settings: " + "; ".join(problems) +
+                                   (f". Set them as {self.ENV_VAR}='{self.EXAMPLE}'." if self.ENV_VAR else "."))
+        return self
+
+    @classmethod
+    def public_name(cls, field_name: str) -> str:
+        return next((k for k, v in cls.ALIASES.items() if v == field_name), field_name)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """The public setting names, as the plans entry and the variable spell them."""
+        return [cls.public_name(f.name) for f in fields(cls)]
+
+    @classmethod
+    def parse_env(cls, text: str) -> dict[str, str]:
+        """``'a=1,b=2'`` (``;`` works too) -> {'a': '1', 'b': '2'}.
+
+        Raises:
+            NnUNetPruneError: not key=value pairs.
+        """
+        try:
+            return dict((k.strip(), v.strip()) for k, v in (item.split("=", 1) for item in
+                                                            text.replace(";", ",").split(",") if item.strip()))
+        except ValueError:
+            raise NnUNetPruneError(f"{cls.ENV_VAR}={text!r}: expected comma-separated key=value pairs, e.g. "
+                                   f"'{cls.EXAMPLE}'.") from None
+
+    @classmethod
+    def resolve(cls, plans: Mapping | None = None, environ: Mapping[str, str] | None = None, **defaults: Any
+                ) -> MethodSettings:
+        """Defaults (``defaults`` by public or field name override the dataclass's), then
+        ``plans['nnunet_prune'][NAME.lower()]``, then ``environ[ENV_VAR]``; validated. ``environ`` is given by the
+        caller (the glue passes ``os.environ``); None means no environment.
+
+        Raises:
+            NnUNetPruneError: an unknown key, a value of the wrong type, or one out of range.
+        """
+        cfg = cls()
+        sources: list[tuple[str, Mapping]] = [("defaults", defaults)]
+        if plans is not None:
+            entry = (plans.get("nnunet_prune") or {}).get(cls.NAME.lower()) or {}
+            if not isinstance(entry, Mapping):
+                raise NnUNetPruneError(f"plans['nnunet_prune']['{cls.NAME.lower()}'] must be a mapping of settings.")
+            sources.append((f"plans['nnunet_prune']['{cls.NAME.lower()}']", dict(entry)))
+        text = (environ or {}).get(cls.ENV_VAR, "") if cls.ENV_VAR else ""
+        if text.strip():
+            sources.append((cls.ENV_VAR, cls.parse_env(text)))
+        types = {f.name: f.type for f in fields(cls)}
+        for origin, values in sources:
+            for key, value in values.items():
+                name = cls.ALIASES.get(key.strip(), key.strip())
+                if name not in types:
+                    raise NnUNetPruneError(f"{origin}: unknown {cls.NAME} setting {key!r} (known: "
+                                           f"{', '.join(cls.keys())}).")
+                setattr(cfg, name, _convert(origin, key, value, str(types[name])))
+        return cfg.validate()
+
+    def as_dict(self) -> dict:
+        """The values by public name (what ``pruning_config.json`` records)."""
+        return {self.public_name(k): v for k, v in asdict(self).items()}
+
+
+def _convert(origin: str, key: str, value: Any, type_name: str) -> Any:
+    if value is None and "None" in type_name:
+        return None
+    if "bool" in type_name:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise NnUNetPruneError(f"{origin}: {key}={value!r} must be true or false (1/0).")
+    try:
+        number = float(value)
+        if not math.isfinite(number) or isinstance(value, bool):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise NnUNetPruneError(f"{origin}: {key}={value!r} is not a number (finite numbers only).") from None
+    if type_name.startswith("int"):
+        if not number.is_integer():
+            raise NnUNetPruneError(f"{origin}: {key}={value!r} must be a whole number.")
+        return int(number)
+    return number
+
+
+@dataclass
+class TrainingProgress:
+    """What the driver tells a method after an epoch: the epoch (0-based), the budget, and nnU-Net's losses so far
+    (one value per finished epoch, the current one last)."""
+
+    epoch: int
+    num_epochs: int
+    train_losses: Sequence[float]
+    val_losses: Sequence[float]
+
+
+class PruningMethod:
+    """One paper's algorithm behind the protocol of the module docstring. Every hook has a no-op default.
+
+    Class attributes: ``settings_class`` (its :class:`MethodSettings`), ``log_keys`` (names of the per-epoch scalars
+    :meth:`scalars` returns, logged in nnU-Net's logger and ``pruning_history.json``), ``holds_zero_pattern``
+    (weights zeroed by :meth:`start` stay zero while training continues: the driver re-applies the zero pattern
+    after every optimizer step).
+    """
+
+    settings_class: ClassVar[type[MethodSettings]] = MethodSettings
+    log_keys: ClassVar[tuple[str, ...]] = ()
+    holds_zero_pattern: ClassVar[bool] = False
+
+    def __init__(self, settings: MethodSettings, rng: np.random.Generator | None = None):
+        self.settings = settings
+        self.rng = rng if rng is not None else np.random.default_rng()
+
+    # -- structure --------------------------------------------------------------------------------------
+    def bind(self, graph: ChannelGraph) -> None:
+        """The network's structure is ``graph`` now (at the start, after a surgery, after loading a checkpoint):
+        (re-)attach taps, size per-group state."""
+
+    def release(self) -> None:
+        """Remove hooks (the training ended)."""
+
+    # -- decisions ----------------------------------------------------------------------------------------
+    def start(self, network: nn.Module, graph: ChannelGraph) -> Removal:
+        """Once before training, after the weights are loaded (a dense start included). One-shot methods decide
+        here; others return nothing."""
+        return Removal()
+
+    def decide(self, graph: ChannelGraph, progress: TrainingProgress) -> Removal:
+        """After each epoch's validation: what to remove now."""
+        return Removal()
+
+    def after_surgery(self, result: SurgeryResult, graph: ChannelGraph) -> None:
+        """After every :meth:`decide` (also when nothing was removed or surgery was not allowed)."""
+
+    # -- training -------------------------------------------------------------------------------------------
+    def epoch_start(self, epoch: int, graph: ChannelGraph) -> None:
+        """Before the first training step of an epoch."""
+
+    def step_start(self, step: int, steps_per_epoch: int) -> None:
+        """Before training step ``step`` (0-based) of the epoch."""
+
+    def extra_loss(self) -> torch.Tensor | None:
+        """A term added to nnU-Net's loss in the current training step (None: none)."""
+        return None
+
+    def step_end(self) -> None:
+        """After a training step (also a failed one)."""
+
+    # -- records ----------------------------------------------------------------------------------------------
+    def scalars(self, graph: ChannelGraph) -> dict[str, Any]:
+        """Per-epoch values to log (keys from ``log_keys``), asked right after :meth:`decide`."""
+        return {}
+
+    def state(self) -> dict:
+        """JSON-serialisable state, saved in every checkpoint (nnU-Net's logger) and restored on ``--c``."""
+        return {}
+
+    def load_state(self, state: Mapping) -> None:
+        """Restore what :meth:`state` returned."""
+
+    def schedule_problems(self, num_epochs: int, final_epochs_without_pruning: int) -> list[str]:
+        """Why a run of this budget would prune nothing or little (warnings at the start; empty: none)."""
+        return []
+
+    def end_advice(self, removed_any: bool, progress: TrainingProgress) -> list[str]:
+        """Warnings at the end of training (e.g. why nothing was removed)."""
+        return []

@@ -1,0 +1,94 @@
+"""The architecture registry: per network class, how to build it, resize it to a state dict, and its coupling graph.
+
+Each supported architecture is one :class:`Architecture` entry, found by the dotted class name nnU-Net plans use
+(``configuration['architecture']['network_class_name']``), by the adaptive class name, or by a network's type:
+
+* **build**: ``adaptive_class`` is the width-adaptive subclass (:mod:`nnunet_prune.networks`) that nnU-Net's
+  ``get_network_from_plans`` instantiates with the plans' ``arch_kwargs`` -- what every trainer of this package,
+  the predictor and every tool build;
+* **resize**: ``resize(network, state_dict)`` gives a network the widths and block counts of a state dict;
+* **graph**: ``build_graph(network)`` returns its :class:`~nnunet_prune.surgery.graph.ChannelGraph`.
+
+A new architecture (e.g. PSP-Seg's) calls :func:`register` in the module that defines it; since plans name the
+class by its dotted path, importing it (which nnU-Net does to build it) registers it. Tools look architectures up
+here and never name a class.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nnunet_prune.surgery.graph import ChannelGraph, UnsupportedNetworkError, build_unet_graph
+from nnunet_prune.surgery.resize import resize_to_state_dict
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One supported network class (see the module docstring)."""
+
+    stock_class: str  # dotted path, as plans name it
+    adaptive_class: str  # dotted path of the width-adaptive subclass
+    build_graph: Callable[[nn.Module], ChannelGraph]
+    resize: Callable[[nn.Module, Mapping[str, torch.Tensor]], bool] = resize_to_state_dict
+
+
+ARCHITECTURES: list[Architecture] = []
+
+
+def register(architecture: Architecture) -> Architecture:
+    """Add (or replace, by stock class) an architecture; returns it."""
+    ARCHITECTURES[:] = [a for a in ARCHITECTURES if a.stock_class != architecture.stock_class]
+    ARCHITECTURES.append(architecture)
+    return architecture
+
+
+def _dotted(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def for_class_name(name: str) -> Architecture:
+    """The entry whose stock or adaptive class is ``name`` (a dotted path; a module not imported yet is imported,
+    so that architectures defined elsewhere register themselves).
+
+    Raises:
+        UnsupportedNetworkError: no such architecture, naming the supported ones.
+    """
+    for _ in range(2):
+        for a in ARCHITECTURES:
+            if name in (a.stock_class, a.adaptive_class):
+                return a
+        module = name.rpartition(".")[0]
+        try:
+            importlib.import_module(module) if module else None
+        except ImportError:
+            break
+    raise UnsupportedNetworkError(
+        f"Architecture {name} is not supported by nnunet-prune (supported: "
+        f"{', '.join(a.stock_class for a in ARCHITECTURES)}). Plan the dataset with a planner that builds one of "
+        f"them.")
+
+
+def of(network: nn.Module) -> Architecture:
+    """The entry of a network (its class or the nearest registered base class).
+
+    Raises:
+        UnsupportedNetworkError: no registered architecture.
+    """
+    for cls in type(network).__mro__:
+        name = _dotted(cls)
+        for a in ARCHITECTURES:
+            if name in (a.stock_class, a.adaptive_class):
+                return a
+    raise UnsupportedNetworkError(
+        f"{type(network).__name__} is not a supported architecture (supported: "
+        f"{', '.join(a.stock_class for a in ARCHITECTURES)}).")
+
+
+for _cls in ("PlainConvUNet", "ResidualEncoderUNet"):
+    register(Architecture(f"dynamic_network_architectures.architectures.unet.{_cls}",
+                          f"nnunet_prune.networks.Adaptive{_cls}", build_unet_graph))

@@ -1,0 +1,75 @@
+"""What a method decided to remove, and one call that applies it.
+
+A :class:`Removal` is the single answer every pruning method gives (channels of coupling groups, individual
+weights, whole blocks); :func:`apply_removal` is the single place that turns it into tensor changes, used by the
+trainers' generic driver and by the tools (export, sweep).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from nnunet_prune.stats import unwrap
+from nnunet_prune.surgery.blocks import BlockRemovalResult, remove_blocks
+from nnunet_prune.surgery.graph import ChannelGraph, build_channel_graph
+from nnunet_prune.surgery.masks import SparsityStats, apply_weight_masks
+from nnunet_prune.surgery.prune import PruneResult
+
+
+@dataclass
+class Removal:
+    """What to remove. Any part may be empty.
+
+    * ``channels``: group name -> channel indices (most removable first: caps and ``min_width`` clip the tail);
+    * ``weights`` / ``biases``: conv module -> bool keep-mask shaped like the tensor (unstructured pruning);
+    * ``blocks``: module paths from :func:`~nnunet_prune.surgery.blocks.removable_blocks`;
+    * ``tau``: the threshold behind the masks, for the record.
+    """
+
+    channels: dict[str, list[int]] = field(default_factory=dict)
+    weights: dict[nn.Module, torch.Tensor] = field(default_factory=dict)
+    biases: dict[nn.Module, torch.Tensor] = field(default_factory=dict)
+    blocks: list[str] = field(default_factory=list)
+    tau: float = float("nan")
+
+    def __bool__(self) -> bool:
+        return bool(self.channels or self.weights or self.biases or self.blocks)
+
+
+@dataclass
+class SurgeryResult:
+    """What :func:`apply_removal` did (parts that were not requested are None)."""
+
+    channels: PruneResult | None = None
+    sparsity: SparsityStats | None = None
+    blocks: BlockRemovalResult | None = None
+
+    @property
+    def structure_changed(self) -> bool:
+        """Whether shapes or modules changed (wrappers and the channel graph must be rebuilt)."""
+        return bool((self.channels and self.channels.changed) or (self.blocks and self.blocks.changed))
+
+
+def apply_removal(network: nn.Module, removal: Removal, *, graph: ChannelGraph | None = None,
+                  optimizer: torch.optim.Optimizer | None = None, min_width: int = 1,
+                  min_keep: Mapping[str, int] | None = None) -> SurgeryResult:
+    """Apply a :class:`Removal` in place: weight masks, then channels (optimizer state sliced), then blocks
+    (parameters dropped from the optimizer). ``graph`` must be the current graph of ``network`` if given.
+
+    Raises:
+        ValueError, IndexError, UnsupportedNetworkError: an invalid request, before anything changed in its part.
+    """
+    net = unwrap(network)
+    result = SurgeryResult()
+    if removal.weights or removal.biases:
+        result.sparsity = apply_weight_masks(net, removal.weights, removal.biases, tau=removal.tau)
+    if removal.channels or graph is not None:  # with a graph: always (the result then lists every group's width)
+        graph = graph if graph is not None else build_channel_graph(net)
+        result.channels = graph.prune(removal.channels, optimizer=optimizer, min_width=min_width, min_keep=min_keep)
+    if removal.blocks:
+        result.blocks = remove_blocks(net, removal.blocks, optimizer)
+    return result
