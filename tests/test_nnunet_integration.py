@@ -27,6 +27,10 @@ def test_doctor_sees_every_class(nnunet):
     assert "All good" in out
     assert "ok  nnUNetTrainerSauron" in out and "ok  LUnetPlanner" in out
     assert "NO " not in out
+    from nnunet_prune.variables import PACKAGE_VARIABLES
+
+    assert all(var in out for var in PACKAGE_VARIABLES)  # every variable the package reads
+    assert re.search(r"ok  nnunetv2\.run\.run_training\.get_trainer_from_args +patched", out)
 
 
 def test_lunet_plans_constant_width_and_shared_data(nnunet, dataset2d):

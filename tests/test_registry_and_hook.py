@@ -264,3 +264,35 @@ def test_unknown_fingerprint_extractor_is_not_called_a_planner():
     with pytest.raises(Exception) as e:
         api.extract_fingerprints([999], "DatasetFingerprintExtractorr", clean=False)
     assert "planner" not in str(e.value).lower()
+
+
+def test_patches_apply_all_or_none_when_nnunet_changes(monkeypatch, capsys):
+    """A group of patches whose one target no longer has the parameters its wrapper relies on is not applied at all
+    (one warning line), and doctor's status names the reason."""
+    import types
+
+    from nnunet_prune.integration import patches
+
+    fake = types.ModuleType("fake_nnunet_module")
+
+    def lookup(folder, class_name):
+        return "original"
+
+    def other(trainer_name):
+        return "original"
+
+    fake.lookup, fake.other = lookup, other
+    monkeypatch.setitem(sys.modules, "fake_nnunet_module", fake)
+    group = (patches.Patch("fake_nnunet_module", "other", lambda f: (lambda *a: "wrapped"), ("trainer_name",), "x"),
+             patches.Patch("fake_nnunet_module", "lookup", lambda f: (lambda *a: "wrapped"),
+                           ("folder", "class_name", "current_module"), "y"))
+    monkeypatch.setitem(patches.PATCHES, "fake_nnunet_module", group)
+    patches.patch_module(fake)
+    assert fake.other is other and fake.lookup is lookup  # none applied, the first one included
+    assert "left unpatched" in capsys.readouterr().err
+    status = {s["target"]: s["state"] for s in patches.patch_status()}
+    assert status["fake_nnunet_module.lookup"] == "signature changed (no parameter current_module)"
+    assert status["fake_nnunet_module.other"] == "not patched"
+    monkeypatch.setitem(patches.PATCHES, "fake_nnunet_module", group[:1])
+    patches.patch_module(fake)
+    assert fake.other("t") == "wrapped"

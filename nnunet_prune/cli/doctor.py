@@ -6,9 +6,7 @@ import os
 import subprocess
 import sys
 
-ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_compile",
-            "nnUNet_n_proc_DA", "nnUNet_def_n_proc", "NNUNET_PRUNE_DISABLE_HOOK", "NNUNET_PRUNE_EPOCHS",
-            "NNUNET_PRUNE_ITERS_PER_EPOCH", "NNUNET_PRUNE_VAL_ITERS")
+from nnunet_prune.variables import NNUNET_VARIABLES, PACKAGE_VARIABLES
 
 # run in a fresh interpreter, started the way the stock console scripts start
 _PROBE = r"""
@@ -18,6 +16,7 @@ out = {"hook": "_nnunet_prune_hook" in sys.modules,
 from nnunet_prune import registry
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 import nnunetv2.experiment_planning.plan_and_preprocess_api as api
+import nnunetv2.run.run_training
 import io, contextlib
 trainers = {}
 for name in registry.TRAINERS:
@@ -38,6 +37,11 @@ for name in registry.PLANNERS:
     except Exception as e:
         planners[name] = "NOT FOUND: " + type(e).__name__
 out["trainers"], out["planners"] = trainers, planners
+try:
+    from nnunet_prune.integration.patches import patch_status
+    out["patches"] = patch_status()
+except Exception as e:
+    out["patches"] = [{"target": "?", "purpose": "", "state": "could not check: " + type(e).__name__}]
 print("NNUNET_PRUNE_PROBE" + json.dumps(out))
 """
 
@@ -67,10 +71,13 @@ def run(args) -> int:
     print(f"nnunet-prune {__version__}  (python {sys.version.split()[0]}, {sys.executable})")
     for dist in ("nnunetv2", "torch", "dynamic-network-architectures", "batchgenerators"):
         print(f"  {dist:<30} {_version(dist)}")
-    print("\nEnvironment:")
-    for var in ENV_VARS:
-        value = os.environ.get(var)
-        print(f"  {var:<30} {value if value is not None else '(not set)'}")
+    for title, table in (("nnU-Net's variables", NNUNET_VARIABLES),
+                         ("Variables of this package (every one it reads)", PACKAGE_VARIABLES)):
+        print(f"\n{title}:")
+        for var, what in table.items():
+            value = os.environ.get(var)
+            print(f"  {var:<30} {value if value is not None else '(not set)'}")
+            print(f"  {'':<30}   {what}")
 
     problems = []
     try:
@@ -103,6 +110,12 @@ def run(args) -> int:
             print(f"  {'ok ' if ok else 'NO '} {name:<38} {where}")
             if not ok:
                 problems.append(f"nnU-Net does not find {name}")
+    print("\nnnU-Net functions this package wraps (all of a module or none; checked against nnU-Net's signatures):")
+    for p in probe.get("patches", []):
+        ok = p["state"] == "patched"
+        print(f"  {'ok ' if ok else 'NO '} {p['target']:<84} {p['state']}")
+        if not ok:
+            problems.append(f"{p['target']} is not patched ({p['state']}): {p['purpose']} does not work")
     unset = [v for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results") if not os.environ.get(v)]
     if unset:
         print(f"Note: {', '.join(unset)} not set; nnU-Net needs them to plan, train and predict "
@@ -111,5 +124,6 @@ def run(args) -> int:
     if problems:
         print("Problems:\n" + "\n".join(f"  - {p}" for p in dict.fromkeys(problems)))
         return 1
-    print("All good: the stock nnU-Net commands see every trainer and planner of this package.")
+    print("All good: the stock nnU-Net commands see every trainer and planner of this package, and every patch of "
+          "nnU-Net applies.")
     return 0

@@ -22,6 +22,8 @@ import functools
 import inspect
 import sys
 import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from nnunet_prune import NnUNetPruneError, registry
 
@@ -31,28 +33,83 @@ RUN_TRAINING = "nnunetv2.run.run_training"
 DEFAULT_PLANNER = "nnunetv2.experiment_planning.experiment_planners.default_experiment_planner"
 
 
-def patch_module(module) -> None:
-    """Apply the patch belonging to ``module`` (an nnU-Net module that was just executed)."""
-    if getattr(module, "_nnunet_prune_patched", False):
-        return
-    if module.__name__ == PLAN_API:
-        module.recursive_find_python_class = _planner_lookup(module.recursive_find_python_class)
-        module.plan_experiments = _looking_up("planner", module.plan_experiments)
-        module.extract_fingerprints = _looking_up("fingerprint extractor", module.extract_fingerprints)
-        from nnunet_prune.planners.reuse import wrap_preprocess_dataset
+@dataclass(frozen=True)
+class Patch:
+    """One nnU-Net function this package wraps: where it lives, the wrapper factory, the parameters the wrapper
+    relies on (checked before anything is patched), and why."""
 
-        module.preprocess_dataset = wrap_preprocess_dataset(module.preprocess_dataset)
-        planner_module = sys.modules.get(DEFAULT_PLANNER)
-        if planner_module is not None and hasattr(planner_module, "get_allowed_n_proc_DA"):
-            planner_module.get_allowed_n_proc_DA = _at_least_one(planner_module.get_allowed_n_proc_DA)
-    elif module.__name__ == FIND_OBJECTS:
-        module.recursive_find_trainer_class_by_name = _trainer_lookup(module.recursive_find_trainer_class_by_name)
-    elif module.__name__ == RUN_TRAINING:
-        module.get_trainer_from_args = _plans_check(module.get_trainer_from_args)
-    else:
+    module: str
+    function: str
+    wrap: Callable
+    needs: tuple[str, ...]
+    purpose: str
+
+    @property
+    def target(self) -> str:
+        return f"{self.module}.{self.function}"
+
+
+def _wrap_preprocess(original):
+    from nnunet_prune.planners.reuse import wrap_preprocess_dataset
+
+    return wrap_preprocess_dataset(original)
+
+
+#: trigger module (the nnU-Net module whose import applies the group) -> its patches, applied all or none
+PATCHES: dict[str, tuple[Patch, ...]] = {}
+
+
+def _original(function):
+    return getattr(function, "_nnunet_prune_original", function)
+
+
+def check_patch(patch: Patch) -> str | None:
+    """None if ``patch`` can be applied now (module imported, function present, the parameters it relies on
+    present), else why not."""
+    module = sys.modules.get(patch.module)
+    if module is None:
+        return "module not imported"
+    function = getattr(module, patch.function, None)
+    if not callable(function):
+        return "function not found"
+    try:
+        parameters = inspect.signature(_original(function)).parameters
+    except (TypeError, ValueError):
+        return "signature unreadable"
+    missing = [n for n in patch.needs if n not in parameters]
+    return f"signature changed (no parameter {', '.join(missing)})" if missing else None
+
+
+def patch_module(module) -> None:
+    """Apply the patches belonging to ``module`` (an nnU-Net module that was just executed): every one of them, or
+    none if any target is missing or its signature no longer has the parameters the wrapper relies on (then a
+    one-line warning, and nnU-Net runs unpatched)."""
+    group = PATCHES.get(module.__name__)
+    if group is None or getattr(module, "_nnunet_prune_patched", False):
         return
+    problems = [f"{p.target}: {why}" for p in group if (why := check_patch(p)) is not None]
+    if problems:
+        sys.stderr.write(f"nnunet-prune: nnU-Net changed, {module.__name__} is left unpatched "
+                         f"({'; '.join(problems)}); run `nnunet-prune doctor`.\n")
+        return
+    for p in group:
+        target = sys.modules[p.module]
+        setattr(target, p.function, p.wrap(_original(getattr(target, p.function))))
     module._nnunet_prune_patched = True
     install_excepthook()
+
+
+def patch_status() -> list[dict]:
+    """For ``nnunet-prune doctor``: every patch with its target, purpose and state ("patched", "module not imported",
+    "signature changed (...)", ...)."""
+    out = []
+    for trigger, group in PATCHES.items():
+        applied = getattr(sys.modules.get(trigger), "_nnunet_prune_patched", False)
+        for p in group:
+            why = check_patch(p)
+            state = "patched" if applied and why is None else why or "not patched"
+            out.append({"target": p.target, "purpose": p.purpose, "state": state})
+    return out
 
 
 #: what the class lookup of plan_and_preprocess_api is looking for right now (it serves -pl and -fpe alike;
@@ -136,6 +193,31 @@ def _plans_check(original):
 
     get_trainer_from_args._nnunet_prune_original = original
     return get_trainer_from_args
+
+
+PATCHES.update({
+    PLAN_API: (
+        Patch(PLAN_API, "recursive_find_python_class", lambda f: _planner_lookup(f),
+              ("folder", "class_name", "current_module"), "-pl finds this package's planners; unknown names listed"),
+        Patch(PLAN_API, "plan_experiments", lambda f: _looking_up("planner", f), ("dataset_ids",),
+              "tells the lookup it is looking for a planner"),
+        Patch(PLAN_API, "extract_fingerprints", lambda f: _looking_up("fingerprint extractor", f), ("dataset_ids",),
+              "tells the lookup it is looking for a fingerprint extractor"),
+        Patch(PLAN_API, "preprocess_dataset", _wrap_preprocess, ("dataset_id", "plans_identifier", "configurations"),
+              "LUnet plans reuse the default plans' preprocessed data"),
+        Patch(DEFAULT_PLANNER, "get_allowed_n_proc_DA", _at_least_one, (),
+              "nnUNet_n_proc_DA=0 no longer crashes planning"),
+    ),
+    FIND_OBJECTS: (
+        Patch(FIND_OBJECTS, "recursive_find_trainer_class_by_name", _trainer_lookup, ("trainer_name",),
+              "an unknown -tr lists the trainers that exist"),
+    ),
+    RUN_TRAINING: (
+        Patch(RUN_TRAINING, "get_trainer_from_args", _plans_check,
+              ("dataset_name_or_id", "configuration", "plans_identifier"),
+              "nnUNetv2_train with unplanned plans names the planner command"),
+    ),
+})
 
 
 def planner_command(dataset: str, plans: str) -> str:
