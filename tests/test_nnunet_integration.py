@@ -6,6 +6,7 @@ find_best_configuration, export, the magnitude trainers and errors for unknown n
 
 from __future__ import annotations
 
+import re
 import sys
 
 import nibabel
