@@ -208,9 +208,9 @@ class Demo:
         import torch
 
         from nnunet_prune.modelfolder import ModelFolder, label_names
-        from nnunet_prune.report import measure_latency_stats
+        from nnunet_prune.metrics import measure_latency_stats
         from nnunet_prune.stats import count_macs, count_parameters
-        from nnunet_prune.sweep import dice_per_case, foreground_mean
+        from nnunet_prune.metrics import dice_per_case, foreground_mean
 
         self.threads = torch.get_num_threads()
 

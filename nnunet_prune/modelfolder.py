@@ -152,6 +152,39 @@ def build_adaptive_network(plans_manager, configuration_manager, dataset_json: d
                                   allow_init=False, deep_supervision=deep_supervision)
 
 
+def build_network_like_predictor(plans_manager, configuration_manager, dataset_json: dict, trainer_name: str,
+                                 deep_supervision: bool = False) -> nn.Module:
+    """The network exactly as ``nnUNetPredictor`` builds it for a model folder: the checkpoint's trainer class
+    (found where nnU-Net looks, this package's trainers included), its ``build_network_architecture`` (both of
+    nnU-Net's signatures). A pruning trainer returns its width-adaptive network; a stock trainer returns the
+    plans' class, which is the adaptive one in an exported folder.
+
+    Raises:
+        NnUNetPruneError: nnU-Net does not know the checkpoint's trainer.
+    """
+    import inspect
+
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+    cm = configuration_manager
+    try:
+        trainer_class = recursive_find_trainer_class_by_name(trainer_name)
+    except RuntimeError as e:
+        if isinstance(e, NnUNetPruneError):
+            raise
+        raise NnUNetPruneError(f"The checkpoint names the trainer {trainer_name}, which nnU-Net cannot find (nor can "
+                               f"nnUNetv2_predict). Install the package that defines it.") from None
+    n_in = determine_num_input_channels(plans_manager, cm, dataset_json)
+    n_out = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
+    if "plans_manager" in inspect.signature(trainer_class.build_network_architecture).parameters:
+        return trainer_class.build_network_architecture(plans_manager, cm, n_in, n_out,
+                                                        enable_deep_supervision=deep_supervision)
+    return trainer_class.build_network_architecture(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                                    cm.network_arch_init_kwargs_req_import, n_in, n_out,
+                                                    enable_deep_supervision=deep_supervision)
+
+
 def check_trained_fold(file: str | os.PathLike, plans: dict, configuration: str, dataset_json: dict) -> dict:
     """Check a trained fold's checkpoint that a trainer starts from, before the trainer writes anything: readable,
     trained with the same plans identifier and configuration, weights that fit the plans' network. Returns it.
@@ -318,14 +351,25 @@ class ModelFolder:
 
     # ---------------------------------------------------------------- networks
     def build_network(self, deep_supervision: bool = False) -> nn.Module:
-        """The plans' network as its width-adaptive class (every supported architecture), randomly initialised."""
-        return build_adaptive_network(self.plans_manager, self.configuration_manager, self.dataset_json,
-                                      deep_supervision)
+        """The network as ``nnUNetv2_predict`` builds it (:func:`build_network_like_predictor`), randomly
+        initialised; its architecture must be registered (:mod:`nnunet_prune.surgery.architectures`).
+
+        Raises:
+            NnUNetPruneError: the trainer is unknown, or the architecture is not supported.
+        """
+        from nnunet_prune.networks import adaptive_class_name
+
+        adaptive_class_name(self.configuration_manager.network_arch_class_name)  # supported, or a clear error
+        return build_network_like_predictor(self.plans_manager, self.configuration_manager, self.dataset_json,
+                                            self.trainer_name, deep_supervision)
 
     def load_network(self, fold, deep_supervision: bool = False) -> nn.Module:
-        """The fold's trained network (widths from its checkpoint), in eval mode on the CPU."""
+        """The fold's trained network (widths and blocks from its checkpoint), in eval mode on the CPU."""
+        from nnunet_prune.surgery.architectures import of
+
         net = self.build_network(deep_supervision)
         ckpt = self.first_checkpoint if fold == self.folds[0] else self.load_checkpoint(fold)
+        of(net).resize(net, ckpt["network_weights"])  # also when a stock class was built (it does not resize)
         net.load_state_dict(ckpt["network_weights"])
         return net.eval()
 

@@ -9,23 +9,25 @@ them into CSV, Markdown and a Dice-vs-MACs plot.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from nnunet_prune import NnUNetPruneError
+from nnunet_prune.metrics import (
+    LatencyStats,
+    measure_latency,
+    measure_latency_stats,
+    peak_gpu_memory_mb,
+)
 from nnunet_prune.modelfolder import ModelFolder, label_names, parse_fold
 from nnunet_prune.outputs import check_writable_files, record_files
-from nnunet_prune.stats import count_macs, count_parameters, inference_outputs, input_channels, unwrap
+from nnunet_prune.stats import count_macs, count_parameters
 
 TOOL = "report"
 #: the files ``report`` writes into its output folder (an existing one must be its own earlier output)
@@ -107,113 +109,6 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-@contextlib.contextmanager
-def _eval_on(network: nn.Module, device: torch.device, threads: int | None):
-    """Network in eval mode on ``device`` with ``threads`` CPU threads; everything restored afterwards."""
-    modes = {m: m.training for m in network.modules()}
-    first = next(network.parameters(), None)
-    old_device = first.device if first is not None else torch.device("cpu")
-    old_threads = torch.get_num_threads()
-    old_benchmark = torch.backends.cudnn.benchmark
-    try:
-        if threads:
-            torch.set_num_threads(threads)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # as nnU-Net's predictor
-        network.eval().to(device)
-        yield network
-    finally:
-        network.to(old_device)
-        for m, mode in modes.items():
-            m.training = mode
-        torch.set_num_threads(old_threads)
-        torch.backends.cudnn.benchmark = old_benchmark
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-
-def _autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Milliseconds per forward pass over one patch: median, quartiles and range of ``runs`` timed passes."""
-
-    median_ms: float
-    q1_ms: float
-    q3_ms: float
-    min_ms: float
-    max_ms: float
-    runs: int
-
-    @property
-    def iqr_ms(self) -> float:
-        """Interquartile range (ms): the spread of the middle half of the runs."""
-        return self.q3_ms - self.q1_ms
-
-    @classmethod
-    def of(cls, seconds: Sequence[float]) -> LatencyStats:
-        ms = sorted(t * 1000.0 for t in seconds)
-        if len(ms) >= 2:
-            q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive")
-        else:
-            q1 = q3 = ms[0]
-        return cls(statistics.median(ms), q1, q3, ms[0], ms[-1], len(ms))
-
-
-def measure_latency(network: nn.Module, patch_size: Sequence[int], device: str | torch.device = "cpu",
-                    repeats: int = 10, warmup: int = 2, compiled: bool = False, threads: int | None = None,
-                    bf16: bool = False) -> float:
-    """Median milliseconds for one forward pass over one patch; see :func:`measure_latency_stats`."""
-    return measure_latency_stats(network, patch_size, device, repeats, warmup, compiled, threads, bf16).median_ms
-
-
-def measure_latency_stats(network: nn.Module, patch_size: Sequence[int], device: str | torch.device = "cpu",
-                          repeats: int = 10, warmup: int = 2, compiled: bool = False, threads: int | None = None,
-                          bf16: bool = False) -> LatencyStats:
-    """Milliseconds for one forward pass over one patch (batch 1, ``torch.inference_mode``, no deep supervision)
-    over ``repeats`` timed passes after ``warmup`` untimed ones: median, quartiles and range.
-
-    ``compiled`` uses ``torch.compile``: on the CPU plain inductor, on CUDA ``mode="reduce-overhead"`` (CUDA
-    graphs), which is how a deployed model would run. ``bf16`` runs under bfloat16 autocast. ``threads`` sets
-    ``torch.set_num_threads`` for the measurement. The network's device, mode and the thread count are restored
-    afterwards; a compiled measurement resets torch.compile's caches (``torch.compiler.reset``) before and after.
-    A compile failure propagates (callers decide whether it is fatal).
-    """
-    if repeats < 1 or warmup < 0:
-        raise ValueError("repeats must be >= 1 and warmup >= 0")
-    device = torch.device(device)
-    cuda = device.type == "cuda"
-    net = unwrap(network)
-    x = torch.randn((1, input_channels(net), *patch_size), generator=torch.Generator().manual_seed(0)).to(device)
-    times = []
-    with _eval_on(net, device, threads), inference_outputs(net):
-        fn = net
-        if compiled:
-            torch.compiler.reset()  # a fresh cache: no recompile limit across networks, no stale CUDA graphs
-            fn = torch.compile(net, mode="reduce-overhead" if cuda else None)
-            warmup = max(warmup, 3 if cuda else 1)  # compilation, then CUDA-graph recording, stay out of the timing
-        try:
-            with torch.inference_mode(), _autocast(device, bf16):
-                for i in range(warmup + repeats):
-                    if cuda and compiled:
-                        torch.compiler.cudagraph_mark_step_begin()
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    start = time.perf_counter()
-                    fn(x)
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    if i >= warmup:
-                        times.append(time.perf_counter() - start)
-        finally:
-            if compiled:
-                del fn
-                torch.compiler.reset()
-    return LatencyStats.of(times)
-
-
 def timing_warnings(row: FoldEfficiency, busy: bool = True) -> list[str]:
     """What makes a row's latencies doubtful: a busy machine while it was timed (load average; with ``busy``), or
     a wide spread of the timed runs (interquartile range above 20 % of the median, with at least 4 runs)."""
@@ -249,24 +144,6 @@ def busy_machine_warning(threads: int, load: float | None = None) -> str | None:
         return None
     return (f"the machine is busy (load average {load:.2f} on {cores} cores, timing with {threads} thread(s)): "
             f"latencies are inflated and not comparable between models; measure again on a quiet machine.")
-
-
-def peak_gpu_memory_mb(network: nn.Module, patch_size: Sequence[int], device: str | torch.device = "cuda",
-                       bf16: bool = True) -> float:
-    """Peak CUDA memory (MB, 1e6 bytes) allocated by PyTorch while predicting one patch (batch 1, eager), weights
-    included: what the GPU must hold to run the network at all."""
-    device = torch.device(device)
-    net = unwrap(network)
-    with _eval_on(net, device, None), inference_outputs(net):
-        x = torch.randn((1, input_channels(net), *patch_size), device=device)
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        with torch.inference_mode(), _autocast(device, bf16):
-            net(x)
-        torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
-        del x
-    return peak / 1e6
 
 
 def _first_line(e: BaseException, limit: int = 200) -> str:

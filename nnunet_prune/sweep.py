@@ -40,6 +40,7 @@ from nnunet_prune.methods.magnitude import (
     refinement_taus,
     taus_for_sparsities,
 )
+from nnunet_prune.metrics import class_counts, dice, dice_per_case, foreground_mean
 from nnunet_prune.modelfolder import ModelFolder, label_names
 from nnunet_prune.outputs import record_files, remove_owned
 from nnunet_prune.transforms import magnitude_prune
@@ -145,35 +146,6 @@ def check_labels(labels: Path, cases: Sequence[str], ending: str) -> dict[str, P
 
 
 # ------------------------------------------------------------------------------------------------ metrics
-def class_counts(reference: dict[str, np.ndarray], prediction: dict[str, np.ndarray], labels,
-                 ignore_label=None) -> dict[str, dict[str, tuple[int, int, int]]]:
-    """Per case and class (label or region, as nnU-Net's evaluation): (TP, FP, FN) voxel counts; the reference
-    volume of a class is TP + FN."""
-    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
-
-    out = {}
-    for case, ref in reference.items():
-        pred = prediction[case]
-        ignore = ref == ignore_label if ignore_label is not None else None
-        out[case] = {}
-        for label in labels:
-            tp, fp, fn, _ = compute_tp_fp_fn_tn(region_or_label_to_mask(ref, label),
-                                                region_or_label_to_mask(pred, label), ignore)
-            out[case][str(label)] = (int(tp), int(fp), int(fn))
-    return out
-
-
-def _dice(tp: int, fp: int, fn: int) -> float:
-    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn > 0 else math.nan
-
-
-def dice_per_case(reference: dict[str, np.ndarray], prediction: dict[str, np.ndarray], labels,
-                  ignore_label=None) -> dict[str, dict[str, float]]:
-    """nnU-Net's Dice: 2TP / (2TP + FP + FN), NaN when a class is absent from both."""
-    return {case: {lab: _dice(*c) for lab, c in per.items()}
-            for case, per in class_counts(reference, prediction, labels, ignore_label).items()}
-
-
 #: a class whose reference volume (voxels over all cases) is below this many voxels, or below this fraction of
 #: the mean reference volume of the foreground classes, is too small to judge: a few stray voxels flip its Dice
 SMALL_CLASS_VOXELS = 50
@@ -202,13 +174,13 @@ class ProxySummary:
         labels = list(next(iter(counts.values()))) if counts else []
         totals = {lab: np.sum([counts[c][lab] for c in counts], axis=0).astype(int).tolist() for lab in labels}
         volume = {lab: int(t[0] + t[2]) for lab, t in totals.items()}
-        pooled = {lab: _dice(*t) for lab, t in totals.items()}
+        pooled = {lab: dice(*t) for lab, t in totals.items()}
         mean_volume = float(np.mean(list(volume.values()))) if volume else 0.0
         small = [lab for lab in labels if volume[lab] < max(SMALL_CLASS_VOXELS, SMALL_CLASS_FRACTION * mean_volume)]
         judged = [pooled[lab] for lab in labels if lab not in small and not math.isnan(pooled[lab])]
         if not judged:  # nothing large enough: every class, rather than no number
             judged = [v for v in pooled.values() if not math.isnan(v)]
-        per_case = {c: {lab: _dice(*v) for lab, v in per.items()} for c, per in counts.items()}
+        per_case = {c: {lab: dice(*v) for lab, v in per.items()} for c, per in counts.items()}
         paper, paper_per_class = foreground_mean(per_case)
         return cls(pooled, volume, small, float(np.mean(judged)) if judged else math.nan, paper, paper_per_class,
                    per_case)
@@ -216,20 +188,6 @@ class ProxySummary:
     def value(self, summary: str) -> float:
         """The summary the critical point is based on: 'pooled' (default) or 'mean' (the paper's)."""
         return self.paper_mean if summary == "mean" else self.pooled_mean
-
-
-def foreground_mean(per_case: dict[str, dict[str, float]]) -> tuple[float, dict[str, float]]:
-    """Mean over classes of the per-class mean over cases (as nnU-Net's foreground_mean); classes that are absent
-    from both segmentations in every case are skipped instead of turning the result into NaN."""
-    labels = next(iter(per_case.values())).keys() if per_case else []
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            per_class = {lab: float(np.nanmean([c[lab] for c in per_case.values()])) for lab in labels}
-    values = [v for v in per_class.values() if not math.isnan(v)]
-    return (float(np.mean(values)) if values else math.nan), per_class
 
 
 # ------------------------------------------------------------------------------------------------ sweep
@@ -553,10 +511,10 @@ def _class_table(report: dict) -> list[str]:
            "| class | reference voxels | proxy Dice (pooled) | paper: mean of per-case Dice | judged |",
            "|---|---:|---:|---:|---|"]
     paper = at.get("proxy_dice_paper_per_class") or {}
-    for lab, dice in at["proxy_dice_per_class"].items():
+    for lab, value in at["proxy_dice_per_class"].items():
         p = paper.get(lab)
         out.append(f"| {names.get(lab, lab)} | {at['reference_voxels'].get(lab, 0):,} | "
-                   f"{'-' if dice is None or math.isnan(dice) else f'{dice:.4f}'} | "
+                   f"{'-' if value is None or math.isnan(value) else f'{value:.4f}'} | "
                    f"{'-' if p is None or math.isnan(p) else f'{p:.4f}'} | "
                    f"{'no: too small to judge' if lab in small else 'yes'} |")
     return out

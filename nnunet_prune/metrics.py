@@ -1,0 +1,204 @@
+"""Measurements every tool shares (layer 5): nnU-Net's Dice, and one latency loop with a runtime option.
+
+* Dice: per case and class (label or region) from TP/FP/FN voxel counts, exactly as nnU-Net's evaluation
+  (``compute_tp_fp_fn_tn``); used by the sweep (proxy and real Dice), the demo and the report.
+* Latency: :func:`measure_latency_stats`, milliseconds per forward pass over one patch (batch 1, inference mode,
+  no deep supervision), median and quartiles over repeated passes; ``runtime`` "eager" or "compile"
+  (``torch.compile``); :func:`peak_gpu_memory_mb`, the peak CUDA memory of one patch (MB).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from nnunet_prune.stats import inference_outputs, input_channels, unwrap
+
+#: runtimes the latency loop knows
+RUNTIMES = ("eager", "compile")
+
+
+def class_counts(reference: dict[str, np.ndarray], prediction: dict[str, np.ndarray], labels,
+                 ignore_label=None) -> dict[str, dict[str, tuple[int, int, int]]]:
+    """Per case and class (label or region, as nnU-Net's evaluation): (TP, FP, FN) voxel counts; the reference
+    volume of a class is TP + FN."""
+    from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
+
+    out = {}
+    for case, ref in reference.items():
+        pred = prediction[case]
+        ignore = ref == ignore_label if ignore_label is not None else None
+        out[case] = {}
+        for label in labels:
+            tp, fp, fn, _ = compute_tp_fp_fn_tn(region_or_label_to_mask(ref, label),
+                                                region_or_label_to_mask(pred, label), ignore)
+            out[case][str(label)] = (int(tp), int(fp), int(fn))
+    return out
+
+
+def dice(tp: int, fp: int, fn: int) -> float:
+    """nnU-Net's Dice 2TP / (2TP + FP + FN) from voxel counts; NaN when the class is absent from both."""
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn > 0 else math.nan
+
+
+def dice_per_case(reference: dict[str, np.ndarray], prediction: dict[str, np.ndarray], labels,
+                  ignore_label=None) -> dict[str, dict[str, float]]:
+    """nnU-Net's Dice per case (name -> label map, same shapes) and class: 2TP / (2TP + FP + FN), NaN when a class
+    is absent from both."""
+    return {case: {lab: dice(*c) for lab, c in per.items()}
+            for case, per in class_counts(reference, prediction, labels, ignore_label).items()}
+
+
+def foreground_mean(per_case: dict[str, dict[str, float]]) -> tuple[float, dict[str, float]]:
+    """Mean over classes of the per-class mean over cases (as nnU-Net's foreground_mean); classes that are absent
+    from both segmentations in every case are skipped instead of turning the result into NaN."""
+    labels = next(iter(per_case.values())).keys() if per_case else []
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            per_class = {lab: float(np.nanmean([c[lab] for c in per_case.values()])) for lab in labels}
+    values = [v for v in per_class.values() if not math.isnan(v)]
+    return (float(np.mean(values)) if values else math.nan), per_class
+
+
+@contextlib.contextmanager
+def _eval_on(network: nn.Module, device: torch.device, threads: int | None):
+    """Network in eval mode on ``device`` with ``threads`` CPU threads; everything restored afterwards."""
+    modes = {m: m.training for m in network.modules()}
+    first = next(network.parameters(), None)
+    old_device = first.device if first is not None else torch.device("cpu")
+    old_threads = torch.get_num_threads()
+    old_benchmark = torch.backends.cudnn.benchmark
+    try:
+        if threads:
+            torch.set_num_threads(threads)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # as nnU-Net's predictor
+        network.eval().to(device)
+        yield network
+    finally:
+        network.to(old_device)
+        for m, mode in modes.items():
+            m.training = mode
+        torch.set_num_threads(old_threads)
+        torch.backends.cudnn.benchmark = old_benchmark
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Milliseconds per forward pass over one patch: median, quartiles and range of ``runs`` timed passes."""
+
+    median_ms: float
+    q1_ms: float
+    q3_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+
+    @property
+    def iqr_ms(self) -> float:
+        """Interquartile range (ms): the spread of the middle half of the runs."""
+        return self.q3_ms - self.q1_ms
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> LatencyStats:
+        ms = sorted(t * 1000.0 for t in seconds)
+        if len(ms) >= 2:
+            q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive")
+        else:
+            q1 = q3 = ms[0]
+        return cls(statistics.median(ms), q1, q3, ms[0], ms[-1], len(ms))
+
+
+def measure_latency(network: nn.Module, patch_size: Sequence[int], device: str | torch.device = "cpu",
+                    repeats: int = 10, warmup: int = 2, compiled: bool = False, threads: int | None = None,
+                    bf16: bool = False) -> float:
+    """Median milliseconds (ms) for one forward pass over one patch; see :func:`measure_latency_stats`."""
+    return measure_latency_stats(network, patch_size, device, repeats, warmup, compiled, threads, bf16).median_ms
+
+
+def measure_latency_stats(network: nn.Module, patch_size: Sequence[int], device: str | torch.device = "cpu",
+                          repeats: int = 10, warmup: int = 2, compiled: bool = False, threads: int | None = None,
+                          bf16: bool = False, runtime: str | None = None) -> LatencyStats:
+    """Milliseconds for one forward pass over one patch (batch 1, ``torch.inference_mode``, no deep supervision)
+    over ``repeats`` timed passes after ``warmup`` untimed ones: median, quartiles and range.
+
+    ``compiled`` uses ``torch.compile``: on the CPU plain inductor, on CUDA ``mode="reduce-overhead"`` (CUDA
+    graphs), which is how a deployed model would run. ``bf16`` runs under bfloat16 autocast. ``threads`` sets
+    ``torch.set_num_threads`` for the measurement. The network's device, mode and the thread count are restored
+    afterwards; a compiled measurement resets torch.compile's caches (``torch.compiler.reset``) before and after.
+    A compile failure propagates (callers decide whether it is fatal). ``runtime`` names the runtime instead of
+    ``compiled``: one of :data:`RUNTIMES` ("eager", "compile").
+
+    Raises:
+        ValueError: repeats < 1, warmup < 0, or an unknown runtime.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError("repeats must be >= 1 and warmup >= 0")
+    if runtime is not None:
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
+        compiled = runtime == "compile"
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    net = unwrap(network)
+    x = torch.randn((1, input_channels(net), *patch_size), generator=torch.Generator().manual_seed(0)).to(device)
+    times = []
+    with _eval_on(net, device, threads), inference_outputs(net):
+        fn = net
+        if compiled:
+            torch.compiler.reset()  # a fresh cache: no recompile limit across networks, no stale CUDA graphs
+            fn = torch.compile(net, mode="reduce-overhead" if cuda else None)
+            warmup = max(warmup, 3 if cuda else 1)  # compilation, then CUDA-graph recording, stay out of the timing
+        try:
+            with torch.inference_mode(), _autocast(device, bf16):
+                for i in range(warmup + repeats):
+                    if cuda and compiled:
+                        torch.compiler.cudagraph_mark_step_begin()
+                    if cuda:
+                        torch.cuda.synchronize(device)
+                    start = time.perf_counter()
+                    fn(x)
+                    if cuda:
+                        torch.cuda.synchronize(device)
+                    if i >= warmup:
+                        times.append(time.perf_counter() - start)
+        finally:
+            if compiled:
+                del fn
+                torch.compiler.reset()
+    return LatencyStats.of(times)
+
+
+def peak_gpu_memory_mb(network: nn.Module, patch_size: Sequence[int], device: str | torch.device = "cuda",
+                       bf16: bool = True) -> float:
+    """Peak CUDA memory (MB, 1e6 bytes) allocated by PyTorch while predicting one patch (batch 1, eager), weights
+    included: what the GPU must hold to run the network at all."""
+    device = torch.device(device)
+    net = unwrap(network)
+    with _eval_on(net, device, None), inference_outputs(net):
+        x = torch.randn((1, input_channels(net), *patch_size), device=device)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        with torch.inference_mode(), _autocast(device, bf16):
+            net(x)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+        del x
+    return peak / 1e6
