@@ -17,6 +17,7 @@ MARKER = "__nnunet_prune_compact__"
 
 
 def is_compact(value) -> bool:
+    """True if ``value`` is a compact entry as :func:`encode` writes it (a mapping whose marker key is 1)."""
     return isinstance(value, Mapping) and value.get(MARKER) == 1
 
 

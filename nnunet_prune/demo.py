@@ -34,6 +34,9 @@ DEMO_SAURON = "tau_init=0.25,tau_max=0.3,kappa=3,rho=2,stat_batches=8"
 
 @dataclass
 class DemoBudget:
+    """Training budget of every demo model: ``epochs`` epochs of ``iterations`` training and ``val_iterations``
+    validation iterations each (passed to the trainers as ``NNUNET_PRUNE_*`` variables)."""
+
     epochs: int = 10
     iterations: int = 25
     val_iterations: int = 4
@@ -41,6 +44,14 @@ class DemoBudget:
 
 @dataclass
 class ModelRow:
+    """One demo model and its measurements: a row of the results table.
+
+    ``model_folder`` is the trained folder (the exported one after :meth:`Demo.export`); ``macs`` per patch (batch 1);
+    ``checkpoint_mb`` the size of fold 0's checkpoint in MB (1e6 bytes); ``dice`` the held-out foreground mean Dice
+    and ``dice_per_class`` the Dice per label name; ``train_seconds`` / ``predict_seconds`` wall times in seconds;
+    ``cpu_ms_per_patch`` the median CPU latency per patch (ms, batch 1) and ``cpu_ms_iqr`` its interquartile range (ms).
+    """
+
     name: str
     trainer: str
     plans: str
@@ -66,6 +77,13 @@ def _script(name: str) -> str:
 
 
 class Demo:
+    """The demo in one working folder: nnU-Net's raw, preprocessed and results folders live in ``workdir``, and every
+    step runs as a subprocess with those folders and the :class:`DemoBudget` in its environment.
+
+    ``dataset`` is "synthetic" or "lits117" (``lits_wheel``: a local copy of its data wheel); ``sweep`` and ``sauron``
+    switch the magnitude-pruning sweep and the Sauron model on or off. :meth:`run_all` runs everything.
+    """
+
     def __init__(self, workdir: str | os.PathLike, dataset: str = "synthetic", budget: DemoBudget | None = None,
                  sweep: bool = True, sauron: bool = True, lits_wheel: str | None = None):
         self.workdir = Path(workdir).expanduser().resolve()
@@ -91,6 +109,12 @@ class Demo:
 
     # ------------------------------------------------------------------ helpers
     def prepare_workdir(self) -> None:
+        """Create the working folder with its marker and nnU-Net folders, after removing an earlier demo's files.
+
+        Raises:
+            NnUNetPruneError: the folder is not empty and was not made by the demo, an earlier demo there was killed
+                before it recorded its files, or it holds files the earlier demo did not record.
+        """
         from nnunet_prune.outputs import read_manifest, remove_owned
 
         if self.workdir.exists() and any(self.workdir.iterdir()):
@@ -116,10 +140,17 @@ class Demo:
             record_files(self.workdir, TOOL)
 
     def step(self, title: str):
+        """Print a step's heading and return its start time (``time.perf_counter()``, seconds)."""
         print(f"\n==> {title}", flush=True)
         return time.perf_counter()
 
     def run(self, cmd: list[str], extra_env: dict | None = None, quiet_prefixes=("{'data_identifier'",)) -> None:
+        """Run ``cmd`` in the working folder with the demo's environment (plus ``extra_env``), streaming its output
+        indented; lines starting with ``quiet_prefixes``, progress-bar redraws and ``#####`` banners are left out.
+
+        Raises:
+            NnUNetPruneError: the command exits with a non-zero code; the message holds its last 40 lines of output.
+        """
         env = {**self.env, **(extra_env or {})}
         printable = shlex.join([Path(cmd[0]).name, *cmd[1:]])  # quoted: paths with spaces paste as they are
         print(f"    $ {printable}", flush=True)
@@ -137,11 +168,14 @@ class Demo:
 
     @property
     def dataset_name(self) -> str:
+        """The demo dataset's folder name in nnUNet_raw (``Dataset990_<name>``); the dataset must exist."""
         raw = Path(self.env["nnUNet_raw"])
         return next(p.name for p in raw.iterdir() if p.name.startswith(f"Dataset{DATASET_ID:03d}_"))
 
     # ------------------------------------------------------------------ steps
     def create_dataset(self) -> None:
+        """Step: write the demo dataset (ID 990) with ``nnunet-prune dataset`` (synthetic: 2D, 20 training and 5 test
+        cases)."""
         t = self.step(f"Creating the {self.dataset} dataset")
         cmd = [sys.executable, "-m", "nnunet_prune.cli.main", "dataset", self.dataset, "-d", str(DATASET_ID)]
         if self.dataset == "synthetic":
@@ -152,6 +186,8 @@ class Demo:
         self.timings["dataset"] = time.perf_counter() - t
 
     def plan(self) -> None:
+        """Step: plan and preprocess 2d with nnU-Net's default planner, then plan with ``LUnetPlanner`` (which reuses
+        the preprocessed data)."""
         t = self.step("Planning and preprocessing: nnU-Net default planner (2d)")
         n = self.env["nnUNet_def_n_proc"]
         self.run([_script("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", n,
@@ -163,6 +199,8 @@ class Demo:
         self.timings["plan LUnet"] = time.perf_counter() - t
 
     def train(self, name: str, trainer: str, plans: str = "nnUNetPlans", extra_env: dict | None = None) -> ModelRow:
+        """Step: train fold 0 of the 2d configuration with ``trainer`` and ``plans`` on the CPU (``nnUNetv2_train``);
+        returns the model's new :class:`ModelRow` (``name``: its label in the table), also added to :attr:`rows`."""
         t = self.step(f"Training {name}: nnUNetv2_train {DATASET_ID} 2d 0 -tr {trainer} -p {plans} "
                       f"({self.budget.epochs} epochs x {self.budget.iterations} iterations, CPU)")
         self.run([_script("nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", trainer, "-p", plans, "-device",
@@ -173,6 +211,8 @@ class Demo:
         return row
 
     def export(self, row: ModelRow) -> None:
+        """Step: export ``row``'s model folder slim (``nnunet-prune export``) into ``exported/`` and point ``row`` at
+        the export."""
         t = self.step(f"Exporting {row.name} as a slim model folder")
         out = self.workdir / "exported" / Path(row.model_folder).name
         self.run([sys.executable, "-m", "nnunet_prune.cli.main", "export", row.model_folder, "-o", str(out)])
@@ -180,6 +220,8 @@ class Demo:
         self.timings[f"export {row.name}"] = time.perf_counter() - t
 
     def predict(self, row: ModelRow) -> None:
+        """Step: predict the held-out images with fold 0 of ``row``'s model folder
+        (``nnUNetv2_predict_from_modelfolder``) into ``predictions/<name>``; stores the wall time (s) in ``row``."""
         t = self.step(f"Predicting the held-out images with {row.name} (stock nnUNetv2_predict_from_modelfolder)")
         out = self.workdir / "predictions" / row.name
         self.run([_script("nnUNetv2_predict_from_modelfolder"), "-i", str(self.images_ts), "-o", str(out), "-m",
@@ -188,6 +230,8 @@ class Demo:
         row.predict_seconds = time.perf_counter() - t
 
     def sweep(self, row: ModelRow) -> dict:
+        """Step: magnitude-pruning sweep of ``row`` (fold 0, held-out images and labels) into ``magnitude_sweep/``;
+        returns its report (sweep.json)."""
         t = self.step(f"Magnitude-pruning sweep of {row.name} (proxy Dice on the held-out images)")
         out = self.workdir / "magnitude_sweep"
         self.run([sys.executable, "-m", "nnunet_prune.cli.main", "sweep", row.model_folder, "-i",
@@ -197,20 +241,21 @@ class Demo:
 
     @property
     def images_ts(self) -> Path:
+        """The demo dataset's held-out images (imagesTs)."""
         return Path(self.env["nnUNet_raw"]) / self.dataset_name / "imagesTs"
 
     @property
     def labels_ts(self) -> Path:
+        """The demo dataset's held-out labels (labelsTs)."""
         return Path(self.env["nnUNet_raw"]) / self.dataset_name / "labelsTs"
 
     def measure(self) -> None:
         """Parameters, MACs, checkpoint size, CPU latency per patch and held-out Dice of every model."""
         import torch
 
+        from nnunet_prune.metrics import dice_per_case, foreground_mean, measure_latency_stats
         from nnunet_prune.modelfolder import ModelFolder, label_names
-        from nnunet_prune.metrics import measure_latency_stats
         from nnunet_prune.stats import count_macs, count_parameters
-        from nnunet_prune.metrics import dice_per_case, foreground_mean
 
         self.threads = torch.get_num_threads()
 
@@ -296,6 +341,15 @@ class Demo:
         return out
     # ------------------------------------------------------------------ all
     def run_all(self) -> Path:
+        """Run every step (see the module docstring), print the summary and write demo_results.md and
+        demo_results.json into the working folder; returns the path of demo_results.md.
+
+        The files in the working folder are recorded as the demo's own at the end, also after a failure or Ctrl-C.
+
+        Raises:
+            NnUNetPruneError: the working folder cannot be used (:meth:`prepare_workdir`), a console script is missing,
+                or a step failed.
+        """
         start = time.perf_counter()
         self.prepare_workdir()
         try:
@@ -328,6 +382,8 @@ class Demo:
         return out
 
     def summary(self, sweep: dict | None, total: float, markdown: bool = True) -> str:
+        """The results as text: budget, table (Markdown, or aligned plain text with ``markdown=False``), notes, the
+        sweep's critical point (``sweep``: its report, or None) and the total wall time ``total`` (seconds)."""
         lines = [f"# nnunet-prune demo ({self.dataset} data, 2d, fold 0)", "",
                  f"Training budget: {self.budget.epochs} epochs x {self.budget.iterations} iterations on the CPU "
                  f"(nnU-Net's default is 1000 x 250): the numbers show mechanics and trade-offs, not final accuracy.",

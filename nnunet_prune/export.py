@@ -39,6 +39,13 @@ TOOL = "export"
 
 @dataclass
 class FoldExport:
+    """What exporting one fold did: parameters and checkpoint size (bytes) before and after, the number of dead
+    channels removed, and how far the exported network's logits are from the network(s) it came from.
+
+    ``sparsity`` holds the magnitude-pruning statistics (:meth:`nnunet_prune.surgery.masks.SparsityStats.as_dict`)
+    with ``magnitude_tau``, else None.
+    """
+
     fold: int | str
     parameters_before: int
     parameters_after: int
@@ -56,6 +63,9 @@ class FoldExport:
 
 @dataclass
 class ExportResult:
+    """One export: source and output folder, its options (``magnitude_tau``, ``fp16``) and one :class:`FoldExport` per
+    fold (also written to export_summary.json)."""
+
     source: str
     output: str
     magnitude_tau: float | None
@@ -63,6 +73,8 @@ class ExportResult:
     folds: list[FoldExport] = field(default_factory=list)
 
     def summary(self) -> str:
+        """Human-readable summary, one line per fold: parameters, checkpoint size (MB), dead channels removed, sparsity
+        and the max |logit difference|."""
         lines = [f"Exported {self.source}\n      -> {self.output}"]
         for f in self.folds:
             line = (f"  fold {f.fold}: {f.parameters_before:,} -> {f.parameters_after:,} parameters, checkpoint "

@@ -118,6 +118,8 @@ class LatencyStats:
 
     @classmethod
     def of(cls, seconds: Sequence[float]) -> LatencyStats:
+        """Statistics (in ms) of the timed passes ``seconds`` (in seconds, at least one); quartiles by the inclusive
+        method."""
         ms = sorted(t * 1000.0 for t in seconds)
         if len(ms) >= 2:
             q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive")

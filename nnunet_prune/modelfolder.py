@@ -22,10 +22,16 @@ CHECKPOINT = "checkpoint_final.pth"
 
 
 def fold_name(fold) -> str:
+    """The name of a fold's subfolder: ``fold_<fold>`` (e.g. ``fold_0``, ``fold_all``)."""
     return f"fold_{fold}"
 
 
 def parse_fold(value) -> int | str:
+    """A fold as nnU-Net names it: an int, or the string "all".
+
+    Raises:
+        NnUNetPruneError: ``value`` is neither an integer nor "all".
+    """
     if str(value) == "all":
         return "all"
     try:
@@ -288,49 +294,71 @@ class ModelFolder:
     # ---------------------------------------------------------------- metadata
     @cached_property
     def plans(self) -> dict:
+        """The folder's plans.json (read once).
+
+        Raises:
+            NnUNetPruneError: the file cannot be read or holds no JSON object.
+        """
         return _read_json(self.path / "plans.json")
 
     @cached_property
     def dataset_json(self) -> dict:
+        """The folder's dataset.json (read once).
+
+        Raises:
+            NnUNetPruneError: the file cannot be read or holds no JSON object.
+        """
         return _read_json(self.path / "dataset.json")
 
     @cached_property
     def plans_manager(self):
+        """nnU-Net's ``PlansManager`` of :attr:`plans`."""
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         return PlansManager(self.plans)
 
     @cached_property
     def first_checkpoint(self) -> dict:
+        """The first chosen fold's checkpoint (:meth:`load_checkpoint`); trainer and configuration names are read from
+        it."""
         return self.load_checkpoint(self.folds[0])
 
     @property
     def trainer_name(self) -> str:
+        """The trainer class name the first chosen fold was trained with (from its checkpoint)."""
         return self.first_checkpoint["trainer_name"]
 
     @property
     def configuration_name(self) -> str:
+        """The configuration (e.g. ``2d``, ``3d_fullres``) the first chosen fold was trained for (from its
+        checkpoint)."""
         return self.first_checkpoint["init_args"]["configuration"]
 
     @cached_property
     def configuration_manager(self):
+        """nnU-Net's ``ConfigurationManager`` of :attr:`configuration_name`."""
         return self.plans_manager.get_configuration(self.configuration_name)
 
     @cached_property
     def label_manager(self):
+        """nnU-Net's ``LabelManager`` of the plans and dataset.json (labels or regions, ignore label)."""
         return self.plans_manager.get_label_manager(self.dataset_json)
 
     @property
     def num_input_channels(self) -> int:
+        """The network's input channels, as nnU-Net's ``determine_num_input_channels`` counts them (image channels, plus
+        one-hot previous-stage channels in a cascade)."""
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
         return determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json)
 
     @property
     def patch_size(self) -> list[int]:
+        """The configuration's patch size in voxels, one entry per spatial axis."""
         return list(self.configuration_manager.patch_size)
 
     def fold_path(self, fold) -> Path:
+        """The fold's subfolder ``<path>/fold_<fold>`` (it need not exist)."""
         return self.path / fold_name(fold)
 
     def load_checkpoint(self, fold) -> dict:
@@ -346,6 +374,8 @@ class ModelFolder:
         return self._checkpoints[key]
 
     def validation_summary(self, fold) -> dict | None:
+        """The fold's ``validation/summary.json`` (nnU-Net's validation metrics), or None if the fold was not
+        validated."""
         file = self.fold_path(fold) / "validation" / "summary.json"
         return json.loads(file.read_text()) if file.is_file() else None
 
@@ -374,4 +404,5 @@ class ModelFolder:
         return net.eval()
 
     def checkpoint_bytes(self, fold) -> int:
+        """Size of the fold's checkpoint file in bytes."""
         return (self.fold_path(fold) / self.checkpoint_name).stat().st_size

@@ -87,6 +87,7 @@ class FoldEfficiency:
 
     @property
     def gmacs(self) -> float:
+        """MACs per patch in billions (GMACs)."""
         return self.macs / 1e9
 
 

@@ -53,6 +53,13 @@ MAX_EXTENSION = 12
 
 @dataclass
 class SweepSettings:
+    """Options of one magnitude-pruning sweep (what ``nnunet-prune sweep`` passes on).
+
+    ``taus`` or ``target_sparsities`` (fractions in [0, 1); tau = quantile of |w|) replace the default grid;
+    ``threshold`` is the proxy Dice that defines the critical point; ``tile_step_size`` the sliding-window step as a
+    fraction of the patch; ``device`` "cpu" or "cuda". A sweep resumes only with the same :meth:`fingerprint`.
+    """
+
     taus: list[float] | None = None  # None: the paper's grid (or the normalised grid)
     target_sparsities: list[float] | None = None  # quantile grid instead of taus
     threshold: float = 0.95  # proxy Dice of the critical point
@@ -75,6 +82,9 @@ class SweepSettings:
 
 @dataclass
 class TauResult:
+    """The result of one tau: sparsities (fractions, mean over folds), proxy Dice against the unpruned ensemble (and
+    real Dice against labels, if given), zero counts per stage, and ``seconds`` (s) to prune and predict."""
+
     tau: float
     sparsity_of_nonzero: float  # mean over folds
     sparsity_of_all_parameters: float  # mean over folds
@@ -132,6 +142,11 @@ def list_cases(images: Path, dataset_json: dict) -> dict[str, list[str]]:
 
 
 def check_labels(labels: Path, cases: Sequence[str], ending: str) -> dict[str, Path]:
+    """Case -> its label file ``<labels>/<CASE><ending>``, checked before any work.
+
+    Raises:
+        NnUNetPruneError: the folder is missing or lacks a case's label file.
+    """
     if not labels.is_dir():
         raise NnUNetPruneError(f"--labels {labels}: no such folder.")
     found = {c: labels / f"{c}{ending}" for c in cases}
@@ -171,6 +186,8 @@ class ProxySummary:
 
     @classmethod
     def of(cls, counts: dict[str, dict[str, tuple[int, int, int]]]) -> ProxySummary:
+        """Summarise ``counts``: case -> class -> (TP, FP, FN) voxel counts, as
+        :func:`nnunet_prune.metrics.class_counts` returns them."""
         labels = list(next(iter(counts.values()))) if counts else []
         totals = {lab: np.sum([counts[c][lab] for c in counts], axis=0).astype(int).tolist() for lab in labels}
         volume = {lab: int(t[0] + t[2]) for lab, t in totals.items()}
@@ -214,6 +231,8 @@ class MagnitudeSweep:
 
     # -- bookkeeping ------------------------------------------------------------------------------------
     def key(self) -> dict:
+        """What a resumed sweep must match: model folder, each fold's checkpoint (path, size in bytes, modification time
+        in s), the image files' sizes (bytes) and :meth:`SweepSettings.fingerprint`."""
         folds = {str(f): [str(self.model.fold_path(f) / self.model.checkpoint_name), self.model.checkpoint_bytes(f),
                           int((self.model.fold_path(f) / self.model.checkpoint_name).stat().st_mtime)]
                  for f in self.model.folds}
@@ -334,6 +353,9 @@ class MagnitudeSweep:
         record_files(self.output, TOOL, written)
 
     def evaluate(self, tau: float, reference, real) -> TauResult:
+        """Prune every fold at ``tau``, predict all images with the pruned ensemble and compare with ``reference``
+        (proxy Dice) and ``real`` (label maps for the real Dice; None to skip). Needs the network, predictor and
+        preprocessed images that :meth:`run` prepares."""
         start = time.perf_counter()
         params, stats = self._pruned_parameters(tau)
         pred = self._predict(params)
@@ -368,6 +390,9 @@ class MagnitudeSweep:
         return result
 
     def grid(self) -> list[float]:
+        """The tau values evaluated first: ``settings.taus`` (sorted, unique), 0 plus the tau of each target sparsity
+        (quantiles of |w| over the prunable conv weights of all folds), or the default grid (the paper's, or the
+        per-layer normalised one)."""
         s = self.settings
         if s.target_sparsities:
             from nnunet_prune.surgery.masks import prunable_convs
@@ -437,6 +462,8 @@ class MagnitudeSweep:
                 r["proxy_dice"] = r[key]
 
     def report(self) -> dict:
+        """The report of every finished tau (what sweep.json holds): model, settings, critical point, first failure,
+        timings (s) and the per-tau results sorted by tau."""
         rows = sorted(self.state["results"].values(), key=lambda r: r["tau"])
         points = self._points()
         crit = critical_point(points, self.settings.threshold)
@@ -521,6 +548,8 @@ def _class_table(report: dict) -> list[str]:
 
 
 def summary_markdown(report: dict) -> str:
+    """The report as summary.md: setup, critical point, timing, proxy Dice per class, a table of every tau, and the
+    sparsity per stage at the critical point."""
     crit = report["critical_point"]
     lines = [f"# Magnitude-pruning sweep: {Path(report['model']).name}", "",
              f"- model: `{report['model']}` (trainer {report['trainer']}, configuration {report['configuration']}, "

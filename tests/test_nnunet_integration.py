@@ -116,20 +116,28 @@ def test_sauron_resume_restores_widths_thresholds_and_optimizer(nnunet, dataset2
     backup = nnunet.base / "sauron_backup"
     shutil.copytree(sauron_model, backup)  # keep the 3-epoch model for the other tests
     try:
+        # other method settings than the fold was started with: refused before any work, naming the setting
+        other = "tau_init=0.0,tau_max=0.9,kappa=2,rho=1,stat_batches=2"
+        refused = nnunet.run("nnUNetv2_train", DATASET_2D, "2d", 0, "-tr", "nnUNetTrainerSauron", "-device", "cpu",
+                             "--c", env={"nnUNet_n_proc_DA": "0", "NNUNET_PRUNE_EPOCHS": "4",
+                                         "NNUNET_PRUNE_SAURON": other}, check=False)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr
+        assert "tau_init: 0.6 at the start, 0.0 now" in refused.stderr
+        assert read_json(fold / "pruning_history.json")["epochs"][-1] == before
+        assert read_json(fold / "pruning_config.json")["resumes"] == []
         nnunet.run("nnUNetv2_train", DATASET_2D, "2d", 0, "-tr", "nnUNetTrainerSauron", "-device", "cpu", "--c",
                    env={"nnUNet_n_proc_DA": "0", "NNUNET_PRUNE_EPOCHS": "4",
-                        "NNUNET_PRUNE_SAURON": "tau_init=0.0,tau_max=0.9,kappa=2,rho=1,stat_batches=2"})
+                        "NNUNET_PRUNE_SAURON": "tau_init=0.6,tau_max=0.9,kappa=2,rho=1,stat_batches=2"})
         history = read_json(fold / "pruning_history.json")["epochs"]
         assert [r["epoch"] for r in history] == [0, 1, 2, 3]
-        # pruning_config.json keeps what the fold was started with; the resume is appended with what changed
+        # pruning_config.json keeps what the fold was started with; the resume is appended with its budget
         config = read_json(fold / "pruning_config.json")
         assert config["budget"]["num_epochs"] == 3 and config["method"]["tau_init"] == 0.6
         resume, = config["resumes"]
-        assert resume["epoch"] == 3 and resume["budget"]["num_epochs"] == 4
-        assert resume["method"]["tau_init"] == 0.0 and resume["method_settings_changed"] == ["tau_init"]
+        assert resume["epoch"] == 3 and resume["budget"]["num_epochs"] == 4 and resume["method"] == config["method"]
         assert history[2] == before  # restored from the checkpoint's logger, not recomputed
-        # the thresholds come from the checkpoint (0.6), not from tau_init=0.0 of the new environment
-        assert min(history[3]["sauron_tau"]) >= 0.6
+        # the thresholds come from the checkpoint (they only rise), not from tau_init
+        assert all(a >= b for a, b in zip(history[3]["sauron_tau"], before["sauron_tau"]))
         assert all(history[3]["widths"][g] <= before["widths"][g] for g in before["widths"])
         ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
         conv = ckpt["network_weights"]["encoder.stages.0.0.convs.0.conv.weight"]

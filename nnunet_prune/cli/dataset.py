@@ -4,6 +4,8 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
+    """Register the ``nnunet-prune dataset`` subcommand (kinds ``synthetic`` and ``lits117``) on ``sub`` (an argparse
+    subparsers object)."""
     p = sub.add_parser("dataset", help="create a demo dataset (synthetic phantom or LiTS-117 CT) in nnUNet_raw",
                        description="Create a demo dataset as an nnU-Net raw dataset. Refuses IDs already in use.")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -29,6 +31,15 @@ def add_parser(sub) -> None:
 
 
 def run_synthetic(args) -> int:
+    """Write the synthetic phantom into nnUNet_raw (``nnunet-prune dataset synthetic``) and print its folder.
+
+    Returns:
+        the exit code (0 ok; errors raise instead).
+
+    Raises:
+        NnUNetPruneError: an invalid ``--dim``, ``--cases``, ``--test-cases``, ``--size`` or dataset ID, an ID already
+            in use, no ``--raw`` and no ``$nnUNet_raw``, or a raw folder that cannot be written to.
+    """
     from nnunet_prune.datasets.synthetic import create_synthetic_dataset
 
     folder = create_synthetic_dataset(args.dataset_id, dim=args.dim, cases=args.cases, test_cases=args.test_cases,
@@ -38,6 +49,18 @@ def run_synthetic(args) -> int:
 
 
 def run_lits(args) -> int:
+    """Write the LiTS-117 slab dataset into nnUNet_raw (``nnunet-prune dataset lits117``) and print its folder.
+
+    The data wheel is taken from ``--wheel``, the cache, or downloaded from PyPI (:mod:`nnunet_prune.datasets.lits117`).
+
+    Returns:
+        the exit code (0 ok; errors raise instead).
+
+    Raises:
+        NnUNetPruneError: an invalid ``--slab`` or ``--test-every``, a missing ``--wheel`` file, a failed download, a
+            wheel that is not the expected one, an invalid or used dataset ID, no ``--raw`` and no ``$nnUNet_raw``, or
+            a raw folder that cannot be written to.
+    """
     from nnunet_prune.datasets.lits117 import create_lits117_dataset
 
     folder = create_lits117_dataset(args.dataset_id, slab=args.slab, test_every=args.test_every, wheel=args.wheel,

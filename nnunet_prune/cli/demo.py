@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
+    """Register the ``nnunet-prune demo`` subcommand on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser(
         "demo", help="run everything on the embedded demo data (about 10 minutes on a 2-core CPU)",
         description="Create a demo dataset, plan it with nnU-Net's default planner and LUnetPlanner, train the "
@@ -23,6 +24,17 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    """Run the whole demo (:meth:`nnunet_prune.demo.Demo.run_all`) in ``--workdir`` and print where the results are.
+
+    ``--epochs`` / ``--iterations`` that are unset (or 0) keep the :class:`~nnunet_prune.demo.DemoBudget` defaults.
+
+    Returns:
+        the exit code (0 ok; errors raise instead).
+
+    Raises:
+        NnUNetPruneError: the working folder holds files the demo did not make, an nnU-Net console script is missing,
+            or a step's command failed (the message shows the command and its last output).
+    """
     from nnunet_prune.demo import Demo, DemoBudget
 
     budget = DemoBudget()

@@ -47,6 +47,7 @@ print("NNUNET_PRUNE_PROBE" + json.dumps(out))
 
 
 def add_parser(sub) -> None:
+    """Register the ``nnunet-prune doctor`` subcommand on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser("doctor", help="show nnU-Net's set-up and whether the stock commands see this package",
                        description="Print nnU-Net's paths and environment, the trainers and planners this package "
                                    "provides, and check in a fresh Python process (as the stock console scripts "
@@ -64,6 +65,13 @@ def _version(dist: str) -> str:
 
 
 def run(args) -> int:
+    """Print versions, nnU-Net's and this package's environment variables and the start-up hook's state, then check in
+    a fresh interpreter that nnU-Net finds every trainer and planner of this package and that every patch applies.
+
+    Returns:
+        the exit code: 0 when everything is found and patched, 1 when a problem is listed or the check in a fresh
+        interpreter could not run.
+    """
     import json
 
     from nnunet_prune import __version__

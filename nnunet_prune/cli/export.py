@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def add_parser(sub) -> None:
+    """Register the ``nnunet-prune export`` subcommand on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser(
         "export", help="write a slim, standard nnU-Net model folder (weights only, dead channels removed)",
         description="Write a standard nnU-Net model folder that stock nnUNetv2_predict, cross-validation, "
@@ -26,6 +27,16 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    """Write a slim model folder (:func:`nnunet_prune.export.export_model_folder`) and print its per-fold summary.
+
+    Returns:
+        the exit code (0 ok; errors raise instead).
+
+    Raises:
+        NnUNetPruneError: an output that is, contains or lies inside the source, or that is not empty and not an
+            earlier export (or without ``--overwrite``), an invalid ``--magnitude-tau``, or a source that is not a valid
+            trained model folder.
+    """
     from nnunet_prune.export import export_model_folder
 
     result = export_model_folder(args.model_folder, args.output, folds=args.folds, fp16=args.fp16,

@@ -21,6 +21,8 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``nnunet-prune`` argument parser with every subcommand of :data:`SUBCOMMANDS` registered (this imports the
+    subcommand modules, not what they run)."""
     parser = argparse.ArgumentParser(
         prog="nnunet-prune",
         description="Make nnU-Net v2 models small and fast. Trainers (-tr) and planners (-pl) of this package are "
@@ -33,6 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``nnunet-prune`` with ``argv`` (default: ``sys.argv[1:]``).
+
+    An :class:`~nnunet_prune.NnUNetPruneError` is printed as one ``ERROR:`` line on stderr without a traceback (set
+    ``NNUNET_PRUNE_TRACEBACK`` to re-raise it instead). Invalid arguments and ``--version`` exit through argparse's
+    ``SystemExit`` (2 and 0).
+
+    Returns:
+        the exit code: the subcommand's (0 ok, 1 e.g. for problems found by ``doctor``), 2 without a subcommand (the
+        help is printed) or after an ``NnUNetPruneError``, 130 after Ctrl-C.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -11,6 +11,7 @@ from nnunet_prune import NnUNetPruneError
 
 
 def add_parser(sub) -> None:
+    """Register the ``nnunet-prune report`` subcommand on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser(
         "report", help="compare model folders: parameters, MACs, checkpoint size, latency, GPU memory, Dice",
         description="Measure every fold of one or more trained nnU-Net model folders (e.g. the dense baseline first, "
@@ -64,6 +65,20 @@ def _summary(row) -> str:
 
 
 def run(args) -> int:
+    """Measure every chosen fold of the given model folders, one progress line per fold, then print the table and
+    write report.csv, report.md and dice_vs_macs.png into ``--out``.
+
+    Arguments, the output folder and every model folder are checked before the first measurement. After Ctrl-C the
+    folds measured so far are written before the interrupt propagates.
+
+    Returns:
+        the exit code (0 ok; errors raise instead).
+
+    Raises:
+        NnUNetPruneError: ``--repeats`` < 1, ``--warmup`` < 0, ``--threads`` < 1, an unknown ``--device`` or
+            ``cuda`` without a GPU, an ``--out`` that is a file or holds report files this command did not write, or a
+            model folder that is not valid or has an unsupported architecture.
+    """
     import torch
 
     from nnunet_prune.outputs import check_writable_files

@@ -9,6 +9,7 @@ from nnunet_prune import NnUNetPruneError
 
 
 def add_parser(sub) -> None:
+    """Register the ``nnunet-prune sweep`` subcommand on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser(
         "sweep", help="magnitude-prune a trained model at many thresholds and measure the proxy Dice",
         description="For each tau, zero every conv weight with |w| <= tau in every fold, predict the images with "
@@ -72,6 +73,18 @@ def check_arguments(args) -> None:
 
 
 def run(args) -> int:
+    """Run (or resume) the magnitude-pruning sweep (:class:`nnunet_prune.sweep.MagnitudeSweep`), then print the
+    critical point with the proxy Dice per class, and where the results are.
+
+    Returns:
+        the exit code (0 ok, also when no tau keeps the proxy Dice at the threshold; errors raise instead).
+
+    Raises:
+        NnUNetPruneError: invalid arguments (:func:`check_arguments`), a model that cannot be resolved or opened,
+            images or labels that do not fit the model, ``--device cuda`` without a GPU, or an output folder inside the
+            model folder or holding something other than a sweep of the same model, folds, images and settings
+            (``--restart`` discards an earlier sweep).
+    """
     check_arguments(args)
     from nnunet_prune.modelfolder import ModelFolder, resolve_model_folder
     from nnunet_prune.sweep import MagnitudeSweep, SweepSettings

@@ -34,6 +34,8 @@ MRC_MODES = {0: np.int8, 1: np.int16, 2: np.float32, 6: np.uint16}
 
 
 def cache_folder() -> Path:
+    """Where the data wheel is cached: ``$NNUNET_PRUNE_CACHE``, else ``$XDG_CACHE_HOME/nnunet-prune``, else
+    ``~/.cache/nnunet-prune`` (not created here)."""
     base = os.environ.get("NNUNET_PRUNE_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nnunet-prune")
     return Path(base)

@@ -46,6 +46,7 @@ class Patch:
 
     @property
     def target(self) -> str:
+        """Dotted name of the wrapped function (``module.function``)."""
         return f"{self.module}.{self.function}"
 
 
@@ -296,6 +297,8 @@ def available_trainers() -> dict[str, list[str]]:
 
 
 def available_planners() -> dict[str, list[str]]:
+    """Planner names by origin: nnU-Net's own (``ExperimentPlanner`` and its imported subclasses from nnunetv2) and
+    ours."""
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
     stock = sorted({c.__name__ for c in all_subclasses(ExperimentPlanner) | {ExperimentPlanner}
@@ -304,6 +307,8 @@ def available_planners() -> dict[str, list[str]]:
 
 
 def available_extractors() -> dict[str, list[str]]:
+    """Fingerprint extractor names: ``DatasetFingerprintExtractor`` and every imported subclass, all listed under
+    nnU-Net."""
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 
     return {"nnU-Net": sorted({c.__name__ for c in all_subclasses(DatasetFingerprintExtractor)
@@ -311,6 +316,8 @@ def available_extractors() -> dict[str, list[str]]:
 
 
 def unknown_name_message(kind: str, name: str, available: dict[str, list[str]]) -> str:
+    """The error message for an unknown ``kind`` (e.g. "trainer") called ``name``: close matches, then every name in
+    ``available`` (origin -> names, as :func:`available_trainers` returns them) and a hint."""
     everything = [n for names in available.values() for n in names]
     close = difflib.get_close_matches(name, everything, n=5, cutoff=0.6)
     lines = [f"There is no {kind} named '{name}'."]
