@@ -35,9 +35,13 @@ def parse_fold(value) -> int | str:
     if str(value) == "all":
         return "all"
     try:
-        return int(value)
+        fold = int(value)
+        if fold < 0:
+            raise ValueError
+        return fold
     except ValueError:
-        raise NnUNetPruneError(f"Invalid fold {value!r}: folds are integers (0-4) or 'all'.") from None
+        raise NnUNetPruneError(f"Invalid fold {value!r}: folds are integers >= 0 (0-4 for nnU-Net's five-fold "
+                               f"split) or 'all'.") from None
 
 
 def resolve_model_folder(path: str | os.PathLike | None = None, dataset: str | None = None,
@@ -377,7 +381,7 @@ class ModelFolder:
         """The fold's ``validation/summary.json`` (nnU-Net's validation metrics), or None if the fold was not
         validated."""
         file = self.fold_path(fold) / "validation" / "summary.json"
-        return json.loads(file.read_text()) if file.is_file() else None
+        return _read_json(file) if file.is_file() else None
 
     # ---------------------------------------------------------------- networks
     def build_network(self, deep_supervision: bool = False) -> nn.Module:

@@ -24,6 +24,8 @@ class AdaptiveWidthMixin:
     ``weight_orig``/``weight_mask`` pairs are read too: :func:`nnunet_prune.checkpoints.normalise_state_dict`)."""
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Take the state dict's block counts and widths (:func:`~nnunet_prune.surgery.resize.resize_to_state_dict`),
+        then load it as ``nn.Module`` does."""
         state_dict = normalise_state_dict(state_dict)
         resize_to_state_dict(self, state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)

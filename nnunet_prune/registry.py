@@ -1,7 +1,9 @@
-"""Names of the nnU-Net classes this package provides, importable without torch or nnU-Net.
+"""Names of the nnU-Net classes this package provides.
 
-The start-up hook, ``nnunet-prune doctor`` and the error messages for unknown names use these lists; a unit test
-checks that they match the classes the modules actually define.
+``PLANNERS`` is a static table (importable without torch or nnU-Net: the planner lookup runs before either is
+needed). ``TRAINERS`` (name -> module) is derived from :mod:`nnunet_prune.trainers`, which exports every
+``nnUNetTrainer*`` class of its modules, so a new method's trainer file needs no edit here. ``nnunet-prune doctor``
+and the error messages for unknown names use both; a unit test checks them against the classes defined.
 """
 
 from __future__ import annotations
@@ -13,21 +15,9 @@ MAGNITUDE_TAUS_MILLI: tuple[int, ...] = (1, 2, 3, 5, 8, 10, 15, 20)
 
 
 def magnitude_trainer_name(tau_milli: int, finetune: bool = False) -> str:
+    """``nnUNetTrainerMagnitude_tau<NNN>[_ft]`` for tau = NNN / 1000."""
     return f"nnUNetTrainerMagnitude_tau{tau_milli:03d}" + ("_ft" if finetune else "")
 
-
-TRAINERS: dict[str, str] = {
-    "nnUNetTrainerBudget": "nnunet_prune.trainers.budget",
-    "nnUNetTrainerPruning": "nnunet_prune.trainers.base",
-    "nnUNetTrainerSauron": "nnunet_prune.trainers.sauron",
-    "nnUNetTrainerSauron_lambda0": "nnunet_prune.trainers.sauron",
-    "nnUNetTrainerSauron_lambda1": "nnunet_prune.trainers.sauron",
-    "nnUNetTrainerSauron_lambda2": "nnunet_prune.trainers.sauron",
-    "nnUNetTrainerMagnitude": "nnunet_prune.trainers.magnitude",
-    "nnUNetTrainerMagnitude_ft": "nnunet_prune.trainers.magnitude",
-    **{magnitude_trainer_name(t, ft): "nnunet_prune.trainers.magnitude"
-       for t in MAGNITUDE_TAUS_MILLI for ft in (False, True)},
-}
 
 PLANNERS: dict[str, str] = {
     "LUnetPlanner": "nnunet_prune.planners.lunet",
@@ -38,9 +28,19 @@ PLANNERS: dict[str, str] = {
 }
 
 
+def __getattr__(name: str):
+    if name == "TRAINERS":  # computed on use: importing the trainers imports torch and nnU-Net
+        from nnunet_prune import trainers
+
+        return {n: getattr(trainers, n).__module__ for n in trainers.__all__}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def load_trainer(name: str):
     """Return this package's trainer class called ``name``, or None if it has none of that name."""
-    return _load(TRAINERS, name)
+    from nnunet_prune import trainers
+
+    return getattr(trainers, name, None) if name in trainers.__all__ else None
 
 
 def load_planner(name: str):

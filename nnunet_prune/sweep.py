@@ -653,7 +653,9 @@ def plot_sweep(report: dict, output: Path) -> dict[str, Path]:
                     ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
                     ax.set_xlim(-0.25 * linear, max(positive) * 1.3)
                     ax.set_xlabel(ax.get_xlabel() + f"; log scale above {linear:g}")
-            ax.set_ylabel("Dice (foreground mean)")
+            ax.set_ylabel("Dice (pooled over cases, mean of the judged classes)"
+                          if report["settings"].get("proxy_summary", "pooled") == "pooled"
+                          else "Dice (foreground mean of per-case Dice)")
             ax.set_ylim(0, 1.02)
             ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False)
             fig.suptitle(f"Magnitude-pruning sweep: {title}")

@@ -73,6 +73,7 @@ class MethodSettings:
 
     @classmethod
     def public_name(cls, field_name: str) -> str:
+        """The public key of a field (``lambda_`` -> ``lambda``)."""
         return next((k for k, v in cls.ALIASES.items() if v == field_name), field_name)
 
     @classmethod

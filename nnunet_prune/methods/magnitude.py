@@ -44,6 +44,7 @@ class MagnitudeSettings(MethodSettings):
     per_layer_normalised: bool = False  # each tensor's threshold is tau x RMS(weight)
 
     def problems(self) -> list[str]:
+        """tau must be set, finite and >= 0."""
         if self.tau is None:
             return ["tau is required (a threshold >= 0, e.g. 0.005; or use a fixed variant such as "
                     "nnUNetTrainerMagnitude_tau005)"]
@@ -60,6 +61,7 @@ class MagnitudeMethod(PruningMethod):
     holds_zero_pattern = True
 
     def start(self, network: nn.Module, graph: ChannelGraph) -> Removal:
+        """Keep-masks of |w| > threshold for every prunable weight (and bias, with ``prune_bias``)."""
         s = self.settings
         weights, biases = magnitude_masks(network, s.tau, s.per_layer_normalised, s.prune_bias)
         return Removal(weights=weights, biases=biases, tau=s.tau)
@@ -72,6 +74,8 @@ NORMALISED_GRID = tuple(round(0.1 * i, 1) for i in range(21))
 
 @dataclass
 class SweepPoint:
+    """One evaluated tau of a sweep: tau, the mean sparsity of the folds (fraction of the weights non-zero before),
+    the proxy Dice."""
     tau: float
     sparsity: float  # of the weights non-zero before pruning, mean over folds
     proxy_dice: float

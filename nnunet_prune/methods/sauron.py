@@ -64,6 +64,7 @@ class SauronConfig(MethodSettings):
     tau_init: float = 0.0  # starting threshold (the paper starts at 0; > 0 prunes from the first epoch)
 
     def problems(self) -> list[str]:
+        """Ranges of §3.4: lambda >= 0, 0 < tau_max <= 1, positive integers, mu >= 0, 0 <= tau_init <= tau_max."""
         problems = super().problems()
         if self.lambda_ < 0:
             problems.append("lambda must be >= 0")
@@ -121,6 +122,8 @@ def condition_counts(train_losses: Sequence[float], val_losses: Sequence[float],
 
 @dataclass
 class LayerState:
+    """One layer's threshold tau_l, the epoch of its last rise (C4) and the fraction it pruned in the last epoch
+    (C3)."""
     tau: float = 0.0
     last_rise_epoch: int | None = None
     pruned_fraction_last_epoch: float = 0.0
@@ -134,6 +137,7 @@ class SauronThresholds:
     layers: dict[str, LayerState] = field(default_factory=dict)
 
     def ensure(self, names: Sequence[str]) -> None:
+        """Add a state at tau_init for every layer not known yet (the others keep theirs)."""
         for n in names:
             self.layers.setdefault(n, LayerState(tau=self.config.tau_init))
 
@@ -182,13 +186,16 @@ class SauronThresholds:
         return [int(i) for i in order if i != reference and delta_prune[i] < tau]
 
     def record_pruned(self, name: str, removed: int, width_before: int) -> None:
+        """Record what layer ``name`` lost in the last surgery, for C3 of the next epoch."""
         self.layers[name].pruned_fraction_last_epoch = removed / width_before if width_before else 0.0
 
     # -- checkpointing ----------------------------------------------------------------------------------
     def state(self) -> dict:
+        """JSON-serialisable state of every layer (saved in each checkpoint)."""
         return {n: asdict(s) for n, s in self.layers.items()}
 
     def load(self, state: Mapping) -> None:
+        """Restore what :meth:`state` returned."""
         self.layers = {n: LayerState(**s) for n, s in state.items()}
 
 
@@ -219,6 +226,7 @@ class SauronObserver:
         self.tap.attach(graph)
 
     def detach(self) -> None:
+        """Remove the tap's hooks."""
         self.tap.detach()
 
     def _observe(self, group: ChannelGroup, point: int, output: torch.Tensor) -> None:
@@ -274,23 +282,29 @@ class SauronMethod(PruningMethod):
         self._raised: list[str] = []
 
     def bind(self, graph: ChannelGraph) -> None:
+        """Thresholds for new groups; the observer's tap on the graph's output points."""
         self.thresholds.ensure([g.name for g in graph])
         self.observer.attach(graph)
 
     def release(self) -> None:
+        """Remove the observer's hooks."""
         self.observer.detach()
 
     def epoch_start(self, epoch: int, graph: ChannelGraph) -> None:
         # a new random reference channel pi per layer and epoch (§3.3)
+        """Draw a new reference channel pi per group (§3.3); distances and delta_opt start again."""
         self.observer.reset_epoch({g.name: int(self.rng.integers(g.size)) for g in graph if g.size > 1})
 
     def step_start(self, step: int, steps_per_epoch: int) -> None:
+        """Collect distances during the last ``stat_batches`` steps of the epoch."""
         self.observer.collecting = step >= steps_per_epoch - self.settings.stat_batches
 
     def extra_loss(self) -> torch.Tensor | None:
+        """lambda * delta_opt of this step's feature maps (eq. 2), None with lambda = 0."""
         return self.observer.extra_loss()
 
     def step_end(self) -> None:
+        """Drop unconsumed maps and stop collecting."""
         self.observer.end_step()
 
     def delta_prune(self, group: ChannelGroup) -> np.ndarray | None:
@@ -303,6 +317,7 @@ class SauronMethod(PruningMethod):
         return torch.stack(per_point).amax(dim=0).cpu().numpy()
 
     def decide(self, graph: ChannelGraph, progress: TrainingProgress) -> Removal:
+        """Procedure 1 (raise thresholds under C1-C4), then Procedure 2 (channels with delta_prune < tau_l)."""
         self._raised = self.thresholds.update(progress.epoch, progress.train_losses, progress.val_losses)
         channels = {}
         for g in graph:
@@ -314,11 +329,13 @@ class SauronMethod(PruningMethod):
         return Removal(channels=channels)
 
     def after_surgery(self, result: SurgeryResult, graph: ChannelGraph) -> None:
+        """C3 feedback: the fraction of each group removed in this surgery (0 where none)."""
         if result.channels is not None:  # C3 of the next epoch
             for name, width in result.channels.widths_before.items():
                 self.thresholds.record_pruned(name, len(result.channels.removed.get(name, [])), width)
 
     def scalars(self, graph: ChannelGraph) -> dict:
+        """delta_opt (epoch mean), every group's tau, the number of thresholds raised."""
         return {"delta_opt": self.observer.mean_delta_opt(),
                 "sauron_tau": [round(self.thresholds.layers[g.name].tau, 6) for g in graph],
                 "sauron_layers_raised": len(self._raised)}
@@ -331,15 +348,19 @@ class SauronMethod(PruningMethod):
                 f"mean tau {np.mean([s.tau for s in self.thresholds.layers.values()]):.3f}"]
 
     def state(self) -> dict:
+        """The thresholds and their C3/C4 bookkeeping."""
         return {"thresholds": self.thresholds.state()}
 
     def load_state(self, state: Mapping) -> None:
+        """Restore the thresholds (on ``--c``)."""
         self.thresholds.load(state.get("thresholds", {}))
 
     def schedule_problems(self, num_epochs: int, final_epochs_without_pruning: int) -> list[str]:
+        """See :meth:`SauronConfig.schedule_problems`."""
         return self.settings.schedule_problems(num_epochs, final_epochs_without_pruning)
 
     def end_advice(self, removed_any: bool, progress: TrainingProgress) -> list[str]:
+        """Why no channel went, with how often C1 and C2 held (empty if any channel went)."""
         if removed_any or progress.epoch < 0:
             return []
         s = self.settings

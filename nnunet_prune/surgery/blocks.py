@@ -38,6 +38,7 @@ class BlockRemovalResult:
 
     @property
     def changed(self) -> bool:
+        """Whether any block was removed."""
         return bool(self.removed)
 
 

@@ -62,6 +62,7 @@ class ChannelGroup:
 
     @property
     def size(self) -> int:
+        """Current number of channels of the group."""
         p = self.producers[0]
         return p.weight.shape[1] if isinstance(p, _ConvTransposeNd) else p.weight.shape[0]
 
@@ -100,6 +101,11 @@ class ChannelGraph:
         return self._by_name[key] if isinstance(key, str) else self.groups[key]
 
     def resolve(self, key: int | str | ChannelGroup) -> ChannelGroup:
+        """The group for a group object, name or index.
+
+        Raises:
+            KeyError: a group of another graph, or an unknown name.
+        """
         if isinstance(key, ChannelGroup):
             if key not in self.groups:
                 raise KeyError(f"{key!r} belongs to another graph")

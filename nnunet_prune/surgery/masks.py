@@ -37,6 +37,7 @@ class StageSparsity:
 
     @property
     def pruned(self) -> int:
+        """Weights zeroed by this pruning (zeros already present not counted)."""
         return self.zero_after - self.zero_before
 
     @property

@@ -31,13 +31,16 @@ class PruneResult:
 
     @property
     def num_removed(self) -> int:
+        """Channels removed in all groups."""
         return sum(len(v) for v in self.removed.values())
 
     @property
     def changed(self) -> bool:
+        """Whether any channel was removed."""
         return self.num_removed > 0
 
     def summary(self) -> str:
+        """One line for the training log: channels removed, parameters before and after, widths per group."""
         parts = [f"{k}: {self.widths_before[k]}->{self.widths_after[k]}" for k in self.removed]
         return (f"removed {self.num_removed} channels in {len(self.removed)} groups "
                 f"({self.params_before:,} -> {self.params_after:,} parameters)" + (": " + ", ".join(parts)

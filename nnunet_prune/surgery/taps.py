@@ -52,6 +52,7 @@ class ActivationTap:
 
     @property
     def attached(self) -> bool:
+        """Whether hooks are registered."""
         return bool(self._hooks)
 
     def _observe(self, group: ChannelGroup, point: int, module: nn.Module, inputs, output) -> None:
@@ -82,6 +83,7 @@ class ChannelStatistics:
         return self.sums[key] / self.batches[key] if key in self.sums else None
 
     def reset(self) -> None:
+        """Forget every statistic (a new window)."""
         self.sums, self.batches = {}, {}
 
     def reindex(self, removed: Mapping[str, list[int]]) -> None:
@@ -115,6 +117,7 @@ class ChannelMasks:
         return self
 
     def detach(self) -> None:
+        """Remove every hook (masks and probabilities are kept)."""
         for h in self._hooks:
             h.remove()
         self._hooks = []

@@ -28,10 +28,12 @@ def set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> torch.Tenso
 
 
 def conv_out_channels(conv: _ConvNd) -> int:
+    """Output channels of a conv or transposed conv, from its weight's shape."""
     return conv.weight.shape[1] * conv.groups if isinstance(conv, _ConvTransposeNd) else conv.weight.shape[0]
 
 
 def conv_in_channels(conv: _ConvNd) -> int:
+    """Input channels of a conv or transposed conv, from its weight's shape."""
     return conv.weight.shape[0] if isinstance(conv, _ConvTransposeNd) else conv.weight.shape[1] * conv.groups
 
 

@@ -1,23 +1,33 @@
 """nnU-Net trainers of this package (``nnUNetv2_train ... -tr <name>``).
 
 nnU-Net finds them through the shim module that ``nnUNet_extTrainer`` points at (set up at Python start-up by
-``_nnunet_prune_hook``); that shim imports everything listed in ``__all__`` here.
+``_nnunet_prune_hook``); that shim imports everything listed in ``__all__`` here. Every module of this package is
+imported and every ``nnUNetTrainer*`` class it defines (variant classes made in a loop included) is exported: a new
+method's ``trainers/<method>.py`` needs no edit here or in :mod:`nnunet_prune.registry`.
 """
 
-from nnunet_prune.trainers import magnitude as _magnitude
-from nnunet_prune.trainers.base import nnUNetTrainerPruning
-from nnunet_prune.trainers.budget import nnUNetTrainerBudget
-from nnunet_prune.trainers.magnitude import nnUNetTrainerMagnitude, nnUNetTrainerMagnitude_ft
-from nnunet_prune.trainers.sauron import (
-    nnUNetTrainerSauron,
-    nnUNetTrainerSauron_lambda0,
-    nnUNetTrainerSauron_lambda1,
-    nnUNetTrainerSauron_lambda2,
-)
+import importlib as _importlib
+import pkgutil as _pkgutil
 
-globals().update({cls.__name__: cls for cls in _magnitude.VARIANTS})
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer as _nnUNetTrainer
 
-__all__ = ["nnUNetTrainerBudget", "nnUNetTrainerMagnitude", "nnUNetTrainerMagnitude_ft", "nnUNetTrainerPruning",
-           "nnUNetTrainerSauron",
-           "nnUNetTrainerSauron_lambda0", "nnUNetTrainerSauron_lambda1", "nnUNetTrainerSauron_lambda2",
-           *[cls.__name__ for cls in _magnitude.VARIANTS]]
+#: modules of this package that hold no trainer
+_HELPERS = {"dense", "logging"}
+
+
+def _discover() -> dict[str, type]:
+    found: dict[str, type] = {}
+    for info in sorted(_pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name in _HELPERS or info.name.startswith("_"):
+            continue
+        module = _importlib.import_module(f"{__name__}.{info.name}")
+        for name, obj in vars(module).items():
+            if (isinstance(obj, type) and issubclass(obj, _nnUNetTrainer) and obj.__module__ == module.__name__
+                    and name.startswith("nnUNetTrainer")):
+                found[name] = obj
+    return found
+
+
+_TRAINERS = _discover()
+globals().update(_TRAINERS)
+__all__ = sorted(_TRAINERS)

@@ -77,6 +77,7 @@ class LossWithExtraTerm(nn.Module):
         self.last_extra: float | None = None
 
     def forward(self, output, target):
+        """nnU-Net's loss of ``output`` against ``target``, plus the trainer's extra term in training steps."""
         value = self.loss(output, target)
         trainer = self._trainer[0]
         if trainer.network.training and torch.is_grad_enabled():
@@ -98,6 +99,7 @@ def broadcast_decision(obj, src: int = 0):
 
 class nnUNetTrainerPruning(nnUNetTrainer):
     #: the method this trainer runs (None: the dense network, no pruning)
+    """nnU-Net's trainer plus the generic driver of a pruning method (see the module docstring)."""
     method_class: type[PruningMethod] | None = None
     #: a variant's defaults for the method's settings, by public name (the plans entry and the variable override)
     method_defaults: dict = {}
@@ -257,6 +259,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
 
     # ------------------------------------------------------------------ the driver
     def initialize(self):
+        """nnU-Net's initialize; with 0 epochs (prune and save) its LR schedule is built for one."""
         if self.num_epochs == 0 and not self.was_initialized:  # prune and save (no epoch): nnU-Net's run_training
             self.num_epochs = 1  # starts, runs no epoch and saves checkpoint_final; its LR schedule needs >= 1 epoch
             try:
@@ -267,6 +270,8 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         super().initialize()
 
     def on_train_start(self):
+        """Settings check on ``--c``, nnU-Net's start, the dense start, ``pruning_config.json``, caps, the method
+        bound and its one-shot decision applied."""
         self.check_resume_settings()
         super().on_train_start()
         fresh = self._resumed_from_epoch is None
@@ -319,12 +324,14 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         self.print_to_log_file(f"Loaded dense weights from {self._dense_path}")
 
     def on_train_epoch_start(self):
+        """nnU-Net's epoch start, then the method's."""
         super().on_train_epoch_start()
         self._step = 0
         if self.method is not None:
             self.method.epoch_start(self.current_epoch, self.graph)
 
     def train_step(self, batch: dict) -> dict:
+        """nnU-Net's training step between the method's step hooks; a held zero pattern is re-applied after it."""
         if self.method is not None:
             self.method.step_start(self._step, self.num_iterations_per_epoch)
         try:
@@ -345,6 +352,8 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         return LossWithExtraTerm(super()._build_loss(), self)
 
     def on_epoch_end(self):
+        """The method decides, the driver applies (or not, in the last epochs), records go to the logger, then
+        nnU-Net's epoch end (checkpoints, plots) and ``pruning_history.json``."""
         start = time()
         scalars: dict = {}
         removal = Removal()
@@ -489,6 +498,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
             json.dump({"trainer": self.__class__.__name__, "epochs": records}, f, indent=1)
 
     def on_train_end(self):
+        """nnU-Net's end (``checkpoint_final.pth``), the method's advice, ``pruning_widths.png``."""
         super().on_train_end()
         records = [r for r in self.logger.local_logger.my_fantastic_logging.get(RECORD_KEY, []) if r]
         if self.method is not None:
@@ -512,6 +522,12 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                 self.print_to_log_file(f"could not plot widths: {type(e).__name__}: {e}")
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """Check the file (one clear error for a damaged one), let nnU-Net load it (widths and blocks from the
+        checkpoint), restore the method state.
+
+        Raises:
+            NnUNetPruneError: unreadable, not an nnU-Net checkpoint, or weights that do not fit.
+        """
         if isinstance(filename_or_checkpoint, str):  # --c / --val: a damaged file is one clear error
             if not self.was_initialized:
                 self.initialize()

@@ -18,12 +18,14 @@ STATE_KEY = "nnunet_prune_state"
 
 
 class PruningLocalLogger(LocalLogger):
+    """nnU-Net's logger plus pruning keys (per-epoch records, method state and scalars), saved in every checkpoint."""
     def __init__(self, verbose: bool = False, extra_keys=()):
         super().__init__(verbose)
         self.extra_keys = list(dict.fromkeys([*SCALAR_KEYS, *extra_keys]))
         self._ensure_keys()
 
     def add_key(self, key: str) -> None:
+        """Start logging ``key`` (existing values are kept)."""
         if key not in self.extra_keys:
             self.extra_keys.append(key)
         self._ensure_keys()
@@ -36,6 +38,7 @@ class PruningLocalLogger(LocalLogger):
                 values += [None] * (n - len(values))
 
     def load_checkpoint(self, checkpoint: dict):
+        """Restore nnU-Net's keys and the pruning keys from a checkpoint's logger entry."""
         super().load_checkpoint(checkpoint)
         self._ensure_keys()
 
@@ -47,6 +50,7 @@ class PruningLocalLogger(LocalLogger):
         return None
 
     def plot_progress_png(self, output_folder):
+        """nnU-Net's ``progress.png``, then ``progress_pruning.png`` (parameters, MACs, method scalars)."""
         super().plot_progress_png(output_folder)
         try:
             plot_pruning_progress(self.my_fantastic_logging, self.extra_keys, output_folder)
