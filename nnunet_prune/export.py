@@ -151,13 +151,85 @@ def _random_patch(mf: ModelFolder) -> torch.Tensor:
     return torch.randn(1, mf.num_input_channels, *mf.patch_size, generator=g)
 
 
+@dataclass
+class _FoldWork:
+    """One fold on its way through the export: loaded, transformed, with the logits it must reproduce."""
+
+    fold: int | str
+    checkpoint: dict
+    network: torch.nn.Module
+    parameters_before: int
+    sparsity: dict | None = None
+    dead_channels: int = 0
+    reference: torch.Tensor | None = None  # logits of the transformed network (what the written fold must give)
+    source_output: torch.Tensor | None = None  # logits before magnitude zeroing (with magnitude_tau)
+
+
+def write_nnunet_fold(fold_dir: Path, work: _FoldWork, state: dict, plans: dict, export_info: dict) -> Path:
+    """The nnU-Net writer: ``fold_dir/checkpoint_final.pth`` as nnU-Net's predictor reads it (weights only, the
+    trainer name, init args with the export's plans, mirroring axes), plus the export's own record. Returns the file.
+
+    Writers for other formats (e.g. ONNX next to the checkpoint) are siblings of this function taking the same
+    fold work item.
+    """
+    init_args = dict(work.checkpoint["init_args"])
+    if isinstance(init_args.get("plans"), dict):
+        init_args["plans"] = plans
+    slim = {
+        "network_weights": state,
+        "trainer_name": work.checkpoint["trainer_name"],
+        "init_args": init_args,
+        "inference_allowed_mirroring_axes": work.checkpoint.get("inference_allowed_mirroring_axes"),
+        "current_epoch": work.checkpoint.get("current_epoch"),
+        "nnunet_prune_export": export_info,
+    }
+    target = fold_dir / "checkpoint_final.pth"
+    torch.save(slim, target)
+    return target
+
+
+def _load(mf: ModelFolder, fold) -> _FoldWork:
+    net = mf.load_network(fold)
+    return _FoldWork(fold, mf.load_checkpoint(fold), net, count_parameters(net))
+
+
+def _transform(work: _FoldWork, x: torch.Tensor | None, magnitude_tau: float | None, prune_bias: bool,
+               per_layer_normalised: bool) -> None:
+    """Magnitude zeroing (if asked), then removal of dead channels (exact); the logits before and after zeroing are
+    kept for the verification."""
+    with torch.no_grad():
+        if magnitude_tau is not None:
+            if x is not None:
+                work.source_output = work.network(x)
+            work.sparsity = magnitude_prune(work.network, magnitude_tau, prune_bias, per_layer_normalised).as_dict()
+        if x is not None:
+            work.reference = work.network(x)
+    work.dead_channels = remove_dead_channels(work.network)
+
+
+def _verify(folder: Path, work: _FoldWork, x: torch.Tensor | None, record: FoldExport) -> None:
+    """Load the written fold as nnU-Net would (from the written folder) and compare its logits."""
+    net = ModelFolder.open(folder, [work.fold]).load_network(work.fold)
+    record.parameters_after = count_parameters(net)
+    if x is not None:
+        with torch.no_grad():
+            exported_output = net(x)
+        record.max_abs_difference = float((exported_output - work.reference).abs().max())
+        if work.source_output is not None:
+            record.max_abs_difference_to_source = float((exported_output - work.source_output).abs().max())
+
+
 def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, folds: Sequence | None = None,
                         fp16: bool = False, magnitude_tau: float | None = None, prune_bias: bool = False,
                         per_layer_normalised: bool = False, overwrite: bool = False,
                         verify: bool = True, compact: bool | None = None) -> ExportResult:
-    """Write the slim model folder; see the module docstring. Returns per-fold statistics.
+    """Write the slim model folder (see the module docstring): load -> transform -> write -> verify, per fold, into
+    a temporary folder renamed into place at the end. Returns per-fold statistics.
 
     ``compact`` (default: on when ``magnitude_tau`` is given) stores sparse tensors as bit mask + non-zeros.
+
+    Raises:
+        NnUNetPruneError: a bad source or output folder, or an invalid ``magnitude_tau`` (before any work).
     """
     output = Path(output).expanduser().resolve()
     _check_output(Path(source).expanduser().resolve(), output, overwrite)
@@ -176,66 +248,32 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
                 _copy_without_checkpoints(item, tmp / item.name)
             elif item.suffix != ".pth":
                 shutil.copy2(item, tmp / item.name)
-        needs_adaptive = compact
         x = _random_patch(mf) if verify else None
-        slim_states = {}
-        for fold in mf.folds:
-            ckpt = mf.load_checkpoint(fold)
-            net = mf.load_network(fold)
-            params_before = count_parameters(net)
-            sparsity = None
-            source_output = None
-            if magnitude_tau is not None:
-                if verify:
-                    with torch.no_grad():
-                        source_output = net(x)
-                sparsity = magnitude_prune(net, magnitude_tau, prune_bias, per_layer_normalised).as_dict()
-            reference = None
-            if verify:
-                with torch.no_grad():
-                    reference = net(x)
-            n_dead = remove_dead_channels(net)
-            widths_changed = any(net.state_dict()[k].shape != v.shape
-                                 for k, v in mf.build_network().state_dict().items())
-            needs_adaptive = needs_adaptive or widths_changed
-            state = _storable_state_dict(net.state_dict(), fp16, compact)
-            slim_states[fold] = (ckpt, state, params_before, sparsity, n_dead,
-                                 reference, source_output)
-        if needs_adaptive:
+        dense_shapes = {k: v.shape for k, v in mf.build_network().state_dict().items()}
+        work = []
+        for fold in mf.folds:  # load and transform every fold first: the plans must say whether widths changed
+            w = _load(mf, fold)
+            _transform(w, x, magnitude_tau, prune_bias, per_layer_normalised)
+            work.append(w)
+        if compact or any(w.network.state_dict().keys() != dense_shapes.keys() or
+                          any(v.shape != dense_shapes[k] for k, v in w.network.state_dict().items()) for w in work):
             arch = _architecture_entry(plans, mf.configuration_name)
             arch["network_class_name"] = adaptive_class_name(arch["network_class_name"])
         (tmp / "plans.json").write_text(json.dumps(plans, indent=4))
 
-        for fold, (ckpt, state, params_before, sparsity, n_dead, reference, source_output) in slim_states.items():
-            fold_dir = tmp / f"fold_{fold}"
+        for w in work:
+            fold_dir = tmp / f"fold_{w.fold}"
             # After magnitude zeroing the source's validation results no longer describe the model; copied, they
             # would let find_best_configuration rank the pruned model by the dense model's Dice.
-            _copy_without_checkpoints(mf.fold_path(fold), fold_dir,
+            _copy_without_checkpoints(mf.fold_path(w.fold), fold_dir,
                                       skip=("validation",) if magnitude_tau is not None else ())
-            init_args = dict(ckpt["init_args"])
-            if isinstance(init_args.get("plans"), dict):
-                init_args["plans"] = plans
-            slim = {
-                "network_weights": state,
-                "trainer_name": ckpt["trainer_name"],
-                "init_args": init_args,
-                "inference_allowed_mirroring_axes": ckpt.get("inference_allowed_mirroring_axes"),
-                "current_epoch": ckpt.get("current_epoch"),
-                "nnunet_prune_export": {"source": str(mf.fold_path(fold)), "magnitude_tau": magnitude_tau,
-                                        "fp16": fp16, "compact": compact},
-            }
-            target = fold_dir / "checkpoint_final.pth"
-            torch.save(slim, target)
-            record = FoldExport(fold, params_before, 0, n_dead, mf.checkpoint_bytes(fold), target.stat().st_size,
-                                sparsity=sparsity)
-            net = ModelFolder.open(tmp, [fold]).load_network(fold)
-            record.parameters_after = count_parameters(net)
-            if verify:
-                with torch.no_grad():
-                    exported_output = net(x)
-                record.max_abs_difference = float((exported_output - reference).abs().max())
-                if source_output is not None:
-                    record.max_abs_difference_to_source = float((exported_output - source_output).abs().max())
+            state = _storable_state_dict(w.network.state_dict(), fp16, compact)
+            target = write_nnunet_fold(fold_dir, w, state, plans, {
+                "source": str(mf.fold_path(w.fold)), "magnitude_tau": magnitude_tau, "fp16": fp16,
+                "compact": compact})
+            record = FoldExport(w.fold, w.parameters_before, 0, w.dead_channels, mf.checkpoint_bytes(w.fold),
+                                target.stat().st_size, sparsity=w.sparsity)
+            _verify(tmp, w, x, record)
             result.folds.append(record)
         (tmp / SUMMARY_FILE).write_text(json.dumps(asdict(result), indent=2, default=str))
         record_files(tmp, TOOL)  # everything in tmp is the export's own: what --overwrite may replace later

@@ -9,16 +9,20 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "nnunet_prune"
 
 
+def undocumented(node: ast.AST, where: str, prefix: str = "") -> list[str]:
+    """``where:line name`` of every public definition under ``node`` without a docstring (classes recursively)."""
+    out = []
+    for n in getattr(node, "body", []):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not n.name.startswith("_"):
+            if ast.get_docstring(n) is None:
+                out.append(f"{where}:{n.lineno} {prefix}{n.name}")
+            if isinstance(n, ast.ClassDef):
+                out += undocumented(n, where, f"{prefix}{n.name}.")
+    return out
+
+
 def test_every_public_definition_has_a_docstring():
     missing = []
     for file in sorted(PACKAGE.rglob("*.py")):
-        def visit(node, prefix=""):
-            for n in getattr(node, "body", []):
-                if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not n.name.startswith("_"):
-                    if ast.get_docstring(n) is None:
-                        missing.append(f"{file.relative_to(PACKAGE.parent)}:{n.lineno} {prefix}{n.name}")
-                    if isinstance(n, ast.ClassDef):
-                        visit(n, f"{prefix}{n.name}.")
-
-        visit(ast.parse(file.read_text()))
+        missing += undocumented(ast.parse(file.read_text()), str(file.relative_to(PACKAGE.parent)))
     assert not missing, "public definitions without a docstring:\n" + "\n".join(missing)

@@ -229,6 +229,7 @@ def test_bad_settings_stop_before_the_fold_folder_exists(nnunet, dataset2d, dens
         ("nnUNetTrainerMagnitude", 1, {"NNUNET_PRUNE_DENSE_MODEL": str(dense_model)}, "tau is required"),
         ("nnUNetTrainerMagnitude_tau005", 1, {"NNUNET_PRUNE_MAGNITUDE_TAU": "0.01"},
          "NNUNET_PRUNE_MAGNITUDE='tau=<value>'"),
+        ("nnUNetTrainerMagnitude_tau005", 1, {"NNUNET_PRUNE_MAGNITUDE": "tau=0.01"}, "this trainer variant fixes"),
         ("nnUNetTrainerMagnitude_tau020", 1, {"NNUNET_PRUNE_DENSE_MODEL": str(damaged)}, "decoder.extra.weight"),
     ]
     for trainer, fold, env, words in cases:

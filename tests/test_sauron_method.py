@@ -683,3 +683,17 @@ def test_schedule_problems_name_the_setting_for_short_budgets():
     assert SauronConfig(tau_init=0.25, rho=2, kappa=3).schedule_problems(3) == []  # prunes from the first epoch
     assert condition_counts([5, 4, 3, 2, 1], [5, 4, 3, 2, 1], rho=2) == (0, 0)  # still learning: C1, C2 never
     assert condition_counts([5, 4, 4.5, 4.2], [3, 2, 2.5, 2.4], rho=2) == (2, 2)
+
+
+def test_a_variant_fixes_what_its_name_says():
+    """nnUNetTrainerSauron_lambda0 means lambda = 0: the plans entry or the variable may set the other settings,
+    but not a different lambda (a run named lambda0 that used lambda 1 would be mislabelled)."""
+    cfg = SauronConfig.resolve(environ={ENV_VAR: "lambda=0,kappa=4"}, fixed={"lambda": 0.0})
+    assert cfg.lambda_ == 0.0 and cfg.kappa == 4
+    with pytest.raises(NnUNetPruneError, match="lambda=0.0, which this trainer variant fixes"):
+        SauronConfig.resolve(environ={ENV_VAR: "lambda=1"}, fixed={"lambda": 0.0})
+    with pytest.raises(NnUNetPruneError, match="plans.*lambda=2 contradicts"):
+        SauronConfig.resolve({"nnunet_prune": {"sauron": {"lambda": 2}}}, fixed={"lambda": 0.0})
+    from nnunet_prune.trainers.sauron import nnUNetTrainerSauron_lambda1
+
+    assert nnUNetTrainerSauron_lambda1.method_defaults == {"lambda": 1.0}

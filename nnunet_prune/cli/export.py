@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
                     "no layer reads removed physically, validation outputs copied. With --magnitude-tau the "
                     "weights |w| <= tau are zeroed first and stored compactly.")
     p.add_argument("model_folder", help="trained model folder (<trainer>__<plans>__<configuration>)")
-    p.add_argument("-o", "--output", required=True, help="output model folder (must not exist or be empty, see --overwrite)")
+    p.add_argument("-o", "--output", required=True,
+                   help="output model folder (must not exist or be empty, see --overwrite)")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to export (default: all trained folds)")
     p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size; predictions "
                                                        "may differ in a few voxels)")

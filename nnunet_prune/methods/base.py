@@ -96,17 +96,21 @@ class MethodSettings:
                                    f"'{cls.EXAMPLE}'.") from None
 
     @classmethod
-    def resolve(cls, plans: Mapping | None = None, environ: Mapping[str, str] | None = None, **defaults: Any
-                ) -> MethodSettings:
+    def resolve(cls, plans: Mapping | None = None, environ: Mapping[str, str] | None = None,
+                fixed: Mapping[str, Any] | None = None, **defaults: Any) -> MethodSettings:
         """Defaults (``defaults`` by public or field name override the dataclass's), then
         ``plans['nnunet_prune'][NAME.lower()]``, then ``environ[ENV_VAR]``; validated. ``environ`` is given by the
-        caller (the glue passes ``os.environ``); None means no environment.
+        caller (the glue passes ``os.environ``); None means no environment. ``fixed`` values (a trainer variant
+        whose name promises them, e.g. tau=0.005) are applied first and may not be changed by the plans or the
+        variable.
 
         Raises:
-            NnUNetPruneError: an unknown key, a value of the wrong type, or one out of range.
+            NnUNetPruneError: an unknown key, a value of the wrong type, one out of range, or one that contradicts
+                a fixed value.
         """
         cfg = cls()
-        sources: list[tuple[str, Mapping]] = [("defaults", defaults)]
+        fixed = dict(fixed or {})
+        sources: list[tuple[str, Mapping]] = [("defaults", {**defaults, **fixed})]
         if plans is not None:
             entry = (plans.get("nnunet_prune") or {}).get(cls.NAME.lower()) or {}
             if not isinstance(entry, Mapping):
@@ -122,7 +126,15 @@ class MethodSettings:
                 if name not in types:
                     raise NnUNetPruneError(f"{origin}: unknown {cls.NAME} setting {key!r} (known: "
                                            f"{', '.join(cls.keys())}).")
-                setattr(cfg, name, _convert(origin, key, value, str(types[name])))
+                converted = _convert(origin, key, value, str(types[name]))
+                pinned = [v for k, v in fixed.items() if cls.ALIASES.get(k, k) == name]
+                if origin != "defaults" and pinned and converted != _convert("fixed", key, pinned[0],
+                                                                             str(types[name])):
+                    raise NnUNetPruneError(
+                        f"{origin}: {key}={value!r} contradicts {cls.public_name(name)}={pinned[0]!r}, which this "
+                        f"trainer variant fixes (its name says so). Use the variant's base trainer to choose "
+                        f"{cls.public_name(name)}, or leave it out.")
+                setattr(cfg, name, converted)
         return cfg.validate()
 
     def as_dict(self) -> dict:

@@ -101,7 +101,8 @@ class nnUNetTrainerPruning(nnUNetTrainer):
     #: the method this trainer runs (None: the dense network, no pruning)
     """nnU-Net's trainer plus the generic driver of a pruning method (see the module docstring)."""
     method_class: type[PruningMethod] | None = None
-    #: a variant's defaults for the method's settings, by public name (the plans entry and the variable override)
+    #: a variant's values for the method's settings, by public name: fixed (its name says so, e.g.
+    #: nnUNetTrainerSauron_lambda0, nnUNetTrainerMagnitude_tau005); the plans entry and the variable set the others
     method_defaults: dict = {}
     #: never shrink a coupling group below this many channels
     pruning_min_width: int = 1
@@ -159,7 +160,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         self.method_settings: MethodSettings | None = None
         if self.method_class is not None:
             self.method_settings = self.method_class.settings_class.resolve(plans, environ=os.environ,
-                                                                            **self.method_defaults)
+                                                                            fixed=self.method_defaults)
         if self.pruning_max_ratio is not None and not 0 <= self.pruning_max_ratio <= 1:
             raise NnUNetPruneError(f"{type(self).__name__}.pruning_max_ratio must be in [0, 1], got "
                                    f"{self.pruning_max_ratio}.")
