@@ -468,6 +468,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                 "max_ratio": self.pruning_max_ratio,
                 "final_epochs_without_pruning": self.final_epochs_without_pruning,
                 "initial_widths": self.graph.widths(),
+                "group_parts": {g.name: g.part for g in self.graph},
                 "initial_parameters": count_parameters(self.network_module),
                 "initial_macs_per_patch": self.current_macs(),
                 "patch_size": list(self.configuration_manager.patch_size),
@@ -509,16 +510,19 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                     self.print_to_log_file(f"WARNING: {line}")
             self.method.release()
         if self.local_rank == 0 and records:
-            initial = None  # the unpruned widths (records start after epoch 0's surgery); else the first record
+            config = {}  # the unpruned widths (records start after epoch 0's surgery) and the groups' parts
             try:
                 with open(os.path.join(self.output_folder, CONFIG_FILE)) as f:
-                    initial = json.load(f).get("initial_widths")
-            except (OSError, ValueError, AttributeError):
+                    config = json.load(f)
+            except (OSError, ValueError):
                 pass
+            config = config if isinstance(config, dict) else {}
+            initial, parts = config.get("initial_widths"), config.get("group_parts")
             try:
                 plot_widths(records, os.path.join(self.output_folder, "pruning_widths.png"),
                             f"{self.__class__.__name__}: channels per coupling group",
-                            initial_widths=initial if isinstance(initial, dict) else None)
+                            initial_widths=initial if isinstance(initial, dict) else None,
+                            parts=parts if isinstance(parts, dict) else None)
             except Exception as e:
                 self.print_to_log_file(f"could not plot widths: {type(e).__name__}: {e}")
 

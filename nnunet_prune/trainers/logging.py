@@ -204,13 +204,15 @@ def plot_pruning_progress(log: dict, scalar_keys, output_folder: str) -> None:
 
 
 def plot_widths(records: list[dict], output_file: str, title: str = "",
-                initial_widths: dict[str, int] | None = None) -> None:
+                initial_widths: dict[str, int] | None = None, parts: dict[str, str] | None = None) -> None:
     """``pruning_widths.png``: the channels of every coupling group before pruning and after the last recorded epoch,
     as bar pairs in network order, with the share kept above each pair.
 
     ``initial_widths`` are the unpruned widths (the fold's ``pruning_config.json`` "initial_widths"); without them the
-    first record stands in, which is already pruned once (records are written after each epoch's surgery). Drawn in
-    its own style; the caller's matplotlib state is left as it was.
+    first record stands in, which is already pruned once (records are written after each epoch's surgery). ``parts``
+    (group name -> encoder / bottleneck / decoder, the graph's own labels: ``pruning_config.json`` "group_parts")
+    colour the bars; without them the part is read from the group name. Drawn in its own style; the caller's
+    matplotlib state is left as it was.
     """
     import numpy as np
     from matplotlib.patches import Patch
@@ -228,7 +230,7 @@ def plot_widths(records: list[dict], output_file: str, title: str = "",
     names = list(start) + [n for n in end["widths"] if n not in start]
     before = [start.get(n, 0) for n in names]
     after = [end["widths"].get(n, 0) for n in names]
-    parts = [part_of(n, names) for n in names]
+    parts = [(parts or {}).get(n) or part_of(n, names) for n in names]
     x = np.arange(len(names))
     kept = sum(after) / sum(before) if sum(before) else float("nan")
 
