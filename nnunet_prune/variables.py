@@ -7,12 +7,9 @@ tools) reads these; surgery, criteria and methods never read the environment (``
 
 from __future__ import annotations
 
-#: name -> what it does (the documentation and `doctor` print this)
+#: name -> what it does, for the variables that belong to no method (each method's one variable comes from its
+#: settings class: :func:`method_variables`); the documentation and `doctor` print them
 PACKAGE_VARIABLES: dict[str, str] = {
-    "NNUNET_PRUNE_SAURON": "Sauron's settings, e.g. 'tau_max=0.3,kappa=15,rho=5,mu=2,omega=2,stat_batches=10,"
-                           "tau_init=0,lambda=0.5' (docs/sauron.md)",
-    "NNUNET_PRUNE_MAGNITUDE": "magnitude pruning's settings for nnUNetTrainerMagnitude[_ft], e.g. "
-                              "'tau=0.005,prune_bias=0,per_layer_normalised=0' (docs/magnitude.md)",
     "NNUNET_PRUNE_DENSE_MODEL": "model folder a dense start reads fold_F/checkpoint_final.pth from (default: the "
                                 "stock nnUNetTrainer folder, else nnUNetTrainerBudget)",
     "NNUNET_PRUNE_EPOCHS": "number of epochs of every trainer of this package (a short budget)",
@@ -34,3 +31,23 @@ NNUNET_VARIABLES: dict[str, str] = {
     "nnUNet_n_proc_DA": "nnU-Net's data-augmentation processes (0 on a CPU)",
     "nnUNet_def_n_proc": "nnU-Net's default number of processes",
 }
+
+
+def method_variables() -> dict[str, str]:
+    """Each method's one variable (``MethodSettings.ENV_VAR``), found through the method classes of this package's
+    trainers, with an example value: a new method's variable is listed without an edit here."""
+    from nnunet_prune import trainers
+
+    out = {}
+    for name in trainers.__all__:
+        method = getattr(getattr(trainers, name), "method_class", None)
+        settings = getattr(method, "settings_class", None)
+        if settings is not None and settings.ENV_VAR:
+            out[settings.ENV_VAR] = (f"{settings.NAME}'s settings (key=value,...; keys: {', '.join(settings.keys())}), "
+                                     f"e.g. '{settings.EXAMPLE}'")
+    return dict(sorted(out.items()))
+
+
+def all_variables() -> dict[str, str]:
+    """Every variable of this package: the methods' and the others (imports the trainers, hence nnU-Net)."""
+    return {**method_variables(), **PACKAGE_VARIABLES}

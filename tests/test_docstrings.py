@@ -1,5 +1,5 @@
-"""Every public function, class and method of the package has a docstring (the developers' guide asks for shapes,
-units, errors raised and the paper section there)."""
+"""Every public function, class and method of the package has a docstring (with shapes, units, the errors raised
+and the paper section where they apply: docs/methods.md, docs/architecture.md)."""
 
 from __future__ import annotations
 

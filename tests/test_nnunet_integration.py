@@ -28,9 +28,9 @@ def test_doctor_sees_every_class(nnunet):
     assert "All good" in out
     assert "ok  nnUNetTrainerSauron" in out and "ok  LUnetPlanner" in out
     assert "NO " not in out
-    from nnunet_prune.variables import PACKAGE_VARIABLES
+    from nnunet_prune.variables import all_variables
 
-    assert all(var in out for var in PACKAGE_VARIABLES)  # every variable the package reads
+    assert all(var in out for var in all_variables())  # every variable the package reads
     assert re.search(r"ok  nnunetv2\.run\.run_training\.get_trainer_from_args +patched", out)
 
 
@@ -188,6 +188,17 @@ def test_magnitude_trainer_validates_pruned_dense_fold(nnunet, dataset2d, dense_
     key = "encoder.stages.0.0.convs.1.conv.weight"
     w, d = ckpt["network_weights"][key], dense["network_weights"][key]
     assert torch.equal(w, torch.where(d.abs() <= 0.005, torch.zeros_like(d), d))
+    config = read_json(fold / "pruning_config.json")
+    assert config["method"] == {"tau": 0.005, "prune_bias": False, "per_layer_normalised": False}
+    assert config["start"]["from"] == "dense" and config["start"]["finetune_epochs"] == 0
+    # fine-tuning (the base trainer's, for every method): the zero pattern is held through the optimizer steps
+    ft = nnunet.train(DATASET_2D, "2d", 0, "nnUNetTrainerMagnitude_tau005_ft",
+                      env={"NNUNET_PRUNE_DENSE_MODEL": str(dense_model), "NNUNET_PRUNE_EPOCHS": "1"}) / "fold_0"
+    tuned = torch.load(ft / "checkpoint_final.pth", map_location="cpu", weights_only=False)["network_weights"][key]
+    assert torch.equal(tuned == 0, w == 0) and not torch.equal(tuned, w)  # trained, same zeros
+    start = read_json(ft / "pruning_config.json")["start"]
+    assert start["finetune_epochs"] == 1 and start["initial_lr"] == pytest.approx(0.001)
+    assert len(read_json(ft / "pruning_history.json")["epochs"]) == 1
     # a missing dense model is a clear error, not a traceback from inside nnU-Net
     bad = nnunet.run("nnUNetv2_train", DATASET_2D, "2d", 1, "-tr", "nnUNetTrainerMagnitude_tau010", "-device",
                      "cpu", env={"NNUNET_PRUNE_DENSE_MODEL": str(nnunet.base / "nowhere")}, check=False)

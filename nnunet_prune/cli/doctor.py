@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from nnunet_prune.variables import NNUNET_VARIABLES, PACKAGE_VARIABLES
+from nnunet_prune.variables import NNUNET_VARIABLES, all_variables
 
 # run in a fresh interpreter, started the way the stock console scripts start
 _PROBE = r"""
@@ -80,7 +80,7 @@ def run(args) -> int:
     for dist in ("nnunetv2", "torch", "dynamic-network-architectures", "batchgenerators"):
         print(f"  {dist:<30} {_version(dist)}")
     for title, table in (("nnU-Net's variables", NNUNET_VARIABLES),
-                         ("Variables of this package (every one it reads)", PACKAGE_VARIABLES)):
+                         ("Variables of this package (every one it reads)", all_variables())):
         print(f"\n{title}:")
         for var, what in table.items():
             value = os.environ.get(var)

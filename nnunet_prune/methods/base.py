@@ -5,8 +5,8 @@ A method is a :class:`PruningMethod` subclass with a :class:`MethodSettings` dat
 with :func:`nnunet_prune.surgery.removal.apply_removal`; a method never slices a tensor and never reads the
 environment or nnU-Net's plans (the glue passes them in)::
 
-    settings = SauronSettings.resolve(plans_entry, env_text, **variant_defaults)   # validated
-    method = SauronMethod(settings)
+    settings = SauronConfig.resolve(plans, environ, fixed=variant_values)   # validated
+    method = SauronMethod(settings)                                         # (rng=... for reproducible draws)
     method.bind(graph)                         # start; again after every surgery and after --c
     removal = method.start(network, graph)     # once, after the weights are loaded (one-shot methods decide here)
     for each epoch:
@@ -16,9 +16,10 @@ environment or nnU-Net's plans (the glue passes them in)::
             loss = nnU-Net's loss + method.extra_loss()
             method.step_end()
         removal = method.decide(graph, progress)        # rank 0's answer is used under DDP
-        result = apply_removal(...)                     # skipped in the last epochs: see the driver
+        log method.scalars(graph), method.messages()    # right after the decision, before the surgery
+        result = apply_removal(...)                     # not when progress.pruning_allowed is False
         method.after_surgery(result, graph)             # every epoch, also when nothing was removed
-        log method.scalars(); checkpoint method.state()
+        checkpoint method.state()
 """
 
 from __future__ import annotations
@@ -167,20 +168,23 @@ def _convert(origin: str, key: str, value: Any, type_name: str) -> Any:
 
 @dataclass
 class TrainingProgress:
-    """What the driver tells a method after an epoch: the epoch (0-based), the budget, and nnU-Net's losses so far
-    (one value per finished epoch, the current one last)."""
+    """What the driver tells a method after an epoch: the epoch (0-based), the budget, nnU-Net's losses so far
+    (one value per finished epoch, the current one last), and whether a surgery may follow this decision (False in
+    the last ``final_epochs_without_pruning`` epochs: what :meth:`PruningMethod.decide` returns is then dropped)."""
 
     epoch: int
     num_epochs: int
     train_losses: Sequence[float]
     val_losses: Sequence[float]
+    pruning_allowed: bool = True
 
 
 class PruningMethod:
     """One paper's algorithm behind the protocol of the module docstring. Every hook has a no-op default.
 
     Class attributes: ``settings_class`` (its :class:`MethodSettings`), ``log_keys`` (names of the per-epoch scalars
-    :meth:`scalars` returns, logged in nnU-Net's logger and ``pruning_history.json``), ``holds_zero_pattern``
+    :meth:`scalars` returns, logged in nnU-Net's logger and ``pruning_history.json``; keys not listed are added when
+    first logged, listing them plots them from the first epoch on), ``holds_zero_pattern``
     (weights zeroed by :meth:`start` stay zero while training continues: the driver re-applies the zero pattern
     after every optimizer step).
     """
@@ -190,6 +194,8 @@ class PruningMethod:
     holds_zero_pattern: ClassVar[bool] = False
 
     def __init__(self, settings: MethodSettings, rng: np.random.Generator | None = None):
+        """``rng``: the method's random generator (a fresh unseeded one by default; pass a seeded one, or take a
+        seed from the settings, for reproducible draws)."""
         self.settings = settings
         self.rng = rng if rng is not None else np.random.default_rng()
 
@@ -232,6 +238,10 @@ class PruningMethod:
     def scalars(self, graph: ChannelGraph) -> dict[str, Any]:
         """Per-epoch values to log (keys from ``log_keys``), asked right after :meth:`decide`."""
         return {}
+
+    def messages(self) -> list[str]:
+        """Lines for the training log about the last decision (empty: none), asked right after :meth:`decide`."""
+        return []
 
     def state(self) -> dict:
         """JSON-serialisable state, saved in every checkpoint (nnU-Net's logger) and restored on ``--c``."""

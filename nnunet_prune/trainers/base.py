@@ -252,7 +252,8 @@ class nnUNetTrainerPruning(nnUNetTrainer):
     def progress(self) -> TrainingProgress:
         """The current epoch, the budget and nnU-Net's losses so far (what a method's decision sees)."""
         log = self.logger.local_logger.my_fantastic_logging
-        return TrainingProgress(self.current_epoch, self.num_epochs, log["train_losses"], log["val_losses"])
+        return TrainingProgress(self.current_epoch, self.num_epochs, log["train_losses"], log["val_losses"],
+                                self.pruning_allowed())
 
     def pruning_allowed(self) -> bool:
         """Whether channels may still be removed after the current epoch (see final_epochs_without_pruning)."""
@@ -364,6 +365,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
             for line in self.method.messages():
                 self.print_to_log_file(line)
             for key, value in scalars.items():
+                self.logger.local_logger.add_key(key)  # a key the method did not list in log_keys: from now on
                 self.logger.log(key, value, self.current_epoch)
         if (removal.channels or removal.blocks) and not self.pruning_allowed():
             self.print_to_log_file(f"nnunet-prune: no surgery in the last {self.final_epochs_without_pruning} "
