@@ -129,34 +129,33 @@ class LatencyStats:
 
 
 def measure_latency(network: nn.Module, patch_size: Sequence[int], device: str | torch.device = "cpu",
-                    repeats: int = 10, warmup: int = 2, compiled: bool = False, threads: int | None = None,
+                    repeats: int = 10, warmup: int = 2, runtime: str = "eager", threads: int | None = None,
                     bf16: bool = False) -> float:
     """Median milliseconds (ms) for one forward pass over one patch; see :func:`measure_latency_stats`."""
-    return measure_latency_stats(network, patch_size, device, repeats, warmup, compiled, threads, bf16).median_ms
+    return measure_latency_stats(network, patch_size, device, repeats, warmup, runtime, threads, bf16).median_ms
 
 
 def measure_latency_stats(network: nn.Module, patch_size: Sequence[int], device: str | torch.device = "cpu",
-                          repeats: int = 10, warmup: int = 2, compiled: bool = False, threads: int | None = None,
-                          bf16: bool = False, runtime: str | None = None) -> LatencyStats:
+                          repeats: int = 10, warmup: int = 2, runtime: str = "eager", threads: int | None = None,
+                          bf16: bool = False) -> LatencyStats:
     """Milliseconds for one forward pass over one patch (batch 1, ``torch.inference_mode``, no deep supervision)
     over ``repeats`` timed passes after ``warmup`` untimed ones: median, quartiles and range.
 
-    ``compiled`` uses ``torch.compile``: on the CPU plain inductor, on CUDA ``mode="reduce-overhead"`` (CUDA
-    graphs), which is how a deployed model would run. ``bf16`` runs under bfloat16 autocast. ``threads`` sets
+    ``runtime`` is one of :data:`RUNTIMES`: "eager", or "compile" (``torch.compile``: on the CPU plain inductor, on
+    CUDA ``mode="reduce-overhead"``, i.e. CUDA graphs, which is how a deployed model would run). ``bf16`` runs under
+    bfloat16 autocast. ``threads`` sets
     ``torch.set_num_threads`` for the measurement. The network's device, mode and the thread count are restored
     afterwards; a compiled measurement resets torch.compile's caches (``torch.compiler.reset``) before and after.
-    A compile failure propagates (callers decide whether it is fatal). ``runtime`` names the runtime instead of
-    ``compiled``: one of :data:`RUNTIMES` ("eager", "compile").
+    A compile failure propagates (callers decide whether it is fatal).
 
     Raises:
         ValueError: repeats < 1, warmup < 0, or an unknown runtime.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
-    if runtime is not None:
-        if runtime not in RUNTIMES:
-            raise ValueError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
-        compiled = runtime == "compile"
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
+    compiled = runtime == "compile"
     device = torch.device(device)
     cuda = device.type == "cuda"
     net = unwrap(network)

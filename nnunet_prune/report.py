@@ -237,7 +237,7 @@ def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence 
 
         def compiled_ms(where: torch.device, use_bf16: bool, row=row, net=net, fold=fold) -> LatencyStats | None:
             try:
-                return measure_latency_stats(net, patch, where, repeats, warmup, compiled=True, bf16=use_bf16,
+                return measure_latency_stats(net, patch, where, repeats, warmup, runtime="compile", bf16=use_bf16,
                                              threads=threads if where.type == "cpu" else None)
             except Exception as e:  # inductor needs a C++ compiler / Triton; eager numbers are still worth having
                 note = f"torch.compile on {where.type} failed for {label} fold {fold} ({_first_line(e)})"

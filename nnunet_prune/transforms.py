@@ -23,7 +23,7 @@ def magnitude_prune(network: nn.Module, tau: float, prune_bias: bool = False, pe
     """
     settings = MagnitudeSettings(tau=tau, prune_bias=prune_bias, per_layer_normalised=per_layer_normalised).validate()
     graph = build_channel_graph(network)
-    return apply_removal(network, MagnitudeMethod(settings).start(network, graph)).sparsity
+    return apply_removal(network, MagnitudeMethod(settings).start(network, graph), graph=graph).sparsity
 
 
 def remove_dead_channels(network: nn.Module) -> int:

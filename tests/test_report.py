@@ -210,7 +210,7 @@ def test_compile_failure_is_recorded_not_fatal(tmp_path, monkeypatch, capsys):
 def test_compiled_latency_cpu():
     """Real inductor compilation (needs a C++ compiler; tens of seconds on a small machine)."""
     net = make_network("plain", 2, ds=True, in_channels=1)
-    assert measure_latency(net, PATCH, "cpu", repeats=2, warmup=0, compiled=True, threads=1) > 0
+    assert measure_latency(net, PATCH, "cpu", repeats=2, warmup=0, runtime="compile", threads=1) > 0
     assert net.decoder.deep_supervision
 
 

@@ -198,7 +198,7 @@ def _plans_check(original):
 
 PATCHES.update({
     PLAN_API: (
-        Patch(PLAN_API, "recursive_find_python_class", lambda f: _planner_lookup(f),
+        Patch(PLAN_API, "recursive_find_python_class", _planner_lookup,
               ("folder", "class_name", "current_module"), "-pl finds this package's planners; unknown names listed"),
         Patch(PLAN_API, "plan_experiments", lambda f: _looking_up("planner", f), ("dataset_ids",),
               "tells the lookup it is looking for a planner"),

@@ -291,7 +291,6 @@ class SauronMethod(PruningMethod):
         self.observer.detach()
 
     def epoch_start(self, epoch: int, graph: ChannelGraph) -> None:
-        # a new random reference channel pi per layer and epoch (§3.3)
         """Draw a new reference channel pi per group (§3.3); distances and delta_opt start again."""
         self.observer.reset_epoch({g.name: int(self.rng.integers(g.size)) for g in graph if g.size > 1})
 
@@ -329,10 +328,12 @@ class SauronMethod(PruningMethod):
         return Removal(channels=channels)
 
     def after_surgery(self, result: SurgeryResult, graph: ChannelGraph) -> None:
-        """C3 feedback: the fraction of each group removed in this surgery (0 where none)."""
-        if result.channels is not None:  # C3 of the next epoch
-            for name, width in result.channels.widths_before.items():
-                self.thresholds.record_pruned(name, len(result.channels.removed.get(name, [])), width)
+        """C3 feedback: the fraction of each group removed in this surgery (0 where none, and in epochs without
+        surgery)."""
+        removed = result.channels.removed if result.channels is not None else {}
+        for g in graph:  # C3 of the next epoch; the width before = the width now + what went
+            n = len(removed.get(g.name, []))
+            self.thresholds.record_pruned(g.name, n, g.size + n)
 
     def scalars(self, graph: ChannelGraph) -> dict:
         """delta_opt (epoch mean), every group's tau, the number of thresholds raised."""

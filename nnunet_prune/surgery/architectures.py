@@ -51,6 +51,10 @@ def _dotted(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def _find(name: str) -> Architecture | None:
+    return next((a for a in ARCHITECTURES if name in (a.stock_class, a.adaptive_class)), None)
+
+
 def for_class_name(name: str) -> Architecture:
     """The entry whose stock or adaptive class is ``name`` (a dotted path; a module not imported yet is imported,
     so that architectures defined elsewhere register themselves).
@@ -59,9 +63,9 @@ def for_class_name(name: str) -> Architecture:
         UnsupportedNetworkError: no such architecture, naming the supported ones.
     """
     for _ in range(2):
-        for a in ARCHITECTURES:
-            if name in (a.stock_class, a.adaptive_class):
-                return a
+        found = _find(name)
+        if found is not None:
+            return found
         module = name.rpartition(".")[0]
         try:
             importlib.import_module(module) if module else None
@@ -80,10 +84,9 @@ def of(network: nn.Module) -> Architecture:
         UnsupportedNetworkError: no registered architecture.
     """
     for cls in type(network).__mro__:
-        name = _dotted(cls)
-        for a in ARCHITECTURES:
-            if name in (a.stock_class, a.adaptive_class):
-                return a
+        found = _find(_dotted(cls))
+        if found is not None:
+            return found
     raise UnsupportedNetworkError(
         f"{type(network).__name__} is not a supported architecture (supported: "
         f"{', '.join(a.stock_class for a in ARCHITECTURES)}).")

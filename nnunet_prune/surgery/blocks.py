@@ -25,6 +25,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from nnunet_prune.stats import count_parameters, unwrap
 from nnunet_prune.surgery.graph import UnsupportedNetworkError
+from nnunet_prune.surgery.prune import _optimizers
 from nnunet_prune.surgery.tensors import sync_attributes
 
 
@@ -110,10 +111,8 @@ def remove_blocks(network: nn.Module, paths: Iterable[str],
         kept = [m for i, m in enumerate(seq) if i not in indices]
         gone += [p for i, m in enumerate(seq) if i in indices for p in m.parameters()]
         seq._modules = OrderedDict((str(i), m) for i, m in enumerate(kept))
-    opts = [] if optimizer is None else [optimizer] if isinstance(optimizer, torch.optim.Optimizer) \
-        else list(optimizer)
     gone_ids = {id(p) for p in gone}
-    for opt in opts:
+    for opt in _optimizers(optimizer):
         for group in opt.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in gone_ids]
         for p in gone:

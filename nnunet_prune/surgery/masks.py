@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from nnunet_prune.stats import unwrap
-from nnunet_prune.surgery.graph import build_channel_graph
+from nnunet_prune.stats import count_parameters, unwrap
+from nnunet_prune.surgery.graph import ChannelGraph, build_channel_graph
 from nnunet_prune.surgery.layout import conv_stages, number_of_levels, stage_labels
 
 
@@ -90,8 +90,8 @@ class SparsityStats:
 
 @torch.no_grad()
 def apply_weight_masks(network: nn.Module, weight_masks: Mapping[nn.Module, torch.Tensor],
-                       bias_masks: Mapping[nn.Module, torch.Tensor] | None = None, tau: float = float("nan")
-                       ) -> SparsityStats:
+                       bias_masks: Mapping[nn.Module, torch.Tensor] | None = None, tau: float = float("nan"),
+                       graph: ChannelGraph | None = None) -> SparsityStats:
     """Zero the weights (biases) where the masks are False, in place, and count what changed per stage.
 
     Args:
@@ -100,11 +100,12 @@ def apply_weight_masks(network: nn.Module, weight_masks: Mapping[nn.Module, torc
             their weights but are counted.
         bias_masks: conv module -> bool tensor shaped like its bias.
         tau: the threshold behind the masks, recorded in the result.
+        graph: the network's current channel graph, if the caller has it (else it is built for the stages).
     Returns:
         :class:`SparsityStats` with every stage listed (:func:`~nnunet_prune.surgery.layout.stage_labels`).
     """
     net = unwrap(network)
-    graph = build_channel_graph(net)
+    graph = graph if graph is not None else build_channel_graph(net)
     where = conv_stages(graph)
     stages = OrderedDict((s, StageSparsity()) for s in stage_labels(number_of_levels(graph)))
     total = StageSparsity()
@@ -124,8 +125,7 @@ def apply_weight_masks(network: nn.Module, weight_masks: Mapping[nn.Module, torc
             b0 = int((m.bias == 0).sum())
             m.bias.mul_(bias_masks[m].to(m.bias.dtype))
             biases_pruned += int((m.bias == 0).sum()) - b0
-    n_params = sum(p.numel() for p in net.parameters())
-    return SparsityStats(tau, n_params, total, stages, biases_pruned)
+    return SparsityStats(tau, count_parameters(net), total, stages, biases_pruned)
 
 
 def zero_pattern(network: nn.Module) -> dict[nn.Module, torch.Tensor]:

@@ -66,8 +66,8 @@ def apply_removal(network: nn.Module, removal: Removal, *, graph: ChannelGraph |
     net = unwrap(network)
     result = SurgeryResult()
     if removal.weights or removal.biases:
-        result.sparsity = apply_weight_masks(net, removal.weights, removal.biases, tau=removal.tau)
-    if removal.channels or graph is not None:  # with a graph: always (the result then lists every group's width)
+        result.sparsity = apply_weight_masks(net, removal.weights, removal.biases, tau=removal.tau, graph=graph)
+    if removal.channels:
         graph = graph if graph is not None else build_channel_graph(net)
         result.channels = graph.prune(removal.channels, optimizer=optimizer, min_width=min_width, min_keep=min_keep)
     if removal.blocks:

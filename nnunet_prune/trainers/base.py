@@ -98,8 +98,9 @@ def broadcast_decision(obj, src: int = 0):
 
 
 class nnUNetTrainerPruning(nnUNetTrainer):
-    #: the method this trainer runs (None: the dense network, no pruning)
     """nnU-Net's trainer plus the generic driver of a pruning method (see the module docstring)."""
+
+    #: the method this trainer runs (None: the dense network, no pruning)
     method_class: type[PruningMethod] | None = None
     #: a variant's values for the method's settings, by public name: fixed (its name says so, e.g.
     #: nnUNetTrainerSauron_lambda0, nnUNetTrainerMagnitude_tau005); the plans entry and the variable set the others
@@ -146,7 +147,6 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         self._held_masks = None
         self._step = 0
         self._caps: dict[str, int] | None = None
-        self.start_result: SurgeryResult | None = None
 
     # ------------------------------------------------------------------ settings
     def resolve_settings(self, plans: dict, configuration: str, fold: int, dataset_json: dict) -> None:
@@ -287,15 +287,17 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         if self.method is None:
             return
         self.method.bind(self.graph)
+        zeroed = False  # weights zeroed by the start decision (or, on --c, by the start of this fold)
         if fresh:
             removal = self.method.start(self.network_module, self.graph)
             if removal:
-                self.start_result = self.apply_removal(removal)
-                self._record_start(self.start_result)
+                result = self.apply_removal(removal)
+                self._record_start(result)
+                zeroed = result.sparsity is not None
             if self.local_rank == 0:
                 for problem in self.method.schedule_problems(self.num_epochs, self.final_epochs_without_pruning):
                     self.print_to_log_file(f"WARNING: {problem}")
-        if self.method.holds_zero_pattern and (not fresh or (self.start_result and self.start_result.sparsity)):
+        if self.method.holds_zero_pattern and (zeroed or not fresh):
             self._held_masks = zero_pattern(self.network_module)
 
     def _record_start(self, result: SurgeryResult) -> None:
@@ -399,14 +401,22 @@ class nnUNetTrainerPruning(nnUNetTrainer):
             self.write_history()
 
     # ------------------------------------------------------------------ records
-    def initial_widths(self) -> dict[str, int]:
-        """Group widths of the unpruned network (from ``pruning_config.json`` on ``--c``; else the current ones)."""
+    def read_config(self) -> dict:
+        """The fold's ``pruning_config.json`` ({} if it does not exist yet or cannot be read)."""
         try:
             with open(os.path.join(self.output_folder, CONFIG_FILE)) as f:
-                widths = json.load(f).get("initial_widths")
+                config = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        return config if isinstance(config, dict) else {}
+
+    def initial_widths(self) -> dict[str, int]:
+        """Group widths of the unpruned network (from ``pruning_config.json`` on ``--c``; else the current ones)."""
+        widths = self.read_config().get("initial_widths")
+        try:
             if isinstance(widths, dict):
                 return {str(k): int(v) for k, v in widths.items()}
-        except (OSError, ValueError, AttributeError, TypeError):
+        except (ValueError, TypeError):
             pass
         return self.graph.widths()
 
@@ -419,11 +429,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         """
         if self._resumed_from_epoch is None:
             return
-        try:
-            with open(os.path.join(self.output_folder, CONFIG_FILE)) as f:
-                previous = json.load(f).get("method")
-        except (OSError, ValueError, AttributeError):
-            return
+        previous = self.read_config().get("method")
         if not isinstance(previous, dict):
             return
         method = self.method_config()
@@ -445,14 +451,8 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                   "num_val_iterations_per_epoch": self.num_val_iterations_per_epoch,
                   "overridden_by_environment": self.budget_overrides}
         method = self.method_config()
-        previous = None
-        if self._resumed_from_epoch is not None and os.path.isfile(path):
-            try:
-                with open(path) as f:
-                    previous = json.load(f)
-            except (OSError, ValueError):
-                previous = None
-        if isinstance(previous, dict) and "method" in previous:
+        previous = self.read_config() if self._resumed_from_epoch is not None else {}
+        if "method" in previous:
             resume = {"time": datetime.now().astimezone().isoformat(timespec="seconds"),
                       "epoch": self._resumed_from_epoch, "trainer": self.__class__.__name__, "budget": budget,
                       "method": method, "parameters": count_parameters(self.network_module),
@@ -512,13 +512,8 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                     self.print_to_log_file(f"WARNING: {line}")
             self.method.release()
         if self.local_rank == 0 and records:
-            config = {}  # the unpruned widths (records start after epoch 0's surgery) and the groups' parts
-            try:
-                with open(os.path.join(self.output_folder, CONFIG_FILE)) as f:
-                    config = json.load(f)
-            except (OSError, ValueError):
-                pass
-            config = config if isinstance(config, dict) else {}
+            # the unpruned widths (records start after epoch 0's surgery) and the groups' parts
+            config = self.read_config()
             initial, parts = config.get("initial_widths"), config.get("group_parts")
             try:
                 plot_widths(records, os.path.join(self.output_folder, "pruning_widths.png"),
