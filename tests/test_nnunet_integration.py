@@ -242,6 +242,7 @@ def test_bad_settings_stop_before_the_fold_folder_exists(nnunet, dataset2d, dens
          "NNUNET_PRUNE_MAGNITUDE='tau=<value>'"),
         ("nnUNetTrainerMagnitude_tau005", 1, {"NNUNET_PRUNE_MAGNITUDE": "tau=0.01"}, "this trainer variant fixes"),
         ("nnUNetTrainerMagnitude_tau020", 1, {"NNUNET_PRUNE_DENSE_MODEL": str(damaged)}, "decoder.extra.weight"),
+        ("nnUNetTrainerSTAMP_noDropout", 1, {"NNUNET_PRUNE_STAMP": "per_step=1.5"}, "per_step must be"),
     ]
     for trainer, fold, env, words in cases:
         assert not (nnunet.model_folder(DATASET_2D, trainer, "nnUNetPlans", "2d") / f"fold_{fold}").exists()

@@ -19,6 +19,7 @@ environment or nnU-Net's plans (the glue passes them in)::
         log method.scalars(graph), method.messages()    # right after the decision, before the surgery
         result = apply_removal(...)                     # not when progress.pruning_allowed is False
         method.after_surgery(result, graph)             # every epoch, also when nothing was removed
+        pruning_history.json += method.record(graph)
         checkpoint method.state()
 """
 
@@ -169,14 +170,21 @@ def _convert(origin: str, key: str, value: Any, type_name: str) -> Any:
 @dataclass
 class TrainingProgress:
     """What the driver tells a method after an epoch: the epoch (0-based), the budget, nnU-Net's losses so far
-    (one value per finished epoch, the current one last), and whether a surgery may follow this decision (False in
-    the last ``final_epochs_without_pruning`` epochs: what :meth:`PruningMethod.decide` returns is then dropped)."""
+    (one value per finished epoch, the current one last), whether a surgery may follow this decision (False in
+    the last ``final_epochs_without_pruning`` epochs: what :meth:`PruningMethod.decide` returns is then dropped),
+    nnU-Net's smoothed validation pseudo Dice per epoch (its ``ema_fg_dice``), and the network's size now and
+    unpruned (parameters; MACs per patch; None where unknown)."""
 
     epoch: int
     num_epochs: int
     train_losses: Sequence[float]
     val_losses: Sequence[float]
     pruning_allowed: bool = True
+    pseudo_dice: Sequence[float] = ()
+    parameters: int | None = None
+    macs: int | None = None
+    initial_parameters: int | None = None
+    initial_macs: int | None = None
 
 
 class PruningMethod:
@@ -236,7 +244,13 @@ class PruningMethod:
 
     # -- records ----------------------------------------------------------------------------------------------
     def scalars(self, graph: ChannelGraph) -> dict[str, Any]:
-        """Per-epoch values to log (keys from ``log_keys``), asked right after :meth:`decide`."""
+        """Per-epoch values to log (keys from ``log_keys``), asked right after :meth:`decide`; each is plotted in
+        ``progress_pruning.png`` (a number, or a list with one number per group)."""
+        return {}
+
+    def record(self, graph: ChannelGraph) -> dict[str, Any]:
+        """Per-epoch details for ``pruning_history.json`` only (not plotted: e.g. the channels removed and their
+        scores), asked after :meth:`after_surgery`. JSON-serialisable."""
         return {}
 
     def messages(self) -> list[str]:

@@ -61,6 +61,13 @@ class ChannelGroup:
     outputs: list[nn.Module] = field(default_factory=list)
 
     @property
+    def pre_activation(self) -> list[nn.Module]:
+        """Modules whose output is this group's channels before the nonlinearity: the norms, or the producers where
+        the network has no norm (a transposed conv's output is its group's, unactivated). A residual group has one
+        per summand."""
+        return list(self.norms) if self.norms else list(self.producers)
+
+    @property
     def size(self) -> int:
         """Current number of channels of the group."""
         p = self.producers[0]

@@ -29,11 +29,17 @@ class ActivationTap:
 
     The callback sees every training-mode forward output (B, C, *spatial) of every hooked point; outputs in eval
     mode and on the meta device (shape inference) are skipped. ``groups`` limits the hooked groups (names).
+    ``points`` chooses where: ``"outputs"`` (the group's channels as its consumers read them, after the activation)
+    or ``"pre_activation"`` (:attr:`~nnunet_prune.surgery.graph.ChannelGroup.pre_activation`: the norms' outputs,
+    or the producers' outputs where there is no norm).
     """
 
-    def __init__(self, callback: TapCallback, groups: set[str] | None = None):
+    def __init__(self, callback: TapCallback, groups: set[str] | None = None, points: str = "outputs"):
+        if points not in ("outputs", "pre_activation"):
+            raise ValueError(f"points must be 'outputs' or 'pre_activation', got {points!r}")
         self.callback = callback
         self.groups = groups
+        self.points = points
         self._hooks: list = []
 
     def attach(self, graph: ChannelGraph) -> ActivationTap:
@@ -41,7 +47,7 @@ class ActivationTap:
         self.detach()
         self._hooks = [m.register_forward_hook(partial(self._observe, g, j))
                        for g in graph if self.groups is None or g.name in self.groups
-                       for j, m in enumerate(g.outputs)]
+                       for j, m in enumerate(getattr(g, self.points))]
         return self
 
     def detach(self) -> None:

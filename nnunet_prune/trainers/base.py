@@ -252,8 +252,12 @@ class nnUNetTrainerPruning(nnUNetTrainer):
     def progress(self) -> TrainingProgress:
         """The current epoch, the budget and nnU-Net's losses so far (what a method's decision sees)."""
         log = self.logger.local_logger.my_fantastic_logging
+        config = self.read_config()
         return TrainingProgress(self.current_epoch, self.num_epochs, log["train_losses"], log["val_losses"],
-                                self.pruning_allowed())
+                                self.pruning_allowed(), pseudo_dice=log.get("ema_fg_dice", []),
+                                parameters=count_parameters(self.network_module), macs=self.current_macs(),
+                                initial_parameters=config.get("initial_parameters"),
+                                initial_macs=config.get("initial_macs_per_patch"))
 
     def pruning_allowed(self) -> bool:
         """Whether channels may still be removed after the current epoch (see final_epochs_without_pruning)."""
@@ -378,6 +382,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         result = self.apply_removal(removal)
         if self.method is not None:
             self.method.after_surgery(result, self.graph)
+            scalars.update(self.method.record(self.graph))
         record = {
             "epoch": self.current_epoch,
             "widths": self.graph.widths(),
