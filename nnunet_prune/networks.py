@@ -8,7 +8,10 @@ the structure pruning changes), so a pruned fold loads wherever nnU-Net loads a 
 Apart from ``load_state_dict`` they are the stock classes: same modules, same forward, same speed.
 
 Plans may name them by dotted path (``nnunet_prune.networks.AdaptivePlainConvUNet``); this package's trainers
-use them in place of the stock classes automatically.
+use them in place of the stock classes automatically. One more keyword, ``channel_widths`` ({coupling group name:
+width}, as :meth:`~nnunet_prune.surgery.graph.ChannelGraph.widths` names them), builds the network at those widths
+from the start: a plans file written by ``nnunet-prune plans-from-model`` uses it to train a pruned architecture from
+scratch with the stock trainer (nnU-Net initialises the weights after construction, so at the final shapes).
 """
 
 from __future__ import annotations
@@ -21,7 +24,19 @@ from nnunet_prune.surgery.resize import resize_to_state_dict
 
 class AdaptiveWidthMixin:
     """Resize to the incoming state dict before loading it (compact entries and torch.nn.utils.prune's
-    ``weight_orig``/``weight_mask`` pairs are read too: :func:`nnunet_prune.checkpoints.normalise_state_dict`)."""
+    ``weight_orig``/``weight_mask`` pairs are read too: :func:`nnunet_prune.checkpoints.normalise_state_dict`).
+
+    ``channel_widths`` ({group name: width}): built at these widths (groups not named keep the plans' width).
+
+    Raises:
+        NnUNetPruneError: ``channel_widths`` names a group the network does not have, or a width that is not in
+            1..(the plans' width).
+    """
+
+    def __init__(self, *args, channel_widths: dict[str, int] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if channel_widths:
+            set_channel_widths(self, channel_widths)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Take the state dict's block counts and widths (:func:`~nnunet_prune.surgery.resize.resize_to_state_dict`),
@@ -37,6 +52,31 @@ class AdaptivePlainConvUNet(AdaptiveWidthMixin, PlainConvUNet):
 
 class AdaptiveResidualEncoderUNet(AdaptiveWidthMixin, ResidualEncoderUNet):
     """``ResidualEncoderUNet`` that takes its widths from the state dict it loads."""
+
+
+def set_channel_widths(network, widths: dict[str, int]) -> None:
+    """Narrow ``network``'s coupling groups to ``widths`` ({group name: width}) by keeping their first channels (the
+    values are meant to be re-initialised).
+
+    Raises:
+        NnUNetPruneError: an unknown group or a width outside 1..(current width).
+    """
+    from nnunet_prune import NnUNetPruneError
+    from nnunet_prune.surgery import architectures
+
+    graph = architectures.of(network).build_graph(network)
+    current = graph.widths()
+    unknown = sorted(set(widths) - set(current))
+    bad = {k: v for k, v in widths.items() if k in current and not (isinstance(v, int) and 1 <= v <= current[k])}
+    if unknown or bad:
+        raise NnUNetPruneError(
+            "channel_widths does not fit the network: " + "; ".join(
+                [f"unknown group(s) {', '.join(unknown)}"] * bool(unknown) +
+                [f"{k}={v} (allowed 1..{current[k]})" for k, v in bad.items()]) +
+            ". Write the plans again with `nnunet-prune plans-from-model`.")
+    removal = {k: list(range(v, current[k])) for k, v in widths.items() if v < current[k]}
+    if removal:
+        graph.prune(removal)
 
 
 def adaptive_class_name(network_class_name: str) -> str:

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "report": "nnunet_prune.cli.report",
     "export": "nnunet_prune.cli.export",
     "sweep": "nnunet_prune.cli.sweep",
+    "plans-from-model": "nnunet_prune.cli.plans_from_model",
 }
 
 
