@@ -131,6 +131,7 @@ def plans_from_model(model_folder: str | os.PathLike, fold, plans_name: str,
     cm = folder.configuration_manager
     config = copy.deepcopy(dict(cm.configuration))
     config.pop("inherits_from", None)
+    config.pop("next_stage", None)  # a 3d_lowres fold: the cascade's next stage is not in the new plans
     if config.get("previous_stage"):
         raise NnUNetPruneError(f"Configuration {configuration} is a cascade stage (it needs the predictions of "
                                f"{config['previous_stage']}); plans-from-model supports single-stage configurations.")
@@ -171,8 +172,12 @@ def plans_from_model(model_folder: str | os.PathLike, fold, plans_name: str,
         if key is None or key not in kwargs:
             raise NnUNetPruneError(f"fold {fold} has {count} blocks in {part} stage {stage}, which the plans of "
                                    f"{arch['network_class_name']} cannot express.")
-        values = list(kwargs[key]) if isinstance(kwargs[key], (list, tuple)) else [kwargs[key]] * len(
-            kwargs["features_per_stage"] if part == "encoder" else kwargs[_DECODER_BLOCK_KEY])
+        n_stages = int(kwargs.get("n_stages") or len(kwargs["features_per_stage"]))
+        values = list(kwargs[key]) if isinstance(kwargs[key], (list, tuple)) else \
+            [kwargs[key]] * (n_stages if part == "encoder" else n_stages - 1)
+        if stage >= len(values):
+            raise NnUNetPruneError(f"fold {fold} has a stack in {part} stage {stage} that the plans' {key} does not "
+                                   f"describe.")
         values[stage] = count
         kwargs[key] = values
     arch["network_class_name"] = adaptive_class_name(arch["network_class_name"])

@@ -42,7 +42,7 @@ def test_forced_schedule_prunes_then_trains_the_final_architecture(stamp_model):
     assert sum(map(len, scores.values())) == initial - total[0]
     assert history[0]["stamp_dropout_mean"] == 0 and max(history[0]["stamp_dropout"].values()) == pytest.approx(0.05)
     assert history[1]["stamp_dropout_mean"] > 0
-    assert "last scheduled step" in history[1]["stamp_stop_reason"]
+    assert history[1]["stamp_stop_reason"] == "the schedule's last step is done"
     for png in ("pruning_widths.png", "progress_pruning.png"):
         assert (fold / png).is_file()
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)

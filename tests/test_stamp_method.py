@@ -3,6 +3,7 @@ schedule, stop rules, targeted dropout, state round trip (LUnet paper §II-B, §
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -19,7 +20,7 @@ from nnunet_prune.methods.stamp import (
     StampWidestBlockMethod,
 )
 from nnunet_prune.surgery import build_channel_graph
-from nnunet_prune.surgery.removal import apply_removal
+from nnunet_prune.surgery.removal import Removal, apply_removal
 from tests.helpers import make_network, randomize_norms
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -83,6 +84,7 @@ def test_activation_l2_ranking_equals_direct_reference(arch, dim, post):
     net = make_network(arch, dim=dim)
     randomize_norms(net)
     method = StampMethod(settings(post_activation=post))
+    assert method.observer.tap.points == ("outputs" if post else "pre_activation")
     graph = build_channel_graph(net)
     method.bind(graph)
     batches = train_batches(net, n=3, dim=dim)
@@ -107,7 +109,7 @@ def test_pre_activation_l2_after_instance_norm_is_the_affine_parameters_only():
     net = make_network("plain", norm="instance")
     randomize_norms(net)
     graph = build_channel_graph(net)
-    method = StampMethod(settings())
+    method = StampMethod(settings(post_activation=False))
     method.bind(graph)
     train_batches(net, n=2)
     got = method.observer.scores(graph)
@@ -256,6 +258,7 @@ def test_widest_block_removes_from_the_widest_group_only():
 def test_schedule_scales_with_the_budget_and_reaches_the_paper_schedule():
     s = settings()
     assert s.step_epochs(10) == [0, 1, 2, 3, 4]
+    assert s.step_epochs(10, final_epochs_without_pruning=6) == [0, 1, 2, 3]
     steps = s.step_epochs(1000)
     assert steps[0] == 99 and steps[-1] == 499 and len(steps) == 401
     assert s.channels_per_step(4000, 4000, 1000) == math.ceil(0.75 * 4000 / 401)
@@ -264,9 +267,10 @@ def test_schedule_scales_with_the_budget_and_reaches_the_paper_schedule():
     assert settings(per_step=3).channels_per_step(500, 1000, 10) == 3
     paper = settings(per_step=1, recovery_epochs=5, start_fraction=0, stop_fraction=1, target_channels=0,
                      max_dice_drop=0)
-    assert paper.step_epochs(30) == [0, 5, 10, 15, 20, 25] and paper.channels_per_step(99, 100, 30) == 1
+    # train recovery_epochs, then every step after recovery_epochs more
+    assert paper.step_epochs(30) == [4, 9, 14, 19, 24] and paper.channels_per_step(99, 100, 30) == 1
     assert settings().step_epochs(1) == [] and settings().schedule_problems(1)
-    assert settings(recovery_epochs=2).step_epochs(10) == [0, 2, 4]
+    assert settings(recovery_epochs=2).step_epochs(10) == [1, 3]
 
 
 @pytest.mark.parametrize("text,needle", [
@@ -285,7 +289,7 @@ def test_stop_rules():
     total = sum(graph.widths().values())
 
     def fresh(**kw):
-        m = StampMethod(settings(per_step=4, start_fraction=0, stop_fraction=1, **kw))
+        m = StampMethod(settings(**{"per_step": 4, "start_fraction": 0, "stop_fraction": 1, **kw}))
         m.start(net, graph)
         m.bind(graph)
         train_batches(net, n=1)
@@ -295,7 +299,7 @@ def test_stop_rules():
     m = fresh(target_channels=(total - 2) / total + 1e-6)
     assert sum(len(v) for v in m.decide(graph, progress(0)).channels.values()) == 1
     m.release()
-    # Dice fell more than max_dice_drop below its best: stop for good
+    # Dice fell more than max_dice_drop below its best since the first step: stop for good
     m = fresh(max_dice_drop=0.05)
     assert not m.decide(graph, progress(2, dice=[0.5, 0.8, 0.7]))
     assert "max_dice_drop" in m.schedule.stop_reason
@@ -304,6 +308,12 @@ def test_stop_rules():
     m = fresh(max_dice_drop=0.05)
     assert m.decide(graph, progress(2, dice=[0.5, 0.8, 0.76]))
     m.release()
+    # a dip before the first scheduled step (here after epoch 2) does not count
+    m = fresh(max_dice_drop=0.05, start_fraction=0.3)
+    assert not m.decide(graph, progress(1, dice=[0.5, 0.3]))
+    assert m.decide(graph, progress(2, dice=[0.5, 0.3, 0.35]))
+    assert m.schedule.stop_reason is None
+    m.release()
     m = fresh(target_params=0.5)
     assert not m.decide(graph, progress(1, parameters=49, initial_parameters=100))
     assert "target_params" in m.schedule.stop_reason
@@ -311,10 +321,22 @@ def test_stop_rules():
     m = fresh(target_macs=0.5)
     assert m.decide(graph, progress(1, macs=60, initial_macs=100))
     m.release()
-    # the last scheduled step ends the schedule; a step not allowed by the driver is no step
+    # a step not allowed by the driver is no step
     m = fresh()
     assert not m.decide(graph, TrainingProgress(1, 10, [1, 1], [1, 1], pruning_allowed=False))
     m.release()
+    # the last scheduled step ends the schedule for this budget only (nothing permanent: --c may extend it)
+    m = fresh(stop_fraction=0.3)
+    assert m.decide(graph, progress(2, num_epochs=10))
+    m.after_surgery(apply_removal(net, Removal(), graph=graph), graph)
+    assert m.record(graph)["stamp_stop_reason"] == "the schedule's last step is done"
+    assert m.state()["stop_reason"] is None and not m.observer.tap.attached
+    m2 = StampMethod(m.settings)
+    m2.load_state(m.state())
+    m2.bind(graph)
+    train_batches(net, n=1)
+    assert m2.decide(graph, progress(3, num_epochs=20))  # a longer budget has more steps
+    m2.release()
 
 
 def test_state_round_trip_restores_schedule_and_dropout():
@@ -329,7 +351,6 @@ def test_state_round_trip_restores_schedule_and_dropout():
     method.after_surgery(result, graph)
     state = method.state()
     method.release()
-    import json
     state = json.loads(json.dumps(state))  # as the checkpoint's logger keeps it
     again = StampMethod(settings(per_step=3, start_fraction=0))
     again.load_state(state)
@@ -337,6 +358,13 @@ def test_state_round_trip_restores_schedule_and_dropout():
     assert again.schedule == method.schedule and again.dropout() == method.dropout()
     assert again.schedule.initial_channels == sum(graph.widths().values()) + 3
     again.release()
+    # a seed makes the variants' draws reproducible, and --c continues the same random stream
+    a = StampWidestBlockMethod(settings(seed=7))
+    b = StampWidestBlockMethod(settings(seed=7))
+    assert a.select(graph, {}, 5) == b.select(graph, {}, 5)
+    c = StampWidestBlockMethod(settings(seed=7))
+    c.load_state(json.loads(json.dumps(a.state())))
+    assert c.select(graph, {}, 5) == a.select(graph, {}, 5)
 
 
 def test_adaptive_network_built_at_given_widths_and_bad_widths_are_one_clear_error():

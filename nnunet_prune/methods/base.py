@@ -172,8 +172,8 @@ class TrainingProgress:
     """What the driver tells a method after an epoch: the epoch (0-based), the budget, nnU-Net's losses so far
     (one value per finished epoch, the current one last), whether a surgery may follow this decision (False in
     the last ``final_epochs_without_pruning`` epochs: what :meth:`PruningMethod.decide` returns is then dropped),
-    nnU-Net's smoothed validation pseudo Dice per epoch (its ``ema_fg_dice``), and the network's size now and
-    unpruned (parameters; MACs per patch; None where unknown)."""
+    nnU-Net's smoothed validation pseudo Dice per epoch (its ``ema_fg_dice``), the network's size now and
+    unpruned (parameters; MACs per patch; None where unknown), and how many final epochs allow no surgery."""
 
     epoch: int
     num_epochs: int
@@ -185,6 +185,7 @@ class TrainingProgress:
     macs: int | None = None
     initial_parameters: int | None = None
     initial_macs: int | None = None
+    final_epochs_without_pruning: int = 1
 
 
 class PruningMethod:

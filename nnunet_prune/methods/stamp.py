@@ -86,13 +86,16 @@ class StampSettings(MethodSettings):
     max_dice_drop: float = 0.05  # stop when the smoothed pseudo Dice is this far below its best (0: off)
     max_steps: int = 0  # at most this many steps (0: no limit)
     p_base: float = 0.05  # targeted dropout: the largest probability (0: no dropout)
-    post_activation: bool = False  # measure after the nonlinearity (the consumers' input) instead of before it
+    post_activation: bool = True  # measure after the nonlinearity (the consumers' input); 0: before it
+    seed: int = -1  # the random draws of the variants (channels, ties); -1: unseeded
 
     def problems(self) -> list[str]:
         """Ranges: per_step >= 0 and whole when >= 1; recovery_epochs >= 1; 0 <= start_fraction <= stop_fraction
         <= 1; targets in [0, 1); max_dice_drop >= 0; max_steps >= 0; 0 <= p_base < 1; the automatic step size
         needs target_channels > 0."""
         problems = super().problems()
+        if self.seed < -1:
+            problems.append("seed must be -1 (unseeded) or >= 0")
         if self.per_step < 0 or (self.per_step >= 1 and not float(self.per_step).is_integer()):
             problems.append("per_step must be 0 (automatic), a fraction in (0, 1) or a whole count >= 1")
         if self.recovery_epochs < 1:
@@ -116,9 +119,9 @@ class StampSettings(MethodSettings):
     # -- the schedule ------------------------------------------------------------------------------------
     def step_epochs(self, num_epochs: int, final_epochs_without_pruning: int = 1) -> list[int]:
         """The epochs (0-based) after which a step is scheduled in a run of ``num_epochs``: after
-        max(1, start_fraction * N) epochs, then every recovery_epochs epochs, up to stop_fraction * N epochs and
-        never in the last ``final_epochs_without_pruning``."""
-        first = max(1, _round(self.start_fraction * num_epochs))
+        max(recovery_epochs, start_fraction * N) epochs (training comes first), then every recovery_epochs epochs,
+        up to stop_fraction * N epochs and never in the last ``final_epochs_without_pruning``."""
+        first = max(self.recovery_epochs, _round(self.start_fraction * num_epochs))
         last = min(int(math.floor(self.stop_fraction * num_epochs + 1e-9)),
                    num_epochs - final_epochs_without_pruning)
         return [k - 1 for k in range(first, last + 1, self.recovery_epochs)]
@@ -137,7 +140,8 @@ class StampSettings(MethodSettings):
         """Why a run of ``num_epochs`` epochs prunes nothing (empty: the schedule has steps)."""
         if not self.step_epochs(num_epochs, final_epochs_without_pruning):
             return [f"STAMP has no pruning step in {num_epochs} epoch(s): steps run from epoch "
-                    f"max(1, start_fraction x N) = {max(1, _round(self.start_fraction * num_epochs))} to "
+                    f"max(recovery_epochs, start_fraction x N) = "
+                    f"{max(self.recovery_epochs, _round(self.start_fraction * num_epochs))} to "
                     f"stop_fraction x N = {int(self.stop_fraction * num_epochs)} (and never in the last "
                     f"{final_epochs_without_pruning}). Train more epochs (NNUNET_PRUNE_EPOCHS) or set "
                     f"{ENV_VAR}='start_fraction=0,stop_fraction=1'."]
@@ -199,6 +203,8 @@ class StampMethod(PruningMethod):
     uses_criterion: ClassVar[bool] = True
 
     def __init__(self, settings: StampSettings, rng: np.random.Generator | None = None):
+        if rng is None and settings.seed >= 0:
+            rng = np.random.default_rng(settings.seed)
         super().__init__(settings, rng)
         self.schedule = StampSchedule()
         self.observer = StampObserver(settings.post_activation) if self.uses_criterion else None
@@ -207,7 +213,8 @@ class StampMethod(PruningMethod):
         self._selected: dict[str, list[int]] = {}
         self._removed_scores: dict[str, list[float]] = {}
         self._lines: list[str] = []
-        self._last_scheduled = False
+        self._stepped = False  # this epoch's decision was a step
+        self._finished = False  # no step is left (a stop rule, or the schedule is over)
         self._pending_dropout: dict[str, float] = {}
 
     # -- structure --------------------------------------------------------------------------------------
@@ -215,7 +222,7 @@ class StampMethod(PruningMethod):
         """Taps at the pre-activation points (criterion variants), dropout at the group outputs."""
         if not self.schedule.initial_channels:
             self.schedule.initial_channels = sum(graph.widths().values())
-        if self.observer is not None:
+        if self.observer is not None and not self._finished and self.schedule.stop_reason is None:
             self.observer.tap.attach(graph)
         if self._pending_dropout:  # restored by load_state (--c)
             probabilities, self._pending_dropout = self._pending_dropout, {}
@@ -235,7 +242,9 @@ class StampMethod(PruningMethod):
 
     # -- decisions ----------------------------------------------------------------------------------------
     def stop_rule(self, graph: ChannelGraph, progress: TrainingProgress) -> str | None:
-        """The first stop rule that holds now (None: pruning may go on)."""
+        """The first stop rule that holds at a scheduled step (None: this step may go ahead). The Dice rule compares
+        with the best smoothed pseudo Dice since the first scheduled step (the noisy rise of early training never
+        stops a schedule that has not started)."""
         s = self.settings
         remaining, initial = sum(graph.widths().values()), self.schedule.initial_channels
         if s.max_steps and self.schedule.steps_done >= s.max_steps:
@@ -247,51 +256,57 @@ class StampMethod(PruningMethod):
             limit = getattr(s, name)
             if limit and now is not None and first and now <= limit * first:
                 return f"{name}={limit} reached ({now / first:.3f} of the unpruned network)"
-        dice = [float(d) for d in progress.pseudo_dice if d is not None and math.isfinite(float(d))]
-        if s.max_dice_drop and len(dice) >= 2 and max(dice[:-1]) - dice[-1] > s.max_dice_drop:
-            return (f"max_dice_drop={s.max_dice_drop} exceeded (smoothed pseudo Dice {dice[-1]:.4f}, best "
-                    f"{max(dice[:-1]):.4f})")
+        steps = s.step_epochs(progress.num_epochs, progress.final_epochs_without_pruning)
+        window = [float(d) for d in list(progress.pseudo_dice)[steps[0]:progress.epoch + 1]
+                  if d is not None and math.isfinite(float(d))] if steps else []
+        if s.max_dice_drop and len(window) >= 2 and max(window[:-1]) - window[-1] > s.max_dice_drop:
+            return (f"max_dice_drop={s.max_dice_drop} exceeded (smoothed pseudo Dice {window[-1]:.4f}, best since "
+                    f"the first step {max(window[:-1]):.4f})")
         return None
 
     def decide(self, graph: ChannelGraph, progress: TrainingProgress) -> Removal:
         """At a scheduled epoch, unless a stop rule holds: rank, and choose the channels of this step."""
         s, sch = self.settings, self.schedule
-        self._selected, self._removed_scores, self._lines, self._last_scheduled = {}, {}, [], False
-        if sch.stop_reason is not None:
-            return Removal()
+        self._selected, self._removed_scores, self._lines, self._stepped = {}, {}, [], False
+        steps = s.step_epochs(progress.num_epochs, progress.final_epochs_without_pruning)
         if progress.epoch == 0:
-            steps = s.step_epochs(progress.num_epochs)
             self._lines.append(f"STAMP schedule: {len(steps)} step(s), after epochs "
                                f"{_epochs_text(steps)}; recovery {s.recovery_epochs} epoch(s) per step")
+        self._finished = sch.stop_reason is not None or not steps or progress.epoch >= steps[-1]
+        if sch.stop_reason is not None or progress.epoch not in steps or not progress.pruning_allowed:
+            return Removal()
         reason = self.stop_rule(graph, progress)
         if reason is not None:
-            sch.stop_reason = reason
+            sch.stop_reason, self._finished = reason, True
             self._lines.append(f"STAMP: pruning stops after epoch {progress.epoch}: {reason}; the architecture "
                                f"trains on as it is")
             return Removal()
-        steps = s.step_epochs(progress.num_epochs)
-        if progress.epoch not in steps or not progress.pruning_allowed:
-            return Removal()
-        self._last_scheduled = progress.epoch == steps[-1]
         remaining = sum(graph.widths().values())
-        count = s.channels_per_step(remaining, sch.initial_channels, progress.num_epochs)
+        count = s.channels_per_step(remaining, sch.initial_channels, progress.num_epochs,
+                                    progress.final_epochs_without_pruning)
         if s.target_channels:
             count = min(count, remaining - math.ceil(s.target_channels * sch.initial_channels))
         self._scores = self.observer.scores(graph) if self.observer is not None else {}
         if self.uses_criterion and not self._scores:
             self._lines.append("STAMP: no activation statistics were collected since the last step; no step")
             return Removal()
+        self._stepped = True
         self._selected = self.select(graph, self._scores, max(count, 0))
         n = sum(len(v) for v in self._selected.values())
         self._removed_scores = {g: [round(float(self._scores[g][c]), 6) for c in idx]
                                 for g, idx in self._selected.items() if g in self._scores}
-        cut = max((v for vs in self._removed_scores.values() for v in vs), default=float("nan"))
+        cut = self.cut_score()
         self._lines.append(
             f"STAMP step {sch.steps_done + 1}: removing {n} channel(s) from {len(self._selected)} group(s)"
             + (f" (normalised activation L2 up to {cut:.4f}, "
-               f"{self.observer.batches()} batches)" if self.uses_criterion else "")
-            + f"; {remaining - n} of {sch.initial_channels} channels remain")
+               f"{self.observer.batches()} batches)" if cut is not None else "")
+            + f"; {remaining - n} of {sch.initial_channels} channels remain"
+            + ("; the schedule's last step" if progress.epoch == steps[-1] else ""))
         return Removal(channels=self._selected)
+
+    def cut_score(self) -> float | None:
+        """The highest score among the channels chosen at this epoch's step (None: no step, or no criterion)."""
+        return max((v for vs in self._removed_scores.values() for v in vs), default=None)
 
     def select(self, graph: ChannelGraph, scores: Mapping[str, np.ndarray], count: int) -> dict[str, list[int]]:
         """STAMP: the ``count`` globally lowest-scoring channels (never a group's last channel); group -> channels,
@@ -307,19 +322,21 @@ class StampMethod(PruningMethod):
         return chosen
 
     def after_surgery(self, result: SurgeryResult, graph: ChannelGraph) -> None:
-        """After a step: statistics start again, the dropout probabilities follow the new ranking."""
+        """After a step: dropout re-indexed to the surviving channels (whoever decided: under DDP rank 0's decision is
+        applied on every rank), then set from the new ranking; statistics start again; the taps come off when the
+        schedule is over."""
         removed = result.channels.removed if result.channels is not None else {}
-        if not self._selected:
-            return
         if removed:
+            self.masks.reindex(removed)
             self.schedule.steps_done += 1
-        if self._last_scheduled:
-            self.schedule.stop_reason = f"the last scheduled step (stop_fraction={self.settings.stop_fraction})"
-        self.masks.reindex(removed)
-        survivors = {name: np.delete(s, removed.get(name, [])) for name, s in self._scores.items()}
-        self.update_dropout(graph, survivors)
-        if self.observer is not None:
-            self.observer.statistics.reset()
+        if self._stepped or removed:
+            survivors = {name: np.delete(v, removed.get(name, [])) for name, v in self._scores.items()
+                         if len(v) == graph[name].size + len(removed.get(name, []))}
+            self.update_dropout(graph, survivors)
+            if self.observer is not None:
+                self.observer.statistics.reset()
+        if self._finished and self.observer is not None:
+            self.observer.tap.detach()  # no more steps: no statistics either
 
     def update_dropout(self, graph: ChannelGraph, scores: Mapping[str, np.ndarray]) -> None:
         """p_l = p_base * q_l / max q from the surviving channels' rank weights (per group, every channel of it)."""
@@ -342,14 +359,14 @@ class StampMethod(PruningMethod):
     def scalars(self, graph: ChannelGraph) -> dict:
         """Mean dropout probability over the groups, and the highest score among the channels chosen now."""
         p = self.dropout()
-        cut = max((v for vs in self._removed_scores.values() for v in vs), default=float("nan"))
         return {"stamp_dropout_mean": float(np.mean([p.get(g.name, 0.0) for g in graph])) if len(graph) else 0.0,
-                "stamp_cut_score": cut}
+                "stamp_cut_score": self.cut_score()}
 
     def record(self, graph: ChannelGraph) -> dict:
         """The channels this epoch's step chose with their scores, the dropout per group, the stop reason."""
+        reason = self.schedule.stop_reason or ("the schedule's last step is done" if self._finished else None)
         return {"stamp_step": self.schedule.steps_done, "stamp_removed_scores": self._removed_scores,
-                "stamp_dropout": self.dropout(), "stamp_stop_reason": self.schedule.stop_reason}
+                "stamp_dropout": self.dropout(), "stamp_stop_reason": reason}
 
     def messages(self) -> list[str]:
         """The schedule (after the first epoch), this epoch's step, a stop."""
@@ -359,13 +376,16 @@ class StampMethod(PruningMethod):
         """Schedule position and dropout probabilities."""
         sch = self.schedule
         return {"initial_channels": sch.initial_channels, "steps_done": sch.steps_done,
-                "stop_reason": sch.stop_reason, "dropout": self.dropout()}
+                "stop_reason": sch.stop_reason, "dropout": self.dropout(), "rng": self.rng.bit_generator.state}
 
     def load_state(self, state: Mapping) -> None:
         """Restore what :meth:`state` returned (statistics start again)."""
         self.schedule = StampSchedule(int(state.get("initial_channels") or 0), int(state.get("steps_done") or 0),
                                       state.get("stop_reason"))
         self._pending_dropout = dict(state.get("dropout") or {})
+        if isinstance(state.get("rng"), dict) and state["rng"].get("bit_generator") == \
+                type(self.rng.bit_generator).__name__:
+            self.rng.bit_generator.state = state["rng"]  # the variants' draws continue where they were
 
     def schedule_problems(self, num_epochs: int, final_epochs_without_pruning: int) -> list[str]:
         """See :meth:`StampSettings.schedule_problems`."""

@@ -257,7 +257,8 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                                 self.pruning_allowed(), pseudo_dice=log.get("ema_fg_dice", []),
                                 parameters=count_parameters(self.network_module), macs=self.current_macs(),
                                 initial_parameters=config.get("initial_parameters"),
-                                initial_macs=config.get("initial_macs_per_patch"))
+                                initial_macs=config.get("initial_macs_per_patch"),
+                                final_epochs_without_pruning=self.final_epochs_without_pruning)
 
     def pruning_allowed(self) -> bool:
         """Whether channels may still be removed after the current epoch (see final_epochs_without_pruning)."""
