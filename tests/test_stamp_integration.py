@@ -88,9 +88,12 @@ def test_variant_settings_are_fixed_and_recorded():
     assert nnUNetTrainerSTAMP_widestBlock.method_class is StampWidestBlockMethod
 
 
-def test_plans_from_model_retrains_the_architecture_with_stock_scripts(nnunet, dataset2d, stamp_model):
+def test_plans_from_model_retrains_the_architecture_with_stock_scripts(nnunet, dataset2d, stamp_model, monkeypatch,
+                                                                      capsys):
     cli = (sys.executable, "-m", "nnunet_prune.cli.main", "plans-from-model")
     pre = nnunet.preprocessed_dataset(DATASET_2D)
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, nnunet.env[var])
     out = nnunet.run(*cli, stamp_model, "-f", 0, "--plans-name", "nnUNetSTAMPArchPlans").stdout
     assert "nnUNetv2_train 601 2d FOLD -p nnUNetSTAMPArchPlans" in out
     plans_file = pre / "nnUNetSTAMPArchPlans.json"
@@ -100,22 +103,28 @@ def test_plans_from_model_retrains_the_architecture_with_stock_scripts(nnunet, d
     widths = read_json(stamp_model / "fold_0" / "pruning_history.json")["epochs"][-1]["widths"]
     assert plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["channel_widths"] == widths
 
-    # refused before anything is written: a taken name, the source's own name, a fold that does not exist
+    # refused before anything is written: a taken name, the source's own name, a fold that does not exist, a file
+    # somebody changed (in-process: the command's own error path, without a new interpreter per case)
+    from nnunet_prune.cli.main import main
+
     text = plans_file.read_text()
-    for args, needle in (((), "exists"), (("--plans-name", "nnUNetPlans"), "source plans' own name"),
-                         (("-f", 3), "fold(s) 3")):
-        argv = [stamp_model, "-f", 0, "--plans-name", "nnUNetSTAMPArchPlans"]
-        for i in range(0, len(args), 2):
-            argv[argv.index(args[i]) + 1] = args[i + 1]
-        proc = nnunet.run(*cli, *argv, check=False)
-        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
-    assert plans_file.read_text() == text
-    # --overwrite replaces only an unchanged file this command wrote
     edited = json.loads(text)
     edited["configurations"]["2d"]["batch_size"] = 1
-    plans_file.write_text(json.dumps(edited))
-    proc = nnunet.run(*cli, stamp_model, "-f", 0, "--plans-name", "nnUNetSTAMPArchPlans", "--overwrite", check=False)
-    assert proc.returncode == 2 and "changed since" in proc.stderr
+    cases = [([], "exists"), (["--plans-name", "nnUNetPlans"], "source plans' own name"), (["-f", "3"], "fold(s) 3"),
+             (["--overwrite"], "changed since")]
+    for extra, needle in cases:
+        argv = ["plans-from-model", str(stamp_model), "-f", "0", "--plans-name", "nnUNetSTAMPArchPlans"]
+        for i in range(0, len(extra), 2):
+            if extra[i] in argv:
+                argv[argv.index(extra[i]) + 1] = extra[i + 1]
+            else:
+                argv.append(extra[i])
+        if needle == "changed since":
+            plans_file.write_text(json.dumps(edited))
+        monkeypatch.setattr(sys, "argv", ["nnunet-prune"])
+        assert main(argv) == 2, extra
+        assert needle in capsys.readouterr().err, extra
+        assert plans_file.read_text() == (json.dumps(edited) if needle == "changed since" else text)
     plans_file.write_text(text)
     nnunet.run(*cli, stamp_model, "-f", 0, "--plans-name", "nnUNetSTAMPArchPlans", "--overwrite")
 
