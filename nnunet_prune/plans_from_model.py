@@ -111,6 +111,9 @@ def plans_from_model(model_folder: str | os.PathLike, fold, plans_name: str,
     from nnunet_prune.stats import count_macs, count_parameters
     from nnunet_prune.surgery import build_channel_graph
 
+    if (plans_name or "").endswith(".json"):
+        raise NnUNetPruneError(f"--plans-name {plans_name!r}: give the plans name without '.json' (nnU-Net adds it; "
+                               f"-p takes the name).")
     if not _NAME.match(plans_name or ""):
         raise NnUNetPruneError(f"--plans-name {plans_name!r}: use letters, digits, '_', '-' or '.', starting with a "
                                f"letter or digit (nnU-Net uses it in file and folder names).")

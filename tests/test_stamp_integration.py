@@ -42,6 +42,8 @@ def test_forced_schedule_prunes_then_trains_the_final_architecture(stamp_model):
     assert sum(map(len, scores.values())) == initial - total[0]
     assert history[0]["stamp_dropout_mean"] == 0 and max(history[0]["stamp_dropout"].values()) == pytest.approx(0.05)
     assert history[1]["stamp_dropout_mean"] > 0
+    # no targeted dropout once the schedule is over: the final architecture trains as it will predict
+    assert history[1]["stamp_dropout"] == {} and history[2]["stamp_dropout_mean"] == 0
     assert history[1]["stamp_stop_reason"] == "the schedule's last step is done"
     for png in ("pruning_widths.png", "progress_pruning.png"):
         assert (fold / png).is_file()
@@ -50,7 +52,8 @@ def test_forced_schedule_prunes_then_trains_the_final_architecture(stamp_model):
         history[-1]["widths"]["enc0.conv0"]
     assert (fold / "validation" / "summary.json").is_file()
     log = next(fold.glob("training_log_*.txt")).read_text()
-    assert "STAMP schedule: 2 step(s), after epochs 0, 1" in log and "STAMP step 2" in log
+    assert "STAMP schedule for 3 epochs: 2 step(s), after epochs (0-based) 0, 1;" in log and "STAMP step 2" in log
+    assert "checkpoint_best.pth not updated" in log  # epochs 0 and 1 were cut after their validation
 
 
 def test_resume_mid_schedule_restores_widths_dropout_and_position(nnunet, stamp_model):
@@ -60,15 +63,20 @@ def test_resume_mid_schedule_restores_widths_dropout_and_position(nnunet, stamp_
     shutil.copytree(stamp_model, backup)
     try:
         nnunet.run("nnUNetv2_train", DATASET_2D, "2d", 0, "-tr", "nnUNetTrainerSTAMP", "-device", "cpu", "--c",
-                   env={"nnUNet_n_proc_DA": "0", "NNUNET_PRUNE_EPOCHS": "5", "NNUNET_PRUNE_STAMP": FORCED})
+                   env={"nnUNet_n_proc_DA": "0", "NNUNET_PRUNE_EPOCHS": "6", "NNUNET_PRUNE_STAMP": FORCED})
         history = read_json(fold / "pruning_history.json")["epochs"]
-        assert [r["epoch"] for r in history] == [0, 1, 2, 3, 4] and history[2] == before[2]
-        # epoch 3 trained with the dropout saved after epoch 2, then took the schedule's third step
-        saved = before[2]["stamp_dropout"]
-        assert history[3]["stamp_dropout_mean"] == pytest.approx(sum(saved.values()) / len(saved), abs=1e-6)
-        assert history[3]["stamp_step"] == 3 and history[4]["stamp_step"] == 3
+        assert [r["epoch"] for r in history] == [0, 1, 2, 3, 4, 5] and history[2] == before[2]
+        # the longer schedule has steps after epochs 0-4: epoch 3 trained with the state saved after epoch 2 (no
+        # dropout: that schedule was over), then took the third step and set dropout for epoch 4, the fourth and last
+        assert history[3]["stamp_dropout_mean"] == 0 and history[4]["stamp_dropout_mean"] > 0
+        assert [history[e]["stamp_step"] for e in (3, 4)] == [3, 4]
         widths2 = sum(before[2]["widths"].values())
-        assert sum(history[3]["widths"].values()) == widths2 - round(0.2 * widths2)
+        widths3 = sum(history[3]["widths"].values())
+        assert widths3 == widths2 - round(0.2 * widths2)
+        assert sum(history[4]["widths"].values()) == widths3 - round(0.2 * widths3)
+        log = sorted(fold.glob("training_log_*.txt"))[-1].read_text()
+        assert "STAMP schedule for 6 epochs: 5 step(s), after epochs (0-based) 0, 1, 2, 3, 4, 2 of them still ahead" \
+            in log
         assert read_json(fold / "pruning_config.json")["resumes"][0]["epoch"] == 3
     finally:
         shutil.rmtree(stamp_model)

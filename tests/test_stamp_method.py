@@ -18,6 +18,7 @@ from nnunet_prune.methods.stamp import (
     StampRandomInBlockMethod,
     StampSettings,
     StampWidestBlockMethod,
+    select_lowest,
 )
 from nnunet_prune.surgery import build_channel_graph
 from nnunet_prune.surgery.removal import Removal, apply_removal
@@ -170,16 +171,47 @@ def make_scored(arch="plain"):
     return net, graph
 
 
-def test_stamp_removes_the_globally_lowest_and_updates_dropout():
+def reference_one_at_a_time(scores_raw: dict[str, np.ndarray], count: int) -> list[tuple[str, int]]:
+    """The paper's one-channel steps without training in between: normalise every layer's surviving channels by their
+    L2 norm, take the global minimum, repeat."""
+    alive = {g: list(range(r.shape[1])) for g, r in scores_raw.items()}
+    out = []
+    for _ in range(count):
+        best = None
+        for g, r in scores_raw.items():
+            if len(alive[g]) <= 1:
+                continue
+            sub = r[:, alive[g]]
+            norm = (sub / np.linalg.norm(sub, axis=1, keepdims=True)).max(axis=0)
+            i = int(np.argmin(norm))
+            if best is None or norm[i] < best[0]:
+                best = (norm[i], g, alive[g][i])
+        out.append((best[1], best[2]))
+        alive[best[1]].remove(best[2])
+    return out
+
+
+def test_one_large_step_equals_the_papers_one_channel_steps_and_does_not_collapse_a_layer():
+    rng = np.random.default_rng(0)
+    raw = {"wide": rng.uniform(0.9, 1.1, (1, 100)), "narrow": rng.uniform(0.9, 1.1, (1, 10)),
+           "res": rng.uniform(0.5, 1.5, (2, 20))}
+    got = [(g, c) for g, c, _ in select_lowest(raw, 200)]
+    assert len(got) == 130 - 3  # every group keeps one channel
+    assert got == reference_one_at_a_time(raw, len(got))
+    kept = {g: r.shape[1] - sum(1 for h, _ in got[:100] if h == g) for g, r in raw.items()}
+    assert min(kept.values()) >= 5  # 30 channels left in all after 100: spread, not one layer emptied
+    # with one static ranking the wide layer (all scores ~0.1 against ~0.32) would have lost 99 of its 100 channels
+
+
+def test_stamp_removes_the_lowest_ranked_and_updates_dropout():
     net, graph = make_scored()
     method = StampMethod(settings(per_step=5, start_fraction=0, max_dice_drop=0))
     method.start(net, graph)
     method.bind(graph)
     train_batches(net)
-    scores = method.observer.scores(graph)
-    lowest = sorted(((v, g, c) for g, s in scores.items() for c, v in enumerate(s)))[:5]
+    expected = reference_one_at_a_time(method.observer.raw(graph), 5)
     removal = method.decide(graph, progress(0))
-    assert sorted((g, c) for g, idx in removal.channels.items() for c in idx) == sorted((g, c) for _, g, c in lowest)
+    assert sorted((g, c) for g, idx in removal.channels.items() for c in idx) == sorted(expected)
     widths = graph.widths()
     result = apply_removal(net, removal, graph=graph)
     graph = build_channel_graph(net)
@@ -213,7 +245,7 @@ def test_random_in_block_takes_the_criterions_groups_and_counts():
     stamp = StampMethod(settings(per_step=7, start_fraction=0))
     stamp.bind(graph)
     train_batches(net)
-    scores = stamp.observer.scores(graph)
+    scores = stamp.observer.raw(graph)
     expected = stamp.select(graph, scores, 7)
     stamp.release()
     picks = set()

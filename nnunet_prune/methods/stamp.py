@@ -5,9 +5,9 @@ Algorithm 1 of the LUnet paper (STAMP), at nnU-Net scale::
 
     train (the first start_fraction of the epochs)
     repeat every recovery_epochs epochs, until a stop rule holds:
-        rank every channel by the L2 norm of its pre-activation map, averaged over the training batches since the
+        rank every channel by the L2 norm of its activation map, averaged over the training batches since the
             last step and normalised per layer                                     (criteria.stamp)
-        remove the lowest-ranked channels                                          (this file decides, the driver cuts)
+        remove the lowest-ranked channels, one at a time, the layer re-normalised   (this file; the driver cuts)
         update the targeted dropout probabilities                                  (p_l = p_base * q_l / max q)
     train the final architecture for the rest of the budget
 
@@ -44,7 +44,6 @@ import torch
 from nnunet_prune.criteria.stamp import (
     activation_l2,
     combine_points,
-    global_ranking,
     layer_dropout,
     normalise_per_layer,
     rank_weights,
@@ -105,8 +104,8 @@ class StampSettings(MethodSettings):
         for name in ("target_channels", "target_params", "target_macs"):
             if not 0 <= getattr(self, name) < 1:
                 problems.append(f"{name} must be in [0, 1) (a fraction of the unpruned network; 0 turns it off)")
-        if self.max_dice_drop < 0:
-            problems.append("max_dice_drop must be >= 0 (0 turns it off)")
+        if not 0 <= self.max_dice_drop <= 1:
+            problems.append("max_dice_drop must be in [0, 1] (a Dice difference; 0 turns it off)")
         if self.max_steps < 0:
             problems.append("max_steps must be >= 0 (0: no limit)")
         if not 0 <= self.p_base < 1:
@@ -139,20 +138,57 @@ class StampSettings(MethodSettings):
     def schedule_problems(self, num_epochs: int, final_epochs_without_pruning: int = 1) -> list[str]:
         """Why a run of ``num_epochs`` epochs prunes nothing (empty: the schedule has steps)."""
         if not self.step_epochs(num_epochs, final_epochs_without_pruning):
-            return [f"STAMP has no pruning step in {num_epochs} epoch(s): steps run from epoch "
+            return [f"STAMP has no pruning step in {num_epochs} epoch(s): a step needs at least "
                     f"max(recovery_epochs, start_fraction x N) = "
-                    f"{max(self.recovery_epochs, _round(self.start_fraction * num_epochs))} to "
-                    f"stop_fraction x N = {int(self.stop_fraction * num_epochs)} (and never in the last "
-                    f"{final_epochs_without_pruning}). Train more epochs (NNUNET_PRUNE_EPOCHS) or set "
+                    f"{max(self.recovery_epochs, _round(self.start_fraction * num_epochs))} epoch(s) of training "
+                    f"before it, may come at most stop_fraction x N = {int(self.stop_fraction * num_epochs)} "
+                    f"epoch(s) into the run, and never in the last {final_epochs_without_pruning} epoch(s). Train "
+                    f"more epochs (NNUNET_PRUNE_EPOCHS) or set "
                     f"{ENV_VAR}='start_fraction=0,stop_fraction=1'."]
         return []
+
+
+def layer_scores(raw: np.ndarray) -> np.ndarray:
+    """(P, C) raw activation norms of one group -> (C,): normalised per point (divided by the point's L2 norm over
+    the channels), the max over the points."""
+    return combine_points([normalise_per_layer(r) for r in raw])
+
+
+def select_lowest(raw: Mapping[str, np.ndarray], count: int) -> list[tuple[str, int, float]]:
+    """The ``count`` lowest-ranked channels, one at a time as the paper's one-channel steps would take them: after
+    each choice the chosen group's survivors are normalised again (a layer that lost channels has a smaller norm, so
+    its other channels rank higher; without this, one large step can take a whole layer down to one channel). Never a
+    group's last channel. Returns (group, channel, score at the time it was chosen), in order."""
+    alive = {g: np.ones(r.shape[1], dtype=bool) for g, r in raw.items()}
+    current: dict[str, np.ndarray] = {}
+
+    def refresh(g: str) -> None:
+        s = np.full(raw[g].shape[1], np.inf)
+        if alive[g].sum() > 1:
+            s[alive[g]] = layer_scores(raw[g][:, alive[g]])
+        current[g] = s
+
+    for g in raw:
+        refresh(g)
+    chosen = []
+    for _ in range(count):
+        candidates = [(float(current[g].min()), i, g) for i, g in enumerate(raw) if np.isfinite(current[g].min())]
+        if not candidates:
+            break
+        score, _, g = min(candidates)
+        c = int(np.argmin(current[g]))
+        chosen.append((g, c, score))
+        alive[g][c] = False
+        refresh(g)
+    return chosen
 
 
 class StampObserver:
     """Activation-L2 statistics per group and point, summed over training batches (eval passes are not seen).
 
-    Tapped at the pre-activation points (:attr:`~nnunet_prune.surgery.graph.ChannelGroup.pre_activation`, the
-    default, as METHODS.md reads STAMP) or at the group outputs (``post_activation``).
+    Tapped at the group outputs, after the nonlinearity (``post_activation``, the default of the settings), or at the
+    pre-activation points (:attr:`~nnunet_prune.surgery.graph.ChannelGroup.pre_activation`, as METHODS.md reads
+    STAMP).
 
     Note: after an InstanceNorm (nnU-Net's default) a channel's pre-activation map is gamma * x_hat + beta with x_hat
     of zero mean and unit variance per sample, so its L2 norm is exactly sqrt(N * (gamma^2 + beta^2)) (N voxels):
@@ -160,7 +196,7 @@ class StampObserver:
     nonlinearity it depends on the data.
     """
 
-    def __init__(self, post_activation: bool = False):
+    def __init__(self, post_activation: bool = True):
         self.statistics = ChannelStatistics()
         self.tap = ActivationTap(self._observe, points="outputs" if post_activation else "pre_activation")
 
@@ -168,16 +204,19 @@ class StampObserver:
         with torch.no_grad():
             self.statistics.add(group.name, point, activation_l2(output))
 
-    def scores(self, graph: ChannelGraph) -> dict[str, np.ndarray]:
-        """Group name -> (C,) normalised scores (:func:`~nnunet_prune.criteria.stamp.normalise_per_layer` per point,
-        max over points) for every group seen since the last reset."""
+    def raw(self, graph: ChannelGraph) -> dict[str, np.ndarray]:
+        """Group name -> (P, C) mean activation L2 per measuring point and channel (not normalised), for every group
+        seen at all its points since the last reset."""
         out = {}
         for g in graph:
             means = [self.statistics.mean(g.name, j) for j in range(len(getattr(g, self.tap.points)))]
-            points = [normalise_per_layer(m) for m in means if m is not None and m.shape[0] == g.size]
-            if points:
-                out[g.name] = combine_points(points)
+            if means and all(m is not None and m.shape[0] == g.size for m in means):
+                out[g.name] = np.stack([m.detach().cpu().double().numpy() for m in means])
         return out
+
+    def scores(self, graph: ChannelGraph) -> dict[str, np.ndarray]:
+        """Group name -> (C,) normalised scores (:func:`layer_scores` of :meth:`raw`)."""
+        return {name: layer_scores(r) for name, r in self.raw(graph).items()}
 
     def batches(self) -> int:
         """Training batches averaged so far (the most of any point)."""
@@ -209,17 +248,19 @@ class StampMethod(PruningMethod):
         self.schedule = StampSchedule()
         self.observer = StampObserver(settings.post_activation) if self.uses_criterion else None
         self.masks = ChannelMasks(rescale=True)
-        self._scores: dict[str, np.ndarray] = {}
+        self._raw: dict[str, np.ndarray] = {}
         self._selected: dict[str, list[int]] = {}
         self._removed_scores: dict[str, list[float]] = {}
         self._lines: list[str] = []
         self._stepped = False  # this epoch's decision was a step
         self._finished = False  # no step is left (a stop rule, or the schedule is over)
+        self._announced = False
         self._pending_dropout: dict[str, float] = {}
 
     # -- structure --------------------------------------------------------------------------------------
     def bind(self, graph: ChannelGraph) -> None:
-        """Taps at the pre-activation points (criterion variants), dropout at the group outputs."""
+        """Taps for the criterion (not for the widest-block rule, nor once no step is left), dropout at the group
+        outputs."""
         if not self.schedule.initial_channels:
             self.schedule.initial_channels = sum(graph.widths().values())
         if self.observer is not None and not self._finished and self.schedule.stop_reason is None:
@@ -269,9 +310,17 @@ class StampMethod(PruningMethod):
         s, sch = self.settings, self.schedule
         self._selected, self._removed_scores, self._lines, self._stepped = {}, {}, [], False
         steps = s.step_epochs(progress.num_epochs, progress.final_epochs_without_pruning)
-        if progress.epoch == 0:
-            self._lines.append(f"STAMP schedule: {len(steps)} step(s), after epochs "
-                               f"{_epochs_text(steps)}; recovery {s.recovery_epochs} epoch(s) per step")
+        if not self._announced:  # the first decision of this run (also after --c: the budget may have changed)
+            self._announced = True
+            ahead = [e for e in steps if e >= progress.epoch]
+            n = s.channels_per_step(1, sch.initial_channels, progress.num_epochs,
+                                    progress.final_epochs_without_pruning)
+            per = f"{n} channels" if s.per_step == 0 or s.per_step >= 1 else f"{s.per_step:g} of the remaining channels"
+            self._lines.append(
+                f"STAMP schedule for {progress.num_epochs} epochs: {len(steps)} step(s), after epochs (0-based) "
+                f"{_epochs_text(steps)}" + (f", {len(ahead)} of them still ahead" if progress.epoch > 0 else "")
+                + f"; {per} per step, recovery {s.recovery_epochs} epoch(s); target "
+                + (f"{s.target_channels:g} of {sch.initial_channels} channels" if s.target_channels else "none"))
         self._finished = sch.stop_reason is not None or not steps or progress.epoch >= steps[-1]
         if sch.stop_reason is not None or progress.epoch not in steps or not progress.pruning_allowed:
             return Removal()
@@ -286,15 +335,13 @@ class StampMethod(PruningMethod):
                                     progress.final_epochs_without_pruning)
         if s.target_channels:
             count = min(count, remaining - math.ceil(s.target_channels * sch.initial_channels))
-        self._scores = self.observer.scores(graph) if self.observer is not None else {}
-        if self.uses_criterion and not self._scores:
+        self._raw = self.observer.raw(graph) if self.observer is not None else {}
+        if self.uses_criterion and not self._raw:
             self._lines.append("STAMP: no activation statistics were collected since the last step; no step")
             return Removal()
         self._stepped = True
-        self._selected = self.select(graph, self._scores, max(count, 0))
+        self._selected = self.select(graph, self._raw, max(count, 0))
         n = sum(len(v) for v in self._selected.values())
-        self._removed_scores = {g: [round(float(self._scores[g][c]), 6) for c in idx]
-                                for g, idx in self._selected.items() if g in self._scores}
         cut = self.cut_score()
         self._lines.append(
             f"STAMP step {sch.steps_done + 1}: removing {n} channel(s) from {len(self._selected)} group(s)"
@@ -308,17 +355,14 @@ class StampMethod(PruningMethod):
         """The highest score among the channels chosen at this epoch's step (None: no step, or no criterion)."""
         return max((v for vs in self._removed_scores.values() for v in vs), default=None)
 
-    def select(self, graph: ChannelGraph, scores: Mapping[str, np.ndarray], count: int) -> dict[str, list[int]]:
-        """STAMP: the ``count`` globally lowest-scoring channels (never a group's last channel); group -> channels,
-        lowest score first."""
-        left = {g.name: g.size - 1 for g in graph}
+    def select(self, graph: ChannelGraph, raw: Mapping[str, np.ndarray], count: int) -> dict[str, list[int]]:
+        """STAMP: the ``count`` lowest-ranked channels (:func:`select_lowest`: one at a time, re-normalised); group ->
+        channels in the order chosen. Their scores go to the record."""
         chosen: dict[str, list[int]] = {}
-        for name, channel, _ in global_ranking(scores):
-            if sum(len(v) for v in chosen.values()) >= count:
-                break
-            if left.get(name, 0) > 0:
-                chosen.setdefault(name, []).append(channel)
-                left[name] -= 1
+        self._removed_scores = {}
+        for g, c, score in select_lowest(raw, count):
+            chosen.setdefault(g, []).append(c)
+            self._removed_scores.setdefault(g, []).append(round(score, 6))
         return chosen
 
     def after_surgery(self, result: SurgeryResult, graph: ChannelGraph) -> None:
@@ -330,13 +374,18 @@ class StampMethod(PruningMethod):
             self.masks.reindex(removed)
             self.schedule.steps_done += 1
         if self._stepped or removed:
-            survivors = {name: np.delete(v, removed.get(name, [])) for name, v in self._scores.items()
-                         if len(v) == graph[name].size + len(removed.get(name, []))}
+            survivors = {name: layer_scores(np.delete(r, removed.get(name, []), axis=1))
+                         for name, r in self._raw.items()
+                         if r.shape[1] == graph[name].size + len(removed.get(name, [])) and graph[name].size > 0}
             self.update_dropout(graph, survivors)
             if self.observer is not None:
                 self.observer.statistics.reset()
-        if self._finished and self.observer is not None:
-            self.observer.tap.detach()  # no more steps: no statistics either
+        if self._finished:
+            if self.observer is not None:
+                self.observer.tap.detach()  # no more steps: no statistics either
+            if self.masks.dropout:  # and no targeted dropout: nothing is next in line any more
+                self.masks.dropout = {}
+                self.masks.attach(graph)
 
     def update_dropout(self, graph: ChannelGraph, scores: Mapping[str, np.ndarray]) -> None:
         """p_l = p_base * q_l / max q from the surviving channels' rank weights (per group, every channel of it)."""
@@ -346,9 +395,10 @@ class StampMethod(PruningMethod):
         self.set_dropout(graph, probabilities)
 
     def set_dropout(self, graph: ChannelGraph, probabilities: Mapping[str, float]) -> None:
-        """Per-group dropout probabilities (every channel of a group the same), hooks re-attached."""
+        """Per-group dropout probabilities (every channel of a group the same), hooks re-attached. A group down to one
+        channel gets none (that channel can never go; dropping it would only blank the layer)."""
         self.masks.dropout = {g.name: torch.full((g.size,), float(probabilities[g.name]))
-                              for g in graph if probabilities.get(g.name, 0) > 0}
+                              for g in graph if probabilities.get(g.name, 0) > 0 and g.size > 1}
         self.masks.attach(graph)
 
     # -- records ----------------------------------------------------------------------------------------------
@@ -403,9 +453,10 @@ class StampMethod(PruningMethod):
 class StampRandomInBlockMethod(StampMethod):
     """LUnet paper §III-B: the criterion chooses how many channels each group loses; which channels is random."""
 
-    def select(self, graph: ChannelGraph, scores: Mapping[str, np.ndarray], count: int) -> dict[str, list[int]]:
+    def select(self, graph: ChannelGraph, raw: Mapping[str, np.ndarray], count: int) -> dict[str, list[int]]:
         """As many channels per group as STAMP would remove there, drawn at random within the group."""
-        counts = {g: len(v) for g, v in super().select(graph, scores, count).items()}
+        counts = {g: len(v) for g, v in super().select(graph, raw, count).items()}
+        self._removed_scores = {}  # the criterion's scores belong to other channels
         sizes = graph.widths()
         return {g: sorted(int(c) for c in self.rng.choice(sizes[g], size=n, replace=False))
                 for g, n in counts.items()}
@@ -417,7 +468,7 @@ class StampWidestBlockMethod(StampMethod):
 
     uses_criterion = False
 
-    def select(self, graph: ChannelGraph, scores: Mapping[str, np.ndarray], count: int) -> dict[str, list[int]]:
+    def select(self, graph: ChannelGraph, raw: Mapping[str, np.ndarray], count: int) -> dict[str, list[int]]:
         """``count`` times: the widest group (widths as they will be after the channels chosen so far), a random
         channel of it not chosen yet; never a group's last channel."""
         widths = graph.widths()

@@ -147,6 +147,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         self._held_masks = None
         self._step = 0
         self._caps: dict[str, int] | None = None
+        self._cut_after_validation = False
 
     # ------------------------------------------------------------------ settings
     def resolve_settings(self, plans: dict, configuration: str, fold: int, dataset_json: dict) -> None:
@@ -381,6 +382,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                                    f"{len(removal.blocks)} block(s) kept.")
             removal = Removal()
         result = self.apply_removal(removal)
+        self._cut_after_validation = result.structure_changed
         if self.method is not None:
             self.method.after_surgery(result, self.graph)
             scalars.update(self.method.record(self.graph))
@@ -403,8 +405,18 @@ class nnUNetTrainerPruning(nnUNetTrainer):
             self.print_to_log_file(f"parameters {record['num_parameters']:,}, {record['macs'] / 1e9:.3f} GMAC/patch")
         self._epoch_removed, self._epoch_blocks = {}, []
         super().on_epoch_end()  # timestamps, checkpoints (with the records above), progress plots
+        self._cut_after_validation = False
         if self.local_rank == 0:
             self.write_history()
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's save, except ``checkpoint_best.pth`` in an epoch whose surgery came after its validation: nnU-Net
+        would store the pruned weights under the Dice of the unpruned ones."""
+        if self._cut_after_validation and os.path.basename(filename) == "checkpoint_best.pth":
+            self.print_to_log_file("checkpoint_best.pth not updated: this epoch's pseudo Dice was measured before "
+                                   "this epoch's surgery")
+            return
+        super().save_checkpoint(filename)
 
     # ------------------------------------------------------------------ records
     def read_config(self) -> dict:
