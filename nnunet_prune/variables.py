@@ -11,10 +11,12 @@ from __future__ import annotations
 #: settings class: :func:`method_variables`); the documentation and `doctor` print them
 PACKAGE_VARIABLES: dict[str, str] = {
     "NNUNET_PRUNE_DENSE_MODEL": "model folder a dense start reads fold_F/checkpoint_final.pth from (default: the "
-                                "stock nnUNetTrainer folder, else nnUNetTrainerBudget)",
+                                "stock nnUNetTrainer folder, else nnUNetTrainerBudget; the slimming trainers look "
+                                "for nnUNetTrainerSlimmingSparsity first)",
     "NNUNET_PRUNE_EPOCHS": "number of epochs of every trainer of this package (a short budget)",
     "NNUNET_PRUNE_ITERS_PER_EPOCH": "training iterations per epoch",
     "NNUNET_PRUNE_VAL_ITERS": "validation iterations per epoch",
+    "NNUNET_PRUNE_SAVE_EVERY": "checkpoint_latest.pth every this many epochs (nnU-Net: 50), for --c in short runs",
     "NNUNET_PRUNE_NO_REUSE": "1: LUnet planners preprocess again instead of reusing the default plans' data",
     "NNUNET_PRUNE_CACHE": "download cache of `nnunet-prune dataset lits117` (default ~/.cache/nnunet-prune)",
     "NNUNET_PRUNE_TRACEBACK": "1: the command line prints the full traceback of an error",

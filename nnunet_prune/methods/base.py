@@ -8,7 +8,7 @@ environment or nnU-Net's plans (the glue passes them in)::
     settings = SauronConfig.resolve(plans, environ, fixed=variant_values)   # validated
     method = SauronMethod(settings)                                         # (rng=... for reproducible draws)
     method.bind(graph)                         # start; again after every surgery and after --c
-    removal = method.start(network, graph)     # once, after the weights are loaded (one-shot methods decide here)
+    removal = method.start(network, graph, progress)  # once, after the weights are loaded (one-shot: decide here)
     for each epoch:
         method.epoch_start(epoch, graph)
         for each training step:
@@ -43,7 +43,8 @@ _TRUE, _FALSE = ("1", "true", "t", "yes", "y", "on"), ("0", "false", "f", "no", 
 
 @dataclass
 class MethodSettings:
-    """Base of every method's settings: a dataclass of numbers and flags, validated, in one documented form.
+    """Base of every method's settings: a dataclass of numbers, flags and choices (``str`` fields listed in
+    ``CHOICES``), validated, in one documented form.
 
     Sources, later ones win: the dataclass defaults (the paper's), the variant class's defaults, the plans entry
     ``plans['nnunet_prune'][NAME.lower()]``, then the method's variable ``ENV_VAR='key=value,...'``. The resolved
@@ -55,11 +56,16 @@ class MethodSettings:
     EXAMPLE: ClassVar[str] = ""
     #: public key -> field name (e.g. "lambda" -> "lambda_": a keyword cannot be a field)
     ALIASES: ClassVar[dict[str, str]] = {}
+    #: field name -> the allowed values of a text setting (every ``str`` field has an entry)
+    CHOICES: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def problems(self) -> list[str]:
         """What is wrong with these values (empty: valid). Subclasses add their ranges."""
-        return [f"{self.public_name(f.name)} must be a finite number" for f in fields(self)
-                if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]
+        out = [f"{self.public_name(f.name)} must be a finite number" for f in fields(self)
+               if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]
+        out += [f"{self.public_name(name)} must be one of {', '.join(choices)} (got {getattr(self, name)!r})"
+                for name, choices in self.CHOICES.items() if getattr(self, name) not in choices]
+        return out
 
     def validate(self) -> MethodSettings:
         """Return self if valid.
@@ -128,10 +134,10 @@ class MethodSettings:
                 if name not in types:
                     raise NnUNetPruneError(f"{origin}: unknown {cls.NAME} setting {key!r} (known: "
                                            f"{', '.join(cls.keys())}).")
-                converted = _convert(origin, key, value, str(types[name]))
+                converted = _convert(origin, key, value, str(types[name]), cls.CHOICES.get(name))
                 pinned = [v for k, v in fixed.items() if cls.ALIASES.get(k, k) == name]
                 if origin != "defaults" and pinned and converted != _convert("fixed", key, pinned[0],
-                                                                             str(types[name])):
+                                                                             str(types[name]), cls.CHOICES.get(name)):
                     raise NnUNetPruneError(
                         f"{origin}: {key}={value!r} contradicts {cls.public_name(name)}={pinned[0]!r}, which this "
                         f"trainer variant fixes (its name says so). Use the variant's base trainer to choose "
@@ -144,9 +150,14 @@ class MethodSettings:
         return {self.public_name(k): v for k, v in asdict(self).items()}
 
 
-def _convert(origin: str, key: str, value: Any, type_name: str) -> Any:
+def _convert(origin: str, key: str, value: Any, type_name: str, choices: tuple[str, ...] | None = None) -> Any:
     if value is None and "None" in type_name:
         return None
+    if type_name.startswith("str"):
+        text = str(value).strip().lower()
+        if choices is not None and text not in choices:
+            raise NnUNetPruneError(f"{origin}: {key}={value!r} must be one of {', '.join(choices)}.")
+        return text
     if "bool" in type_name:
         if isinstance(value, bool):
             return value
@@ -173,7 +184,8 @@ class TrainingProgress:
     (one value per finished epoch, the current one last), whether a surgery may follow this decision (False in
     the last ``final_epochs_without_pruning`` epochs: what :meth:`PruningMethod.decide` returns is then dropped),
     nnU-Net's smoothed validation pseudo Dice per epoch (its ``ema_fg_dice``), the network's size now and
-    unpruned (parameters; MACs per patch; None where unknown), and how many final epochs allow no surgery."""
+    unpruned (parameters; MACs per patch; None where unknown), how many final epochs allow no surgery, and the
+    patch size (voxels per axis) the MACs are counted for."""
 
     epoch: int
     num_epochs: int
@@ -186,6 +198,7 @@ class TrainingProgress:
     initial_parameters: int | None = None
     initial_macs: int | None = None
     final_epochs_without_pruning: int = 1
+    patch_size: tuple[int, ...] | None = None
 
 
 class PruningMethod:
@@ -217,10 +230,16 @@ class PruningMethod:
         """Remove hooks (the training ended)."""
 
     # -- decisions ----------------------------------------------------------------------------------------
-    def start(self, network: nn.Module, graph: ChannelGraph) -> Removal:
-        """Once before training, after the weights are loaded (a dense start included). One-shot methods decide
-        here; others return nothing."""
+    def start(self, network: nn.Module, graph: ChannelGraph, progress: TrainingProgress | None = None) -> Removal:
+        """Once before training, after the weights are loaded (a dense start included); ``progress`` gives the
+        budget (epoch 0: nothing trained yet) where the caller knows it. One-shot methods decide here; others
+        return nothing."""
         return Removal()
+
+    def network_problems(self, network: nn.Module, graph: ChannelGraph, patch_size: Sequence[int]) -> list[str]:
+        """Why these settings cannot work on this (unpruned) network, e.g. a target the caps make unreachable
+        (empty: none). The driver asks before nnU-Net creates the fold folder, on a network built from the plans."""
+        return []
 
     def decide(self, graph: ChannelGraph, progress: TrainingProgress) -> Removal:
         """After each epoch's validation: what to remove now."""

@@ -60,7 +60,7 @@ class MagnitudeMethod(PruningMethod):
     settings_class = MagnitudeSettings
     holds_zero_pattern = True
 
-    def start(self, network: nn.Module, graph: ChannelGraph) -> Removal:
+    def start(self, network: nn.Module, graph: ChannelGraph, progress=None) -> Removal:
         """Keep-masks of |w| > threshold for every prunable weight (and bias, with ``prune_bias``)."""
         s = self.settings
         weights, biases = magnitude_masks(network, s.tau, s.per_layer_normalised, s.prune_bias)

@@ -41,15 +41,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from nnunet_prune.criteria.stamp import (
-    activation_l2,
-    combine_points,
-    layer_dropout,
-    normalise_per_layer,
-    rank_weights,
-    width_dropout,
-)
+from nnunet_prune.criteria.stamp import activation_l2, layer_dropout, rank_weights, width_dropout
 from nnunet_prune.methods.base import MethodSettings, PruningMethod, TrainingProgress
+from nnunet_prune.methods.selection import layer_scores, select_lowest
 from nnunet_prune.surgery.graph import ChannelGraph, ChannelGroup
 from nnunet_prune.surgery.removal import Removal, SurgeryResult
 from nnunet_prune.surgery.taps import ActivationTap, ChannelMasks, ChannelStatistics
@@ -148,41 +142,6 @@ class StampSettings(MethodSettings):
         return []
 
 
-def layer_scores(raw: np.ndarray) -> np.ndarray:
-    """(P, C) raw activation norms of one group -> (C,): normalised per point (divided by the point's L2 norm over
-    the channels), the max over the points."""
-    return combine_points([normalise_per_layer(r) for r in raw])
-
-
-def select_lowest(raw: Mapping[str, np.ndarray], count: int) -> list[tuple[str, int, float]]:
-    """The ``count`` lowest-ranked channels, one at a time as the paper's one-channel steps would take them: after
-    each choice the chosen group's survivors are normalised again (a layer that lost channels has a smaller norm, so
-    its other channels rank higher; without this, one large step can take a whole layer down to one channel). Never a
-    group's last channel. Returns (group, channel, score at the time it was chosen), in order."""
-    alive = {g: np.ones(r.shape[1], dtype=bool) for g, r in raw.items()}
-    current: dict[str, np.ndarray] = {}
-
-    def refresh(g: str) -> None:
-        s = np.full(raw[g].shape[1], np.inf)
-        if alive[g].sum() > 1:
-            s[alive[g]] = layer_scores(raw[g][:, alive[g]])
-        current[g] = s
-
-    for g in raw:
-        refresh(g)
-    chosen = []
-    for _ in range(count):
-        candidates = [(float(current[g].min()), i, g) for i, g in enumerate(raw) if np.isfinite(current[g].min())]
-        if not candidates:
-            break
-        score, _, g = min(candidates)
-        c = int(np.argmin(current[g]))
-        chosen.append((g, c, score))
-        alive[g][c] = False
-        refresh(g)
-    return chosen
-
-
 class StampObserver:
     """Activation-L2 statistics per group and point, summed over training batches (eval passes are not seen).
 
@@ -276,7 +235,7 @@ class StampMethod(PruningMethod):
             self.observer.tap.detach()
         self.masks.detach()
 
-    def start(self, network, graph: ChannelGraph) -> Removal:
+    def start(self, network, graph: ChannelGraph, progress: TrainingProgress | None = None) -> Removal:
         """Record the unpruned channel count (a fresh fold only; ``--c`` restores it from the state)."""
         self.schedule.initial_channels = sum(graph.widths().values())
         return Removal()

@@ -132,6 +132,13 @@ class ChannelGraph:
             offset += seg.channels if isinstance(seg, External) else seg.size
         raise KeyError(f"{self.module_names.get(consumer)} does not read group {group.name}")
 
+    def coupled_groups(self) -> list[str]:
+        """Names of the groups whose channels travel along a shortcut: residual groups (joined by additions) and the
+        groups a decoder reads through a skip concatenation (any segment after the first of a concatenated input).
+        Removing one of their channels changes several stages at once (the structured-pruning paper caps them)."""
+        skip = {seg.name for layout in self.layouts.values() for seg in layout[1:] if isinstance(seg, ChannelGroup)}
+        return [g.name for g in self.groups if g.kind == "residual" or g.name in skip]
+
     def prune(self, removal, optimizer=None, min_width: int = 1, min_keep=None):
         """Remove channels in place; see :func:`nnunet_prune.surgery.prune.prune_channels`."""
         from nnunet_prune.surgery.prune import prune_channels

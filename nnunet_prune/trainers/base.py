@@ -120,6 +120,8 @@ class nnUNetTrainerPruning(nnUNetTrainer):
     finetune_epochs: int | None = None
     #: with a dense start: nnU-Net's initial learning rate is multiplied by this
     finetune_lr_factor: float = 1.0
+    #: with a dense start and no NNUNET_PRUNE_DENSE_MODEL: the model folders searched for the dense fold, in order
+    dense_trainers: tuple[str, ...] = dense.DEFAULT_DENSE_TRAINERS
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -166,11 +168,39 @@ class nnUNetTrainerPruning(nnUNetTrainer):
             raise NnUNetPruneError(f"{type(self).__name__}.pruning_max_ratio must be in [0, 1], got "
                                    f"{self.pruning_max_ratio}.")
         self._dense_path = self._dense_ckpt = None
+        resuming = dense.has_own_checkpoint(type(self).__name__, plans, configuration, fold)  # --c / --val
         if self.start_from_dense:
-            self._dense_path = dense.dense_checkpoint_path(plans, configuration, fold, os.environ)
-            if not dense.has_own_checkpoint(type(self).__name__, plans, configuration, fold):  # else --c / --val
+            self._dense_path = dense.dense_checkpoint_path(plans, configuration, fold, os.environ,
+                                                           self.dense_trainers)
+            if not resuming:
                 self._dense_ckpt = dense.check_dense(self._dense_path, type(self).__name__, plans, configuration,
                                                      fold, dataset_json)
+        if self.method_class is not None and not resuming and \
+                self.method_class.network_problems is not PruningMethod.network_problems:
+            self.check_network(plans, configuration, dataset_json)
+
+    def check_network(self, plans: dict, configuration: str, dataset_json: dict) -> None:
+        """The method's :meth:`~nnunet_prune.methods.base.PruningMethod.network_problems` on the plans' network (built
+        on the CPU, before nnU-Net creates the fold folder).
+
+        Raises:
+            NnUNetPruneError: listing the problems and the variable that sets the method.
+        """
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+        pm = PlansManager(plans)
+        cm = pm.get_configuration(configuration)
+        network = self.build_network_architecture(pm, cm, determine_num_input_channels(pm, cm, dataset_json),
+                                                  pm.get_label_manager(dataset_json).num_segmentation_heads,
+                                                  enable_deep_supervision=False)
+        problems = self.method_class(self.method_settings).network_problems(network, build_channel_graph(network),
+                                                                            cm.patch_size)
+        if problems:
+            s = self.method_settings
+            raise NnUNetPruneError(f"{type(self).__name__} cannot work on this {configuration} network: "
+                                   + "; ".join(problems) + (f". Change {s.ENV_VAR} or the plans entry "
+                                                            f"'nnunet_prune': {{'{s.NAME.lower()}': ...}}"
+                                                            if s.ENV_VAR else "") + ". Nothing was written.")
 
     def method_config(self) -> dict:
         """The method's settings by public name (``pruning_config.json``'s "method")."""
@@ -259,7 +289,8 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                                 parameters=count_parameters(self.network_module), macs=self.current_macs(),
                                 initial_parameters=config.get("initial_parameters"),
                                 initial_macs=config.get("initial_macs_per_patch"),
-                                final_epochs_without_pruning=self.final_epochs_without_pruning)
+                                final_epochs_without_pruning=self.final_epochs_without_pruning,
+                                patch_size=tuple(self.configuration_manager.patch_size))
 
     def pruning_allowed(self) -> bool:
         """Whether channels may still be removed after the current epoch (see final_epochs_without_pruning)."""
@@ -295,7 +326,9 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         self.method.bind(self.graph)
         zeroed = False  # weights zeroed by the start decision (or, on --c, by the start of this fold)
         if fresh:
-            removal = self.method.start(self.network_module, self.graph)
+            removal = self.method.start(self.network_module, self.graph, self.progress())
+            for line in self.method.messages():
+                self.print_to_log_file(line)
             if removal:
                 result = self.apply_removal(removal)
                 self._record_start(result)

@@ -5,7 +5,9 @@ Every trainer of this package reads:
 
 * ``NNUNET_PRUNE_EPOCHS`` -- number of epochs,
 * ``NNUNET_PRUNE_ITERS_PER_EPOCH`` -- training iterations per epoch,
-* ``NNUNET_PRUNE_VAL_ITERS`` -- validation iterations per epoch.
+* ``NNUNET_PRUNE_VAL_ITERS`` -- validation iterations per epoch,
+* ``NNUNET_PRUNE_SAVE_EVERY`` -- ``checkpoint_latest.pth`` every this many epochs (nnU-Net: 50), so a short run can
+  be interrupted and continued with ``--c``.
 
 Unset variables leave nnU-Net's values. The values used are printed to the training log.
 """
@@ -23,6 +25,7 @@ BUDGET_VARS = {
     "NNUNET_PRUNE_EPOCHS": "num_epochs",
     "NNUNET_PRUNE_ITERS_PER_EPOCH": "num_iterations_per_epoch",
     "NNUNET_PRUNE_VAL_ITERS": "num_val_iterations_per_epoch",
+    "NNUNET_PRUNE_SAVE_EVERY": "save_every",
 }
 
 

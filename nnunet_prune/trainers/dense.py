@@ -9,7 +9,7 @@ segmentation heads), every tensor is loaded, heads included: the pruned model st
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from os.path import isfile, join
 
 from nnunet_prune import NnUNetPruneError
@@ -26,8 +26,10 @@ def _results() -> str | None:
     return None if nnUNet_results is None else str(nnUNet_results)
 
 
-def dense_checkpoint_path(plans: dict, configuration: str, fold, environ: Mapping[str, str]) -> str:
-    """``$NNUNET_PRUNE_DENSE_MODEL/fold_F/checkpoint_final.pth``, else the default folders' (see the module).
+def dense_checkpoint_path(plans: dict, configuration: str, fold, environ: Mapping[str, str],
+                          trainers: Sequence[str] = DEFAULT_DENSE_TRAINERS) -> str:
+    """``$NNUNET_PRUNE_DENSE_MODEL/fold_F/checkpoint_final.pth``, else that of the first of ``trainers``' model
+    folders (same plans and configuration) that has fold F (see the module).
 
     Raises:
         NnUNetPruneError: neither the variable nor ``nnUNet_results`` is set.
@@ -39,7 +41,7 @@ def dense_checkpoint_path(plans: dict, configuration: str, fold, environ: Mappin
             raise NnUNetPruneError(f"nnUNet_results is not set: set it, or point {ENV_VAR} at the dense model "
                                    f"folder.")
         candidates = [join(results, plans["dataset_name"], f"{t}__{plans['plans_name']}__{configuration}")
-                      for t in DEFAULT_DENSE_TRAINERS]
+                      for t in trainers]
         folder = next((c for c in candidates if isfile(join(c, f"fold_{fold}", "checkpoint_final.pth"))),
                       candidates[0])
     return join(folder, f"fold_{fold}", "checkpoint_final.pth")
