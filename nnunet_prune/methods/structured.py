@@ -327,10 +327,15 @@ class StructuredMethod(PruningMethod):
                      "params": 1 - size.parameters(floor) / size.parameters(graph.widths()),
                      "macs": 1 - size.macs(floor) / size.macs(graph.widths())}[s.ratio_of]
         if s.pruning_ratio > reachable + 1e-9:
+            unranked = [g.name for g in graph if g.name not in chooser.scores]
             return [f"pruning_ratio={s.pruning_ratio:g} of the {s.ratio_of} is unreachable: the caps (max_ratio="
                     f"{s.max_ratio:g}, max_ratio_coupled={s.max_ratio_coupled:g} for the "
                     f"{len(graph.coupled_groups())} skip/residual groups, one channel per group at least) allow "
-                    f"{reachable:.3f} at most. Lower pruning_ratio or raise max_ratio / max_ratio_coupled"]
+                    f"{reachable:.3f} at most"
+                    + (f" ({len(unranked)} groups without a norm layer, e.g. {unranked[0]}, keep all their channels: "
+                       f"{s.criterion} ranks only channels with a gamma)" if unranked else "")
+                    + ". Lower pruning_ratio or raise max_ratio / max_ratio_coupled"
+                    + (", or use criterion l1 / l2" if unranked else "")]
         return []
 
     def start(self, network: nn.Module, graph: ChannelGraph, progress: TrainingProgress | None = None) -> Removal:
