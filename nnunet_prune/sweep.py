@@ -73,11 +73,20 @@ class SweepSettings:
     #: what the critical point is based on: "pooled" (per-class Dice over all cases, mean over the classes large
     #: enough to judge) or "mean" (the paper's foreground mean of per-case Dice)
     proxy_summary: str = "pooled"
+    #: "magnitude" (this module) or a structured criterion, "l1" / "l2" / "slimming"
+    #: (:class:`nnunet_prune.structured_sweep.StructuredSweep`), with its fractions, unit and distribution
+    criterion: str = "magnitude"
+    fractions: list[float] | None = None
+    ratio_of: str = "filters"
+    distribution: str = "global"
 
     def fingerprint(self) -> dict:
         """The settings that change the numbers (not the grid: more tau values can always be added)."""
-        return {"prune_bias": self.prune_bias, "per_layer_normalised": self.per_layer_normalised,
-                "use_mirroring": self.use_mirroring, "tile_step_size": self.tile_step_size}
+        out = {"prune_bias": self.prune_bias, "per_layer_normalised": self.per_layer_normalised,
+               "use_mirroring": self.use_mirroring, "tile_step_size": self.tile_step_size}
+        if self.criterion != "magnitude":
+            out.update(criterion=self.criterion, ratio_of=self.ratio_of, distribution=self.distribution)
+        return out
 
 
 @dataclass

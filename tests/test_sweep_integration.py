@@ -121,3 +121,30 @@ def test_report_on_trained_folders(nnunet, dataset2d, dense_model, sauron_model)
     assert table["dice"].notna().all() and (table["cpu_ms_eager"] > 0).all()
     assert (out / "report.md").is_file() and (out / "dice_vs_macs.png").is_file()
     assert "nnUNetTrainerSauron" in r.stdout
+
+
+def test_structured_sweep_removes_filters_measures_latency_and_resumes(nnunet, dataset2d, dense_model):
+    out = nnunet.base / "structured_sweep"
+    images, labels = dataset2d / "imagesTs", dataset2d / "labelsTs"
+    common = (dense_model, "-f", 0, 1, "-i", images, "--labels", labels, "-o", out, "--criterion", "l1",
+              "--disable-tta")
+    first = sweep(nnunet, *common, "--fractions", 0.3)
+    assert "Structured sweep (l1)" in first.stdout and "nnUNetTrainerStructuredL1_iterative" in first.stdout
+    second = sweep(nnunet, *common, "--fractions", 0.3, 0.6)
+    assert "Reusing 1 finished fractions" in second.stdout
+    report = read_json(out / "sweep.json")
+    rows = {r["fraction"]: r for r in report["results"]}
+    assert sorted(rows) == [0.3, 0.6] and report["dense_latency_ms"] > 0
+    for f, r in rows.items():
+        assert abs(r["filters_removed"] - f) < 0.01  # physically removed, the same fraction in both folds
+        assert r["latency_ms"] > 0 and 0 <= r["proxy_dice"] <= 1 and r["real_dice"] is not None
+        assert len(r["per_fold_filters"]) == 2
+    assert rows[0.6]["parameters"] < rows[0.3]["parameters"] and rows[0.6]["macs_removed"] > rows[0.3]["macs_removed"]
+    for name in ("sweep.csv", "summary.md", "dice_vs_fraction.png"):
+        assert (out / name).is_file()
+    # before any inference: an unreachable fraction, magnitude options with a structured criterion
+    for extra, words in ((("--fractions", 0.99), "unreachable"), (("--taus", 0.01), "magnitude-pruning options")):
+        bad = sweep(nnunet, dense_model, "-i", images, "-o", nnunet.base / "never", "--criterion", "l2", *extra,
+                    check=False)
+        assert bad.returncode == 2 and words in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
+        assert not (nnunet.base / "never").exists()

@@ -11,9 +11,11 @@ from nnunet_prune import NnUNetPruneError
 def add_parser(sub) -> None:
     """Register the ``nnunet-prune sweep`` subcommand on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser(
-        "sweep", help="magnitude-prune a trained model at many thresholds and measure the proxy Dice",
-        description="For each tau, zero every conv weight with |w| <= tau in every fold, predict the images with "
-                    "the pruned ensemble (nnU-Net inference with TTA) and compare with the unpruned ensemble "
+        "sweep", help="prune a trained model at many thresholds or fractions and measure the proxy Dice",
+        description="Magnitude (default): for each tau, zero every conv weight with |w| <= tau in every fold. "
+                    "--criterion l1|l2|slimming: for each fraction, remove that fraction of the filters of every fold "
+                    "(one-shot structured pruning, no fine-tuning) and measure the latency. Then predict the images "
+                    "with the pruned ensemble (nnU-Net inference with TTA) and compare with the unpruned ensemble "
                     "(proxy Dice), and with labels if given. Resumable: run it again to finish an interrupted "
                     "sweep. Name the model by folder or the nnU-Net way (-d -c [-tr] [-p]).")
     p.add_argument("model_folder", nargs="?", default=None, help="trained model folder")
@@ -31,6 +33,16 @@ def add_parser(sub) -> None:
                       help="tau values (default: the paper's 0..0.02 in steps of 0.001)")
     grid.add_argument("--sparsities", nargs="+", type=float, default=None, metavar="S",
                       help="target sparsities in [0, 1) instead of tau values (tau = quantile of |w|)")
+    p.add_argument("--criterion", choices=("magnitude", "l1", "l2", "slimming"), default="magnitude",
+                   help="magnitude (zero small weights; default) or a structured criterion that removes filters "
+                        "physically: l1 / l2 filter norms, slimming (|gamma| of the norm layers)")
+    p.add_argument("--fractions", nargs="+", type=float, default=None, metavar="F",
+                   help="structured criteria: fractions in (0, 1) to remove (default 0.25 0.5 0.75 0.9)")
+    p.add_argument("--ratio-of", choices=("filters", "params", "macs"), default="filters",
+                   help="structured criteria: what the fractions count (default filters)")
+    p.add_argument("--distribution", choices=("global", "uniform"), default="global",
+                   help="structured criteria: one normalised ranking of all filters (default) or the same fraction "
+                        "of every coupling group")
     p.add_argument("--threshold", type=float, default=0.95, help="proxy Dice of the critical point (default 0.95)")
     p.add_argument("--refine", type=int, default=4, metavar="N",
                    help="extra tau values between the last good and first bad tau (default 4; 0 = off)")
@@ -58,6 +70,18 @@ def check_arguments(args) -> None:
             raise NnUNetPruneError(f"{option} {value}: no such folder.")
     if args.model_folder is not None and not Path(args.model_folder).expanduser().is_dir():
         raise NnUNetPruneError(f"{args.model_folder}: no such folder (give a trained model folder, or -d/-c).")
+    structured = args.criterion != "magnitude"
+    magnitude_only = [o for o, v in (("--taus", args.taus), ("--sparsities", args.sparsities),
+                                     ("--prune-bias", args.prune_bias),
+                                     ("--per-layer-normalised", args.per_layer_normalised)) if v]
+    if structured and magnitude_only:
+        raise NnUNetPruneError(f"{', '.join(magnitude_only)}: magnitude-pruning options; --criterion "
+                               f"{args.criterion} takes --fractions.")
+    if not structured and (args.fractions or args.ratio_of != "filters" or args.distribution != "global"):
+        raise NnUNetPruneError("--fractions, --ratio-of and --distribution belong to the structured criteria: add "
+                               "--criterion l1, l2 or slimming (magnitude pruning takes --taus or --sparsities).")
+    if args.fractions and any(not (math.isfinite(f) and 0 < f < 1) for f in args.fractions):
+        raise NnUNetPruneError("--fractions must lie in (0, 1), e.g. 0.25 0.5 0.75 0.9.")
     if args.sparsities and any(not (math.isfinite(s) and 0 <= s < 1) for s in args.sparsities):
         raise NnUNetPruneError("--sparsities must lie in [0, 1), e.g. 0.5 0.8 0.9.")
     if args.taus and any(not (math.isfinite(t) and t >= 0) for t in args.taus):
@@ -73,15 +97,18 @@ def check_arguments(args) -> None:
 
 
 def run(args) -> int:
-    """Run (or resume) the magnitude-pruning sweep (:class:`nnunet_prune.sweep.MagnitudeSweep`), then print the
-    critical point with the proxy Dice per class, and where the results are.
+    """Run (or resume) the magnitude-pruning sweep (:class:`nnunet_prune.sweep.MagnitudeSweep`; print the critical
+    point with the proxy Dice per class) or, with ``--criterion l1|l2|slimming``, the structured sweep
+    (:class:`nnunet_prune.structured_sweep.StructuredSweep`; print the largest fraction at the threshold), and where
+    the results are.
 
     Returns:
         the exit code (0 ok, also when no tau keeps the proxy Dice at the threshold; errors raise instead).
 
     Raises:
         NnUNetPruneError: invalid arguments (:func:`check_arguments`), a model that cannot be resolved or opened,
-            images or labels that do not fit the model, ``--device cuda`` without a GPU, or an output folder inside the
+            images or labels that do not fit the model, ``--device cuda`` without a GPU, a fraction the caps make
+            unreachable, or an output folder inside the
             model folder or holding something other than a sweep of the same model, folds, images and settings
             (``--restart`` discards an earlier sweep).
     """
@@ -91,12 +118,32 @@ def run(args) -> int:
 
     folder = resolve_model_folder(args.model_folder, args.dataset, args.configuration, args.trainer, args.plans)
     model = ModelFolder.open(folder, args.folds)
-    output = Path(args.output or f"magnitude_sweep_{model.path.name}").expanduser().resolve()
+    structured = args.criterion != "magnitude"
+    default = f"structured_sweep_{args.criterion}_{model.path.name}" if structured \
+        else f"magnitude_sweep_{model.path.name}"
+    output = Path(args.output or default).expanduser().resolve()
     settings = SweepSettings(taus=args.taus, target_sparsities=args.sparsities, threshold=args.threshold,
                              refine_steps=args.refine, prune_bias=args.prune_bias,
                              per_layer_normalised=args.per_layer_normalised, use_mirroring=not args.disable_tta,
                              tile_step_size=args.step_size, device=args.device,
-                             save_predictions=args.save_predictions, proxy_summary=args.proxy_summary)
+                             save_predictions=args.save_predictions, proxy_summary=args.proxy_summary,
+                             criterion=args.criterion, fractions=args.fractions, ratio_of=args.ratio_of,
+                             distribution=args.distribution)
+    if structured:
+        from nnunet_prune.structured_sweep import StructuredSweep
+
+        sweep = StructuredSweep(model, args.images, output, args.labels, settings, restart=args.restart)
+        print(f"Structured sweep ({args.criterion}) of {model.path.name} (folds {', '.join(map(str, model.folds))}) "
+              f"on {len(sweep.cases)} images -> {output}")
+        report = sweep.run()
+        best = report["largest_fraction_at_threshold"]
+        print(f"Largest fraction with proxy Dice >= {report['threshold']}: {best:g}" if best is not None else
+              f"No fraction keeps proxy Dice >= {report['threshold']} without fine-tuning.")
+        name = {"l1": "L1", "l2": "L2", "slimming": "Slimming"}[args.criterion]
+        print(f"Results: {output / 'summary.md'}, sweep.csv, sweep.json, dice_vs_fraction.png. To fine-tune: "
+              f"nnUNetv2_train ... -tr nnUNetTrainerStructured{name}_iterative with "
+              f"NNUNET_PRUNE_STRUCTURED='pruning_ratio=<fraction>'.")
+        return 0
     sweep = MagnitudeSweep(model, args.images, output, args.labels, settings, restart=args.restart)
     print(f"Sweep of {model.path.name} (folds {', '.join(map(str, model.folds))}) on {len(sweep.cases)} images "
           f"-> {output}")

@@ -1,0 +1,269 @@
+"""The post-training sweep for structured pruning: how far a filter criterion goes before fine-tuning is needed.
+
+``nnunet-prune sweep MODEL -i IMAGES --criterion l2 --fractions 0.25 0.5 0.75 0.9``: for each fraction every fold is
+pruned once with the criterion (:class:`~nnunet_prune.methods.structured.StructuredMethod`, one-shot, the same
+distribution and caps as the ``nnUNetTrainerStructured*`` trainers), its filters removed physically, no fine-tuning;
+the pruned ensemble predicts the images through nnU-Net's inference (as :mod:`nnunet_prune.sweep`, whose inputs,
+reference predictions, proxy Dice and resumable state it reuses), and each fraction reports proxy and real Dice,
+filters / parameters / MACs removed and the measured latency of one patch against the unpruned network.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnunet_prune import NnUNetPruneError
+from nnunet_prune.methods.base import TrainingProgress
+from nnunet_prune.methods.structured import StructuredMethod, StructuredSettings
+from nnunet_prune.metrics import class_counts, dice_per_case, foreground_mean, measure_latency
+from nnunet_prune.outputs import record_files
+from nnunet_prune.stats import count_macs, count_parameters
+from nnunet_prune.surgery import build_channel_graph
+from nnunet_prune.surgery.removal import apply_removal
+from nnunet_prune.sweep import STATE_FILE, TOOL, MagnitudeSweep, ProxySummary
+
+#: the default fractions of the filters removed
+DEFAULT_FRACTIONS = (0.25, 0.5, 0.75, 0.9)
+
+
+@dataclass
+class FractionResult:
+    """One fraction of a structured sweep: what was removed (fractions, mean over folds), the network left (mean
+    parameters, MACs per patch), the median latency of one patch (ms, fold 0's pruned network, the sweep's device),
+    proxy Dice against the unpruned ensemble and real Dice against labels, and ``seconds`` (s) to prune and
+    predict."""
+
+    fraction: float
+    filters_removed: float
+    parameters_removed: float
+    macs_removed: float
+    parameters: float
+    macs: float
+    latency_ms: float | None
+    proxy_dice: float
+    proxy_dice_per_class: dict
+    real_dice: float | None = None
+    real_dice_per_class: dict | None = None
+    proxy_dice_pooled: float | None = None
+    proxy_dice_paper_mean: float | None = None
+    reference_voxels: dict | None = None
+    small_classes: list | None = None
+    per_fold_filters: list | None = None
+    seconds: float = 0.0
+
+
+class StructuredSweep(MagnitudeSweep):
+    """A sweep over fractions of filters removed with a structured criterion (module docstring). ``settings`` is a
+    :class:`~nnunet_prune.sweep.SweepSettings` with ``criterion`` set ('l1', 'l2', 'slimming')."""
+
+    def _prepare(self):
+        super()._prepare()
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+        from nnunet_prune.trainers.base import nnUNetTrainerPruning
+
+        m = self.model  # the width-adaptive network, whatever trainer made the folder: pruned folds load into it
+        network = nnUNetTrainerPruning.build_network_architecture(
+            m.plans_manager, m.configuration_manager,
+            determine_num_input_channels(m.plans_manager, m.configuration_manager, m.dataset_json),
+            m.label_manager.num_segmentation_heads, enable_deep_supervision=False)
+        self.network = network.to(self.predictor.device).eval()
+        self.predictor.network = self.network
+        self.patch_size = tuple(m.configuration_manager.patch_size)
+
+    def method_settings(self, fraction: float) -> StructuredSettings:
+        """The one-shot settings of one fraction."""
+        s = self.settings
+        return StructuredSettings.resolve(fixed={"criterion": s.criterion, "schedule": "oneshot",
+                                                 "pruning_ratio": fraction, "ratio_of": s.ratio_of,
+                                                 "distribution": s.distribution})
+
+    def check_reachable(self) -> None:
+        """Every fraction must be reachable under the caps on every fold (checked before any inference).
+
+        Raises:
+            NnUNetPruneError: naming the fraction and what limits it.
+        """
+        fraction = max(self.grid())
+        method = StructuredMethod(self.method_settings(fraction))
+        self.network.load_state_dict(self.dense_states[0])
+        problems = method.network_problems(self.network, build_channel_graph(self.network), self.patch_size)
+        if problems:
+            raise NnUNetPruneError(f"--fractions {fraction:g}: " + "; ".join(problems).replace(
+                "Lower pruning_ratio", "Lower the fraction") + ". Nothing was predicted.")
+
+    def grid(self) -> list[float]:
+        """The fractions, sorted (default :data:`DEFAULT_FRACTIONS`)."""
+        return sorted(set(self.settings.fractions or DEFAULT_FRACTIONS))
+
+    def _latency(self) -> float:
+        threads = torch.get_num_threads()
+        return round(measure_latency(self.network, self.patch_size, self.predictor.device, repeats=10, warmup=2,
+                                     threads=threads), 3)
+
+    def evaluate(self, fraction: float, reference, real) -> FractionResult:
+        """Prune every fold one-shot at ``fraction``, measure fold 0's pruned network, predict with the pruned
+        ensemble, compare with ``reference`` and ``real``."""
+        start = time.perf_counter()
+        params, stats, latency = [], [], None
+        for i, dense in enumerate(self.dense_states):
+            self.network.load_state_dict(dense)  # back to the unpruned widths
+            graph = build_channel_graph(self.network)
+            before = (sum(graph.widths().values()), count_parameters(self.network),
+                      count_macs(self.network, self.patch_size))
+            method = StructuredMethod(self.method_settings(fraction))
+            removal = method.start(self.network, graph, TrainingProgress(0, 0, [], [], patch_size=self.patch_size))
+            apply_removal(self.network, removal, graph=graph)
+            after = (sum(graph.widths().values()), count_parameters(self.network),
+                     count_macs(self.network, self.patch_size))
+            stats.append([1 - a / b for a, b in zip(after, before)] + list(after))
+            if i == 0:
+                latency = self._latency()
+            params.append({k: v.detach().clone() for k, v in self.network.state_dict().items()})
+        pred = self._predict(params)
+        proxy = ProxySummary.of(class_counts(reference, pred, self.label_list, self.ignore_label))
+        mean = np.mean(stats, axis=0)
+        result = FractionResult(fraction, float(mean[0]), float(mean[1]), float(mean[2]), float(mean[4]),
+                                float(mean[5]), latency, proxy.value(self.settings.proxy_summary), proxy.pooled,
+                                proxy_dice_pooled=proxy.pooled_mean, proxy_dice_paper_mean=proxy.paper_mean,
+                                reference_voxels=proxy.reference_voxels, small_classes=proxy.small_classes,
+                                per_fold_filters=[int(s[3]) for s in stats])
+        if real is not None:
+            result.real_dice, result.real_dice_per_class = foreground_mean(
+                dice_per_case(real, pred, self.label_list, self.ignore_label))
+        result.seconds = round(time.perf_counter() - start, 3)
+        return result
+
+    def run(self, progress: bool = True) -> dict:
+        """Run (or finish) the sweep; returns the report (also written to the output folder)."""
+        start = time.perf_counter()
+        self._prepare()
+        self.check_reachable()  # before anything is written
+        self.output.mkdir(parents=True, exist_ok=True)
+        self._apply_summary()
+        if self.state.get("dense_latency_ms") is None:
+            self.network.load_state_dict(self.dense_states[0])
+            self.state["dense_latency_ms"] = self._latency()
+        reference = self._reference(progress)
+        real = self._real_labels()
+        results = self.state["results"]
+        done = [f for f in self.grid() if f"{f:.9g}" in results]
+        if done and progress:
+            print(f"Reusing {len(done)} finished fractions from {self.output / STATE_FILE}.")
+        for fraction in self.grid():
+            if f"{fraction:.9g}" in results:
+                continue
+            r = self.evaluate(fraction, reference, real)
+            results[f"{fraction:.9g}"] = asdict(r)
+            self._save_state()
+            if progress:
+                print(f"  {fraction:.0%} of the {self.settings.ratio_of}: filters -{r.filters_removed:.1%}, "
+                      f"parameters -{r.parameters_removed:.1%}, MACs -{r.macs_removed:.1%}, "
+                      f"{r.latency_ms:.1f} ms/patch, proxy Dice {r.proxy_dice:.4f}"
+                      + (f", real Dice {r.real_dice:.4f}" if r.real_dice is not None else "")
+                      + f" ({r.seconds:.1f} s)", flush=True)
+        self.state["last_run_seconds"] = round(time.perf_counter() - start, 3)
+        self._save_state()
+        report = self.report()
+        write_outputs(report, self.output)
+        return report
+
+    def report(self) -> dict:
+        """Model, settings, the unpruned latency, the largest fraction whose proxy Dice stays at the threshold, and
+        every fraction's result."""
+        rows = sorted(self.state["results"].values(), key=lambda r: r["fraction"])
+        ok = [r for r in rows if r["proxy_dice"] >= self.settings.threshold]
+        return {"model": str(self.model.path), "trainer": self.model.trainer_name,
+                "configuration": self.model.configuration_name, "folds": [str(f) for f in self.model.folds],
+                "cases": list(self.cases), "settings": asdict(self.settings), "threshold": self.settings.threshold,
+                "dense_latency_ms": self.state.get("dense_latency_ms"),
+                "reference_seconds": self.state.get("reference_seconds"),
+                "largest_fraction_at_threshold": ok[-1]["fraction"] if ok else None, "results": rows}
+
+    def _apply_summary(self) -> None:
+        key = "proxy_dice_paper_mean" if self.settings.proxy_summary == "mean" else "proxy_dice_pooled"
+        for r in self.state["results"].values():
+            if r.get(key) is not None:
+                r["proxy_dice"] = r[key]
+
+
+def write_outputs(report: dict, output: Path) -> dict[str, Path]:
+    """sweep.csv, sweep.json, summary.md and dice_vs_fraction.png."""
+    import json
+
+    import pandas as pd
+
+    dense = report.get("dense_latency_ms")
+    table = [{"fraction": r["fraction"], "filters_removed": r["filters_removed"],
+              "parameters_removed": r["parameters_removed"], "macs_removed": r["macs_removed"],
+              "parameters": r["parameters"], "macs": r["macs"], "latency_ms": r["latency_ms"],
+              "speed_up": dense / r["latency_ms"] if dense and r["latency_ms"] else None,
+              "proxy_dice": r["proxy_dice"], "real_dice": r["real_dice"], "seconds": r["seconds"]}
+             for r in report["results"]]
+    paths = {"csv": output / "sweep.csv", "json": output / "sweep.json", "markdown": output / "summary.md"}
+    pd.DataFrame(table).to_csv(paths["csv"], index=False)
+    paths["json"].write_text(json.dumps(report, indent=1, default=str))
+    paths["markdown"].write_text(summary_markdown(report, table))
+    try:
+        paths["plot"] = plot(report, table, output / "dice_vs_fraction.png")
+    except Exception as e:  # a convenience; the numbers are in the CSV/JSON
+        print(f"could not plot the sweep ({type(e).__name__}: {e})")
+    record_files(output, TOOL, paths.values())
+    return paths
+
+
+def summary_markdown(report: dict, table: list[dict]) -> str:
+    """The report as summary.md: setup, the largest fraction at the threshold, one row per fraction."""
+    s = report["settings"]
+    best = report["largest_fraction_at_threshold"]
+    lines = [f"# Structured-pruning sweep ({s['criterion']}): {Path(report['model']).name}", "",
+             f"- folds {', '.join(report['folds'])}, {len(report['cases'])} images; one-shot {s['criterion']} "
+             f"pruning of {s['ratio_of']}, {s['distribution']} distribution, no fine-tuning",
+             f"- proxy Dice: the pruned vs the unpruned ensemble (nnU-Net inference); latency: one patch, batch 1, "
+             f"{s['device']}, fold 0's pruned network (unpruned: {report['dense_latency_ms']} ms)", "",
+             (f"**Largest fraction with proxy Dice >= {report['threshold']}: {best:g}.**" if best is not None else
+              f"No fraction keeps proxy Dice >= {report['threshold']}: fine-tune (nnUNetTrainerStructured*)."), "",
+             "| fraction | filters removed | parameters removed | MACs removed | ms/patch | speed-up | proxy Dice | "
+             "real Dice |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in table:
+        real = "-" if r["real_dice"] is None else f"{r['real_dice']:.4f}"
+        speed = "-" if r["speed_up"] is None else f"{r['speed_up']:.2f}x"
+        lines.append(f"| {r['fraction']:g} | {r['filters_removed']:.1%} | {r['parameters_removed']:.1%} | "
+                     f"{r['macs_removed']:.1%} | {r['latency_ms']:.1f} | {speed} | {r['proxy_dice']:.4f} | {real} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, table: list[dict], file: Path) -> Path:
+    """Proxy and real Dice, and the speed-up, against the fraction of filters removed."""
+    from matplotlib.ticker import PercentFormatter
+
+    from nnunet_prune.plotting import new_figure, plot_style, save
+
+    x = [r["filters_removed"] * 100 for r in table]
+    with plot_style():
+        fig = new_figure(figsize=(8.5, 4.5), layout="constrained")
+        ax = fig.add_subplot()
+        ax.plot(x, [r["proxy_dice"] for r in table], "o-", label="proxy Dice (pruned vs unpruned)")
+        real = [r["real_dice"] for r in table]
+        if any(v is not None for v in real):
+            ax.plot(x, [math.nan if v is None else v for v in real], "s--", label="real Dice (vs labels)")
+        ax.axhline(report["threshold"], color="0.4", ls=":", label=f"threshold {report['threshold']:g}")
+        ax.set_xlabel("filters removed (no fine-tuning)")
+        ax.xaxis.set_major_formatter(PercentFormatter(100))
+        ax.set_ylabel("Dice")
+        ax.set_ylim(0, 1.02)
+        twin = ax.twinx()
+        twin.plot(x, [r["speed_up"] or math.nan for r in table], "^:", color="tab:green", label="speed-up")
+        twin.set_ylabel("speed-up of one patch (x)")
+        twin.grid(False)
+        handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, loc="lower left", frameon=False)
+        fig.suptitle(f"Structured-pruning sweep ({report['settings']['criterion']}): {Path(report['model']).name}")
+        save(fig, file)
+    return file
