@@ -82,24 +82,43 @@ class StructuredSweep(MagnitudeSweep):
         s = self.settings
         return StructuredSettings.resolve(fixed={"criterion": s.criterion, "schedule": "oneshot",
                                                  "pruning_ratio": fraction, "ratio_of": s.ratio_of,
-                                                 "distribution": s.distribution})
+                                                 "distribution": s.distribution, "max_ratio": s.max_ratio,
+                                                 "max_ratio_coupled": s.max_ratio_coupled})
 
     def check_reachable(self) -> None:
-        """Every fraction must be reachable under the caps on every fold (checked before any inference).
+        """Every fraction must be reachable under the caps on every fold (checked before any inference). Of the
+        default fractions the unreachable ones are left out with a note; a fraction the user asked for stops the
+        sweep.
 
         Raises:
             NnUNetPruneError: naming the fraction and what limits it.
         """
-        fraction = max(self.grid())
-        method = StructuredMethod(self.method_settings(fraction))
-        self.network.load_state_dict(self.dense_states[0])
-        problems = method.network_problems(self.network, build_channel_graph(self.network), self.patch_size)
-        if problems:
-            raise NnUNetPruneError(f"--fractions {fraction:g}: " + "; ".join(problems).replace(
-                "Lower pruning_ratio", "Lower the fraction") + ". Nothing was predicted.")
+        self._fractions = None
+        reachable = []
+        for fraction in self.grid():
+            problems = []
+            for dense in self.dense_states:
+                self.network.load_state_dict(dense)
+                method = StructuredMethod(self.method_settings(fraction))
+                problems = method.network_problems(self.network, build_channel_graph(self.network), self.patch_size)
+                if problems:
+                    break
+            if not problems:
+                reachable.append(fraction)
+            elif self.settings.fractions:
+                raise NnUNetPruneError(f"--fractions {fraction:g}: " + "; ".join(problems).replace(
+                    "Lower pruning_ratio or raise max_ratio / max_ratio_coupled",
+                    "Lower the fraction or raise --max-ratio / --max-ratio-coupled") + ". Nothing was predicted.")
+            else:
+                print(f"Left out {fraction:g} (a default fraction): {problems[0]}")
+        if not reachable:
+            raise NnUNetPruneError("No default fraction is reachable under the caps: give --fractions.")
+        self._fractions = reachable
 
     def grid(self) -> list[float]:
-        """The fractions, sorted (default :data:`DEFAULT_FRACTIONS`)."""
+        """The fractions, sorted (default :data:`DEFAULT_FRACTIONS`, less those the caps make unreachable)."""
+        if getattr(self, "_fractions", None):
+            return list(self._fractions)
         return sorted(set(self.settings.fractions or DEFAULT_FRACTIONS))
 
     def _latency(self) -> float:
@@ -186,12 +205,6 @@ class StructuredSweep(MagnitudeSweep):
                 "reference_seconds": self.state.get("reference_seconds"),
                 "largest_fraction_at_threshold": ok[-1]["fraction"] if ok else None, "results": rows}
 
-    def _apply_summary(self) -> None:
-        key = "proxy_dice_paper_mean" if self.settings.proxy_summary == "mean" else "proxy_dice_pooled"
-        for r in self.state["results"].values():
-            if r.get(key) is not None:
-                r["proxy_dice"] = r[key]
-
 
 def write_outputs(report: dict, output: Path) -> dict[str, Path]:
     """sweep.csv, sweep.json, summary.md and dice_vs_fraction.png."""
@@ -223,7 +236,7 @@ def summary_markdown(report: dict, table: list[dict]) -> str:
     s = report["settings"]
     best = report["largest_fraction_at_threshold"]
     lines = [f"# Structured-pruning sweep ({s['criterion']}): {Path(report['model']).name}", "",
-             f"- folds {', '.join(report['folds'])}, {len(report['cases'])} images; one-shot {s['criterion']} "
+             f"- fold(s) {', '.join(report['folds'])}; {len(report['cases'])} images; one-shot {s['criterion']} "
              f"pruning of {s['ratio_of']}, {s['distribution']} distribution, no fine-tuning",
              f"- proxy Dice: the pruned vs the unpruned ensemble (nnU-Net inference); latency: one patch, batch 1, "
              f"{s['device']}, fold 0's pruned network (unpruned: {report['dense_latency_ms']} ms)", "",

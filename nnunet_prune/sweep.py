@@ -79,13 +79,16 @@ class SweepSettings:
     fractions: list[float] | None = None
     ratio_of: str = "filters"
     distribution: str = "global"
+    max_ratio: float = 0.95
+    max_ratio_coupled: float = 0.8
 
     def fingerprint(self) -> dict:
         """The settings that change the numbers (not the grid: more tau values can always be added)."""
         out = {"prune_bias": self.prune_bias, "per_layer_normalised": self.per_layer_normalised,
                "use_mirroring": self.use_mirroring, "tile_step_size": self.tile_step_size}
         if self.criterion != "magnitude":
-            out.update(criterion=self.criterion, ratio_of=self.ratio_of, distribution=self.distribution)
+            out.update(criterion=self.criterion, ratio_of=self.ratio_of, distribution=self.distribution,
+                       max_ratio=self.max_ratio, max_ratio_coupled=self.max_ratio_coupled)
         return out
 
 

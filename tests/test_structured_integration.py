@@ -24,10 +24,10 @@ ENV = {"NNUNET_PRUNE_EPOCHS": "4", "NNUNET_PRUNE_SAVE_EVERY": "2",
 
 @pytest.fixture(scope="module")
 def structured_model(nnunet, dataset2d, dense_model):
-    """Folds 0 and 1 of nnUNetTrainerStructuredL2_iterative from the dense folds (4 epochs, 4 steps)."""
-    for fold in (0, 1):
-        folder = nnunet.train(DATASET_2D, "2d", fold, TRAINER, env=ENV)
-    return folder
+    """Folds 0 and 1 of nnUNetTrainerStructuredL2_iterative from the dense folds (fold 0: 4 epochs, 4 steps; fold 1
+    in 2 epochs, its 4 steps at the start and after epoch 0)."""
+    nnunet.train(DATASET_2D, "2d", 1, TRAINER, env={**ENV, "NNUNET_PRUNE_EPOCHS": "2"})
+    return nnunet.train(DATASET_2D, "2d", 0, TRAINER, env=ENV)
 
 
 def totals(history) -> list[int]:
@@ -113,7 +113,7 @@ def test_differently_pruned_folds_predict_as_one_ensemble(nnunet, dataset2d, str
 
 def test_slimming_prunes_the_sparsity_trained_fold(nnunet, dataset2d):
     sparse = nnunet.train(DATASET_2D, "2d", 0, "nnUNetTrainerSlimmingSparsity",
-                          env={"NNUNET_PRUNE_SLIMMING": "lambda=0.001"})
+                          env={"NNUNET_PRUNE_SLIMMING": "lambda=0.001", "NNUNET_PRUNE_EPOCHS": "1"})
     history = read_json(sparse / "fold_0" / "pruning_history.json")["epochs"]
     assert history[-1]["slimming_gamma_l1"] > 0 and history[-1]["removed"] == {}
     folder = nnunet.train(DATASET_2D, "2d", 0, "nnUNetTrainerStructuredSlimming_oneshot",
@@ -127,18 +127,16 @@ def test_slimming_prunes_the_sparsity_trained_fold(nnunet, dataset2d):
 
 
 def test_bad_settings_and_dense_folds_stop_before_anything_is_written(nnunet, dataset2d, dense_model):
-    cases = [  # (trainer, fold, environment, words of the error)
-        ("nnUNetTrainerStructuredL1_oneshot", 1, {"NNUNET_PRUNE_STRUCTURED": "pruning_ratio=1"},
-         "pruning_ratio must be in (0, 1)"),
-        ("nnUNetTrainerStructuredL1_oneshot", 1, {"NNUNET_PRUNE_STRUCTURED": "pruning_ratio=0.9,max_ratio=0.6"},
-         "unreachable"),
-        ("nnUNetTrainerStructuredL1_oneshot", 1, {"NNUNET_PRUNE_STRUCTURED": "criterion=l2"},
-         "this trainer variant fixes"),
-        ("nnUNetTrainerStructuredL2_oneshot", 3, {}, "Train the dense fold first"),
+    cases = [  # (trainer, fold, plans, environment, words of the error)
+        ("nnUNetTrainerStructuredL1_oneshot", 1, "nnUNetPlans",
+         {"NNUNET_PRUNE_STRUCTURED": "pruning_ratio=0.9,max_ratio=0.6"}, "unreachable"),
+        ("nnUNetTrainerStructuredL2_oneshot", 3, "nnUNetPlans", {}, "Train the dense fold first"),
+        ("nnUNetTrainerStructuredL2_oneshot", 0, "nnUNetLUnetPlans", {"NNUNET_PRUNE_DENSE_MODEL": str(dense_model)},
+         "was trained with plans 'nnUNetPlans'"),
     ]
-    for trainer, fold, env, words in cases:
-        bad = nnunet.run("nnUNetv2_train", DATASET_2D, "2d", fold, "-tr", trainer, "-device", "cpu",
+    for trainer, fold, plans, env, words in cases:
+        bad = nnunet.run("nnUNetv2_train", DATASET_2D, "2d", fold, "-tr", trainer, "-p", plans, "-device", "cpu",
                          env={"nnUNet_n_proc_DA": "0", **env}, check=False)
         assert bad.returncode != 0, trainer
         assert "ERROR:" in bad.stderr and words in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
-        assert not (nnunet.model_folder(DATASET_2D, trainer, "nnUNetPlans", "2d") / f"fold_{fold}").exists()
+        assert not (nnunet.model_folder(DATASET_2D, trainer, plans, "2d") / f"fold_{fold}").exists()

@@ -138,6 +138,12 @@ def test_unreachable_target_names_the_caps():
                 "ratio_of=flops", "max_ratio=0"):
         with pytest.raises(NnUNetPruneError, match="NNUNET_PRUNE_STRUCTURED"):
             StructuredSettings.resolve(environ={"NNUNET_PRUNE_STRUCTURED": bad})
+    # a variant's name fixes criterion and schedule (the trainers pass these as fixed values)
+    from nnunet_prune.trainers.structured import nnUNetTrainerStructuredL1_oneshot as variant
+
+    with pytest.raises(NnUNetPruneError, match="this trainer variant fixes"):
+        StructuredSettings.resolve(environ={"NNUNET_PRUNE_STRUCTURED": "criterion=l2"}, fixed=variant.method_defaults)
+    assert StructuredSettings.resolve(fixed=variant.method_defaults).schedule == "oneshot"
 
 
 def test_uniform_keeps_the_same_fraction_of_every_group():
@@ -194,19 +200,60 @@ def test_size_model_counts_like_the_counters(kind):
 
 
 def test_residual_stream_is_pruned_after_the_block_convolutions():
+    """residual_last: the convolutions inside residual blocks go first; the residual streams, the decoder and the
+    upsampling groups only once those are at their caps."""
     net = network("resenc")
     graph = build_channel_graph(net)
-    residual = [g.name for g in graph if g.kind == "residual"]
+    inner = [g.name for g in graph if g.kind == "conv" and g.part != "decoder"]
+    later = [g.name for g in graph if g.name not in inner]
+    assert any(graph[n].kind == "residual" for n in later) and any(n.startswith("dec") for n in later)
     s = settings(max_ratio=0.9, max_ratio_coupled=0.9)
     chooser = FilterChooser(graph, s, graph.widths())
-    inner_room = sum(w - chooser.floor[n] for n, w in graph.widths().items() if n not in residual)
+    inner_room = sum(graph.widths()[n] - chooser.floor[n] for n in inner)
     plan = chooser.keeping(sum(graph.widths().values()) - inner_room)
-    assert not any(plan.channels.get(n) for n in residual)
+    assert not any(plan.channels.get(n) for n in later)
+    assert all(plan.widths[n] == chooser.floor[n] for n in inner)
     plan = chooser.keeping(sum(graph.widths().values()) - inner_room - 3)
-    assert sum(len(plan.channels.get(n, [])) for n in residual) == 3
+    assert sum(len(plan.channels.get(n, [])) for n in later) == 3
     off = FilterChooser(graph, settings(residual_last=False), graph.widths()).keeping(
         sum(graph.widths().values()) // 2)
-    assert any(off.channels.get(n) for n in residual)
+    assert any(off.channels.get(n) for n in later if graph[n].kind == "residual")
+
+
+def test_a_coupled_cap_is_never_looser_than_the_others():
+    graph = build_channel_graph(network())
+    chooser = FilterChooser(graph, settings(max_ratio=0.5, max_ratio_coupled=0.8), graph.widths())
+    for name in graph.coupled_groups():
+        assert chooser.floor[name] == math.ceil(graph.widths()[name] * 0.5)
+
+
+def test_records_show_the_start_step_once_and_nothing_after_the_schedule():
+    net = network()
+    graph = build_channel_graph(net)
+    method = StructuredMethod(settings(pruning_ratio=0.5, step=0.2, stop_fraction=1))
+    removal = method.start(net, graph, progress(num_epochs=4))
+    apply_removal(net, removal, graph=graph)
+    removed = [sum(len(v) for v in removal.channels.values())]  # the start's step
+    records = []
+    for epoch in range(4):
+        removal = method.decide(graph, progress(epoch, 4, pruning_allowed=epoch < 3))
+        apply_removal(net, removal, graph=graph)
+        removed.append(sum(len(v) for v in removal.channels.values()))
+        records.append(sum(map(len, method.record(graph)["structured_removed_scores"].values())))
+    # epoch 0's record holds the start's step and epoch 0's; the last epoch (no surgery) holds nothing
+    assert records == [removed[0] + removed[1], removed[2], removed[3], 0] and removed[0] > 0
+
+
+def test_resuming_with_a_shorter_budget_warns_about_the_steps_it_drops():
+    net = network()
+    graph = build_channel_graph(net)
+    method = StructuredMethod(settings(pruning_ratio=0.75))
+    apply_removal(net, method.start(net, graph, progress(num_epochs=100)), graph=graph)
+    resumed = StructuredMethod(settings(pruning_ratio=0.75))
+    resumed.load_state(json.loads(json.dumps(method.state())))
+    resumed.bind(graph)
+    resumed.decide(graph, progress(0, 10))
+    assert any("will not run" in line for line in resumed.messages())
 
 
 # ------------------------------------------------------------------------------------------------ schedule

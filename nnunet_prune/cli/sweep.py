@@ -43,6 +43,10 @@ def add_parser(sub) -> None:
     p.add_argument("--distribution", choices=("global", "uniform"), default="global",
                    help="structured criteria: one normalised ranking of all filters (default) or the same fraction "
                         "of every coupling group")
+    p.add_argument("--max-ratio", type=float, default=0.95,
+                   help="structured criteria: no coupling group loses more than this fraction (default 0.95)")
+    p.add_argument("--max-ratio-coupled", type=float, default=0.8,
+                   help="structured criteria: the same for skip and residual groups (default 0.8)")
     p.add_argument("--threshold", type=float, default=0.95, help="proxy Dice of the critical point (default 0.95)")
     p.add_argument("--refine", type=int, default=4, metavar="N",
                    help="extra tau values between the last good and first bad tau (default 4; 0 = off)")
@@ -77,9 +81,14 @@ def check_arguments(args) -> None:
     if structured and magnitude_only:
         raise NnUNetPruneError(f"{', '.join(magnitude_only)}: magnitude-pruning options; --criterion "
                                f"{args.criterion} takes --fractions.")
-    if not structured and (args.fractions or args.ratio_of != "filters" or args.distribution != "global"):
-        raise NnUNetPruneError("--fractions, --ratio-of and --distribution belong to the structured criteria: add "
-                               "--criterion l1, l2 or slimming (magnitude pruning takes --taus or --sparsities).")
+    if not structured and (args.fractions or args.ratio_of != "filters" or args.distribution != "global"
+                           or args.max_ratio != 0.95 or args.max_ratio_coupled != 0.8):
+        raise NnUNetPruneError("--fractions, --ratio-of, --distribution, --max-ratio and --max-ratio-coupled belong to "
+                               "the structured criteria: add --criterion l1, l2 or slimming (magnitude pruning takes "
+                               "--taus or --sparsities).")
+    for option, value in (("--max-ratio", args.max_ratio), ("--max-ratio-coupled", args.max_ratio_coupled)):
+        if not (math.isfinite(value) and 0 < value <= 1):
+            raise NnUNetPruneError(f"{option} must lie in (0, 1] (got {value}).")
     if args.fractions and any(not (math.isfinite(f) and 0 < f < 1) for f in args.fractions):
         raise NnUNetPruneError("--fractions must lie in (0, 1), e.g. 0.25 0.5 0.75 0.9.")
     if args.sparsities and any(not (math.isfinite(s) and 0 <= s < 1) for s in args.sparsities):
@@ -128,7 +137,8 @@ def run(args) -> int:
                              tile_step_size=args.step_size, device=args.device,
                              save_predictions=args.save_predictions, proxy_summary=args.proxy_summary,
                              criterion=args.criterion, fractions=args.fractions, ratio_of=args.ratio_of,
-                             distribution=args.distribution)
+                             distribution=args.distribution, max_ratio=args.max_ratio,
+                             max_ratio_coupled=args.max_ratio_coupled)
     if structured:
         from nnunet_prune.structured_sweep import StructuredSweep
 
@@ -142,7 +152,9 @@ def run(args) -> int:
         name = {"l1": "L1", "l2": "L2", "slimming": "Slimming"}[args.criterion]
         print(f"Results: {output / 'summary.md'}, sweep.csv, sweep.json, dice_vs_fraction.png. To fine-tune: "
               f"nnUNetv2_train ... -tr nnUNetTrainerStructured{name}_iterative with "
-              f"NNUNET_PRUNE_STRUCTURED='pruning_ratio=<fraction>'.")
+              f"NNUNET_PRUNE_STRUCTURED='pruning_ratio=<fraction>,ratio_of={args.ratio_of},"
+              f"distribution={args.distribution},max_ratio={args.max_ratio:g},"
+              f"max_ratio_coupled={args.max_ratio_coupled:g}'.")
         return 0
     sweep = MagnitudeSweep(model, args.images, output, args.labels, settings, restart=args.restart)
     print(f"Sweep of {model.path.name} (folds {', '.join(map(str, model.folds))}) on {len(sweep.cases)} images "

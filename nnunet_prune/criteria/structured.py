@@ -15,8 +15,6 @@ important. Nothing here changes a tensor.
   (:func:`can_score`).
 * :func:`gamma_l1` -- sum |gamma| over norm layers: the sparsity term lambda * sum |gamma| of network slimming's
   training (Liu et al. 2017, eq. 1).
-* :func:`normalised` -- scores divided by their L2 norm per group, so one global ranking can compare groups of
-  different widths and weight scales (the paper's non-uniform distribution).
 """
 
 from __future__ import annotations
@@ -88,19 +86,13 @@ def group_scores(group: ChannelGroup, criterion: str) -> np.ndarray:
 
 
 def gamma_l1(norms: Iterable[nn.Module]) -> torch.Tensor:
-    """sum |gamma| over the affine weights of ``norms`` (a differentiable scalar; 0 when none has one).
+    """sum |gamma| over the affine weights of ``norms`` (a differentiable scalar).
 
     Raises:
-        ValueError: ``norms`` is empty.
+        ValueError: no norm in ``norms`` has an affine weight.
     """
     gammas = [n.weight for n in norms if getattr(n, "weight", None) is not None]
     if not gammas:
         raise ValueError("no norm layer with an affine weight")
     return torch.stack([g.abs().sum() for g in gammas]).sum()
 
-
-def normalised(scores: np.ndarray) -> np.ndarray:
-    """(C,) -> (C,): the scores divided by their L2 norm (all zeros stay zeros)."""
-    s = np.asarray(scores, dtype=np.float64)
-    n = float(np.linalg.norm(s))
-    return s / n if n > 0 else s

@@ -95,22 +95,29 @@ class StructuredSettings(MethodSettings):
         return max(1, math.ceil(math.log(1 - self.pruning_ratio) / math.log(1 - self.step) - 1e-9))
 
 
+def target_filters(initial: int, pruning_ratio: float) -> int:
+    """The filters left when ``pruning_ratio`` of ``initial`` go: ceil((1 - ratio) x initial)."""
+    return math.ceil((1 - pruning_ratio) * initial - 1e-9)
+
+
 # ------------------------------------------------------------------------------------------------ choosing filters
 def floors(graph: ChannelGraph, initial: Mapping[str, int], settings: StructuredSettings) -> dict[str, int]:
-    """The fewest channels each group may keep: its initial width times (1 - its cap), rounded up, at least 1."""
+    """The fewest channels each group may keep: its initial width times (1 - its cap), rounded up, at least 1. A skip
+    or residual group's cap is min(max_ratio, max_ratio_coupled): never looser than the others'."""
     coupled = set(graph.coupled_groups())
-    return {g.name: max(1, math.ceil(initial[g.name] * (1 - (settings.max_ratio_coupled if g.name in coupled
-                                                               else settings.max_ratio)) - 1e-9))
-            for g in graph}
+    cap = {True: min(settings.max_ratio, settings.max_ratio_coupled), False: settings.max_ratio}
+    return {g.name: max(1, math.ceil(initial[g.name] * (1 - cap[g.name in coupled]) - 1e-9)) for g in graph}
 
 
 def tiers(graph: ChannelGraph, residual_last: bool) -> list[list[str]]:
-    """Groups in the order they are pruned: [all] or, with ``residual_last`` and residual groups present,
-    [non-residual, residual]."""
+    """Groups in the order they are pruned: [all] or, with ``residual_last`` in a network with residual groups,
+    [the convolutions inside residual blocks (encoder and bottleneck groups that are not residual), everything else
+    (residual streams, decoder, upsampling)]: the paper prioritises the convolved feature maps of a block over the
+    residual ones; the decoder is not part of that rule and ranks with the residual streams."""
     names = [g.name for g in graph]
-    residual = [g.name for g in graph if g.kind == "residual"]
-    if residual_last and residual and len(residual) < len(names):
-        return [[n for n in names if n not in residual], residual]
+    inner = [g.name for g in graph if g.kind == "conv" and g.part != "decoder"]
+    if residual_last and any(g.kind == "residual" for g in graph) and inner:
+        return [inner, [n for n in names if n not in inner]]
     return [names]
 
 
@@ -177,8 +184,9 @@ class FilterChooser:
             raise ValueError(f"criterion {settings.criterion} ranks no group of this network (network slimming needs "
                              f"affine norm layers)")
         self.scores = {g.name: group_scores(g, settings.criterion) for g in ranked}
-        self.floor = {name: w if name not in self.scores else f  # groups the criterion cannot rank stay whole
-                      for (name, f), w in zip(floors(graph, initial, settings).items(), self.widths.values())}
+        limits = floors(graph, initial, settings)
+        self.floor = {name: limits[name] if name in self.scores else w  # groups the criterion cannot rank stay whole
+                      for name, w in self.widths.items()}
         self.order = [[n for n in tier if n in self.scores] for tier in tiers(graph, settings.residual_last)]
         self._global: list[tuple[str, int, float]] | None = None
 
@@ -252,7 +260,9 @@ class StructuredMethod(PruningMethod):
         self.size: SizeModel | None = None
         self._lines: list[str] = []
         self._removed_scores: dict[str, list[float]] = {}
+        self._start_scores: dict[str, list[float]] = {}
         self._planned: Plan | None = None
+        self._resumed = False
 
     # -- targets --------------------------------------------------------------------------------------------
     def _size_fn(self) -> Callable[[Mapping[str, int]], int] | None:
@@ -272,13 +282,13 @@ class StructuredMethod(PruningMethod):
         size = self._size_fn()
         limit = (1 - s.pruning_ratio) * self._initial_size()
         if step >= steps:
-            return chooser.keeping(math.ceil((1 - s.pruning_ratio) * initial_filters - 1e-9)) if size is None \
+            return chooser.keeping(target_filters(initial_filters, s.pruning_ratio)) if size is None \
                 else chooser.within(size, limit)
         plan = chooser.keeping(int(math.floor(initial_filters * (1 - s.step) ** step + 0.5)))
         if size is not None and size(plan.widths) <= limit:  # the size target comes sooner: land on it
             return chooser.within(size, limit)
-        if size is None and plan.total <= math.ceil((1 - s.pruning_ratio) * initial_filters - 1e-9):
-            return chooser.keeping(math.ceil((1 - s.pruning_ratio) * initial_filters - 1e-9))
+        if size is None and plan.total <= target_filters(initial_filters, s.pruning_ratio):
+            return chooser.keeping(target_filters(initial_filters, s.pruning_ratio))
         return plan
 
     def planned_steps(self, graph: ChannelGraph) -> int:
@@ -289,7 +299,7 @@ class StructuredMethod(PruningMethod):
             return 1
         initial_filters = sum(self.schedule.initial_widths.values())
         if s.ratio_of == "filters":  # steps_for_filters(), with the filter counts rounded as the steps round them
-            target = math.ceil((1 - s.pruning_ratio) * initial_filters - 1e-9)
+            target = target_filters(initial_filters, s.pruning_ratio)
             most = s.steps_for_filters()
             return next(k for k in range(1, most + 1)
                         if k == most or math.floor(initial_filters * (1 - s.step) ** k + 0.5) <= target)
@@ -322,11 +332,16 @@ class StructuredMethod(PruningMethod):
             return [str(e)]
         floor = chooser.keeping(0).widths
         total = sum(graph.widths().values())
-        size = SizeModel(graph, patch_size)
+        try:
+            size = SizeModel(graph, patch_size)
+        except ValueError as e:
+            return [str(e)]
         reachable = {"filters": 1 - sum(floor.values()) / total,
                      "params": 1 - size.parameters(floor) / size.parameters(graph.widths()),
                      "macs": 1 - size.macs(floor) / size.macs(graph.widths())}[s.ratio_of]
-        if s.pruning_ratio > reachable + 1e-9:
+        unreachable = target_filters(total, s.pruning_ratio) < sum(floor.values()) if s.ratio_of == "filters" \
+            else s.pruning_ratio > reachable + 1e-9
+        if unreachable:
             unranked = [g.name for g in graph if g.name not in chooser.scores]
             return [f"pruning_ratio={s.pruning_ratio:g} of the {s.ratio_of} is unreachable: the caps (max_ratio="
                     f"{s.max_ratio:g}, max_ratio_coupled={s.max_ratio_coupled:g} for the "
@@ -355,6 +370,7 @@ class StructuredMethod(PruningMethod):
                                            initial_macs=self.size.macs(widths) if patch is not None else 0,
                                            patch_size=list(patch) if patch is not None else None)
         steps = self.planned_steps(graph)
+        self._removed_scores = {}
         if progress is None:
             epochs = [-1] * steps
         else:
@@ -362,7 +378,9 @@ class StructuredMethod(PruningMethod):
                                       progress.final_epochs_without_pruning)
         self.schedule.step_epochs = epochs
         self._lines = [self.schedule_line(progress.num_epochs if progress is not None else 0)]
-        return self._step(graph, -1)
+        removal = self._step(graph, -1)
+        self._start_scores = self._removed_scores
+        return removal
 
     def schedule_line(self, num_epochs: int) -> str:
         """One line for the log: criterion, target, steps and where they fall."""
@@ -378,14 +396,15 @@ class StructuredMethod(PruningMethod):
         """The steps scheduled at ``epoch`` (-1: the start), as one removal (no training comes between them)."""
         sch = self.schedule
         due = [i for i, e in enumerate(sch.step_epochs) if e == epoch and i >= sch.steps_done]
-        self._removed_scores, self._planned = {}, None
+        self._planned = None
         if not due or sch.reached:
             return Removal()
         last = max(due) + 1
         chooser = FilterChooser(graph, self.settings, sch.initial_widths)
         plan = self.target_plan(chooser, last, len(sch.step_epochs))
         self._planned = plan
-        self._removed_scores = plan.scores
+        for g, values in plan.scores.items():
+            self._removed_scores.setdefault(g, []).extend(values)
         n = sum(len(v) for v in plan.channels.values())
         self._lines.append(
             f"Structured pruning step{'s' if len(due) > 1 else ''} {due[0] + 1}"
@@ -399,12 +418,24 @@ class StructuredMethod(PruningMethod):
 
     def _reached(self, widths: Mapping[str, int]) -> bool:
         size = self._size_fn()
-        now = sum(widths.values()) if size is None else size(widths)
-        return now <= (1 - self.settings.pruning_ratio) * self._initial_size() + 1e-6
+        if size is None:
+            return sum(widths.values()) <= target_filters(self._initial_size(), self.settings.pruning_ratio)
+        return size(widths) <= (1 - self.settings.pruning_ratio) * self._initial_size() + 1e-6
 
     def decide(self, graph: ChannelGraph, progress: TrainingProgress) -> Removal:
-        """The steps scheduled after this epoch (none in the final epochs: the driver drops them)."""
-        self._lines = []
+        """The steps scheduled after this epoch (none in the final epochs: the driver drops them). The first decision
+        after ``--c`` warns when the restored schedule has steps the new budget leaves no room for."""
+        self._removed_scores, self._start_scores = self._start_scores, {}  # the start's step shows in epoch 0
+        if self._resumed:
+            self._resumed = False
+            last = progress.num_epochs - progress.final_epochs_without_pruning - 1
+            late = [i + 1 for i, e in enumerate(self.schedule.step_epochs)
+                    if i >= self.schedule.steps_done and e > last]
+            if late:
+                self._lines.append(
+                    f"WARNING: Structured pruning: steps {late[0]}-{late[-1]} of the schedule laid out at the start "
+                    f"fall after epoch {last}, the last that allows pruning in this run of {progress.num_epochs} "
+                    f"epochs: they will not run (continue with the budget the fold was started with)")
         if not progress.pruning_allowed:
             return Removal()
         return self._step(graph, progress.epoch)
@@ -424,7 +455,8 @@ class StructuredMethod(PruningMethod):
         return {"structured_removed_fraction": round(1 - sum(graph.widths().values()) / initial, 6)}
 
     def record(self, graph: ChannelGraph) -> dict:
-        """Steps done, the scores of this epoch's removed filters."""
+        """Steps done, the scores of the filters removed since the last record, per group (global distribution: the
+        normalised score when the filter was chosen; uniform: the criterion's raw score)."""
         return {"structured_steps_done": self.schedule.steps_done,
                 "structured_removed_scores": self._removed_scores}
 
@@ -448,6 +480,7 @@ class StructuredMethod(PruningMethod):
             int(state.get("initial_parameters") or 0), int(state.get("initial_macs") or 0),
             int(state.get("steps_done") or 0), bool(state.get("reached")),
             [int(v) for v in state["patch_size"]] if state.get("patch_size") else None)
+        self._resumed = True
 
     def bind(self, graph: ChannelGraph) -> None:
         """After ``--c``: the size model of the resumed network (it holds no widths: one per run suffices)."""

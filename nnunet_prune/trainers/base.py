@@ -331,6 +331,9 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                 self.print_to_log_file(line)
             if removal:
                 result = self.apply_removal(removal)
+                self.method.after_surgery(result, self.graph)
+                for line in self.method.messages():
+                    self.print_to_log_file(line)
                 self._record_start(result)
                 zeroed = result.sparsity is not None
             if self.local_rank == 0:
@@ -418,6 +421,8 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         self._cut_after_validation = result.structure_changed
         if self.method is not None:
             self.method.after_surgery(result, self.graph)
+            for line in self.method.messages():  # what the surgery changed (e.g. requests the caps clipped)
+                self.print_to_log_file(line)
             scalars.update(self.method.record(self.graph))
         record = {
             "epoch": self.current_epoch,
