@@ -106,11 +106,9 @@ class StructuredSweep(MagnitudeSweep):
             if not problems:
                 reachable.append(fraction)
             elif self.settings.fractions:
-                raise NnUNetPruneError(f"--fractions {fraction:g}: " + "; ".join(problems).replace(
-                    "Lower pruning_ratio or raise max_ratio / max_ratio_coupled",
-                    "Lower the fraction or raise --max-ratio / --max-ratio-coupled") + ". Nothing was predicted.")
+                raise NnUNetPruneError(f"--fractions {fraction:g}: {_for_the_sweep(problems)}. Nothing was predicted.")
             else:
-                print(f"Left out {fraction:g} (a default fraction): {problems[0]}")
+                print(f"Left out {fraction:g} (a default fraction): {_for_the_sweep(problems)}")
         if not reachable:
             raise NnUNetPruneError("No default fraction is reachable under the caps: give --fractions.")
         self._fractions = reachable
@@ -168,6 +166,7 @@ class StructuredSweep(MagnitudeSweep):
         self._apply_summary()
         if self.state.get("dense_latency_ms") is None:
             self.network.load_state_dict(self.dense_states[0])
+            self._latency()  # the first timing of a process runs slow (kernel selection, allocator): not counted
             self.state["dense_latency_ms"] = self._latency()
         reference = self._reference(progress)
         real = self._real_labels()
@@ -204,6 +203,12 @@ class StructuredSweep(MagnitudeSweep):
                 "dense_latency_ms": self.state.get("dense_latency_ms"),
                 "reference_seconds": self.state.get("reference_seconds"),
                 "largest_fraction_at_threshold": ok[-1]["fraction"] if ok else None, "results": rows}
+
+
+def _for_the_sweep(problems: list[str]) -> str:
+    """The method's advice in the sweep's own terms (its options, not the trainer's settings)."""
+    return "; ".join(problems).replace("Lower pruning_ratio or raise max_ratio / max_ratio_coupled",
+                                       "Lower the fraction or raise --max-ratio / --max-ratio-coupled")
 
 
 def write_outputs(report: dict, output: Path) -> dict[str, Path]:

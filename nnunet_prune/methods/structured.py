@@ -344,9 +344,9 @@ class StructuredMethod(PruningMethod):
         if unreachable:
             unranked = [g.name for g in graph if g.name not in chooser.scores]
             return [f"pruning_ratio={s.pruning_ratio:g} of the {s.ratio_of} is unreachable: the caps (max_ratio="
-                    f"{s.max_ratio:g}, max_ratio_coupled={s.max_ratio_coupled:g} for the "
-                    f"{len(graph.coupled_groups())} skip/residual groups, one channel per group at least) allow "
-                    f"{reachable:.3f} at most"
+                    f"{s.max_ratio:g}, max_ratio_coupled={s.max_ratio_coupled:g}: at most "
+                    f"{min(s.max_ratio, s.max_ratio_coupled):g} of each of the {len(graph.coupled_groups())} "
+                    f"skip/residual groups; one channel per group at least) allow {reachable:.3f} at most"
                     + (f" ({len(unranked)} groups without a norm layer, e.g. {unranked[0]}, keep all their channels: "
                        f"{s.criterion} ranks only channels with a gamma)" if unranked else "")
                     + ". Lower pruning_ratio or raise max_ratio / max_ratio_coupled"
@@ -510,8 +510,8 @@ class StructuredMethod(PruningMethod):
 @dataclass
 class SlimmingSettings(MethodSettings):
     """Network slimming's sparsity training (Liu et al. 2017, eq. 1): nnU-Net's loss + lambda * sum |gamma| over the
-    norm layers; lambda 1e-4 (their CIFAR/SVHN setting). ``NNUNET_PRUNE_SLIMMING='lambda=1e-5'`` or
-    ``plans['nnunet_prune']['slimming']``."""
+    norm layers; lambda 1e-4 (their VGGNet setting; 1e-5 for ResNet and DenseNet).
+    ``NNUNET_PRUNE_SLIMMING='lambda=1e-5'`` or ``plans['nnunet_prune']['slimming']``."""
 
     NAME: ClassVar[str] = "Slimming"
     ENV_VAR: ClassVar[str] = SLIMMING_ENV_VAR
