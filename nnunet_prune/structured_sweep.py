@@ -279,6 +279,7 @@ def plot(report: dict, table: list[dict], file: Path) -> Path:
         twin = ax.twinx()
         twin.plot(x, [r["speed_up"] or math.nan for r in table], "^:", color="tab:green", label="speed-up")
         twin.set_ylabel("speed-up of one patch (x)")
+        twin.set_ylim(0, max([r["speed_up"] or 1 for r in table] + [1]) * 1.1)
         twin.grid(False)
         handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
         ax.legend(handles=handles, loc="lower left", frameon=False)
