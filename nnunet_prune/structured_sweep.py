@@ -170,6 +170,9 @@ class StructuredSweep(MagnitudeSweep):
             self.state["dense_latency_ms"] = self._latency()
         reference = self._reference(progress)
         real = self._real_labels()
+        if real is not None and self.state.get("dense_real_dice") is None:  # the unpruned ensemble's own real Dice
+            self.state["dense_real_dice"] = foreground_mean(dice_per_case(real, reference, self.label_list,
+                                                                          self.ignore_label))[0]
         results = self.state["results"]
         done = [f for f in self.grid() if f"{f:.9g}" in results]
         if done and progress:
@@ -201,6 +204,7 @@ class StructuredSweep(MagnitudeSweep):
                 "configuration": self.model.configuration_name, "folds": [str(f) for f in self.model.folds],
                 "cases": list(self.cases), "settings": asdict(self.settings), "threshold": self.settings.threshold,
                 "dense_latency_ms": self.state.get("dense_latency_ms"),
+                "dense_real_dice": self.state.get("dense_real_dice"),
                 "reference_seconds": self.state.get("reference_seconds"),
                 "largest_fraction_at_threshold": ok[-1]["fraction"] if ok else None, "results": rows}
 
@@ -248,7 +252,9 @@ def summary_markdown(report: dict, table: list[dict]) -> str:
              (f"**Largest fraction with proxy Dice >= {report['threshold']}: {best:g}.**" if best is not None else
               f"No fraction keeps proxy Dice >= {report['threshold']}: fine-tune (nnUNetTrainerStructured*)."), "",
              "| fraction | filters removed | parameters removed | MACs removed | ms/patch | speed-up | proxy Dice | "
-             "real Dice |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "real Dice |", "|---:|---:|---:|---:|---:|---:|---:|---:|",
+             f"| 0 (unpruned) | 0 | 0 | 0 | {report['dense_latency_ms']:.1f} | 1.00x | 1.0000 | "
+             + ("-" if report.get("dense_real_dice") is None else f"{report['dense_real_dice']:.4f}") + " |"]
     for r in table:
         real = "-" if r["real_dice"] is None else f"{r['real_dice']:.4f}"
         speed = "-" if r["speed_up"] is None else f"{r['speed_up']:.2f}x"

@@ -130,7 +130,8 @@ def test_bad_settings_and_dense_folds_stop_before_anything_is_written(nnunet, da
     cases = [  # (trainer, fold, plans, environment, words of the error)
         ("nnUNetTrainerStructuredL1_oneshot", 1, "nnUNetPlans",
          {"NNUNET_PRUNE_STRUCTURED": "pruning_ratio=0.9,max_ratio=0.6"}, "unreachable"),
-        ("nnUNetTrainerStructuredL2_oneshot", 3, "nnUNetPlans", {}, "Train the dense fold first"),
+        ("nnUNetTrainerStructuredL2_oneshot", 3, "nnUNetPlans", {},
+         "no fold_3/checkpoint_final.pth in the folders of nnUNetTrainer, nnUNetTrainerBudget"),
         ("nnUNetTrainerStructuredL2_oneshot", 0, "nnUNetLUnetPlans", {"NNUNET_PRUNE_DENSE_MODEL": str(dense_model)},
          "was trained with plans 'nnUNetPlans'"),
     ]

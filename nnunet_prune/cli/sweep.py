@@ -25,7 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     p.add_argument("-i", "--images", required=True, help="folder of images named like imagesTs (CASE_0000.nii.gz)")
     p.add_argument("-o", "--output", default=None,
-                   help="output folder (default: ./magnitude_sweep_<model folder name>)")
+                   help="output folder (default: ./magnitude_sweep_<model folder name>, with --criterion "
+                        "./structured_sweep_<criterion>_<model folder name>)")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds of the ensemble (default: all trained)")
     p.add_argument("--labels", default=None, help="folder of ground-truth segmentations for the real Dice")
     grid = p.add_mutually_exclusive_group()

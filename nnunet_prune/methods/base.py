@@ -26,7 +26,7 @@ environment or nnU-Net's plans (the glue passes them in)::
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -67,16 +67,20 @@ class MethodSettings:
                 for name, choices in self.CHOICES.items() if getattr(self, name) not in choices]
         return out
 
-    def validate(self) -> MethodSettings:
-        """Return self if valid.
+    def validate(self, pinned: Iterable[str] = ()) -> MethodSettings:
+        """Return self if valid. ``pinned``: keys a trainer variant fixes (left out of the example in the message).
 
         Raises:
             NnUNetPruneError: listing every problem and the variable to set.
         """
         problems = self.problems()
         if problems:
+            pinned = {self.ALIASES.get(k, k) for k in pinned}
+            example = ",".join(kv for kv in self.EXAMPLE.split(",")
+                               if self.ALIASES.get(kv.split("=")[0], kv.split("=")[0]) not in pinned)
             raise NnUNetPruneError(f"Invalid {self.NAME} settings: " + "; ".join(problems) +
-                                   (f". Set them as {self.ENV_VAR}='{self.EXAMPLE}'." if self.ENV_VAR else "."))
+                                   (f". Set them as {self.ENV_VAR}='{example}'." if self.ENV_VAR and example
+                                    else "."))
         return self
 
     @classmethod
@@ -143,7 +147,7 @@ class MethodSettings:
                         f"trainer variant fixes (its name says so). Use the variant's base trainer to choose "
                         f"{cls.public_name(name)}, or leave it out.")
                 setattr(cfg, name, converted)
-        return cfg.validate()
+        return cfg.validate(pinned=fixed)
 
     def as_dict(self) -> dict:
         """The values by public name (what ``pruning_config.json`` records)."""

@@ -450,14 +450,23 @@ class StructuredMethod(PruningMethod):
 
     # -- records ---------------------------------------------------------------------------------------------
     def scalars(self, graph: ChannelGraph) -> dict:
-        """The fraction of the initial filters removed so far."""
-        initial = sum(self.schedule.initial_widths.values()) or sum(graph.widths().values())
-        return {"structured_removed_fraction": round(1 - sum(graph.widths().values()) / initial, 6)}
+        """The fraction of the initial filters removed, this epoch's step included (asked before the surgery)."""
+        widths = self._planned.widths if self._planned is not None else graph.widths()
+        initial = sum(self.schedule.initial_widths.values()) or sum(widths.values())
+        return {"structured_removed_fraction": round(1 - sum(widths.values()) / initial, 6)}
 
     def record(self, graph: ChannelGraph) -> dict:
-        """Steps done, the scores of the filters removed since the last record, per group (global distribution: the
-        normalised score when the filter was chosen; uniform: the criterion's raw score)."""
+        """Steps done; the fraction of the initial filters, parameters or MACs (``ratio_of``) removed so far; the
+        scores of the filters removed since the last record, per group (global distribution: the normalised score
+        when the filter was chosen; uniform: the criterion's raw score)."""
+        size = self._size_fn()
+        removed = None
+        if size is not None and self._initial_size():
+            removed = round(1 - size(graph.widths()) / self._initial_size(), 6)
+        elif size is None and self._initial_size():
+            removed = round(1 - sum(graph.widths().values()) / self._initial_size(), 6)
         return {"structured_steps_done": self.schedule.steps_done,
+                f"structured_removed_{self.settings.ratio_of}": removed,
                 "structured_removed_scores": self._removed_scores}
 
     def messages(self) -> list[str]:
@@ -488,9 +497,16 @@ class StructuredMethod(PruningMethod):
             self.size = SizeModel(graph, self.schedule.patch_size)
 
     def schedule_problems(self, num_epochs: int, final_epochs_without_pruning: int) -> list[str]:
-        """Steps that share a pruning point (the budget is too short for fine-tuning between all of them)."""
+        """Steps that share a pruning point (the budget is too short for fine-tuning between all of them); settings
+        a one-shot schedule does not use."""
         epochs = self.schedule.step_epochs
-        if self.settings.schedule != "iterative" or len(set(epochs)) == len(epochs):
+        s, default = self.settings, StructuredSettings()
+        if s.schedule == "oneshot":
+            unused = [f"{k}={getattr(s, k):g}" for k in ("step", "stop_fraction")
+                      if getattr(s, k) != getattr(default, k)]
+            return [f"Structured pruning: {', '.join(unused)} has no effect on a one-shot schedule (everything is "
+                    f"removed at the start)"] if unused else []
+        if len(set(epochs)) == len(epochs):
             return []
         return [f"Structured pruning: {len(epochs)} steps of {self.settings.step:g} need {len(epochs)} pruning points, "
                 f"but {num_epochs} epoch(s) give {len(set(epochs))} (the start and the first stop_fraction="
@@ -559,5 +575,15 @@ class SlimmingSparsityMethod(PruningMethod):
         if not self.norms:
             return {}
         gammas = np.concatenate([n.weight.detach().abs().cpu().numpy().ravel() for n in self.norms])
-        return {"slimming_gamma_l1": round(float(gammas.sum()), 4),
-                "slimming_small_gamma_fraction": round(float((gammas < 1e-2).mean()), 6)}
+        self._summary = (float(gammas.sum()), float((gammas < 1e-2).mean()))
+        return {"slimming_gamma_l1": round(self._summary[0], 4),
+                "slimming_small_gamma_fraction": round(self._summary[1], 6)}
+
+    def messages(self) -> list[str]:
+        """sum |gamma| after the epoch, and the term it adds to the training loss (nnU-Net's train_loss includes it)."""
+        if not getattr(self, "_summary", None):
+            return []
+        total, small = self._summary
+        self._summary = None
+        return [f"network slimming: sum |gamma| = {total:.2f} ({small:.1%} of the gammas below 0.01); "
+                f"lambda x sum |gamma| = {self.settings.lambda_ * total:.4f} is part of train_loss"]

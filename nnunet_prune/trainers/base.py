@@ -122,6 +122,8 @@ class nnUNetTrainerPruning(nnUNetTrainer):
     finetune_lr_factor: float = 1.0
     #: with a dense start and no NNUNET_PRUNE_DENSE_MODEL: the model folders searched for the dense fold, in order
     dense_trainers: tuple[str, ...] = dense.DEFAULT_DENSE_TRAINERS
+    #: what a missing dense fold's message says to train (empty: the stock trainer or nnUNetTrainerBudget)
+    dense_hint: str = ""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -173,11 +175,23 @@ class nnUNetTrainerPruning(nnUNetTrainer):
             self._dense_path = dense.dense_checkpoint_path(plans, configuration, fold, os.environ,
                                                            self.dense_trainers)
             if not resuming:
-                self._dense_ckpt = dense.check_dense(self._dense_path, type(self).__name__, plans, configuration,
-                                                     fold, dataset_json)
-        if self.method_class is not None and not resuming and \
+                self._dense_ckpt = self.check_dense(plans, configuration, fold, dataset_json)
+        # a function of the plans and the settings alone: also asked when the fold has a checkpoint (nnU-Net may be
+        # starting it again without --c; with --c the settings must be the recorded ones anyway)
+        if self.method_class is not None and \
                 self.method_class.network_problems is not PruningMethod.network_problems:
             self.check_network(plans, configuration, dataset_json)
+
+    def check_dense(self, plans: dict, configuration: str, fold, dataset_json: dict) -> dict:
+        """The dense fold's checkpoint, checked (:func:`nnunet_prune.trainers.dense.check_dense`).
+
+        Raises:
+            NnUNetPruneError: missing (naming the folders searched and what to train), unreadable, of other plans or
+                configuration, or weights that do not fit.
+        """
+        searched = () if os.environ.get(dense.ENV_VAR) else self.dense_trainers
+        return dense.check_dense(self._dense_path, type(self).__name__, plans, configuration, fold, dataset_json,
+                                 searched=searched, train_first=self.dense_hint)
 
     def check_network(self, plans: dict, configuration: str, dataset_json: dict) -> None:
         """The method's :meth:`~nnunet_prune.methods.base.PruningMethod.network_problems` on the plans' network (built
@@ -358,9 +372,8 @@ class nnUNetTrainerPruning(nnUNetTrainer):
 
     def load_dense_weights(self) -> None:
         """Load the dense fold (every tensor, heads included) into the network; checked in resolve_settings."""
-        ckpt = self._dense_ckpt or dense.check_dense(self._dense_path, type(self).__name__,
-                                                     self.plans_manager.plans, self.configuration_name, self.fold,
-                                                     self.dataset_json)
+        ckpt = self._dense_ckpt or self.check_dense(self.plans_manager.plans, self.configuration_name, self.fold,
+                                                    self.dataset_json)
         self._dense_ckpt = None  # the weights live in the network from here on
         self.network_module.load_state_dict(ckpt["network_weights"])
         self._graph, self._macs_cache = None, None

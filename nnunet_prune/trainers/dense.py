@@ -61,8 +61,12 @@ def has_own_checkpoint(trainer: str, plans: dict, configuration: str, fold) -> b
     return own is not None and any(isfile(join(own, f"checkpoint_{k}.pth")) for k in ("final", "latest", "best"))
 
 
-def check_dense(path: str, trainer: str, plans: dict, configuration: str, fold, dataset_json: dict) -> dict:
+def check_dense(path: str, trainer: str, plans: dict, configuration: str, fold, dataset_json: dict,
+                searched: Sequence[str] = (), train_first: str = "") -> dict:
     """The dense fold's checkpoint, checked (:func:`~nnunet_prune.modelfolder.check_trained_fold`).
+
+    ``searched``: the trainers whose folders were looked in (named in the message; empty when the variable named the
+    folder); ``train_first``: what to train (default: the stock trainer or nnUNetTrainerBudget).
 
     Raises:
         NnUNetPruneError: it is missing (the message lists the folders trained with these plans), unreadable,
@@ -74,9 +78,12 @@ def check_dense(path: str, trainer: str, plans: dict, configuration: str, fold, 
             str(p) for p in trained_model_folders(join(results, plans["dataset_name"]), fold,
                                                   f"__{plans['plans_name']}__{configuration}")
             if "Magnitude" not in p.name]
+        where = (f"no fold_{fold}/checkpoint_final.pth in the folders of {', '.join(searched)} "
+                 f"(__{plans['plans_name']}__{configuration})" if searched
+                 else f"{path} does not exist")
         raise NnUNetPruneError(
-            f"{trainer} prunes a trained dense model, but {path} does not exist. Train the dense fold first "
-            f"(nnUNetv2_train ... -tr nnUNetTrainer, or nnUNetTrainerBudget for a short run), or point {ENV_VAR} at "
-            f"the model folder that holds fold_{fold}/checkpoint_final.pth"
+            f"{trainer} starts from a trained dense fold, but {where}. Train it first ("
+            + (train_first or "nnUNetv2_train ... -tr nnUNetTrainer, or nnUNetTrainerBudget for a short run")
+            + f"), or point {ENV_VAR} at the model folder that holds fold_{fold}/checkpoint_final.pth"
             + (f"; trained with these plans: {', '.join(trained)}" if trained else "") + ". Nothing was written.")
     return check_trained_fold(path, plans, configuration, dataset_json)

@@ -64,6 +64,8 @@ class nnUNetTrainerStructuredSlimming_oneshot(nnUNetTrainerStructured):
 
     method_defaults = {"criterion": "slimming", "schedule": "oneshot"}
     dense_trainers = SLIMMING_DENSE_TRAINERS
+    dense_hint = ("network slimming ranks gammas trained sparse: nnUNetv2_train ... -tr nnUNetTrainerSlimmingSparsity, "
+                  "or nnUNetTrainerSlimmingSparsity_fromDense on a trained fold")
 
     def load_dense_weights(self) -> None:
         """The dense start, with a warning when its gammas were not trained sparse."""
