@@ -202,7 +202,7 @@ class StructuredSweep(MagnitudeSweep):
         ok = [r for r in rows if r["proxy_dice"] >= self.settings.threshold]
         return {"model": str(self.model.path), "trainer": self.model.trainer_name,
                 "configuration": self.model.configuration_name, "folds": [str(f) for f in self.model.folds],
-                "cases": list(self.cases), "settings": asdict(self.settings), "threshold": self.settings.threshold,
+                "cases": list(self.cases), "settings": self.settings.used(), "threshold": self.settings.threshold,
                 "dense_latency_ms": self.state.get("dense_latency_ms"),
                 "dense_real_dice": self.state.get("dense_real_dice"),
                 "reference_seconds": self.state.get("reference_seconds"),

@@ -82,6 +82,13 @@ class SweepSettings:
     max_ratio: float = 0.95
     max_ratio_coupled: float = 0.8
 
+    def used(self) -> dict:
+        """The settings this kind of sweep uses (what its report records): magnitude or structured keys, not both."""
+        structured = ("criterion", "fractions", "ratio_of", "distribution", "max_ratio", "max_ratio_coupled")
+        magnitude = ("taus", "target_sparsities", "refine_steps", "prune_bias", "per_layer_normalised")
+        drop = magnitude if self.criterion != "magnitude" else structured[1:]
+        return {k: v for k, v in asdict(self).items() if k not in drop}
+
     def fingerprint(self) -> dict:
         """The settings that change the numbers (not the grid: more tau values can always be added)."""
         out = {"prune_bias": self.prune_bias, "per_layer_normalised": self.per_layer_normalised,
@@ -489,7 +496,7 @@ class MagnitudeSweep:
             "folds": [str(f) for f in self.model.folds],
             "cases": list(self.cases),
             "label_names": label_names(self.model.dataset_json),
-            "settings": asdict(self.settings),
+            "settings": self.settings.used(),
             "threshold": self.settings.threshold,
             "critical_point": asdict(crit) if crit else None,
             "first_failure": asdict(fail) if fail else None,
