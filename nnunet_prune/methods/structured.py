@@ -100,6 +100,11 @@ def target_filters(initial: int, pruning_ratio: float) -> int:
     return math.ceil((1 - pruning_ratio) * initial - 1e-9)
 
 
+def filters_after(initial: int, step: float, k: int) -> int:
+    """The filters left after ``k`` iterative steps of ``step`` each: round((1 - step)^k x initial)."""
+    return int(math.floor(initial * (1 - step) ** k + 0.5))
+
+
 # ------------------------------------------------------------------------------------------------ choosing filters
 def floors(graph: ChannelGraph, initial: Mapping[str, int], settings: StructuredSettings) -> dict[str, int]:
     """The fewest channels each group may keep: its initial width times (1 - its cap), rounded up, at least 1. A skip
@@ -284,7 +289,7 @@ class StructuredMethod(PruningMethod):
         if step >= steps:
             return chooser.keeping(target_filters(initial_filters, s.pruning_ratio)) if size is None \
                 else chooser.within(size, limit)
-        plan = chooser.keeping(int(math.floor(initial_filters * (1 - s.step) ** step + 0.5)))
+        plan = chooser.keeping(filters_after(initial_filters, s.step, step))
         if size is not None and size(plan.widths) <= limit:  # the size target comes sooner: land on it
             return chooser.within(size, limit)
         if size is None and plan.total <= target_filters(initial_filters, s.pruning_ratio):
@@ -302,11 +307,11 @@ class StructuredMethod(PruningMethod):
             target = target_filters(initial_filters, s.pruning_ratio)
             most = s.steps_for_filters()
             return next(k for k in range(1, most + 1)
-                        if k == most or math.floor(initial_filters * (1 - s.step) ** k + 0.5) <= target)
+                        if k == most or filters_after(initial_filters, s.step, k) <= target)
         chooser = FilterChooser(graph, s, self.schedule.initial_widths)
         size, limit = self._size_fn(), (1 - s.pruning_ratio) * self._initial_size()
         for k in range(1, 10_000):
-            plan = chooser.keeping(int(math.floor(initial_filters * (1 - s.step) ** k + 0.5)))
+            plan = chooser.keeping(filters_after(initial_filters, s.step, k))
             if size(plan.widths) <= limit or plan.total <= chooser.minimum:
                 return k
         return 1
@@ -459,14 +464,10 @@ class StructuredMethod(PruningMethod):
         """Steps done; the fraction of the initial filters, parameters or MACs (``ratio_of``) removed so far; the
         scores of the filters removed since the last record, per group (global distribution: the normalised score
         when the filter was chosen; uniform: the criterion's raw score)."""
-        size = self._size_fn()
-        removed = None
-        if size is not None and self._initial_size():
-            removed = round(1 - size(graph.widths()) / self._initial_size(), 6)
-        elif size is None and self._initial_size():
-            removed = round(1 - sum(graph.widths().values()) / self._initial_size(), 6)
+        size, initial = self._size_fn(), self._initial_size()
+        now = sum(graph.widths().values()) if size is None else size(graph.widths())
         return {"structured_steps_done": self.schedule.steps_done,
-                f"structured_removed_{self.settings.ratio_of}": removed,
+                f"structured_removed_{self.settings.ratio_of}": round(1 - now / initial, 6) if initial else None,
                 "structured_removed_scores": self._removed_scores}
 
     def messages(self) -> list[str]:
