@@ -208,7 +208,6 @@ class StampMethod(PruningMethod):
         self.observer = StampObserver(settings.post_activation) if self.uses_criterion else None
         self.masks = ChannelMasks(rescale=True)
         self._raw: dict[str, np.ndarray] = {}
-        self._selected: dict[str, list[int]] = {}
         self._removed_scores: dict[str, list[float]] = {}
         self._lines: list[str] = []
         self._stepped = False  # this epoch's decision was a step
@@ -267,7 +266,7 @@ class StampMethod(PruningMethod):
     def decide(self, graph: ChannelGraph, progress: TrainingProgress) -> Removal:
         """At a scheduled epoch, unless a stop rule holds: rank, and choose the channels of this step."""
         s, sch = self.settings, self.schedule
-        self._selected, self._removed_scores, self._lines, self._stepped = {}, {}, [], False
+        self._removed_scores, self._lines, self._stepped = {}, [], False
         steps = s.step_epochs(progress.num_epochs, progress.final_epochs_without_pruning)
         if not self._announced:  # the first decision of this run (also after --c: the budget may have changed)
             self._announced = True
@@ -299,16 +298,16 @@ class StampMethod(PruningMethod):
             self._lines.append("STAMP: no activation statistics were collected since the last step; no step")
             return Removal()
         self._stepped = True
-        self._selected = self.select(graph, self._raw, max(count, 0))
-        n = sum(len(v) for v in self._selected.values())
+        selected = self.select(graph, self._raw, max(count, 0))
+        n = sum(len(v) for v in selected.values())
         cut = self.cut_score()
         self._lines.append(
-            f"STAMP step {sch.steps_done + 1}: removing {n} channel(s) from {len(self._selected)} group(s)"
+            f"STAMP step {sch.steps_done + 1}: removing {n} channel(s) from {len(selected)} group(s)"
             + (f" (normalised activation L2 up to {cut:.4f}, "
                f"{self.observer.batches()} batches)" if cut is not None else "")
             + f"; {remaining - n} of {sch.initial_channels} channels remain"
             + ("; the schedule's last step" if progress.epoch == steps[-1] else ""))
-        return Removal(channels=self._selected)
+        return Removal(channels=selected)
 
     def cut_score(self) -> float | None:
         """The highest score among the channels chosen at this epoch's step (None: no step, or no criterion)."""
