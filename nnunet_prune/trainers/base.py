@@ -341,13 +341,11 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         zeroed = False  # weights zeroed by the start decision (or, on --c, by the start of this fold)
         if fresh:
             removal = self.method.start(self.network_module, self.graph, self.progress())
-            for line in self.method.messages():
-                self.print_to_log_file(line)
+            self._log_method_messages()
             if removal:
                 result = self.apply_removal(removal)
                 self.method.after_surgery(result, self.graph)
-                for line in self.method.messages():
-                    self.print_to_log_file(line)
+                self._log_method_messages()
                 self._record_start(result)
                 zeroed = result.sparsity is not None
             if self.local_rank == 0:
@@ -381,6 +379,11 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         self.inference_allowed_mirroring_axes = ckpt.get("inference_allowed_mirroring_axes",
                                                          self.inference_allowed_mirroring_axes)
         self.print_to_log_file(f"Loaded dense weights from {self._dense_path}")
+
+    def _log_method_messages(self) -> None:
+        """The method's lines since it was last asked, into nnU-Net's training log."""
+        for line in self.method.messages():
+            self.print_to_log_file(line)
 
     def on_train_epoch_start(self):
         """nnU-Net's epoch start, then the method's."""
@@ -419,8 +422,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         if self.method is not None:
             removal = self.method.decide(self.graph, self.progress())  # still observes in the final epochs
             scalars = self.method.scalars(self.graph)
-            for line in self.method.messages():
-                self.print_to_log_file(line)
+            self._log_method_messages()
             for key, value in scalars.items():
                 self.logger.local_logger.add_key(key)  # a key the method did not list in log_keys: from now on
                 self.logger.log(key, value, self.current_epoch)
@@ -434,8 +436,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         self._cut_after_validation = result.structure_changed
         if self.method is not None:
             self.method.after_surgery(result, self.graph)
-            for line in self.method.messages():  # what the surgery changed (e.g. requests the caps clipped)
-                self.print_to_log_file(line)
+            self._log_method_messages()  # what the surgery changed (e.g. requests the caps clipped)
             scalars.update(self.method.record(self.graph))
         record = {
             "epoch": self.current_epoch,
