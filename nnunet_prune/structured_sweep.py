@@ -23,7 +23,6 @@ from nnunet_prune.methods.base import TrainingProgress
 from nnunet_prune.methods.structured import StructuredMethod, StructuredSettings
 from nnunet_prune.metrics import class_counts, dice_per_case, foreground_mean, measure_latency
 from nnunet_prune.outputs import record_files
-from nnunet_prune.stats import count_macs, count_parameters
 from nnunet_prune.surgery import build_channel_graph
 from nnunet_prune.surgery.removal import apply_removal
 from nnunet_prune.sweep import STATE_FILE, TOOL, MagnitudeSweep, ProxySummary
@@ -132,13 +131,13 @@ class StructuredSweep(MagnitudeSweep):
         for i, dense in enumerate(self.dense_states):
             self.network.load_state_dict(dense)  # back to the unpruned widths
             graph = build_channel_graph(self.network)
-            before = (sum(graph.widths().values()), count_parameters(self.network),
-                      count_macs(self.network, self.patch_size))
             method = StructuredMethod(self.method_settings(fraction))
             removal = method.start(self.network, graph, TrainingProgress(0, 0, [], [], patch_size=self.patch_size))
             apply_removal(self.network, removal, graph=graph)
-            after = (sum(graph.widths().values()), count_parameters(self.network),
-                     count_macs(self.network, self.patch_size))
+            # the unpruned sizes are what start() recorded; the pruned ones come from its exact size model
+            sch, widths = method.schedule, graph.widths()
+            before = (sum(sch.initial_widths.values()), sch.initial_parameters, sch.initial_macs)
+            after = (sum(widths.values()), method.size.parameters(widths), method.size.macs(widths))
             stats.append([1 - a / b for a, b in zip(after, before)] + list(after))
             if i == 0:
                 latency = self._latency()
