@@ -61,20 +61,18 @@ class StructuredSweep(MagnitudeSweep):
     """A sweep over fractions of filters removed with a structured criterion (module docstring). ``settings`` is a
     :class:`~nnunet_prune.sweep.SweepSettings` with ``criterion`` set ('l1', 'l2', 'slimming')."""
 
-    def _prepare(self):
-        super()._prepare()
-        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-
+    def _build_network(self) -> torch.nn.Module:
+        """The width-adaptive network, whatever trainer made the folder: the pruned folds load into it."""
         from nnunet_prune.trainers.base import nnUNetTrainerPruning
 
-        m = self.model  # the width-adaptive network, whatever trainer made the folder: pruned folds load into it
-        network = nnUNetTrainerPruning.build_network_architecture(
-            m.plans_manager, m.configuration_manager,
-            determine_num_input_channels(m.plans_manager, m.configuration_manager, m.dataset_json),
-            m.label_manager.num_segmentation_heads, enable_deep_supervision=False)
-        self.network = network.to(self.predictor.device).eval()
-        self.predictor.network = self.network
-        self.patch_size = tuple(m.configuration_manager.patch_size)
+        m = self.model
+        return nnUNetTrainerPruning.build_network_architecture(
+            m.plans_manager, m.configuration_manager, m.num_input_channels, m.label_manager.num_segmentation_heads,
+            enable_deep_supervision=False)
+
+    def _prepare(self):
+        super()._prepare()
+        self.patch_size = tuple(self.model.configuration_manager.patch_size)
 
     def method_settings(self, fraction: float) -> StructuredSettings:
         """The one-shot settings of one fraction."""

@@ -288,7 +288,7 @@ class MagnitudeSweep:
 
         m = self.model
         device = torch.device(self.settings.device)
-        self.network = m.build_network().to(device).eval()
+        self.network = self._build_network().to(device).eval()
         self.dense_states = [m.load_checkpoint(f)["network_weights"] for f in m.folds]
         ckpt = m.first_checkpoint
         self.predictor = nnUNetPredictor(tile_step_size=self.settings.tile_step_size, use_gaussian=True,
@@ -307,6 +307,10 @@ class MagnitudeSweep:
         self.label_list = m.label_manager.foreground_regions if m.label_manager.has_regions \
             else m.label_manager.foreground_labels
         self.ignore_label = m.label_manager.ignore_label
+
+    def _build_network(self) -> torch.nn.Module:
+        """The network the predictor runs the folds' parameters through: the model folder's own."""
+        return self.model.build_network()
 
     def _predict(self, parameters: list[dict], progress: bool = False) -> dict[str, np.ndarray]:
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
