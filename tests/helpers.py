@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+from pathlib import Path
+
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD, BottleneckD
@@ -77,3 +81,15 @@ def zeroing_hooks(graph, removal) -> list:
                 return out
             handles.append(module.register_forward_hook(hook))
     return handles
+
+
+@contextlib.contextmanager
+def restored_afterwards(folder: Path, backup: Path):
+    """Keep a copy of ``folder`` (a model shared by several tests) in ``backup`` and put it back when the block ends,
+    however it ends."""
+    shutil.copytree(folder, backup)
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder)
+        shutil.copytree(backup, folder)

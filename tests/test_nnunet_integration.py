@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import DATASET_2D, DATASET_3D, read_json
+from tests.helpers import restored_afterwards
 
 pytestmark = pytest.mark.slow
 
@@ -109,13 +110,10 @@ def test_sauron_prunes_during_training_and_predicts(nnunet, dataset2d, sauron_mo
 
 
 def test_sauron_resume_restores_widths_thresholds_and_optimizer(nnunet, dataset2d, sauron_model):
-    import shutil
-
     fold = sauron_model / "fold_0"
     before = read_json(fold / "pruning_history.json")["epochs"][-1]
-    backup = nnunet.base / "sauron_backup"
-    shutil.copytree(sauron_model, backup)  # keep the 3-epoch model for the other tests
-    try:
+    # keep the 3-epoch model for the other tests
+    with restored_afterwards(sauron_model, nnunet.base / "sauron_backup"):
         # other method settings than the fold was started with: refused before any work, naming the setting
         other = "tau_init=0.0,tau_max=0.9,kappa=2,rho=1,stat_batches=2"
         refused = nnunet.run("nnUNetv2_train", DATASET_2D, "2d", 0, "-tr", "nnUNetTrainerSauron", "-device", "cpu",
@@ -144,9 +142,6 @@ def test_sauron_resume_restores_widths_thresholds_and_optimizer(nnunet, dataset2
         assert conv.shape[0] == history[3]["widths"]["enc0.conv0"]
         momentum = ckpt["optimizer_state"]["state"][0]["momentum_buffer"]
         assert momentum.shape == conv.shape
-    finally:
-        shutil.rmtree(sauron_model)
-        shutil.copytree(backup, sauron_model)
 
 
 def test_export_gives_identical_stock_predictions_and_smaller_files(nnunet, dataset2d, sauron_model):

@@ -5,13 +5,13 @@ and predictor build at exactly the fold's widths."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 
 import pytest
 import torch
 
 from tests.conftest import DATASET_2D, read_json
+from tests.helpers import restored_afterwards
 
 pytestmark = pytest.mark.slow
 
@@ -59,9 +59,7 @@ def test_forced_schedule_prunes_then_trains_the_final_architecture(stamp_model):
 def test_resume_mid_schedule_restores_widths_dropout_and_position(nnunet, stamp_model):
     fold = stamp_model / "fold_0"
     before = read_json(fold / "pruning_history.json")["epochs"]
-    backup = nnunet.base / "stamp_backup"
-    shutil.copytree(stamp_model, backup)
-    try:
+    with restored_afterwards(stamp_model, nnunet.base / "stamp_backup"):
         nnunet.run("nnUNetv2_train", DATASET_2D, "2d", 0, "-tr", "nnUNetTrainerSTAMP", "-device", "cpu", "--c",
                    env={"nnUNet_n_proc_DA": "0", "NNUNET_PRUNE_EPOCHS": "6", "NNUNET_PRUNE_STAMP": FORCED})
         history = read_json(fold / "pruning_history.json")["epochs"]
@@ -78,9 +76,6 @@ def test_resume_mid_schedule_restores_widths_dropout_and_position(nnunet, stamp_
         assert "STAMP schedule for 6 epochs: 5 step(s), after epochs (0-based) 0, 1, 2, 3, 4, 2 of them still ahead" \
             in log
         assert read_json(fold / "pruning_config.json")["resumes"][0]["epoch"] == 3
-    finally:
-        shutil.rmtree(stamp_model)
-        shutil.copytree(backup, stamp_model)
 
 
 def test_variant_settings_are_fixed_and_recorded():

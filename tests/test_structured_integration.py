@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import DATASET_2D, read_json
+from tests.helpers import restored_afterwards
 
 pytestmark = pytest.mark.slow
 
@@ -79,9 +80,7 @@ run_training_entry()
 def test_resume_from_a_mid_schedule_checkpoint_continues_the_schedule(nnunet, structured_model):
     fold = structured_model / "fold_0"
     before = read_json(fold / "pruning_history.json")["epochs"]
-    backup = nnunet.base / "structured_backup"
-    shutil.copytree(structured_model, backup)
-    try:
+    with restored_afterwards(structured_model, nnunet.base / "structured_backup"):
         shutil.rmtree(fold)
         killed = nnunet.run(sys.executable, "-c", KILLED_AFTER_EPOCH_1, env={"nnUNet_n_proc_DA": "0", **ENV},
                             check=False)
@@ -96,9 +95,6 @@ def test_resume_from_a_mid_schedule_checkpoint_continues_the_schedule(nnunet, st
         assert read_json(fold / "pruning_config.json")["resumes"][0]["epoch"] == 2
         log = sorted(fold.glob("training_log_*.txt"))[-1].read_text()
         assert "Structured pruning step 4 of 4 after epoch 2" in log and "step 1 of 4" not in log
-    finally:
-        shutil.rmtree(structured_model)
-        shutil.copytree(backup, structured_model)
 
 
 def test_differently_pruned_folds_predict_as_one_ensemble(nnunet, dataset2d, structured_model):
