@@ -9,6 +9,11 @@ dead by that are removed, and the remaining sparse tensors are stored compactly 
 source's validation outputs are then NOT copied (they belong to the unpruned model): validate a pruned model with
 the ``nnUNetTrainerMagnitude_tau*`` trainers.
 
+With ``runtime`` (``onnxruntime``, ``openvino``, ``torch-compile``) the folder's plans name
+:class:`nnunet_prune.runtimes.RuntimeNetwork`, so stock ``nnUNetv2_predict`` runs each fold through that runtime;
+each checkpoint keeps its PyTorch weights and, for the ONNX runtimes, its ONNX model, and the runtime's logits are
+checked against PyTorch's before the folder is written.
+
 The source folder is never written to; an existing output is replaced only with ``overwrite=True``.
 """
 
@@ -59,6 +64,10 @@ class FoldExport:
     #: with --magnitude-tau: max |logit difference| between the exported fold and the unpruned source (what the
     #: zeroing changed); None without magnitude pruning (then it equals max_abs_difference)
     max_abs_difference_to_source: float | None = None
+    #: with a runtime: max |logit difference| between the runtime (the written fold, built as nnU-Net's predictor
+    #: builds it) and the PyTorch network, and the fraction of voxels whose argmax (segmentation) agrees
+    runtime_max_abs_difference: float | None = None
+    runtime_argmax_agreement: float | None = None
 
 
 @dataclass
@@ -71,11 +80,16 @@ class ExportResult:
     magnitude_tau: float | None
     fp16: bool
     folds: list[FoldExport] = field(default_factory=list)
+    #: what stock nnUNetv2_predict runs the folds with (``pytorch`` or a key of nnunet_prune.runtimes.RUNTIMES)
+    runtime: str = "pytorch"
+    runtime_options: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         """Human-readable summary, one line per fold: parameters, checkpoint size (MB), dead channels removed, sparsity
         and the max |logit difference|."""
-        lines = [f"Exported {self.source}\n      -> {self.output}"]
+        lines = [f"Exported {self.source}\n      -> {self.output}" + (
+            f" (runtime {self.runtime}{' ' + str(self.runtime_options) if self.runtime_options else ''})"
+            if self.runtime != "pytorch" else "")]
         for f in self.folds:
             line = (f"  fold {f.fold}: {f.parameters_before:,} -> {f.parameters_after:,} parameters, checkpoint "
                     f"{f.checkpoint_bytes_before / 1e6:.1f} MB -> {f.checkpoint_bytes_after / 1e6:.2f} MB")
@@ -90,6 +104,9 @@ class ExportResult:
                     line += (f", max |logit diff| to the pruned network {f.max_abs_difference:.2e} (the export is "
                              f"exact), to the unpruned source {f.max_abs_difference_to_source:.2e} (what "
                              f"pruning changed)")
+            if f.runtime_argmax_agreement is not None:
+                line += (f"; {self.runtime} vs PyTorch: max |logit diff| {f.runtime_max_abs_difference:.2e}, "
+                         f"{f.runtime_argmax_agreement:.4%} of voxels segmented alike")
             lines.append(line)
         return "\n".join(lines)
 
@@ -219,26 +236,75 @@ def _verify(folder: Path, work: _FoldWork, x: torch.Tensor | None, record: FoldE
             record.max_abs_difference_to_source = float((exported_output - work.source_output).abs().max())
 
 
+#: least fraction of voxels whose segmentation a runtime must reproduce at float32 (and at reduced precision)
+MIN_AGREEMENT = {"fp32": 0.999, "reduced": 0.98}
+
+
+def _verify_runtime(folder: Path, work: _FoldWork, x: torch.Tensor, record: FoldExport, reduced: bool) -> None:
+    """Build the written fold as nnU-Net's predictor does (plans -> RuntimeNetwork, the checkpoint's weights as
+    they are stored) and compare the runtime's logits and segmentation with the PyTorch network's.
+
+    Raises:
+        NnUNetPruneError: the runtime segments fewer than :data:`MIN_AGREEMENT` of the voxels alike.
+    """
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_prune.modelfolder import build_network_like_predictor
+
+    plans = json.loads((folder / "plans.json").read_text())
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    pm = PlansManager(plans)
+    cm = pm.get_configuration(work.checkpoint["init_args"]["configuration"])
+    net = build_network_like_predictor(pm, cm, dataset_json, "nnUNetTrainer")
+    ckpt = torch.load(folder / f"fold_{work.fold}" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    net.load_state_dict(ckpt["network_weights"])
+    with torch.no_grad():
+        out = net.eval()(x)
+    record.runtime_max_abs_difference = float((out - work.reference).abs().max())
+    record.runtime_argmax_agreement = float((out.argmax(1) == work.reference.argmax(1)).float().mean())
+    needed = MIN_AGREEMENT["reduced" if reduced else "fp32"]
+    if record.runtime_argmax_agreement < needed:
+        raise NnUNetPruneError(
+            f"fold {work.fold}: the {net.runtime} model segments only {record.runtime_argmax_agreement:.3%} of a test "
+            f"patch like PyTorch (needed: {needed:.1%}; max |logit diff| {record.runtime_max_abs_difference:.3g}); "
+            f"nothing was written. Use another --runtime (or float32 precision).")
+
+
 def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, folds: Sequence | None = None,
                         fp16: bool = False, magnitude_tau: float | None = None, prune_bias: bool = False,
                         per_layer_normalised: bool = False, overwrite: bool = False,
-                        verify: bool = True, compact: bool | None = None) -> ExportResult:
+                        verify: bool = True, compact: bool | None = None, runtime: str = "pytorch",
+                        runtime_options: dict | None = None) -> ExportResult:
     """Write the slim model folder (see the module docstring): load -> transform -> write -> verify, per fold, into
     a temporary folder renamed into place at the end. Returns per-fold statistics.
 
     ``compact`` (default: on when ``magnitude_tau`` is given) stores sparse tensors as bit mask + non-zeros.
+    ``runtime`` (``pytorch`` or a key of :data:`nnunet_prune.runtimes.RUNTIMES`) with ``runtime_options``
+    (:func:`nnunet_prune.runtimes.check_options`): what stock ``nnUNetv2_predict`` runs the folds with.
 
     Raises:
-        NnUNetPruneError: a bad source or output folder, or an invalid ``magnitude_tau`` (before any work).
+        NnUNetPruneError: a bad source or output folder, an invalid ``magnitude_tau``, an unknown or missing runtime,
+            bad runtime options (all before any work); a runtime that does not reproduce PyTorch's segmentation.
     """
+    from nnunet_prune import runtimes
+
     output = Path(output).expanduser().resolve()
     _check_output(Path(source).expanduser().resolve(), output, overwrite)
     if magnitude_tau is not None and not (math.isfinite(magnitude_tau) and magnitude_tau >= 0):
         raise NnUNetPruneError(f"--magnitude-tau must be a finite number >= 0 (got {magnitude_tau}).")
+    if runtime != "pytorch":
+        runtime_options = runtimes.check_options(runtime, runtime_options)
+        runtimes.require_runtime(runtime)  # a missing optional runtime stops here, before any work
+        if runtimes.RUNTIMES[runtime].onnx:
+            runtimes.require_onnx_exporter()
+    elif runtime_options:
+        raise NnUNetPruneError("Runtime options need a --runtime (onnxruntime, openvino or torch-compile).")
     mf = ModelFolder.open(source, folds)
     compact = (magnitude_tau is not None) if compact is None else compact
     tmp = make_temp_dir(output.parent, prefix=f".{output.name}.")
-    result = ExportResult(str(mf.path), str(output), magnitude_tau, fp16)
+    result = ExportResult(str(mf.path), str(output), magnitude_tau, fp16, runtime=runtime,
+                          runtime_options=dict(runtime_options or {}))
+    onnx = runtime != "pytorch" and runtimes.RUNTIMES[runtime].onnx
     try:
         plans = copy.deepcopy(mf.plans)
         for item in mf.path.iterdir():
@@ -259,6 +325,12 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
                           any(v.shape != dense_shapes[k] for k, v in w.network.state_dict().items()) for w in work):
             arch = _architecture_entry(plans, mf.configuration_name)
             arch["network_class_name"] = adaptive_class_name(arch["network_class_name"])
+        if runtime != "pytorch":  # the runtime runs the width-adaptive network (folds may differ)
+            arch = _architecture_entry(plans, mf.configuration_name)
+            new = runtimes.runtime_architecture(arch, runtime, runtime_options,
+                                                adaptive_class_name(arch["network_class_name"]))
+            arch.clear()
+            arch.update(new)
         (tmp / "plans.json").write_text(json.dumps(plans, indent=4))
 
         for w in work:
@@ -268,12 +340,23 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
             _copy_without_checkpoints(mf.fold_path(w.fold), fold_dir,
                                       skip=("validation",) if magnitude_tau is not None else ())
             state = _storable_state_dict(w.network.state_dict(), fp16, compact)
-            target = write_nnunet_fold(fold_dir, w, state, plans, {
-                "source": str(mf.fold_path(w.fold)), "magnitude_tau": magnitude_tau, "fp16": fp16,
-                "compact": compact})
+            info = {"source": str(mf.fold_path(w.fold)), "magnitude_tau": magnitude_tau, "fp16": fp16,
+                    "compact": compact}
+            if runtime != "pytorch":
+                if onnx:
+                    state[runtimes.RUNTIME_KEY] = torch.frombuffer(
+                        bytearray(runtimes.to_onnx(w.network, mf.patch_size)), dtype=torch.uint8)
+                # nnU-Net's own trainer builds the plans' RuntimeNetwork (a pruning trainer would build a U-Net)
+                w.checkpoint = {**w.checkpoint, "trainer_name": "nnUNetTrainer"}
+                info.update(runtime=runtime, runtime_options=runtime_options, source_trainer=mf.trainer_name)
+            target = write_nnunet_fold(fold_dir, w, state, plans, info)
             record = FoldExport(w.fold, w.parameters_before, 0, w.dead_channels, mf.checkpoint_bytes(w.fold),
                                 target.stat().st_size, sparsity=w.sparsity)
             _verify(tmp, w, x, record)
+            if runtime != "pytorch" and x is not None:
+                # (torch-compile lowers precision on CUDA only; the check runs on the CPU)
+                reduced = runtime != "torch-compile" and runtime_options.get("precision", "fp32") != "fp32"
+                _verify_runtime(tmp, w, x, record, reduced)
             result.folds.append(record)
         (tmp / SUMMARY_FILE).write_text(json.dumps(asdict(result), indent=2, default=str))
         record_files(tmp, TOOL)  # everything in tmp is the export's own: what --overwrite may replace later

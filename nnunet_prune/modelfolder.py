@@ -134,6 +134,12 @@ def read_checkpoint(file: str | os.PathLike, keep_training_state: bool = False) 
         raise NnUNetPruneError(f"{file} is not an nnU-Net checkpoint (it needs the entries {', '.join(needed)}, as "
                                f"nnUNetv2_train writes them). A bare state dict cannot be used: nnU-Net needs the "
                                f"trainer and configuration it was trained with.")
+    from nnunet_prune.runtimes import RUNTIME_KEY
+
+    if isinstance(ckpt["network_weights"], dict) and RUNTIME_KEY in ckpt["network_weights"]:
+        # a runtime folder's fold (nnunet-prune export --runtime): its ONNX model travels next to the weights
+        ckpt["network_weights"] = dict(ckpt["network_weights"])
+        ckpt["runtime_model"] = ckpt["network_weights"].pop(RUNTIME_KEY)
     if keep_training_state:
         missing = [k for k in ("optimizer_state", "logging", "current_epoch", "_best_ema") if k not in ckpt]
         if missing:
@@ -298,12 +304,30 @@ class ModelFolder:
     # ---------------------------------------------------------------- metadata
     @cached_property
     def plans(self) -> dict:
-        """The folder's plans.json (read once).
+        """The folder's plans.json (read once), as PyTorch sees it: in a runtime folder (``nnunet-prune export
+        --runtime``) each configuration names the PyTorch network the runtime runs (:attr:`runtime` says which).
 
         Raises:
             NnUNetPruneError: the file cannot be read or holds no JSON object.
         """
-        return _read_json(self.path / "plans.json")
+        from nnunet_prune.runtimes import pytorch_architecture
+
+        plans = _read_json(self.path / "plans.json")
+        for cfg in plans.get("configurations", {}).values():
+            if isinstance(cfg, dict) and isinstance(cfg.get("architecture"), dict):
+                cfg["architecture"] = pytorch_architecture(cfg["architecture"])
+        return plans
+
+    @cached_property
+    def runtime(self) -> tuple[str, dict] | None:
+        """(runtime name, options) of a runtime folder's configuration, None for a PyTorch folder."""
+        from nnunet_prune.runtimes import runtime_of
+
+        configurations = _read_json(self.path / "plans.json").get("configurations", {})
+        cfg = configurations.get(self.configuration_name, {})
+        while isinstance(cfg, dict) and "architecture" not in cfg and cfg.get("inherits_from") in configurations:
+            cfg = configurations[cfg["inherits_from"]]
+        return runtime_of(cfg.get("architecture", {})) if isinstance(cfg, dict) else None
 
     @cached_property
     def dataset_json(self) -> dict:

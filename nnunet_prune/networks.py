@@ -5,7 +5,8 @@ Stock nnU-Net builds ONE network from the plans and loads each fold's weights in
 dynamic_network_architectures U-Nets resize their tensors to the shapes in the state dict first (widths are all
 the structure pruning changes), so a pruned fold loads wherever nnU-Net loads a network: the predictor,
 ``--c`` resume, ``--val``, ensembling. They also accept the compact sparse entries of :mod:`nnunet_prune.compact`.
-Apart from ``load_state_dict`` they are the stock classes: same modules, same forward, same speed.
+Apart from ``load_state_dict`` they are the stock classes: same modules and forward; on the CPU their 3D
+convolutions avoid ATen's slow native kernel for the few channels of slim layers (:class:`OneDnnConv3d`).
 
 Plans may name them by dotted path (``nnunet_prune.networks.AdaptivePlainConvUNet``); this package's trainers
 use them in place of the stock classes automatically. One more keyword, ``channel_widths`` ({coupling group name:
@@ -16,7 +17,9 @@ scratch with the stock trainer (nnU-Net initialises the weights after constructi
 
 from __future__ import annotations
 
+import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+from torch import nn
 
 from nnunet_prune.checkpoints import normalise_state_dict
 from nnunet_prune.surgery.resize import resize_to_state_dict
@@ -35,6 +38,7 @@ class AdaptiveWidthMixin:
 
     def __init__(self, *args, channel_widths: dict[str, int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        use_onednn_conv3d(self)
         if channel_widths:
             set_channel_widths(self, channel_widths)
 
@@ -44,6 +48,40 @@ class AdaptiveWidthMixin:
         state_dict = normalise_state_dict(state_dict)
         resize_to_state_dict(self, state_dict)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+#: ATen's oneDNN threshold: for batch 1, a 3D convolution runs in oneDNN only when N*C*D*H of its input exceeds this
+ATEN_ONEDNN_MIN_NCDH = 20480
+
+
+class OneDnnConv3d(nn.Conv3d):
+    """``nn.Conv3d`` that runs CPU float32 inference in oneDNN (``torch.mkldnn_convolution``) where ATen would fall
+    back to its slow native kernel (batch-1 inputs with N*C*D*H <= 20480, i.e. the few channels of a slim network).
+
+    Same parameters, state dict and results (up to float rounding, ~1e-6); training, gradients, other devices and
+    dtypes, ``torch.compile``, tracing (ONNX export) and large inputs take the stock path. Measured (2-core EPYC, 2 threads, 3d_fullres 64^3
+    patch): 30 % width 347 -> 216 ms, 15 % width 429 -> 90 ms, dense unchanged (docs/deploy.md).
+    """
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if (input.dim() == 5 and input.device.type == "cpu" and input.dtype == torch.float32
+                and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+                and not (torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad))
+                and input.shape[0] * input.shape[1] * input.shape[2] * input.shape[3] <= ATEN_ONEDNN_MIN_NCDH
+                and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+                and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):  # (ONNX export traces)
+            return torch.mkldnn_convolution(input, weight.contiguous(), bias, self.padding, self.stride,
+                                            self.dilation, self.groups)
+        return super()._conv_forward(input, weight, bias)
+
+
+def use_onednn_conv3d(network: nn.Module) -> nn.Module:
+    """Turn every plain ``nn.Conv3d`` of ``network`` into :class:`OneDnnConv3d` in place (class swap: same parameters
+    and state dict keys); returns ``network``."""
+    for m in network.modules():
+        if type(m) is nn.Conv3d:
+            m.__class__ = OneDnnConv3d
+    return network
 
 
 class AdaptivePlainConvUNet(AdaptiveWidthMixin, PlainConvUNet):

@@ -31,10 +31,11 @@ from nnunet_prune.stats import count_macs, count_parameters
 
 TOOL = "report"
 #: the files ``report`` writes into its output folder (an existing one must be its own earlier output)
-OUTPUT_FILES = ("report.csv", "report.md", "dice_vs_macs.png")
+OUTPUT_FILES = ("report.csv", "report.md", "dice_vs_macs.png", "end_to_end.csv")
 
 __all__ = [
-    "FoldEfficiency", "LatencyStats", "busy_machine_warning", "format_markdown", "format_table", "load_average",
+    "FoldEfficiency", "LatencyStats", "busy_machine_warning", "check_runtimes", "format_markdown", "format_table",
+    "load_average",
     "measure_latency", "measure_latency_stats", "measure_model_folder", "timing_warnings",
     "open_model_folders", "peak_gpu_memory_mb", "plot_dice_vs_macs", "read_dice", "resolve_device", "write_report",
 ]
@@ -84,6 +85,22 @@ class FoldEfficiency:
     path: str = ""
     #: what went wrong while measuring (e.g. a failed torch.compile)
     notes: list[str] = field(default_factory=list)
+    #: median CPU ms per patch through each deployment runtime of :mod:`nnunet_prune.runtimes` (ONNX Runtime,
+    #: OpenVINO; float32, same threads), by runtime name, and their interquartile ranges
+    cpu_ms_runtimes: dict[str, float] = field(default_factory=dict)
+    cpu_ms_runtimes_iqr: dict[str, float] = field(default_factory=dict)
+
+    def cpu_latencies(self) -> dict[str, float]:
+        """Median CPU ms per patch of every way this fold was run: ``pytorch`` (eager), ``torch-compile`` and the
+        runtimes (only those measured)."""
+        out = {"pytorch": self.cpu_ms_eager, "torch-compile": self.cpu_ms_compiled, **self.cpu_ms_runtimes}
+        return {k: v for k, v in out.items() if v is not None}
+
+    @property
+    def fastest_cpu(self) -> str | None:
+        """The name of the fastest way measured to run this fold on the CPU (None if none was timed)."""
+        times = self.cpu_latencies()
+        return min(times, key=times.get) if times else None
 
     @property
     def gmacs(self) -> float:
@@ -200,15 +217,21 @@ def open_model_folders(paths: Sequence[str | os.PathLike], folds: Sequence | Non
 def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence | None = None, *,
                          device: str = "cpu", repeats: int = 10, warmup: int = 2, threads: int | None = None,
                          compile: bool = True, cpu: bool = True, bf16: bool = True, label: str | None = None,
-                         warn: Callable[[str], None] | None = _warn_stderr) -> list[FoldEfficiency]:
+                         warn: Callable[[str], None] | None = _warn_stderr,
+                         runtimes: Sequence[str] | None = None) -> list[FoldEfficiency]:
     """Measure every chosen fold (None: all trained folds) of a model folder.
 
     ``device`` 'cpu' times on the CPU only; 'cuda' (or 'auto' with a GPU) times on the GPU and, unless
     ``cpu=False``, on the CPU too. ``compile=False`` skips the ``torch.compile`` timings (compiling a 3D U-Net takes
     a while). ``bf16`` applies to the compiled GPU timing and the GPU memory peak only. A failed compile is
     recorded as None plus a note, reported via ``warn`` (default: one line on stderr), and never aborts the
-    measurement.
+    measurement. ``runtimes``: the deployment runtimes (:func:`check_runtimes`) timed on the CPU next to PyTorch
+    (each fold converted in memory, as ``nnunet-prune export --runtime`` would write it); None: every installed one.
+
+    Raises:
+        NnUNetPruneError: bad repeats, warmup or threads, an unknown device or runtime, a runtime not installed.
     """
+    runtimes = check_runtimes(runtimes)
     dev = resolve_device(device)
     if repeats < 1 or warmup < 0:
         raise NnUNetPruneError(f"--repeats must be at least 1 and --warmup at least 0 (got {repeats}, {warmup}).")
@@ -256,6 +279,10 @@ def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence 
             row.threads = threads or torch.get_num_threads()
             put("cpu_ms_eager", measure_latency_stats(net, patch, cpu_dev, repeats, warmup, threads=threads))
             put("cpu_ms_compiled", compiled_ms(cpu_dev, False) if compile else None)
+            for name in runtimes:
+                stats = _runtime_ms(net, name, patch, repeats, warmup, row.threads, row, warn)
+                if stats is not None:
+                    row.cpu_ms_runtimes[name], row.cpu_ms_runtimes_iqr[name] = stats.median_ms, stats.iqr_ms
         if dev.type == "cuda":
             row.gpu_name = torch.cuda.get_device_name(dev)
             put("gpu_ms_eager", measure_latency_stats(net, patch, dev, repeats, warmup))  # float32
@@ -267,6 +294,43 @@ def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence 
         rows.append(row)
         del net
     return rows
+
+
+def check_runtimes(names: Sequence[str] | None) -> list[str]:
+    """The deployment runtimes to time: ``names`` checked (known, installed, not ``torch-compile``, which is the
+    compiled column), or every installed one for None.
+
+    Raises:
+        NnUNetPruneError: an unknown runtime, or one whose package is not installed (says what to install).
+    """
+    from nnunet_prune import runtimes
+
+    if names is None:
+        return [n for n in runtimes.available_runtimes() if runtimes.RUNTIMES[n].onnx]
+    out = []
+    for name in dict.fromkeys(names):
+        if name == "torch-compile":
+            raise NnUNetPruneError("torch-compile is timed as the 'compiled' column (leave it out of --runtimes; "
+                                   "--no-compile skips it).")
+        runtimes.require_runtime(name)
+        out.append(name)
+    return out
+
+
+def _runtime_ms(net: torch.nn.Module, name: str, patch: Sequence[int], repeats: int, warmup: int, threads: int,
+                row: FoldEfficiency, warn: Callable[[str], None] | None) -> LatencyStats | None:
+    """CPU latency of ``net`` run by runtime ``name`` with ``threads`` threads; None plus a note if it fails."""
+    from nnunet_prune.runtimes import RuntimeNetwork
+
+    try:
+        wrapped = RuntimeNetwork.around(net, name, patch, {"threads": threads})
+        return measure_latency_stats(wrapped, patch, torch.device("cpu"), repeats, warmup, threads=threads)
+    except Exception as e:  # an operator the runtime lacks must not cost the other numbers
+        note = f"{name} failed for {row.model} fold {row.fold} ({_first_line(e)})"
+        row.notes.append(note)
+        if warn is not None:
+            warn(note + f"; {name} latency left empty.")
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------- formatting
@@ -313,6 +377,17 @@ def _mean(values) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def _fastest_cpu(row: FoldEfficiency) -> str:
+    """'openvino (2.3x eager)': the fastest CPU runtime and its speed-up over PyTorch eager."""
+    best = row.fastest_cpu
+    if best is None:
+        return "-"
+    times = row.cpu_latencies()
+    if best == "pytorch" or row.cpu_ms_eager is None:
+        return best
+    return f"{best} ({row.cpu_ms_eager / times[best]:.3g}x eager)"
+
+
 def _table(rows: Sequence[FoldEfficiency]) -> tuple[list[str], list[list[str]]]:
     """Headers and cells in human units, with columns relative to the first model (mean over its folds); columns
     nobody measured are left out."""
@@ -333,6 +408,9 @@ def _table(rows: Sequence[FoldEfficiency]) -> tuple[list[str], list[list[str]]]:
         ("Checkpoint (MB)", lambda r: _num(r.checkpoint_bytes / 1e6), "checkpoint_bytes"),
         ("CPU ms", lambda r: _latency(r.cpu_ms_eager, r.cpu_ms_eager_iqr), "cpu_ms_eager"),
         ("CPU ms compiled", lambda r: _latency(r.cpu_ms_compiled, r.cpu_ms_compiled_iqr), "cpu_ms_compiled"),
+        *((f"CPU ms {name}", lambda r, n=name: _latency(r.cpu_ms_runtimes.get(n), r.cpu_ms_runtimes_iqr.get(n)),
+           None) for name in dict.fromkeys(n for r in rows for n in r.cpu_ms_runtimes)),
+        ("Fastest on CPU", _fastest_cpu, None),
         ("GPU ms", lambda r: _latency(r.gpu_ms_eager, r.gpu_ms_eager_iqr), "gpu_ms_eager"),
         ("GPU ms compiled", lambda r: _latency(r.gpu_ms_compiled, r.gpu_ms_compiled_iqr), "gpu_ms_compiled"),
         ("GPU peak (MB)", lambda r: _num(r.gpu_peak_mb), "gpu_peak_mb"),
@@ -355,6 +433,8 @@ def _table(rows: Sequence[FoldEfficiency]) -> tuple[list[str], list[list[str]]]:
     if len({r.model for r in rows}) < 2:  # relative to itself says nothing
         columns = [c for c in columns if not c[0].endswith("vs first")]
     columns = [c for c in columns if c[2] is None or any(getattr(r, c[2]) is not None for r in rows)]
+    if len({name for r in rows for name in r.cpu_latencies()}) < 2:  # one way of running: no choice to show
+        columns = [c for c in columns if c[0] != "Fastest on CPU"]
     if not any(r.nonzero_parameters is not None and r.nonzero_parameters < 0.95 * r.parameters for r in rows):
         # no unstructured sparsity worth a column (a few exact zeros, e.g. untrained biases, are no news)
         columns = [c for c in columns if c[0] != "Nonzero (M)"]
@@ -375,8 +455,9 @@ def format_table(rows: Sequence[FoldEfficiency]) -> str:
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(c) for c in cells)])
 
 
-def format_markdown(rows: Sequence[FoldEfficiency]) -> str:
-    """The report as a Markdown document: the table, what the numbers mean, and any measurement notes."""
+def format_markdown(rows: Sequence[FoldEfficiency], end_to_end: Sequence | None = None) -> str:
+    """The report as a Markdown document: the table, what the numbers mean, the end-to-end prediction times
+    (:mod:`nnunet_prune.end_to_end`, if measured) and any measurement notes."""
     headers, cells = _table(rows)
     lines = ["# nnunet-prune efficiency report", ""]
     if headers:
@@ -385,7 +466,9 @@ def format_markdown(rows: Sequence[FoldEfficiency]) -> str:
         lines += ["| " + " | ".join(c) + " |" for c in cells]
     lines += ["", "MACs: multiply-accumulates for one patch (batch 1, inference path without deep supervision), "
                   "counted exactly by PyTorch's flop counter. Latency: median milliseconds per patch (batch 1); CPU "
-                  "and GPU eager in float32, compiled = `torch.compile` (on GPU with CUDA graphs + bf16); "
+                  "and GPU eager in float32, compiled = `torch.compile` (on GPU with CUDA graphs + bf16), 'CPU ms "
+                  "onnxruntime' / 'openvino': the fold converted to ONNX and run by that runtime (float32, same "
+                  "threads; what `nnunet-prune export --runtime` deploys); "
                   "'±' is half the interquartile range of the timed runs. "
                   "Dice: foreground mean of nnU-Net's validation (`fold_k/validation/summary.json`)."
               + (" 'vs first': relative to the first model given (mean over its folds)."
@@ -408,6 +491,10 @@ def format_markdown(rows: Sequence[FoldEfficiency]) -> str:
     patches = dict.fromkeys(f"{r.model}: {r.trainer}, configuration {r.configuration}, patch "
                             f"{'x'.join(map(str, r.patch_size))} (`{r.path}`)" for r in rows)
     lines += ["", "Models:", "", *(f"- {p}" for p in patches)]
+    if end_to_end:
+        from nnunet_prune.end_to_end import format_end_to_end
+
+        lines += ["", "## End to end: nnUNetv2_predict", "", *format_end_to_end(end_to_end)]
     notes = [n for r in rows for n in [*r.notes, *timing_warnings(r)]]
     if notes:
         lines += ["", "Notes:", "", *(f"- {n}" for n in notes)]
@@ -423,6 +510,11 @@ def _records(rows: Sequence[FoldEfficiency]) -> list[dict]:
         d["notes"] = "; ".join(r.notes)
         per_class = d.pop("dice_per_class") or {}
         d.update({f"dice_{k}": v for k, v in per_class.items()})
+        for name in d.pop("cpu_ms_runtimes"):
+            d[f"cpu_ms_{name}"] = r.cpu_ms_runtimes[name]
+            d[f"cpu_ms_{name}_iqr"] = r.cpu_ms_runtimes_iqr.get(name)
+        d.pop("cpu_ms_runtimes_iqr")
+        d["fastest_cpu"] = r.fastest_cpu
         out.append(d)
     return out
 
@@ -515,9 +607,11 @@ def plot_dice_vs_macs(rows: Sequence[FoldEfficiency], file: str | os.PathLike) -
     return True
 
 
-def write_report(rows: Sequence[FoldEfficiency], out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``report.csv``, ``report.md`` and (when any row has a Dice) ``dice_vs_macs.png`` into ``out_dir``;
-    returns the written paths by kind ('csv', 'markdown', 'plot')."""
+def write_report(rows: Sequence[FoldEfficiency], out_dir: str | os.PathLike,
+                 end_to_end: Sequence | None = None) -> dict[str, Path]:
+    """Write ``report.csv``, ``report.md``, (when any row has a Dice) ``dice_vs_macs.png`` and (with ``end_to_end``
+    rows of :func:`nnunet_prune.end_to_end.measure_end_to_end`) ``end_to_end.csv`` into ``out_dir``; returns the
+    written paths by kind ('csv', 'markdown', 'plot', 'end_to_end')."""
     import pandas as pd
 
     out = Path(out_dir).expanduser()
@@ -525,7 +619,11 @@ def write_report(rows: Sequence[FoldEfficiency], out_dir: str | os.PathLike) -> 
     out.mkdir(parents=True, exist_ok=True)
     written = {"csv": out / "report.csv", "markdown": out / "report.md"}
     pd.DataFrame(_records(rows)).to_csv(written["csv"], index=False)
-    written["markdown"].write_text(format_markdown(rows))
+    written["markdown"].write_text(format_markdown(rows, end_to_end))
+    if end_to_end:
+        written["end_to_end"] = out / "end_to_end.csv"
+        pd.DataFrame([{**asdict(r), "seconds_per_image": r.seconds_per_image} for r in end_to_end]).to_csv(
+            written["end_to_end"], index=False)
     if plot_dice_vs_macs(rows, out / "dice_vs_macs.png"):
         written["plot"] = out / "dice_vs_macs.png"
     record_files(out, TOOL, written.values())

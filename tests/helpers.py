@@ -6,6 +6,7 @@ import contextlib
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD, BottleneckD
@@ -93,3 +94,10 @@ def restored_afterwards(folder: Path, backup: Path):
     finally:
         shutil.rmtree(folder)
         shutil.copytree(backup, folder)
+
+
+def segmentations(folder) -> dict[str, np.ndarray]:
+    """The NIfTI segmentations nnU-Net wrote into ``folder``: {file name: label array}."""
+    import nibabel
+
+    return {p.name: np.asarray(nibabel.load(p).dataobj) for p in sorted(Path(folder).glob("*.nii.gz"))}

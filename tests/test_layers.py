@@ -16,7 +16,7 @@ UPPER = ("nnunet_prune.trainers", "nnunet_prune.cli", "nnunet_prune.planners", "
          "nnunet_prune.export", "nnunet_prune.sweep", "nnunet_prune.report", "nnunet_prune.demo",
          "nnunet_prune.transforms", "nnunet_prune.modelfolder", "nnunet_prune.plotting", "nnunet_prune.outputs",
          "nnunet_prune.datasets", "nnunet_prune.variables", "nnunet_prune.plans_from_model", "nnunet_prune.metrics",
-         "nnunet_prune.structured_sweep")
+         "nnunet_prune.structured_sweep", "nnunet_prune.runtimes")
 FORBIDDEN = {
     "surgery": ("nnunet_prune.criteria", "nnunet_prune.methods", *UPPER),
     "criteria": ("nnunet_prune.methods", *UPPER),

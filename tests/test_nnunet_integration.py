@@ -9,19 +9,14 @@ from __future__ import annotations
 import re
 import sys
 
-import nibabel
 import numpy as np
 import pytest
 import torch
 
 from tests.conftest import DATASET_2D, DATASET_3D, read_json
-from tests.helpers import restored_afterwards
+from tests.helpers import restored_afterwards, segmentations
 
 pytestmark = pytest.mark.slow
-
-
-def segmentations(folder) -> dict[str, np.ndarray]:
-    return {p.name: np.asarray(nibabel.load(p).dataobj) for p in sorted(folder.glob("*.nii.gz"))}
 
 
 def test_doctor_sees_every_class(nnunet):

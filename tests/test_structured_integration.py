@@ -9,11 +9,12 @@ import math
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from tests.conftest import DATASET_2D, read_json
-from tests.helpers import restored_afterwards
+from tests.helpers import restored_afterwards, segmentations
 
 pytestmark = pytest.mark.slow
 
@@ -97,14 +98,51 @@ def test_resume_from_a_mid_schedule_checkpoint_continues_the_schedule(nnunet, st
         assert "Structured pruning step 4 of 4 after epoch 2" in log and "step 1 of 4" not in log
 
 
-def test_differently_pruned_folds_predict_as_one_ensemble(nnunet, dataset2d, structured_model):
-    w0 = read_json(structured_model / "fold_0" / "pruning_history.json")["epochs"][-1]["widths"]
-    w1 = read_json(structured_model / "fold_1" / "pruning_history.json")["epochs"][-1]["widths"]
-    assert w0 != w1 and sum(w0.values()) == sum(w1.values())
+@pytest.fixture(scope="module")
+def structured_predictions(nnunet, dataset2d, structured_model):
+    """The test images segmented by the ensemble of both folds through stock nnUNetv2_predict."""
     pred = nnunet.base / "pred_structured"
     nnunet.run("nnUNetv2_predict", "-i", dataset2d / "imagesTs", "-o", pred, "-d", DATASET_2D, "-c", "2d", "-tr",
                TRAINER, "-f", 0, 1, "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_progress_bar")
-    assert len(list(pred.glob("*.nii.gz"))) == 3
+    return pred
+
+
+def test_differently_pruned_folds_predict_as_one_ensemble(structured_model, structured_predictions):
+    w0 = read_json(structured_model / "fold_0" / "pruning_history.json")["epochs"][-1]["widths"]
+    w1 = read_json(structured_model / "fold_1" / "pruning_history.json")["epochs"][-1]["widths"]
+    assert w0 != w1 and sum(w0.values()) == sum(w1.values())
+    assert len(list(structured_predictions.glob("*.nii.gz"))) == 3
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_runtime_export_of_differently_pruned_folds_predicts_like_pytorch(nnunet, dataset2d, structured_model,
+                                                                         structured_predictions, runtime, tmp_path):
+    """`export --runtime` of two folds of different widths: stock nnUNetv2_predict_from_modelfolder segments the
+    test images as the PyTorch ensemble did; without the runtime's package it stops with one clear line."""
+    pytest.importorskip(runtime)
+    out = nnunet.base / f"structured_{runtime}"
+    nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "export", structured_model, "-o", out, "--runtime",
+               runtime, "--threads", 1)
+    arch = read_json(out / "plans.json")["configurations"]["2d"]["architecture"]
+    assert arch["network_class_name"] == "nnunet_prune.runtimes.RuntimeNetwork"
+    assert arch["arch_kwargs"]["runtime"] == runtime
+    summary = read_json(out / "export_summary.json")
+    assert [f["runtime_argmax_agreement"] for f in summary["folds"]] == [1.0, 1.0]
+    pred = tmp_path / "pred"
+    nnunet.run("nnUNetv2_predict_from_modelfolder", "-i", dataset2d / "imagesTs", "-o", pred, "-m", out, "-f", 0, 1,
+               "-device", "cpu", "-npp", 1, "-nps", 1, "--disable_progress_bar")
+    a, b = segmentations(structured_predictions), segmentations(pred)
+    assert a.keys() == b.keys() and len(a) == 3
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+    fake = tmp_path / "site"  # the runtime's package as if it were not installed
+    (fake / runtime).mkdir(parents=True)
+    (fake / runtime / "__init__.py").write_text("raise ImportError('not installed (test)')\n")
+    missing = nnunet.run("nnUNetv2_predict_from_modelfolder", "-i", dataset2d / "imagesTs", "-o", tmp_path / "no",
+                         "-m", out, "-f", 0, "-device", "cpu", "-npp", 1, "-nps", 1, check=False,
+                         env={"PYTHONPATH": str(fake)})
+    assert missing.returncode != 0 and 'pip install "nnunet-prune[deploy]"' in missing.stderr
+    assert "Traceback" not in missing.stderr and not list((tmp_path / "no").glob("*.nii.gz"))
 
 
 def test_slimming_prunes_the_sparsity_trained_fold(nnunet, dataset2d):

@@ -22,6 +22,15 @@ def add_parser(sub) -> None:
     p.add_argument("--prune-bias", action="store_true", help="with --magnitude-tau: zero small biases too")
     p.add_argument("--per-layer-normalised", action="store_true",
                    help="with --magnitude-tau: threshold T x RMS(weights) per tensor instead of T")
+    p.add_argument("--runtime", choices=("pytorch", "onnxruntime", "openvino", "torch-compile"), default="pytorch",
+                   help="what stock nnUNetv2_predict runs the exported folds with (default: pytorch). onnxruntime and "
+                        "openvino need the optional extra: pip install \"nnunet-prune[deploy]\"; torch-compile uses "
+                        "CUDA graphs and bf16 on a GPU. The runtime's segmentation is checked against PyTorch's")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="with --runtime onnxruntime/openvino: CPU threads per prediction (default: the runtime's)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="with --runtime openvino: fp32 (default) or bf16; with torch-compile: the CUDA autocast "
+                        "precision (bf16 default, fp16, fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output made by this command")
     p.add_argument("--no-verify", action="store_true", help="skip comparing exported and source outputs")
     p.set_defaults(func=run)
@@ -36,13 +45,15 @@ def run(args) -> int:
     Raises:
         NnUNetPruneError: an output that is, contains or lies inside the source, or that is not empty and not an
             earlier export (or without ``--overwrite``), an invalid ``--magnitude-tau``, or a source that is not a valid
-            trained model folder.
+            trained model folder; an unknown or missing runtime, an option the runtime does not take; a runtime
+            that does not reproduce PyTorch's segmentation.
     """
     from nnunet_prune.export import export_model_folder
 
+    options = {k: v for k, v in (("threads", args.threads), ("precision", args.precision)) if v is not None}
     result = export_model_folder(args.model_folder, args.output, folds=args.folds, fp16=args.fp16,
                                  magnitude_tau=args.magnitude_tau, prune_bias=args.prune_bias,
                                  per_layer_normalised=args.per_layer_normalised, overwrite=args.overwrite,
-                                 verify=not args.no_verify)
+                                 verify=not args.no_verify, runtime=args.runtime, runtime_options=options)
     print(result.summary())
     return 0

@@ -33,6 +33,16 @@ def add_parser(sub) -> None:
     p.add_argument("--no-compile", action="store_true",
                    help="skip the torch.compile timings (compiling takes tens of seconds per fold)")
     p.add_argument("--no-cpu", action="store_true", help="with a GPU, skip the CPU timings")
+    p.add_argument("--runtimes", nargs="+", default=None, metavar="NAME",
+                   help="deployment runtimes to time on the CPU next to PyTorch: onnxruntime, openvino (default: "
+                        "every installed one; 'none' for none; install them with pip install "
+                        "\"nnunet-prune[deploy]\")")
+    p.add_argument("--predict", default=None, metavar="IMAGES_DIR",
+                   help="also time stock nnUNetv2_predict_from_modelfolder end to end on these images (named as for "
+                        "nnUNetv2_predict), once with PyTorch and once per runtime, the chosen folds as one "
+                        "ensemble; segmentations compared with PyTorch's")
+    p.add_argument("--step-size", type=float, default=0.5, help="with --predict: sliding-window step size (0.5)")
+    p.add_argument("--disable-tta", action="store_true", help="with --predict: no test-time mirroring")
     p.set_defaults(func=run)
 
 
@@ -58,6 +68,10 @@ def _summary(row) -> str:
         if eager[0] is not None:
             parts.append(f"{dev} {_latency(*eager)} ms"
                          + (f" (compiled {_latency(*compiled)} ms)" if compiled[0] is not None else ""))
+    for name, ms in row.cpu_ms_runtimes.items():
+        parts.append(f"{name} {_latency(ms, row.cpu_ms_runtimes_iqr.get(name))} ms")
+    if len(row.cpu_latencies()) > 1:
+        parts.append(f"fastest {row.fastest_cpu}")
     if row.gpu_peak_mb is not None:
         parts.append(f"GPU peak {_num(row.gpu_peak_mb)} MB")
     parts.append("Dice " + ("-" if row.dice is None else f"{row.dice:.4f}"))
@@ -75,7 +89,8 @@ def run(args) -> int:
         the exit code (0 ok; errors raise instead).
 
     Raises:
-        NnUNetPruneError: ``--repeats`` < 1, ``--warmup`` < 0, ``--threads`` < 1, an unknown ``--device`` or
+        NnUNetPruneError: ``--repeats`` < 1, ``--warmup`` < 0, ``--threads`` < 1, an unknown or missing runtime in
+            ``--runtimes``, an unknown ``--device`` or
             ``cuda`` without a GPU, an ``--out`` that is a file or holds report files this command did not write, or a
             model folder that is not valid or has an unsupported architecture.
     """
@@ -86,6 +101,7 @@ def run(args) -> int:
         OUTPUT_FILES,
         TOOL,
         busy_machine_warning,
+        check_runtimes,
         format_table,
         load_average,
         measure_model_folder,
@@ -101,16 +117,26 @@ def run(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise NnUNetPruneError(f"--threads must be at least 1 (got {args.threads}).")
     device = resolve_device(args.device)
+    runtimes = check_runtimes([] if args.runtimes == ["none"] else args.runtimes)
     out = Path(args.out).expanduser()
     check_writable_files(out, OUTPUT_FILES, TOOL)  # before any measurement: never overwrite a user's file
     folders = open_model_folders(args.model_folders, args.folds)
     labels = model_labels([mf.path for mf in folders])
+    if args.predict is not None:
+        from nnunet_prune.end_to_end import image_cases
+
+        if not 0 < args.step_size <= 1:
+            raise NnUNetPruneError(f"--step-size must be in (0, 1] (nnU-Net's default 0.5); got {args.step_size}.")
+        for mf in folders:
+            image_cases(args.predict, mf.dataset_json.get("file_ending", ".nii.gz"))
 
     total = sum(len(mf.folds) for mf in folders)
     threads = args.threads or torch.get_num_threads()
     load = load_average()
     print(f"Measuring {total} fold(s) of {len(folders)} model folder(s) on {device.type}"
-          f"{'' if args.no_compile else ', eager and compiled'} ({args.repeats} repeats, batch 1, one patch; CPU "
+          f"{'' if args.no_compile else ', eager and compiled'}"
+          + (f", {', '.join(runtimes)}" if runtimes and (device.type == "cpu" or not args.no_cpu) else "")
+          + f" ({args.repeats} repeats, batch 1, one patch; CPU "
           f"with {threads} thread(s) on {os.cpu_count()} cores"
           + (f", load average {load:.2f}" if load is not None else "") + ").", flush=True)
     busy = busy_machine_warning(threads, load)
@@ -130,7 +156,7 @@ def run(args) -> int:
                 row, = measure_model_folder(mf, [fold], device=device.type, repeats=args.repeats,
                                             warmup=args.warmup, threads=args.threads, compile=not args.no_compile,
                                             cpu=not args.no_cpu or device.type == "cpu", label=label,
-                                            warn=pending.append)
+                                            warn=pending.append, runtimes=runtimes)
                 print(_summary(row), flush=True)
                 for message in pending:
                     print(f"WARNING: {message}", file=sys.stderr, flush=True)
@@ -142,9 +168,25 @@ def run(args) -> int:
                   file=sys.stderr)
         raise
 
+    end_to_end = []
+    if args.predict is not None:
+        from nnunet_prune.end_to_end import measure_end_to_end
+
+        e2e_device = "cuda" if device.type == "cuda" else "cpu"
+        for mf, label in zip(folders, labels, strict=True):
+            runs = measure_end_to_end(mf, args.predict, runtimes, device=e2e_device, step_size=args.step_size,
+                                      tta=not args.disable_tta, label=label, threads=args.threads,
+                                      progress=lambda m: print(m, flush=True))
+            for r in runs:
+                print(f"  {r.runtime}: " + (f"failed ({r.error})" if r.error else
+                      f"{r.seconds:.1f} s ({r.seconds_per_image:.2f} s per image)"
+                      + ("" if r.peak_rss_mb is None else f", peak RSS {r.peak_rss_mb:.0f} MB")
+                      + ("" if r.voxels_differing is None else f", {r.voxels_differing} voxels differ from PyTorch")),
+                      flush=True)
+            end_to_end += runs
     print()
     print(format_table(rows))
-    written = write_report(rows, out)
+    written = write_report(rows, out, end_to_end)
     print()
     print("Wrote " + ", ".join(str(p) for p in written.values()) + ".")
     if "plot" not in written:

@@ -1,0 +1,184 @@
+"""End-to-end prediction time: stock ``nnUNetv2_predict_from_modelfolder`` on a folder of images, per runtime.
+
+Per-patch latency says how fast the network is; users wait for the whole prediction: preprocessing, the sliding
+window (patches overlapping by the step size, each one mirrored up to 8 times with test-time augmentation), every
+fold of the ensemble, resampling and writing the segmentations. :func:`measure_end_to_end` runs exactly that, as a
+user would, once per runtime: the model folder itself for PyTorch, and for each runtime of
+:mod:`nnunet_prune.runtimes` the folder exported with ``--runtime`` into a temporary folder. Each run is a
+subprocess timed from start to end (Python start-up and imports included, as for a user), with the peak resident
+memory of its largest process, and its segmentations are compared with PyTorch's voxel by voxel.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnunet_prune import NnUNetPruneError
+from nnunet_prune.modelfolder import ModelFolder
+
+#: the stock command that is timed
+COMMAND = "nnUNetv2_predict_from_modelfolder"
+_RSS = "NNUNET_PRUNE_PEAK_RSS_KB="
+#: runs the command and prints the peak RSS (kB) of its largest process on stderr (Linux/macOS getrusage)
+_WRAPPER = ("import resource, subprocess, sys\n"
+            "rc = subprocess.call(sys.argv[1:])\n"
+            "print('" + _RSS + "%d' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)\n"
+            "sys.exit(rc)\n")
+
+
+@dataclass
+class EndToEnd:
+    """One timed ``nnUNetv2_predict_from_modelfolder`` run of a model folder's folds (an ensemble when several)
+    through one runtime: wall seconds for all ``images`` and per image, the peak resident memory (MB) of its largest
+    process, and how many voxels of its segmentations differ from PyTorch's (None for PyTorch itself)."""
+
+    model: str
+    runtime: str
+    images: int
+    folds: list
+    tta: bool
+    step_size: float
+    device: str
+    seconds: float
+    peak_rss_mb: float | None = None
+    voxels_differing: int | None = None
+    voxels: int | None = None
+    error: str | None = None
+
+    @property
+    def seconds_per_image(self) -> float:
+        """Wall seconds per image."""
+        return self.seconds / max(self.images, 1)
+
+
+def image_cases(folder: str | os.PathLike, file_ending: str) -> list[str]:
+    """The case identifiers of nnU-Net's input files (``CASE_0000<ending>``) in ``folder``.
+
+    Raises:
+        NnUNetPruneError: the folder is missing or holds no such file.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise NnUNetPruneError(f"--predict {folder}: no such folder (give the folder of images to segment, named "
+                               f"as for nnUNetv2_predict: CASE_0000{file_ending}).")
+    cases = sorted({p.name[: -len(file_ending) - 5] for p in folder.glob(f"*_0000{file_ending}")})
+    if not cases:
+        raise NnUNetPruneError(f"--predict {folder}: no image named CASE_0000{file_ending} (the dataset's file "
+                               f"ending) in it.")
+    return cases
+
+
+def _segmentations(folder: Path, file_ending: str) -> dict:
+    import SimpleITK as sitk
+
+    return {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in sorted(folder.glob(f"*{file_ending}"))}
+
+
+def _run(model: Path, images: Path, output: Path, folds: Sequence, device: str, step_size: float, tta: bool,
+         env: dict) -> tuple[float, float | None, str | None]:
+    command = shutil.which(COMMAND) or COMMAND
+    cmd = [sys.executable, "-c", _WRAPPER, command, "-i", str(images), "-o", str(output), "-m", str(model),
+           "-f", *map(str, folds), "-device", device, "-step_size", str(step_size), "-npp", "1", "-nps", "1",
+           "--disable_progress_bar", *([] if tta else ["--disable_tta"])]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - start
+    rss = [line for line in proc.stderr.splitlines() if line.startswith(_RSS)]
+    kilobytes = int(rss[-1][len(_RSS):]) / (1024 if sys.platform == "darwin" else 1) if rss else None  # macOS: bytes
+    peak = None if kilobytes is None else kilobytes / 1024
+    error = None
+    if proc.returncode != 0:
+        lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip() and _RSS not in line]
+        error = lines[-1][:300] if lines else f"exit code {proc.returncode}"
+    return seconds, peak, error
+
+
+def format_end_to_end(rows: Sequence[EndToEnd]) -> list[str]:
+    """Markdown lines: one table row per run, the fastest run of each model marked, and the set-up."""
+    if not rows:
+        return []
+    lines = ["| Model | Runtime | Images | Folds | s total | s / image | vs PyTorch | Peak RSS (MB) "
+             "| Voxels differing |",
+             "|:---|:---|---:|:---|---:|---:|---:|---:|---:|"]
+    for model in dict.fromkeys(r.model for r in rows):
+        mine = [r for r in rows if r.model == model]
+        ok = [r for r in mine if r.error is None]
+        fastest = min(ok, key=lambda r: r.seconds) if ok else None
+        base = next((r.seconds for r in ok if r.runtime == "pytorch"), None)
+        for r in mine:
+            if r.error is not None:
+                lines.append(f"| {r.model} | {r.runtime} | {r.images} | {','.join(map(str, r.folds))} | failed: "
+                             f"{r.error.replace('|', '/')} | | | | |")
+                continue
+            name = f"**{r.runtime}** (fastest)" if r is fastest and len(ok) > 1 else r.runtime
+            speed = "-" if base is None or r.runtime == "pytorch" else f"{base / r.seconds:.2f}x faster" \
+                if r.seconds < base else f"{r.seconds / base:.2f}x slower"
+            diff = "-" if r.voxels_differing is None else f"{r.voxels_differing:,} of {r.voxels:,}"
+            rss = "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}"
+            lines.append(f"| {r.model} | {name} | {r.images} | {','.join(map(str, r.folds))} | {r.seconds:.1f} | "
+                         f"{r.seconds_per_image:.2f} | {speed} | {rss} | {diff} |")
+    r = rows[0]
+    lines += ["", f"Stock `{COMMAND}` from start to end (Python start-up, preprocessing, sliding window with step "
+                  f"size {r.step_size}, test-time mirroring {'on' if r.tta else 'off'}, every fold listed as one "
+                  f"ensemble, resampling, writing) on {r.device}, one subprocess per run, `-npp 1 -nps 1`; peak RSS: "
+                  f"the largest process of the run. Voxels differing: the segmentations against PyTorch's."]
+    return lines
+
+
+def measure_end_to_end(model: ModelFolder, images: str | os.PathLike, runtimes: Sequence[str], *,
+                       device: str = "cpu", step_size: float = 0.5, tta: bool = True, label: str | None = None,
+                       threads: int | None = None, progress: Callable[[str], None] | None = None) -> list[EndToEnd]:
+    """Time stock ``nnUNetv2_predict_from_modelfolder`` on every image of ``images`` with the chosen folds of
+    ``model``: PyTorch first, then each of ``runtimes`` (exported to a temporary folder with ``nnunet-prune export
+    --runtime``, deleted afterwards). ``threads``: the runtimes' thread count (default: theirs). A failed run is
+    recorded with its error and does not stop the others.
+
+    Raises:
+        NnUNetPruneError: no images, or a step size outside (0, 1].
+    """
+    from nnunet_prune.export import export_model_folder
+
+    if not 0 < step_size <= 1:
+        raise NnUNetPruneError(f"--step-size must be in (0, 1] (nnU-Net's default 0.5); got {step_size}.")
+    file_ending = model.dataset_json.get("file_ending", ".nii.gz")
+    cases = image_cases(images, file_ending)
+    label = label or model.path.name
+    env = {**os.environ, "nnUNet_compile": "f"}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="nnunet_prune_e2e_") as tmp:
+        tmp = Path(tmp)
+        reference = None
+        for runtime in ["pytorch", *runtimes]:
+            folder = model.path
+            if progress:
+                progress(f"{label}: {COMMAND} through {runtime} on {len(cases)} image(s)")
+            row = EndToEnd(label, runtime, len(cases), list(model.folds), tta, step_size, device, 0.0)
+            try:
+                if runtime != "pytorch":
+                    folder = tmp / f"model_{runtime}"
+                    export_model_folder(model.path, folder, folds=model.folds, runtime=runtime,
+                                        runtime_options={"threads": threads} if threads else None)
+            except NnUNetPruneError as e:
+                row.error = f"export failed: {e}"
+                rows.append(row)
+                continue
+            out = tmp / f"pred_{runtime}"
+            row.seconds, row.peak_rss_mb, row.error = _run(folder, Path(images).expanduser(), out, model.folds,
+                                                           device, step_size, tta, env)
+            if row.error is None:
+                segs = _segmentations(out, file_ending)
+                if runtime == "pytorch":
+                    reference = segs
+                elif reference is not None and segs.keys() == reference.keys():
+                    row.voxels_differing = int(sum((segs[k] != reference[k]).sum() for k in segs))
+                    row.voxels = int(sum(v.size for v in segs.values()))
+            rows.append(row)
+    return rows
