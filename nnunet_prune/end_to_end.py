@@ -26,7 +26,7 @@ from nnunet_prune.modelfolder import ModelFolder
 
 #: the stock command that is timed
 COMMAND = "nnUNetv2_predict_from_modelfolder"
-_RSS = "NNUNET_PRUNE_PEAK_RSS_KB="
+_RSS = "nnunet-prune peak RSS kB: "
 #: runs the command and prints the peak RSS (kB) of its largest process on stderr (Linux/macOS getrusage)
 _WRAPPER = ("import resource, subprocess, sys\n"
             "rc = subprocess.call(sys.argv[1:])\n"
@@ -84,7 +84,8 @@ def _segmentations(folder: Path, file_ending: str) -> dict:
 
 def _run(model: Path, images: Path, output: Path, folds: Sequence, device: str, step_size: float, tta: bool,
          env: dict) -> tuple[float, float | None, str | None]:
-    command = shutil.which(COMMAND) or COMMAND
+    beside = Path(sys.executable).parent / COMMAND  # (a virtual environment that is not activated)
+    command = shutil.which(COMMAND) or (str(beside) if beside.is_file() else COMMAND)
     cmd = [sys.executable, "-c", _WRAPPER, command, "-i", str(images), "-o", str(output), "-m", str(model),
            "-f", *map(str, folds), "-device", device, "-step_size", str(step_size), "-npp", "1", "-nps", "1",
            "--disable_progress_bar", *([] if tta else ["--disable_tta"])]
@@ -145,6 +146,7 @@ def measure_end_to_end(model: ModelFolder, images: str | os.PathLike, runtimes: 
         NnUNetPruneError: no images, or a step size outside (0, 1].
     """
     from nnunet_prune.export import export_model_folder
+    from nnunet_prune.runtimes import RUNTIMES
 
     if not 0 < step_size <= 1:
         raise NnUNetPruneError(f"--step-size must be in (0, 1] (nnU-Net's default 0.5); got {step_size}.")
@@ -162,12 +164,13 @@ def measure_end_to_end(model: ModelFolder, images: str | os.PathLike, runtimes: 
                 progress(f"{label}: {COMMAND} through {runtime} on {len(cases)} image(s)")
             row = EndToEnd(label, runtime, len(cases), list(model.folds), tta, step_size, device, 0.0)
             try:
-                if runtime != "pytorch":
+                if runtime != "pytorch" or model.runtime is not None:  # (a runtime folder's PyTorch baseline too)
                     folder = tmp / f"model_{runtime}"
+                    takes_threads = runtime != "pytorch" and "threads" in RUNTIMES[runtime].options
                     export_model_folder(model.path, folder, folds=model.folds, runtime=runtime,
-                                        runtime_options={"threads": threads} if threads else None)
-            except NnUNetPruneError as e:
-                row.error = f"export failed: {e}"
+                                        runtime_options={"threads": threads} if threads and takes_threads else None)
+            except Exception as e:  # e.g. an operator the ONNX exporter lacks: a row, not the end of the report
+                row.error = f"export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 rows.append(row)
                 continue
             out = tmp / f"pred_{runtime}"

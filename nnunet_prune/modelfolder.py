@@ -134,12 +134,13 @@ def read_checkpoint(file: str | os.PathLike, keep_training_state: bool = False) 
         raise NnUNetPruneError(f"{file} is not an nnU-Net checkpoint (it needs the entries {', '.join(needed)}, as "
                                f"nnUNetv2_train writes them). A bare state dict cannot be used: nnU-Net needs the "
                                f"trainer and configuration it was trained with.")
-    from nnunet_prune.runtimes import RUNTIME_KEY
+    from nnunet_prune.runtimes import DIGEST_KEY, RUNTIME_KEY
 
     if isinstance(ckpt["network_weights"], dict) and RUNTIME_KEY in ckpt["network_weights"]:
         # a runtime folder's fold (nnunet-prune export --runtime): its ONNX model travels next to the weights
         ckpt["network_weights"] = dict(ckpt["network_weights"])
         ckpt["runtime_model"] = ckpt["network_weights"].pop(RUNTIME_KEY)
+        ckpt["network_weights"].pop(DIGEST_KEY, None)
     if keep_training_state:
         missing = [k for k in ("optimizer_state", "logging", "current_epoch", "_best_ema") if k not in ckpt]
         if missing:

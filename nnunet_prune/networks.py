@@ -50,6 +50,13 @@ class AdaptiveWidthMixin:
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # PyTorch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 #: ATen's oneDNN threshold: for batch 1, a 3D convolution runs in oneDNN only when N*C*D*H of its input exceeds this
 ATEN_ONEDNN_MIN_NCDH = 20480
 
@@ -59,8 +66,9 @@ class OneDnnConv3d(nn.Conv3d):
     back to its slow native kernel (batch-1 inputs with N*C*D*H <= 20480, i.e. the few channels of a slim network).
 
     Same parameters, state dict and results (up to float rounding, ~1e-6); training, gradients, other devices and
-    dtypes, ``torch.compile``, tracing (ONNX export) and large inputs take the stock path. Measured (2-core EPYC, 2 threads, 3d_fullres 64^3
-    patch): 30 % width 347 -> 216 ms, 15 % width 429 -> 90 ms, dense unchanged (docs/deploy.md).
+    dtypes, ``torch.compile``, tracing (ONNX export) and large inputs take the stock path. Measured (2-core EPYC,
+    2 threads, 3d_fullres 64^3 patch): 30 % width 303 -> 195 ms, 15 % width 382 -> 94 ms, dense unchanged
+    (docs/deploy.md).
     """
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -69,7 +77,8 @@ class OneDnnConv3d(nn.Conv3d):
                 and not (torch.is_grad_enabled() and (input.requires_grad or weight.requires_grad))
                 and input.shape[0] * input.shape[1] * input.shape[2] * input.shape[3] <= ATEN_ONEDNN_MIN_NCDH
                 and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-                and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):  # (ONNX export traces)
+                and not torch.compiler.is_compiling() and not torch.jit.is_tracing()  # (ONNX export traces)
+                and not _cpu_autocast()):
             return torch.mkldnn_convolution(input, weight.contiguous(), bias, self.padding, self.stride,
                                             self.dilation, self.groups)
         return super()._conv_forward(input, weight, bias)

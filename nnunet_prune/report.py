@@ -9,6 +9,7 @@ them into CSV, Markdown and a Dice-vs-MACs plot.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import sys
@@ -306,13 +307,16 @@ def check_runtimes(names: Sequence[str] | None) -> list[str]:
     from nnunet_prune import runtimes
 
     if names is None:
-        return [n for n in runtimes.available_runtimes() if runtimes.RUNTIMES[n].onnx]
+        found = [n for n in runtimes.available_runtimes() if runtimes.RUNTIMES[n].onnx]
+        return found if importlib.util.find_spec("onnx") is not None else []  # (nothing to convert with)
     out = []
     for name in dict.fromkeys(names):
         if name == "torch-compile":
             raise NnUNetPruneError("torch-compile is timed as the 'compiled' column (leave it out of --runtimes; "
                                    "--no-compile skips it).")
         runtimes.require_runtime(name)
+        if runtimes.runtime_spec(name).onnx:
+            runtimes.require_onnx_exporter()
         out.append(name)
     return out
 
@@ -320,7 +324,7 @@ def check_runtimes(names: Sequence[str] | None) -> list[str]:
 def _runtime_ms(net: torch.nn.Module, name: str, patch: Sequence[int], repeats: int, warmup: int, threads: int,
                 row: FoldEfficiency, warn: Callable[[str], None] | None) -> LatencyStats | None:
     """CPU latency of ``net`` run by runtime ``name`` with ``threads`` threads; None plus a note if it fails."""
-    from nnunet_prune.runtimes import RuntimeNetwork
+    from nnunet_prune.runtimes import RuntimeNetwork, clear_executors
 
     try:
         wrapped = RuntimeNetwork.around(net, name, patch, {"threads": threads})
@@ -331,6 +335,8 @@ def _runtime_ms(net: torch.nn.Module, name: str, patch: Sequence[int], repeats: 
         if warn is not None:
             warn(note + f"; {name} latency left empty.")
         return None
+    finally:
+        clear_executors()  # one fold's session is not needed again
 
 
 # ---------------------------------------------------------------------------------------------------- formatting
@@ -620,6 +626,7 @@ def write_report(rows: Sequence[FoldEfficiency], out_dir: str | os.PathLike,
     written = {"csv": out / "report.csv", "markdown": out / "report.md"}
     pd.DataFrame(_records(rows)).to_csv(written["csv"], index=False)
     written["markdown"].write_text(format_markdown(rows, end_to_end))
+    (out / "end_to_end.csv").unlink(missing_ok=True)  # an earlier run's (checked above to be this tool's own)
     if end_to_end:
         written["end_to_end"] = out / "end_to_end.csv"
         pd.DataFrame([{**asdict(r), "seconds_per_image": r.seconds_per_image} for r in end_to_end]).to_csv(

@@ -31,6 +31,7 @@ import importlib.util
 import io
 import pydoc
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -173,7 +174,38 @@ def to_onnx(network: nn.Module, patch_size: Sequence[int], opset: int = OPSET) -
 
 # ------------------------------------------------------------------------------------------------------ executors
 Executor = Callable[[torch.Tensor], torch.Tensor]
-_EXECUTORS: dict[tuple, object] = {}
+#: executors (sessions, compiled networks) by model content, device and options, least recently used first
+_EXECUTORS: OrderedDict[tuple, object] = OrderedDict()
+#: how many executors stay cached (an ensemble of 5 folds x a few runtimes; the oldest goes first)
+MAX_EXECUTORS = 16
+#: the key of a fold's ONNX model's SHA-1 (uint8 hex digits) in its ``network_weights``, written by the export so
+#: that loading a fold for every case does not hash the model again
+DIGEST_KEY = RUNTIME_KEY + "_sha1"
+
+
+def clear_executors() -> None:
+    """Drop every cached session and compiled network (e.g. after timing a fold)."""
+    _EXECUTORS.clear()
+
+
+def _cached(key: tuple, make: Callable[[], object]) -> object:
+    if key in _EXECUTORS:
+        _EXECUTORS.move_to_end(key)
+    else:
+        _EXECUTORS[key] = make()
+        while len(_EXECUTORS) > MAX_EXECUTORS:
+            _EXECUTORS.popitem(last=False)
+    return _EXECUTORS[key]
+
+
+def onnx_entries(blob: bytes) -> dict[str, torch.Tensor]:
+    """The ``network_weights`` entries that carry an ONNX model: the model (uint8) and its digest."""
+    return {RUNTIME_KEY: torch.frombuffer(bytearray(blob), dtype=torch.uint8), DIGEST_KEY: onnx_digest(blob)}
+
+
+def onnx_digest(blob: bytes) -> torch.Tensor:
+    """The SHA-1 of an ONNX model as a uint8 tensor of its hex digits (stored next to the model by the export)."""
+    return torch.tensor(list(hashlib.sha1(blob).hexdigest().encode()), dtype=torch.uint8)
 
 
 def _onnxruntime(blob: bytes, device: torch.device, options: dict) -> Executor:
@@ -181,10 +213,10 @@ def _onnxruntime(blob: bytes, device: torch.device, options: dict) -> Executor:
     so = ort.SessionOptions()
     if options.get("threads"):
         so.intra_op_num_threads = options["threads"]
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda":
-        offered = ort.get_available_providers()
-        providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in offered] + providers
+    providers: list = ["CPUExecutionProvider"]
+    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        # (TensorRT builds an engine per fold and process, minutes: not by default)
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
     session = ort.InferenceSession(blob, so, providers=providers)
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -225,6 +257,10 @@ def _compiled(network: nn.Module, device: torch.device, options: dict) -> Execut
             return compiled(x.float()).clone()
 
     return run
+
+
+def _bytes(blob) -> bytes:
+    return blob.cpu().numpy().tobytes() if torch.is_tensor(blob) else bytes(blob)
 
 
 def _shapes(network: nn.Module) -> tuple:
@@ -269,7 +305,7 @@ class RuntimeNetwork(nn.Module):
         self.network = copy.deepcopy(unwrap(network)).cpu().eval()
         state = dict(self.network.state_dict())
         if self.spec.onnx:
-            state[RUNTIME_KEY] = torch.frombuffer(bytearray(to_onnx(self.network, patch_size)), dtype=torch.uint8)
+            state.update(onnx_entries(to_onnx(self.network, patch_size)))
         self.load_state_dict(state)
         return self.eval()
 
@@ -311,15 +347,18 @@ class RuntimeNetwork(nn.Module):
         """
         state = dict(state_dict)
         blob = state.pop(RUNTIME_KEY, None)
+        digest = state.pop(DIGEST_KEY, None)
         if self.spec.onnx and blob is None:
             raise NnUNetPruneError(f"This fold holds no ONNX model ({RUNTIME_KEY!r} missing from network_weights): "
                                    f"export the model folder again with nnunet-prune export --runtime {self.runtime}.")
         result = self.network.load_state_dict(state, strict=strict, assign=assign)
         if blob is not None:
-            self._onnx = blob.cpu().numpy().tobytes() if torch.is_tensor(blob) else bytes(blob)
-            self._key = hashlib.sha1(self._onnx).hexdigest()
-        else:
-            self._key = repr(_shapes(self.network))
+            self._onnx = blob  # turned into bytes only when a session is built
+            if digest is None:
+                digest = onnx_digest(_bytes(blob))
+            self._key = bytes(digest.tolist()).decode()
+        else:  # the network itself (class, strides, operators: its repr) and its widths
+            self._key = f"{type(self.network).__qualname__}|{self.network!r}|{_shapes(self.network)!r}"
         self._token = object()
         return result
 
@@ -328,22 +367,28 @@ class RuntimeNetwork(nn.Module):
         if self.spec.onnx:
             if self._onnx is None:
                 raise NnUNetPruneError("RuntimeNetwork: load a fold's network_weights first.")
-            if key not in _EXECUTORS:
-                make = _onnxruntime if self.runtime == "onnxruntime" else _openvino
-                _EXECUTORS[key] = make(self._onnx, device, self.options)
-            return _EXECUTORS[key]
-        # torch-compile: one compiled copy per width layout and device; the loaded fold's weights are copied into it
-        if key not in _EXECUTORS:
-            net = copy.deepcopy(self.network).to(device).eval()
-            _EXECUTORS[key] = [net, _compiled(net, device, self.options), self._token]
-        entry = _EXECUTORS[key]
+            make = _onnxruntime if self.runtime == "onnxruntime" else _openvino
+            return _cached(key, lambda: make(_bytes(self._onnx), device, self.options))
+        # torch-compile: one compiled copy per network and device; the loaded fold's weights are copied into it
+        entry = _cached(key, lambda: self._compiled_copy(device))
         if entry[2] is not self._token:
             with torch.no_grad():
-                for mine, theirs in zip(entry[0].state_dict().values(), self.network.state_dict().values()):
-                    mine.copy_(theirs)  # in place: compiled graphs and CUDA graphs keep their addresses
+                theirs = self.network.state_dict()
+                for name, mine in entry[0].state_dict().items():
+                    mine.copy_(theirs[name])  # in place: compiled graphs and CUDA graphs keep their addresses
             entry[2] = self._token
         return entry[1]
 
+    def _compiled_copy(self, device: torch.device) -> list:
+        net = copy.deepcopy(self.network).to(device).eval()
+        try:
+            return [net, _compiled(net, device, self.options), self._token]
+        except Exception as e:
+            raise NnUNetPruneError(f"torch.compile failed on {device} ({type(e).__name__}: {e}); the torch-compile "
+                                   f"runtime needs a working inductor (a C++ compiler on the CPU, Triton on a GPU). "
+                                   f"Use another --runtime.") from None
+
+    @torch.compiler.disable  # nnUNet_compile=1 makes the predictor compile the network: the runtime is the compiler
     def forward(self, x: torch.Tensor):
         """(B, C, *spatial) -> (B, classes, *spatial) logits through the runtime, one sample at a time."""
         decoder = getattr(self.network, "decoder", None)

@@ -6,8 +6,11 @@ find_best_configuration, export, the magnitude trainers and errors for unknown n
 
 from __future__ import annotations
 
+import csv
 import re
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,6 +74,24 @@ def test_train_predict_and_find_best_configuration(nnunet, dataset2d, dense_mode
                       "-f", 0, 1)
     assert "nnUNetTrainerBudget" in best.stdout
     assert (nnunet.results / dense_model.parent.name / "inference_information.json").is_file()
+
+
+def test_report_times_stock_prediction_end_to_end_per_runtime(nnunet, dataset2d, dense_model):
+    """`report --predict`: stock nnUNetv2_predict_from_modelfolder through PyTorch and through OpenVINO (exported
+    on the fly to a temporary folder, gone afterwards), timed, with the same segmentations."""
+    pytest.importorskip("openvino")
+    out = nnunet.base / "report_e2e"
+    proc = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "report", dense_model, "-f", 0, "-o", out,
+                      "--device", "cpu", "--no-compile", "--repeats", 1, "--warmup", 0, "--threads", 1,
+                      "--runtimes", "openvino", "--predict", dataset2d / "imagesTs", "--disable-tta")
+    assert "openvino: " in proc.stdout and "0 voxels differ from PyTorch" in proc.stdout
+    rows = {r["runtime"]: r for r in csv.DictReader(open(out / "end_to_end.csv"))}
+    assert set(rows) == {"pytorch", "openvino"}
+    assert all(float(r["seconds"]) > 0 and r["images"] == "3" and r["tta"] == "False" for r in rows.values())
+    assert rows["openvino"]["voxels_differing"] == "0" and float(rows["pytorch"]["peak_rss_mb"]) > 50
+    md = (out / "report.md").read_text()
+    assert "## End to end: nnUNetv2_predict" in md and "(fastest)" in md and "test-time mirroring off" in md
+    assert not list(Path(tempfile.gettempdir()).glob("nnunet_prune_e2e_*"))
 
 
 def test_lunet_trains_with_the_lunet_plans(nnunet, dataset2d):

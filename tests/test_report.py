@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import sys
 
 import pytest
 import torch
@@ -340,4 +341,70 @@ def test_cli_bad_input_fails_before_measuring(tmp_path, capsys, case):
     captured = capsys.readouterr()
     assert expected in captured.err and captured.err.startswith("ERROR: ")
     assert "[1/" not in captured.out  # nothing was measured
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- runtimes
+def test_runtimes_are_timed_side_by_side_and_the_fastest_is_named(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    folder, _ = make_model_folder(tmp_path, folds=(0,), pruned_folds=(0,))
+    row, = measure_model_folder(folder, **FAST, runtimes=["onnxruntime", "openvino"])
+    assert set(row.cpu_ms_runtimes) == {"onnxruntime", "openvino"} and all(v > 0 for v in row.cpu_ms_runtimes.values())
+    times = row.cpu_latencies()
+    assert set(times) == {"pytorch", "onnxruntime", "openvino"} and times[row.fastest_cpu] == min(times.values())
+    written = write_report([row], tmp_path / "out")
+    md = written["markdown"].read_text()
+    assert "CPU ms onnxruntime" in md and "CPU ms openvino" in md and f"| {row.fastest_cpu}" in md
+    with open(written["csv"]) as f:
+        record, = csv.DictReader(f)
+    assert float(record["cpu_ms_openvino"]) == row.cpu_ms_runtimes["openvino"]
+    assert record["fastest_cpu"] == row.fastest_cpu
+
+
+def test_runtime_folder_is_measured_as_its_pytorch_network(tmp_path):
+    """A folder written by `export --runtime` reads as the PyTorch folder it came from (report, export)."""
+    pytest.importorskip("openvino")
+    from nnunet_prune.export import export_model_folder
+
+    folder, nets = make_model_folder(tmp_path, folds=(0,), pruned_folds=(0,))
+    out = tmp_path / "ov"
+    export_model_folder(folder, out, runtime="openvino", runtime_options={"threads": 1})
+    mf = ModelFolder.open(out)
+    assert mf.runtime == ("openvino", {"threads": 1}) and ModelFolder.open(folder).runtime is None
+    row, = measure_model_folder(out, **FAST, runtimes=[])
+    assert row.parameters == count_parameters(nets[0]) and row.macs == count_macs(nets[0], PATCH)
+
+
+def test_bad_runtime_choice_is_a_clear_error(monkeypatch):
+    from nnunet_prune.report import check_runtimes
+
+    with pytest.raises(NnUNetPruneError, match="known runtimes are"):
+        check_runtimes(["tensorrt"])
+    with pytest.raises(NnUNetPruneError, match="compiled' column"):
+        check_runtimes(["torch-compile"])
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(NnUNetPruneError, match=r"nnunet-prune\[deploy\]"):
+        check_runtimes(["openvino"])
+    assert "openvino" not in check_runtimes(None)
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_export_without_the_runtime_package_stops_before_any_work(tmp_path, monkeypatch, capsys, runtime):
+    folder, _ = make_model_folder(tmp_path)
+    monkeypatch.setitem(sys.modules, runtime, None)  # as if it were not installed
+    assert main(["export", str(folder), "-o", str(tmp_path / "out"), "--runtime", runtime]) == 2
+    err = capsys.readouterr().err
+    assert f"ERROR: The runtime {runtime} needs the Python package {runtime}" in err
+    assert 'pip install "nnunet-prune[deploy]"' in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*"))
+
+
+def test_export_rejects_options_the_runtime_does_not_take(tmp_path, capsys):
+    folder, _ = make_model_folder(tmp_path)
+    assert main(["export", str(folder), "-o", str(tmp_path / "out"), "--runtime", "onnxruntime", "--precision",
+                 "bf16"]) == 2
+    assert "The runtime onnxruntime has no option 'precision'" in capsys.readouterr().err
+    assert main(["export", str(folder), "-o", str(tmp_path / "out"), "--threads", "2"]) == 2
+    assert "need a --runtime" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -80,9 +80,10 @@ def test_onnx_runtimes_give_the_pytorch_logits(runtime, dim):
 @pytest.mark.parametrize("runtime", ONNX_RUNTIMES)
 def test_one_network_runs_folds_of_different_widths_in_turn(runtime):
     """nnU-Net's predictor loads fold after fold into one network, for every case: each load must switch the
-    runtime's model (cached sessions keyed by content, not by the last one used)."""
+    runtime's model (cached sessions keyed by content, not by the last one used or by the widths: folds 0 and 2 have
+    the same widths, different weights)."""
     pytest.importorskip(runtime)
-    folds = [pruned(0), pruned(2)]
+    folds = [pruned(0), pruned(2), pruned(7, keep_pattern=0)]
     network = built_like_nnunet(runtime, options={"threads": 1}).eval()
     x = torch.randn(1, 2, 32, 32)
     for net in [*folds, folds[0]]:
@@ -101,6 +102,22 @@ def test_torch_compile_runtime_follows_the_loaded_fold():
         network.load_state_dict(fold_weights(net, False, None))
         with torch.no_grad():
             assert (network(x) - net(x)).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime"])
+def test_nnunet_compile_leaves_the_runtime_alone(runtime):
+    """nnUNet_compile=1 makes nnU-Net's predictor wrap the network in torch.compile (and load folds through
+    _orig_mod): the runtime still runs, fold after fold."""
+    pytest.importorskip(runtime)
+    folds = [pruned(0), pruned(3)]
+    network = built_like_nnunet(runtime).eval()
+    network.load_state_dict(fold_weights(folds[0], True, (32, 32)))
+    compiled = torch.compile(network)
+    x = torch.randn(1, 2, 32, 32)
+    for net in [*folds, folds[0]]:
+        compiled._orig_mod.load_state_dict(fold_weights(net, True, (32, 32)))
+        with torch.inference_mode():
+            assert (compiled(x) - net(x)).abs().max().item() <= 1e-4
 
 
 def test_training_and_deep_supervision_run_pytorch():

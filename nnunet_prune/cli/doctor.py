@@ -79,6 +79,14 @@ def run(args) -> int:
     print(f"nnunet-prune {__version__}  (python {sys.version.split()[0]}, {sys.executable})")
     for dist in ("nnunetv2", "torch", "dynamic-network-architectures", "batchgenerators"):
         print(f"  {dist:<30} {_version(dist)}")
+    from nnunet_prune.runtimes import RUNTIMES, is_available
+
+    print("\nDeployment runtimes (nnunet-prune export --runtime; optional: pip install \"nnunet-prune[deploy]\"):")
+    for name, spec in RUNTIMES.items():
+        state = "not installed"
+        if is_available(name):  # (onnxruntime-gpu provides the module onnxruntime)
+            state = next((v for v in (_version(spec.package), _version(spec.package + "-gpu")) if v != state), "?")
+        print(f"  {name:<30} {state}  ({spec.description})")
     for title, table in (("nnU-Net's variables", NNUNET_VARIABLES),
                          ("Variables of this package (every one it reads)", all_variables())):
         print(f"\n{title}:")

@@ -39,8 +39,9 @@ def add_parser(sub) -> None:
                         "\"nnunet-prune[deploy]\")")
     p.add_argument("--predict", default=None, metavar="IMAGES_DIR",
                    help="also time stock nnUNetv2_predict_from_modelfolder end to end on these images (named as for "
-                        "nnUNetv2_predict), once with PyTorch and once per runtime, the chosen folds as one "
-                        "ensemble; segmentations compared with PyTorch's")
+                        "nnUNetv2_predict), once with PyTorch and once per runtime of --runtimes (on a GPU also "
+                        "torch-compile unless --no-compile), the chosen folds as one ensemble; segmentations "
+                        "compared with PyTorch's")
     p.add_argument("--step-size", type=float, default=0.5, help="with --predict: sliding-window step size (0.5)")
     p.add_argument("--disable-tta", action="store_true", help="with --predict: no test-time mirroring")
     p.set_defaults(func=run)
@@ -173,8 +174,10 @@ def run(args) -> int:
         from nnunet_prune.end_to_end import measure_end_to_end
 
         e2e_device = "cuda" if device.type == "cuda" else "cpu"
+        # on a GPU, compiled PyTorch (CUDA graphs + bf16) is the runtime that matters
+        e2e_runtimes = [*runtimes, *(["torch-compile"] if e2e_device == "cuda" and not args.no_compile else [])]
         for mf, label in zip(folders, labels, strict=True):
-            runs = measure_end_to_end(mf, args.predict, runtimes, device=e2e_device, step_size=args.step_size,
+            runs = measure_end_to_end(mf, args.predict, e2e_runtimes, device=e2e_device, step_size=args.step_size,
                                       tta=not args.disable_tta, label=label, threads=args.threads,
                                       progress=lambda m: print(m, flush=True))
             for r in runs:
