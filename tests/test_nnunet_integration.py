@@ -77,18 +77,18 @@ def test_train_predict_and_find_best_configuration(nnunet, dataset2d, dense_mode
 
 
 def test_report_times_stock_prediction_end_to_end_per_runtime(nnunet, dataset2d, dense_model):
-    """`report --predict`: stock nnUNetv2_predict_from_modelfolder through PyTorch and through OpenVINO (exported
-    on the fly to a temporary folder, gone afterwards), timed, with the same segmentations."""
-    pytest.importorskip("openvino")
+    """`report --predict`: stock nnUNetv2_predict_from_modelfolder through PyTorch and through ONNX Runtime
+    (exported on the fly to a temporary folder, gone afterwards), timed, with the same segmentations."""
+    pytest.importorskip("onnxruntime")
     out = nnunet.base / "report_e2e"
     proc = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "report", dense_model, "-f", 0, "-o", out,
                       "--device", "cpu", "--no-compile", "--repeats", 1, "--warmup", 0, "--threads", 1,
-                      "--runtimes", "openvino", "--predict", dataset2d / "imagesTs", "--disable-tta")
-    assert "openvino: " in proc.stdout and "0 voxels differ from PyTorch" in proc.stdout
+                      "--runtimes", "onnxruntime", "--predict", dataset2d / "imagesTs", "--disable-tta")
+    assert "onnxruntime: " in proc.stdout and "0 voxels differ from PyTorch" in proc.stdout
     rows = {r["runtime"]: r for r in csv.DictReader(open(out / "end_to_end.csv"))}
-    assert set(rows) == {"pytorch", "openvino"}
+    assert set(rows) == {"pytorch", "onnxruntime"}
     assert all(float(r["seconds"]) > 0 and r["images"] == "3" and r["tta"] == "False" for r in rows.values())
-    assert rows["openvino"]["voxels_differing"] == "0" and float(rows["pytorch"]["peak_rss_mb"]) > 50
+    assert float(rows["onnxruntime"]["voxels_differing"]) == 0 and float(rows["pytorch"]["peak_rss_mb"]) > 50
     md = (out / "report.md").read_text()
     assert "## End to end: nnUNetv2_predict" in md and "(fastest)" in md and "test-time mirroring off" in md
     assert not list(Path(tempfile.gettempdir()).glob("nnunet_prune_e2e_*"))
