@@ -83,6 +83,8 @@ class ExportResult:
     #: what stock nnUNetv2_predict runs the folds with (``pytorch`` or a key of nnunet_prune.runtimes.RUNTIMES)
     runtime: str = "pytorch"
     runtime_options: dict = field(default_factory=dict)
+    #: what the user should know about the written folder (e.g. a precision this machine cannot run)
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         """Human-readable summary, one line per fold: parameters, checkpoint size (MB), dead channels removed, sparsity
@@ -108,6 +110,11 @@ class ExportResult:
                 line += (f"; {self.runtime} vs PyTorch: max |logit diff| {f.runtime_max_abs_difference:.2e}, "
                          f"{f.runtime_argmax_agreement:.4%} of voxels segmented alike")
             lines.append(line)
+        if self.runtime != "pytorch":
+            lines.append("  (each checkpoint holds the fold's PyTorch weights" + (
+                " and its ONNX model" if self.runtime != "torch-compile" else "") + "; the source's also held the "
+                "optimizer state)")
+        lines += [f"NOTE: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -365,6 +372,7 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
                 reduced = runtime != "torch-compile" and runtime_options.get("precision", "fp32") != "fp32"
                 _verify_runtime(tmp, w, x, record, reduced)
             result.folds.append(record)
+        result.notes += runtimes.deployment_notes(runtime, runtime_options)
         (tmp / SUMMARY_FILE).write_text(json.dumps(asdict(result), indent=2, default=str))
         record_files(tmp, TOOL)  # everything in tmp is the export's own: what --overwrite may replace later
         remove_owned(output, TOOL)  # checked again: only the earlier export's own files go (an empty folder too)

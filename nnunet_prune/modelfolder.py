@@ -6,6 +6,8 @@ with a clear message before doing any work, and builds networks the way nnU-Net'
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -186,7 +188,8 @@ def build_network_like_predictor(plans_manager, configuration_manager, dataset_j
 
     cm = configuration_manager
     try:
-        trainer_class = recursive_find_trainer_class_by_name(trainer_name)
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search (several lines per lookup)
+            trainer_class = recursive_find_trainer_class_by_name(trainer_name)
     except RuntimeError as e:
         if isinstance(e, NnUNetPruneError):
             raise
@@ -255,6 +258,9 @@ class ModelFolder:
                            key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0))
         if missing or not available:
             what = [*missing, *([f"fold_*/{checkpoint_name}"] if not available else [])]
+            if path.name.startswith("fold_") and (path.parent / "plans.json").is_file():
+                raise NnUNetPruneError(f"{path} is a fold folder: give the model folder above it ({path.parent}), and "
+                                       f"the fold with -f {path.name[5:]}.")
             raise NnUNetPruneError(
                 f"{path} is not a trained nnU-Net model folder: {', '.join(what)} missing. A model folder is "
                 f"nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration> after nnUNetv2_train has "

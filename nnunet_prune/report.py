@@ -310,7 +310,12 @@ def check_runtimes(names: Sequence[str] | None) -> list[str]:
         found = [n for n in runtimes.available_runtimes() if runtimes.RUNTIMES[n].onnx]
         return found if importlib.util.find_spec("onnx") is not None else []  # (nothing to convert with)
     out = []
+    timed = [n for n, spec in runtimes.RUNTIMES.items() if spec.onnx]
     for name in dict.fromkeys(names):
+        if name == "none":
+            raise NnUNetPruneError("--runtimes none means no runtime: give it alone, not with other names.")
+        if name not in runtimes.RUNTIMES:
+            raise NnUNetPruneError(f"--runtimes {name}: unknown; choose among {', '.join(timed)} (or none).")
         if name == "torch-compile":
             raise NnUNetPruneError("torch-compile is timed as the 'compiled' column (leave it out of --runtimes; "
                                    "--no-compile skips it).")

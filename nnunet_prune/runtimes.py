@@ -147,6 +147,25 @@ def require_onnx_exporter() -> None:
                                f"{INSTALL_HINT}.")
 
 
+def deployment_notes(runtime: str, options: Mapping | None) -> list[str]:
+    """What a user should know about running ``runtime`` with ``options`` on THIS machine: bf16 that OpenVINO
+    cannot run here (it then runs float32), compiled PyTorch without a GPU (measured slower than eager on a CPU)."""
+    options = dict(options or {})
+    notes = []
+    if runtime == "openvino" and options.get("precision") == "bf16":
+        ov = require_runtime("openvino")
+        capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if "BF16" not in capabilities:
+            notes.append(f"this CPU has no bf16 support (OpenVINO offers {', '.join(capabilities)}): OpenVINO runs "
+                         f"float32 here, and the check above compared float32. A CPU with AVX-512 BF16 or AMX runs "
+                         f"bf16.")
+    if runtime == "torch-compile" and not torch.cuda.is_available():
+        notes.append("no CUDA GPU here: torch-compile then compiles for the CPU, which was slower than PyTorch eager "
+                     "and than openvino in our measurements (docs/deploy.md). It is meant for GPUs (CUDA graphs "
+                     "+ bf16); on a CPU use --runtime openvino.")
+    return notes
+
+
 def to_onnx(network: nn.Module, patch_size: Sequence[int], opset: int = OPSET) -> bytes:
     """The inference path of ``network`` (deep supervision off, eval mode, float32) as an ONNX model:
     input ``x`` (1, C, *patch_size) -> ``logits`` (1, classes, *patch_size). The network's modes are restored.
@@ -289,6 +308,8 @@ class RuntimeNetwork(nn.Module):
         if cls is None:
             raise NnUNetPruneError(f"{network_class_name} (the network the runtime runs) cannot be imported.")
         self.network = cls(input_channels=input_channels, num_classes=num_classes, **network_kwargs)
+        print(f"nnunet-prune: this model folder runs through {runtime}"
+              + (f" {self.options}" if self.options else "") + " (nnunet_prune.runtimes.RuntimeNetwork)", flush=True)
 
     @classmethod
     def around(cls, network: nn.Module, runtime: str, patch_size: Sequence[int],

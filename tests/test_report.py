@@ -372,6 +372,8 @@ def test_runtime_folder_is_measured_as_its_pytorch_network(tmp_path):
     export_model_folder(folder, out, runtime="openvino", runtime_options={"threads": 1})
     mf = ModelFolder.open(out)
     assert mf.runtime == ("openvino", {"threads": 1}) and ModelFolder.open(folder).runtime is None
+    with pytest.raises(NnUNetPruneError, match="is a fold folder: give the model folder above it"):
+        ModelFolder.open(out / "fold_0")
     row, = measure_model_folder(out, **FAST, runtimes=[])
     assert row.parameters == count_parameters(nets[0]) and row.macs == count_macs(nets[0], PATCH)
 
@@ -379,8 +381,10 @@ def test_runtime_folder_is_measured_as_its_pytorch_network(tmp_path):
 def test_bad_runtime_choice_is_a_clear_error(monkeypatch):
     from nnunet_prune.report import check_runtimes
 
-    with pytest.raises(NnUNetPruneError, match="known runtimes are"):
+    with pytest.raises(NnUNetPruneError, match="unknown; choose among onnxruntime, openvino"):
         check_runtimes(["tensorrt"])
+    with pytest.raises(NnUNetPruneError, match="give it alone"):
+        check_runtimes(["none", "openvino"])
     with pytest.raises(NnUNetPruneError, match="compiled' column"):
         check_runtimes(["torch-compile"])
     monkeypatch.setitem(sys.modules, "openvino", None)

@@ -195,3 +195,14 @@ def test_slim_3d_convolutions_take_onednn_with_the_same_results():
     assert (got - want).abs().max().item() <= 1e-5
     _, grad_ops = kernels(fast)  # gradients enabled: the stock path
     assert "aten::mkldnn_convolution" not in grad_ops
+
+
+def test_export_notes_say_what_this_machine_cannot_run():
+    from nnunet_prune.runtimes import deployment_notes
+
+    assert deployment_notes("openvino", {"threads": 2}) == [] and deployment_notes("onnxruntime", {}) == []
+    gpu_note = [n for n in deployment_notes("torch-compile", {}) if "meant for GPUs" in n]
+    assert bool(gpu_note) == (not torch.cuda.is_available())
+    ov = pytest.importorskip("openvino")
+    has_bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert bool(deployment_notes("openvino", {"precision": "bf16"})) == (not has_bf16)
