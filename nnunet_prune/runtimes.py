@@ -68,7 +68,7 @@ RUNTIMES: dict[str, RuntimeSpec] = {
     "onnxruntime": RuntimeSpec("onnxruntime", "onnxruntime", True, {"threads": None},
                                "ONNX Runtime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)"),
     "openvino": RuntimeSpec("openvino", "openvino", True, {"threads": None, "precision": ("fp32", "bf16")},
-                            "OpenVINO on the CPU"),
+                            "OpenVINO, CPU"),
     "torch-compile": RuntimeSpec("torch-compile", "torch", False, {"precision": ("bf16", "fp16", "fp32")},
                                  "torch.compile (CUDA: CUDA graphs under bf16 autocast)", install=""),
 }
