@@ -30,7 +30,7 @@ from nnunet_prune.surgery import build_channel_graph
 from tests.helpers import make_network
 
 PATCH = [32, 32]
-FAST = dict(compile=False, repeats=2, warmup=0, threads=1, device="cpu")
+FAST = dict(compile=False, repeats=2, warmup=0, threads=1, device="cpu", runtimes=[])
 
 ARCH = {
     "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
@@ -349,7 +349,7 @@ def test_runtimes_are_timed_side_by_side_and_the_fastest_is_named(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")
     folder, _ = make_model_folder(tmp_path, folds=(0,), pruned_folds=(0,))
-    row, = measure_model_folder(folder, **FAST, runtimes=["onnxruntime", "openvino"])
+    row, = measure_model_folder(folder, **{**FAST, "runtimes": ["onnxruntime", "openvino"]})
     assert set(row.cpu_ms_runtimes) == {"onnxruntime", "openvino"} and all(v > 0 for v in row.cpu_ms_runtimes.values())
     times = row.cpu_latencies()
     assert set(times) == {"pytorch", "onnxruntime", "openvino"} and times[row.fastest_cpu] == min(times.values())
@@ -374,7 +374,7 @@ def test_runtime_folder_is_measured_as_its_pytorch_network(tmp_path):
     assert mf.runtime == ("openvino", {"threads": 1}) and ModelFolder.open(folder).runtime is None
     with pytest.raises(NnUNetPruneError, match="is a fold folder: give the model folder above it"):
         ModelFolder.open(out / "fold_0")
-    row, = measure_model_folder(out, **FAST, runtimes=[])
+    row, = measure_model_folder(out, **FAST)
     assert row.parameters == count_parameters(nets[0]) and row.macs == count_macs(nets[0], PATCH)
 
 
