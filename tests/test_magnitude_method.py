@@ -578,3 +578,17 @@ def test_proxy_summary_is_not_dominated_by_a_nearly_absent_class():
     assert s.paper_mean == pytest.approx((s.paper_per_class["1"] + 0.0) / 2)  # nnU-Net's foreground mean
     assert s.paper_mean < 0.6 < 0.98 < s.pooled_mean
     assert s.value("mean") == s.paper_mean and s.value("pooled") == s.pooled_mean
+
+
+def test_magnitude_settings_need_a_finite_tau_and_keep_a_variants_tau():
+    """What the trainers read before any work (the integration test runs one such case through nnUNetv2_train)."""
+    from nnunet_prune import NnUNetPruneError
+    from nnunet_prune.methods.magnitude import MagnitudeSettings
+
+    assert MagnitudeSettings.resolve(environ={"NNUNET_PRUNE_MAGNITUDE": "tau=0.01"}).tau == 0.01
+    for environ, words in (({}, "tau is required"), ({"NNUNET_PRUNE_MAGNITUDE": "tau=nan"}, "NNUNET_PRUNE_MAGNITUDE"),
+                           ({"NNUNET_PRUNE_MAGNITUDE": "tau=-1"}, "finite number >= 0")):
+        with pytest.raises(NnUNetPruneError, match=words):
+            MagnitudeSettings.resolve(environ=environ)
+    with pytest.raises(NnUNetPruneError, match="this trainer variant fixes"):
+        MagnitudeSettings.resolve(environ={"NNUNET_PRUNE_MAGNITUDE": "tau=0.01"}, fixed={"tau": 0.005})

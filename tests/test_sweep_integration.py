@@ -77,35 +77,45 @@ def test_sweep_proxy_dice_sparsity_resume_and_export(nnunet, dataset2d, dense_mo
         assert np.mean(a[k] != b[k]) <= 1e-3, k  # identical up to rare float-rounding ties
 
 
-def test_sweep_bad_input_fails_before_any_work(nnunet, dataset2d, dense_model, tmp_path):
+def test_sweep_bad_input_fails_before_any_work(nnunet, dataset2d, dense_model, tmp_path, capsys):
+    """Each bad input is one ERROR line (exit 2) and nothing written. The checks need no nnU-Net environment, so
+    they run the command's main() in this process (a subprocess costs seconds of imports each); the -d/-c lookup
+    reads nnU-Net's folders and runs as a subprocess."""
+    from nnunet_prune.cli.main import main
+
+    def refused(*args) -> str:
+        capsys.readouterr()
+        assert main(["sweep", *map(str, args)]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("ERROR:") and "Traceback" not in err, err
+        return err
+
     images = dataset2d / "imagesTs"
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = sweep(nnunet, dense_model, "-i", empty, "-o", tmp_path / "o1", check=False)
-    assert r.returncode == 2 and "holds no images ending in .nii.gz" in r.stderr
+    assert "holds no images ending in .nii.gz" in refused(dense_model, "-i", empty, "-o", tmp_path / "o1")
     two_channels = tmp_path / "two"
     two_channels.mkdir()
     for f in list(images.glob("*_0000.nii.gz"))[:1]:
         shutil.copy(f, two_channels / f.name)
         shutil.copy(f, two_channels / f.name.replace("_0000", "_0001"))
-    r = sweep(nnunet, dense_model, "-i", two_channels, "-o", tmp_path / "o2", check=False)
-    assert r.returncode == 2 and "do not match the model's 1 input channel" in r.stderr
-    r = sweep(nnunet, dense_model, "-i", images, "-f", 0, 3, "-o", tmp_path / "o3", check=False)
-    assert r.returncode == 2 and "fold(s) 3 have no checkpoint_final.pth" in r.stderr
-    r = sweep(nnunet, dataset2d, "-i", images, "-o", tmp_path / "o4", check=False)
-    assert r.returncode == 2 and "is not a trained nnU-Net model folder" in r.stderr
-    r = sweep(nnunet, dense_model, "-i", images, "-o", dense_model / "sweep", check=False)
-    assert r.returncode == 2 and "inside the model folder" in r.stderr
-    for i in range(1, 4):
+    assert "do not match the model's 1 input channel" in refused(dense_model, "-i", two_channels, "-o",
+                                                                  tmp_path / "o2")
+    assert "fold(s) 3 have no checkpoint_final.pth" in refused(dense_model, "-i", images, "-f", 0, 3, "-o",
+                                                                tmp_path / "o3")
+    assert "is not a trained nnU-Net model folder" in refused(dataset2d, "-i", images, "-o", tmp_path / "o4")
+    assert "inside the model folder" in refused(dense_model, "-i", images, "-o", dense_model / "sweep")
+    # a folder of segmentations given as images: which files were expected
+    err = refused(dense_model, "-i", dataset2d / "labelsTs", "-o", tmp_path / "o6")
+    assert "lack the channel suffix" in err and "CASE_0000.nii.gz" in err
+    for i in (1, 2, 3, 4, 6):
         assert not (tmp_path / f"o{i}").exists()
-    assert "Traceback" not in r.stderr
+    assert not (dense_model / "sweep").exists()
     # -d/-c naming a model nobody trained: the error lists the models that exist
     r = sweep(nnunet, "-d", DATASET_2D, "-c", "2d", "-i", images, "-o", tmp_path / "o5", check=False)
     assert r.returncode == 2 and "nnUNetTrainer__nnUNetPlans__2d does not exist" in r.stderr
     assert "Trained models of Dataset601_Synthetic2D:" in r.stderr and dense_model.name in r.stderr
-    # a folder of segmentations given as images: which files were expected
-    r = sweep(nnunet, dense_model, "-i", dataset2d / "labelsTs", "-o", tmp_path / "o6", check=False)
-    assert r.returncode == 2 and "lack the channel suffix" in r.stderr and "CASE_0000.nii.gz" in r.stderr
+    assert not (tmp_path / "o5").exists()
 
 
 def test_report_on_trained_folders(nnunet, dataset2d, dense_model, sauron_model):
