@@ -62,12 +62,17 @@ def check_state_dict(network: nn.Module, state_dict: Mapping, source: str,
         NnUNetPruneError: naming ``source``, what does not match (with examples) and what to do.
     """
     from nnunet_prune.stats import count_macs
+    from nnunet_prune.surgery import architectures
     from nnunet_prune.surgery.graph import UnsupportedNetworkError
     from nnunet_prune.surgery.resize import match_block_counts, resize_to_state_dict
 
     state = normalise_state_dict(state_dict)
     try:
-        match_block_counts(network, state)  # blocks removed by pruning (or added back) come from the checkpoint
+        match = architectures.of(network).match_structure
+    except UnsupportedNetworkError:
+        match = match_block_counts
+    try:
+        match(network, state)  # blocks / branches removed by pruning (or added back) come from the checkpoint
     except UnsupportedNetworkError as e:
         raise NnUNetPruneError(f"{source} does not match the network: {e}.") from None
     expected = network.state_dict()

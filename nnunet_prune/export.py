@@ -36,7 +36,7 @@ from nnunet_prune.modelfolder import ModelFolder
 from nnunet_prune.networks import adaptive_class_name
 from nnunet_prune.outputs import check_replaceable, make_temp_dir, read_manifest, record_files, remove_owned
 from nnunet_prune.stats import count_parameters
-from nnunet_prune.transforms import magnitude_prune, remove_dead_channels
+from nnunet_prune.transforms import magnitude_prune, remove_dead_channels, remove_masked_blocks
 
 SUMMARY_FILE = "export_summary.json"
 TOOL = "export"
@@ -64,6 +64,8 @@ class FoldExport:
     #: with --magnitude-tau: max |logit difference| between the exported fold and the unpruned source (what the
     #: zeroing changed); None without magnitude pruning (then it equals max_abs_difference)
     max_abs_difference_to_source: float | None = None
+    #: masked blocks (PSP-Seg branches still masked when training ended) deleted: they computed nothing
+    masked_blocks_removed: int = 0
     #: with a runtime: max |logit difference| between the runtime (the written fold, built as nnU-Net's predictor
     #: builds it) and the PyTorch network, and the fraction of voxels whose argmax (segmentation) agrees
     runtime_max_abs_difference: float | None = None
@@ -97,6 +99,8 @@ class ExportResult:
                     f"{f.checkpoint_bytes_before / 1e6:.1f} MB -> {f.checkpoint_bytes_after / 1e6:.2f} MB")
             if f.dead_channels_removed:
                 line += f", {f.dead_channels_removed} dead channels removed"
+            if f.masked_blocks_removed:
+                line += f", {f.masked_blocks_removed} masked branches deleted"
             if f.sparsity:
                 line += f", sparsity {f.sparsity['sparsity_of_nonzero_weights']:.1%}"
             if f.max_abs_difference is not None:
@@ -185,6 +189,7 @@ class _FoldWork:
     parameters_before: int
     sparsity: dict | None = None
     dead_channels: int = 0
+    masked_blocks: int = 0
     reference: torch.Tensor | None = None  # logits of the transformed network (what the written fold must give)
     source_output: torch.Tensor | None = None  # logits before magnitude zeroing (with magnitude_tau)
 
@@ -229,6 +234,7 @@ def _transform(work: _FoldWork, x: torch.Tensor | None, magnitude_tau: float | N
         if x is not None:
             work.reference = work.network(x)
     work.dead_channels = remove_dead_channels(work.network)
+    work.masked_blocks = remove_masked_blocks(work.network)
 
 
 def _verify(folder: Path, work: _FoldWork, x: torch.Tensor | None, record: FoldExport) -> None:
@@ -365,7 +371,7 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
                 info.update(runtime=runtime, runtime_options=runtime_options, source_trainer=mf.trainer_name)
             target = write_nnunet_fold(fold_dir, w, state, plans, info)
             record = FoldExport(w.fold, w.parameters_before, 0, w.dead_channels, mf.checkpoint_bytes(w.fold),
-                                target.stat().st_size, sparsity=w.sparsity)
+                                target.stat().st_size, sparsity=w.sparsity, masked_blocks_removed=w.masked_blocks)
             _verify(tmp, w, x, record)
             if runtime != "pytorch" and x is not None:
                 # (torch-compile lowers precision on CUDA only; the check runs on the CPU)

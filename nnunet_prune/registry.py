@@ -25,6 +25,9 @@ PLANNERS: dict[str, str] = {
     "LUnetPlanner_8": "nnunet_prune.planners.lunet",
     "LUnetResEncPlanner": "nnunet_prune.planners.lunet",
     "LUnetResEncPlanner_16": "nnunet_prune.planners.lunet",
+    "PSPSegPlanner_S": "nnunet_prune.planners.pspseg",
+    "PSPSegPlanner_B": "nnunet_prune.planners.pspseg",
+    "PSPSegPlanner_L": "nnunet_prune.planners.pspseg",
 }
 
 

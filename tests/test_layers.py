@@ -23,7 +23,7 @@ FORBIDDEN = {
     "methods": UPPER,
 }
 #: modules outside the three folders that belong to the lower layers (pure PyTorch)
-LOWER_MODULES = ["checkpoints.py", "compact.py", "stats.py"]
+LOWER_MODULES = ["checkpoints.py", "compact.py", "stats.py", "networks.py", "pspseg_network.py"]
 
 
 def sources(layer: str) -> list[Path]:

@@ -13,6 +13,8 @@ environment or nnU-Net's plans (the glue passes them in)::
         method.epoch_start(epoch, graph)
         for each training step:
             method.step_start(step, steps_per_epoch)
+            method.batch_start(data, target)            # the batch nnU-Net trains on
+
             loss = nnU-Net's loss + method.extra_loss()
             method.step_end()
         removal = method.decide(graph, progress)        # rank 0's answer is used under DDP
@@ -216,6 +218,9 @@ class PruningMethod:
     """
 
     settings_class: ClassVar[type[MethodSettings]] = MethodSettings
+    #: what the method removes: "channels", "weights" or "branches" (the architecture registry says which
+    #: networks can lose them; the trainer refuses plans whose network cannot)
+    removes: ClassVar[str] = "channels"
     log_keys: ClassVar[tuple[str, ...]] = ()
     holds_zero_pattern: ClassVar[bool] = False
 
@@ -258,6 +263,10 @@ class PruningMethod:
 
     def step_start(self, step: int, steps_per_epoch: int) -> None:
         """Before training step ``step`` (0-based) of the epoch."""
+
+    def batch_start(self, data: torch.Tensor, target) -> None:
+        """The training step's batch before the forward: ``data`` (B, C, *patch) and ``target`` (a tensor, or
+        nnU-Net's deep-supervision list of targets, highest resolution first), on any device."""
 
     def extra_loss(self) -> torch.Tensor | None:
         """A term added to nnU-Net's loss in the current training step (None: none)."""

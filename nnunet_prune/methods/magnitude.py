@@ -58,6 +58,7 @@ class MagnitudeMethod(PruningMethod):
     zero pattern is held while fine-tuning. Nothing is decided after epochs."""
 
     settings_class = MagnitudeSettings
+    removes = "weights"
     holds_zero_pattern = True
 
     def start(self, network: nn.Module, graph: ChannelGraph, progress=None) -> Removal:

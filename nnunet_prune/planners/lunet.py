@@ -16,21 +16,37 @@ from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_en
 )
 
 
-class _LUnetMixin:
-    """Overrides shared by the plain and residual-encoder LUnet planners."""
+class SharedDataMixin:
+    """A planner whose plans change only the network: its 2d / 3d_fullres configurations use the default plans'
+    preprocessed data (same data identifier; :mod:`nnunet_prune.planners.reuse` skips preprocessing it again), and
+    it writes ``default_plans_name`` unless ``-overwrite_plans_name`` is given."""
 
-    #: width of every stage (the default plan's first-stage width is 32)
-    lunet_width: int = 32
-    #: plans identifier of the plans whose preprocessed data LUnet shares for 2d / 3d_fullres
+    #: plans identifier of the plans whose preprocessed data is shared for configurations other than 2d/3d_fullres
     shared_data_plans: str = "nnUNetPlans"
     #: plans identifier written unless -overwrite_plans_name is given
-    default_plans_name: str = "nnUNetLUnetPlans"
+    default_plans_name: str = ""
 
     def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 8,
                  preprocessor_name: str = "DefaultPreprocessor", plans_name: str | None = None,
                  overwrite_target_spacing=None, suppress_transpose: bool = False):
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name,
                          plans_name or self.default_plans_name, overwrite_target_spacing, suppress_transpose)
+
+    def generate_data_identifier(self, configuration_name: str) -> str:
+        if self.overwrite_target_spacing is None and self.preprocessor_name == "DefaultPreprocessor":
+            # preprocessing does not depend on the network: share the data of the plans we deviate from
+            if configuration_name in ("2d", "3d_fullres"):
+                return f"nnUNetPlans_{configuration_name}"
+            return f"{self.shared_data_plans}_{configuration_name}"
+        return f"{self.plans_identifier}_{configuration_name}"
+
+
+class _LUnetMixin(SharedDataMixin):
+    """Overrides shared by the plain and residual-encoder LUnet planners."""
+
+    #: width of every stage (the default plan's first-stage width is 32)
+    lunet_width: int = 32
+    default_plans_name: str = "nnUNetLUnetPlans"
 
     def get_plans_for_configuration(self, spacing, median_shape, data_identifier, approximate_n_voxels_dataset,
                                     _cache) -> dict:
@@ -39,14 +55,6 @@ class _LUnetMixin:
         arch = plan["architecture"]["arch_kwargs"]
         arch["features_per_stage"] = [self.lunet_width] * arch["n_stages"]
         return plan
-
-    def generate_data_identifier(self, configuration_name: str) -> str:
-        if self.overwrite_target_spacing is None and self.preprocessor_name == "DefaultPreprocessor":
-            # preprocessing does not depend on the widths: share the data of the plans we deviate from
-            if configuration_name in ("2d", "3d_fullres"):
-                return f"nnUNetPlans_{configuration_name}"
-            return f"{self.shared_data_plans}_{configuration_name}"
-        return f"{self.plans_identifier}_{configuration_name}"
 
     def plan_experiment(self):
         plans = super().plan_experiment()

@@ -7,7 +7,10 @@ Each supported architecture is one :class:`Architecture` entry, found by the dot
   ``get_network_from_plans`` instantiates with the plans' ``arch_kwargs`` -- what every trainer of this package,
   the predictor and every tool build;
 * **resize**: ``resize(network, state_dict)`` gives a network the widths and block counts of a state dict;
-* **graph**: ``build_graph(network)`` returns its :class:`~nnunet_prune.surgery.graph.ChannelGraph`.
+* **graph**: ``build_graph(network)`` returns its :class:`~nnunet_prune.surgery.graph.ChannelGraph`;
+* **blocks**: what the surgery may remove from it (``removes``), and its block operations (remove, mask/restore,
+  the block map): U-Nets remove whole blocks of a stack (:mod:`~nnunet_prune.surgery.blocks`), PSP-Seg's network
+  masks, restores and deletes parallel branches (:mod:`~nnunet_prune.surgery.branches`).
 
 A new architecture (e.g. PSP-Seg's) calls :func:`register` in the module that defines it; since plans name the
 class by its dotted path, importing it (which nnU-Net does to build it) registers it. Tools look architectures up
@@ -23,8 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nnunet_prune.surgery.blocks import removable_blocks, remove_blocks
 from nnunet_prune.surgery.graph import ChannelGraph, UnsupportedNetworkError, build_unet_graph
-from nnunet_prune.surgery.resize import resize_to_state_dict
+from nnunet_prune.surgery.resize import match_block_counts, resize_to_state_dict
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,20 @@ class Architecture:
     adaptive_class: str  # dotted path of the width-adaptive subclass
     build_graph: Callable[[nn.Module], ChannelGraph]
     resize: Callable[[nn.Module, Mapping[str, torch.Tensor]], bool] = resize_to_state_dict
+    #: ``match_structure(network, state_dict)``: only the modules a state dict has (block counts, branches), no
+    #: tensor shapes (what a checkpoint check needs before comparing keys)
+    match_structure: Callable[[nn.Module, Mapping[str, torch.Tensor]], bool] = match_block_counts
+    #: what the surgery can remove from it: "channels" (coupling groups), "weights" (unstructured masks),
+    #: "blocks" (whole blocks of a stack), "branches" (PSP-Seg's parallel branches)
+    removes: tuple[str, ...] = ("channels", "weights", "blocks")
+    #: (network) -> paths of the blocks that may be removed now
+    removable_blocks: Callable[[nn.Module], list[str]] = removable_blocks
+    #: (network, paths, optimizer) -> BlockRemovalResult: remove whole blocks / branches
+    remove_blocks: Callable = remove_blocks
+    #: (network, paths, active) -> paths changed: mask (False) or restore (True) blocks; None: not supported
+    mask_blocks: Callable[[nn.Module, list[str], bool], list[str]] | None = None
+    #: (network) -> {block path: "active" | "masked" | "deleted"} (None: an architecture without block states)
+    block_states: Callable[[nn.Module], dict[str, str]] | None = None
 
 
 ARCHITECTURES: list[Architecture] = []

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from nnunet_prune.stats import unwrap
+from nnunet_prune.surgery import architectures
 from nnunet_prune.surgery.blocks import BlockRemovalResult, remove_blocks
-from nnunet_prune.surgery.graph import ChannelGraph, build_channel_graph
+from nnunet_prune.surgery.graph import ChannelGraph, UnsupportedNetworkError, build_channel_graph
 from nnunet_prune.surgery.masks import SparsityStats, apply_weight_masks
 from nnunet_prune.surgery.prune import PruneResult
 
@@ -26,7 +27,10 @@ class Removal:
 
     * ``channels``: group name -> channel indices (most removable first: caps and ``min_width`` clip the tail);
     * ``weights`` / ``biases``: conv module -> bool keep-mask shaped like the tensor (unstructured pruning);
-    * ``blocks``: module paths from :func:`~nnunet_prune.surgery.blocks.removable_blocks`;
+    * ``blocks``: module paths of whole blocks to delete (the architecture's ``removable_blocks``: a U-Net's
+      :func:`~nnunet_prune.surgery.blocks.removable_blocks`, PSP-Seg's branches);
+    * ``mask_blocks`` / ``restore_blocks``: blocks to switch off with their weights kept, or back on (PSP-Seg's
+      masked-then-pruned branches; architectures with ``mask_blocks`` only);
     * ``tau``: the threshold behind the masks, for the record.
     """
 
@@ -35,9 +39,12 @@ class Removal:
     biases: dict[nn.Module, torch.Tensor] = field(default_factory=dict)
     blocks: list[str] = field(default_factory=list)
     tau: float = float("nan")
+    mask_blocks: list[str] = field(default_factory=list)
+    restore_blocks: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.channels or self.weights or self.biases or self.blocks)
+        return bool(self.channels or self.weights or self.biases or self.blocks or self.mask_blocks
+                    or self.restore_blocks)
 
 
 @dataclass
@@ -47,6 +54,8 @@ class SurgeryResult:
     channels: PruneResult | None = None
     sparsity: SparsityStats | None = None
     blocks: BlockRemovalResult | None = None
+    masked: list[str] = field(default_factory=list)  # blocks switched off by this call
+    restored: list[str] = field(default_factory=list)  # blocks switched back on by this call
 
     @property
     def structure_changed(self) -> bool:
@@ -57,11 +66,14 @@ class SurgeryResult:
 def apply_removal(network: nn.Module, removal: Removal, *, graph: ChannelGraph | None = None,
                   optimizer: torch.optim.Optimizer | None = None, min_width: int = 1,
                   min_keep: Mapping[str, int] | None = None) -> SurgeryResult:
-    """Apply a :class:`Removal` in place: weight masks, then channels (optimizer state sliced), then blocks
-    (parameters dropped from the optimizer). ``graph`` must be the current graph of ``network`` if given.
+    """Apply a :class:`Removal` in place: weight masks, then channels (optimizer state sliced), then restored and
+    masked blocks, then deleted blocks (parameters dropped from the optimizer), the block operations being those of
+    the network's architecture (:mod:`~nnunet_prune.surgery.architectures`). ``graph`` must be the current graph of
+    ``network`` if given.
 
     Raises:
-        ValueError, IndexError, UnsupportedNetworkError: an invalid request, before anything changed in its part.
+        ValueError, IndexError, UnsupportedNetworkError: an invalid request (e.g. masks for an architecture that
+            has none), before anything changed in its part.
     """
     net = unwrap(network)
     result = SurgeryResult()
@@ -70,6 +82,22 @@ def apply_removal(network: nn.Module, removal: Removal, *, graph: ChannelGraph |
     if removal.channels:
         graph = graph if graph is not None else build_channel_graph(net)
         result.channels = graph.prune(removal.channels, optimizer=optimizer, min_width=min_width, min_keep=min_keep)
-    if removal.blocks:
-        result.blocks = remove_blocks(net, removal.blocks, optimizer)
+    if removal.mask_blocks or removal.restore_blocks or removal.blocks:
+        arch = architectures.of(net) if _registered(net) else None
+        if removal.mask_blocks or removal.restore_blocks:
+            if arch is None or arch.mask_blocks is None:
+                raise UnsupportedNetworkError(f"{type(net).__name__} has no blocks that can be masked")
+            result.restored = arch.mask_blocks(net, removal.restore_blocks, True)
+            result.masked = arch.mask_blocks(net, removal.mask_blocks, False)
+        if removal.blocks:
+            result.blocks = (arch.remove_blocks if arch is not None else remove_blocks)(net, removal.blocks,
+                                                                                       optimizer)
     return result
+
+
+def _registered(net: nn.Module) -> bool:
+    try:
+        architectures.of(net)
+        return True
+    except UnsupportedNetworkError:
+        return False

@@ -51,6 +51,7 @@ from nnunet_prune.modelfolder import read_checkpoint
 from nnunet_prune.networks import adaptive_class_name
 from nnunet_prune.stats import count_macs, count_parameters, unwrap
 from nnunet_prune.surgery import ChannelGraph, build_channel_graph
+from nnunet_prune.surgery.graph import UnsupportedNetworkError
 from nnunet_prune.surgery.masks import hold_masks, zero_pattern
 from nnunet_prune.surgery.prune import caps_from_ratio
 from nnunet_prune.surgery.removal import Removal, SurgeryResult, apply_removal
@@ -169,6 +170,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         if self.pruning_max_ratio is not None and not 0 <= self.pruning_max_ratio <= 1:
             raise NnUNetPruneError(f"{type(self).__name__}.pruning_max_ratio must be in [0, 1], got "
                                    f"{self.pruning_max_ratio}.")
+        self.check_architecture(plans, configuration)
         self._dense_path = self._dense_ckpt = None
         resuming = dense.has_own_checkpoint(type(self).__name__, plans, configuration, fold)  # --c / --val
         if self.start_from_dense:
@@ -181,6 +183,40 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         if self.method_class is not None and \
                 self.method_class.network_problems is not PruningMethod.network_problems:
             self.check_network(plans, configuration, dataset_json)
+
+    def check_architecture(self, plans: dict, configuration: str) -> None:
+        """The plans' network must be one whose parts this trainer's method removes (channels, weights or branches,
+        from the architecture registry): a channel-pruning trainer on PSP-Seg plans, or PSP-Seg's trainer on a
+        U-Net's plans, stops here with the planner or trainer to use.
+
+        Raises:
+            NnUNetPruneError: naming the plans, the network and what to run instead.
+        """
+        if self.method_class is None:
+            return
+        from nnunet_prune.surgery import architectures
+
+        try:
+            name = PlansManager(plans).get_configuration(configuration).network_arch_class_name
+            arch = architectures.for_class_name(name)
+        except (UnsupportedNetworkError, KeyError, ValueError, TypeError):
+            return  # an unsupported network is reported when the network is built
+        removes = self.method_class.removes
+        if removes in arch.removes:
+            return
+        me, plans_name = type(self).__name__, plans.get("plans_name", "?")
+        dataset = str(plans.get("dataset_name", "?"))
+        dataset_id = dataset[len("Dataset"):len("Dataset") + 3] if dataset.startswith("Dataset") else dataset
+        network = name.rpartition(".")[2]
+        if removes == "branches":
+            raise NnUNetPruneError(
+                f"{me} prunes the parallel branches of PSP-Seg's network, but plans {plans_name} build a {network}. "
+                f"Plan PSP-Seg first: `nnUNetv2_plan_and_preprocess -d {dataset_id} -pl PSPSegPlanner_S` (or "
+                f"PSPSegPlanner_B, PSPSegPlanner_L), then train with `-p nnUNetPSPSegPlans_S`. Nothing was written.")
+        raise NnUNetPruneError(
+            f"{me} removes {removes} of nnU-Net's U-Nets, but plans {plans_name} build {network} (its parts: "
+            f"{', '.join(arch.removes)}). Train these plans with `-tr nnUNetTrainerPSPSeg` (or nnUNetTrainer / "
+            f"nnUNetTrainerBudget for the unpruned network), or {me} with `-p nnUNetPlans`. Nothing was written.")
 
     def check_dense(self, plans: dict, configuration: str, fold, dataset_json: dict) -> dict:
         """The dense fold's checkpoint, checked (:func:`nnunet_prune.trainers.dense.check_dense`).
@@ -268,11 +304,16 @@ class nnUNetTrainerPruning(nnUNetTrainer):
     def apply_removal(self, removal: Removal) -> SurgeryResult:
         """One surgery: rank 0's channels and blocks on every rank, caps and ``pruning_min_width``, optimizer state
         kept, wrappers and the channel graph rebuilt, the method re-bound."""
-        channels, blocks = broadcast_decision(({str(k): [int(i) for i in v] for k, v in removal.channels.items()},
-                                               list(removal.blocks)))
-        removal = Removal(channels, removal.weights, removal.biases, blocks, removal.tau)
+        channels, blocks, masked, restored = broadcast_decision((
+            {str(k): [int(i) for i in v] for k, v in removal.channels.items()}, list(removal.blocks),
+            list(removal.mask_blocks), list(removal.restore_blocks)))
+        removal = Removal(channels, removal.weights, removal.biases, blocks, removal.tau, masked, restored)
         result = apply_removal(self.network_module, removal, graph=self.graph, optimizer=self.optimizer,
                                min_width=self.pruning_min_width, min_keep=self._caps)
+        if result.restored:
+            self.print_to_log_file(f"pruning: restored {', '.join(result.restored)}")
+        if result.masked:
+            self.print_to_log_file(f"pruning: masked {', '.join(result.masked)}")
         if result.structure_changed:
             if result.blocks is not None and result.blocks.changed:
                 self._graph = None
@@ -396,6 +437,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         """nnU-Net's training step between the method's step hooks; a held zero pattern is re-applied after it."""
         if self.method is not None:
             self.method.step_start(self._step, self.num_iterations_per_epoch)
+            self.method.batch_start(batch["data"], batch["target"])
         try:
             out = super().train_step(batch)
         finally:
@@ -581,7 +623,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                 for line in self.method.end_advice(removed_any, replace(self.progress(), epoch=len(records) - 1)):
                     self.print_to_log_file(f"WARNING: {line}")
             self.method.release()
-        if self.local_rank == 0 and records:
+        if self.local_rank == 0 and records and records[-1].get("widths"):  # (PSP-Seg's network: no groups)
             # the unpruned widths (records start after epoch 0's surgery) and the groups' parts
             config = self.read_config()
             initial, parts = config.get("initial_widths"), config.get("group_parts")
@@ -607,6 +649,11 @@ class nnUNetTrainerPruning(nnUNetTrainer):
             check_state_dict(self.network_module, checked["network_weights"], filename_or_checkpoint,
                              self.configuration_manager.patch_size)
             del checked  # nnU-Net reads the file itself (its load_checkpoint fails when given the dict)
+            # the network took the checkpoint's blocks / branches: an optimizer built over the unpruned network
+            # holds other parameters than the saved optimizer state describes
+            current = [id(p) for p in self.network_module.parameters()]
+            if [id(p) for g in self.optimizer.param_groups for p in g["params"]] != current:
+                self.optimizer, self.lr_scheduler = self.configure_optimizers()
         super().load_checkpoint(filename_or_checkpoint)  # the adaptive network takes the checkpoint's widths
         self._resumed_from_epoch = self.current_epoch
         self._graph, self._macs_cache = None, None

@@ -121,7 +121,7 @@ def plot_pruning_progress(log: dict, scalar_keys, output_folder: str) -> None:
         return next((v for v in reversed(values) if isinstance(v, (int, float))), None)
 
     with plot_style():
-        panels = 3 + len(method_keys)
+        panels = 2 + bool(names) + len(method_keys)  # no channel panel for a network without groups (PSP-Seg)
         fig = new_figure(figsize=(10, 2.3 * panels + 0.7), layout="constrained")
         axes = fig.subplots(panels, 1, sharex=True, squeeze=False)[:, 0]
         trainer = config.get("trainer")
@@ -153,14 +153,14 @@ def plot_pruning_progress(log: dict, scalar_keys, output_folder: str) -> None:
         ax.set_ylabel("seconds")
         ax.set_title("Epoch time", loc="left")
 
-        ax = axes[2]
-        counts: dict[str, int] = {}
-        for name in names:
-            part = part_of(name, names)
-            counts[part] = counts.get(part, 0) + 1
-            ax.plot(epochs, [number(r["widths"].get(name)) if r else math.nan for r in records], marker=marker,
-                    ms=3, lw=1, alpha=0.7, color=PART_COLORS.get(part, "0.5"))
         if names:
+            ax = axes[2]
+            counts: dict[str, int] = {}
+            for name in names:
+                part = part_of(name, names)
+                counts[part] = counts.get(part, 0) + 1
+                ax.plot(epochs, [number(r["widths"].get(name)) if r else math.nan for r in records], marker=marker,
+                        ms=3, lw=1, alpha=0.7, color=PART_COLORS.get(part, "0.5"))
             ax.set_yscale("log", base=2)
             ax.yaxis.set_major_locator(LogLocator(base=2))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -168,10 +168,10 @@ def plot_pruning_progress(log: dict, scalar_keys, output_folder: str) -> None:
             legend_right(ax, handles=[Line2D([], [], color=PART_COLORS.get(p, "0.5"), lw=2,
                                              label=f"{p} ({c} group{'s' if c > 1 else ''})")
                                       for p, c in counts.items()])
-        ax.set_ylabel("channels\n(log scale)")
-        ax.set_title(f"Channels per coupling group (one line each, {len(names)} groups)", loc="left")
+            ax.set_ylabel("channels\n(log scale)")
+            ax.set_title(f"Channels per coupling group (one line each, {len(names)} groups)", loc="left")
 
-        for ax, key in zip(axes[3:], method_keys):
+        for ax, key in zip(axes[2 + bool(names):], method_keys):
             raw = (list(log.get(key, [])) + [None] * n)[:n]
             label = words(key, SERIES_LABELS)
             if any(isinstance(v, (list, tuple)) for v in raw):  # one value per layer: summarise, never 30 lines
@@ -263,4 +263,66 @@ def plot_widths(records: list[dict], output_file: str, title: str = "",
         fig.suptitle(f"{title or 'Channels per coupling group'}\n"
                      f"{sum(before):,} channels {'unpruned' if initial_widths else 'at first'}, "
                      f"{sum(after):,} after epoch {end['epoch']} ({kept:.0%} kept)")
+        save(fig, output_file)
+
+
+#: colours of the branch map (PSP-Seg's Fig. 4: green kept, grey masked, white deleted)
+BRANCH_COLORS = {"active": "#4caf50", "masked": "#9e9e9e", "deleted": "#ffffff"}
+
+
+def plot_branch_map(records: list[dict], output_file: str, kernels: dict[str, list[str]] | None = None,
+                    title: str = "", max_panels: int = 6) -> None:
+    """``branch_map.png``: PSP-Seg's branch map (its Fig. 4) -- one panel per snapshot (the first record, the record
+    after each pruning event, the last record; at most ``max_panels``), each a grid of modules (rows, forward order)
+    x branches (columns), green active, grey masked, white deleted; ``kernels`` ({module: kernel label per branch})
+    label the cells. Records are ``pruning_history.json`` epochs with a ``branch_map``."""
+    import numpy as np
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from nnunet_prune.plotting import new_figure, plot_style, save
+
+    records = [r for r in records if r and r.get("branch_map")]
+    if not records:
+        return
+    picked = [records[0]] + [r for r in records[1:-1] if r.get("pspseg_event")] + [records[-1]]
+    picked = list({r["epoch"]: r for r in picked}.values())
+    if len(picked) > max_panels:
+        picked = picked[:max_panels - 1] + [picked[-1]]
+    modules = list(records[-1]["branch_map"])
+    width = max(len(v) for v in records[-1]["branch_map"].values())
+    code = {"active": 0, "masked": 1, "deleted": 2}
+    cmap = ListedColormap([BRANCH_COLORS["active"], BRANCH_COLORS["masked"], BRANCH_COLORS["deleted"]])
+    short = [m.replace("encoder.stages.", "enc").replace("decoder.stages.", "dec").replace(".prm", "")
+             for m in modules]
+    with plot_style():
+        fig = new_figure(figsize=(1.2 + 0.42 * width * len(picked), 1.4 + 0.3 * len(modules)), layout="constrained")
+        axes = fig.subplots(1, len(picked), squeeze=False)[0]
+        for ax, r in zip(axes, picked):
+            grid = np.full((len(modules), width), 2)
+            for row, m in enumerate(modules):
+                for col, state in enumerate(r["branch_map"].get(m, [])):
+                    grid[row, col] = code[state]
+            ax.imshow(grid, cmap=cmap, vmin=0, vmax=2, aspect="auto")
+            ax.set_xticks(np.arange(width) - 0.5, minor=True)
+            ax.set_yticks(np.arange(len(modules)) - 0.5, minor=True)
+            ax.grid(which="minor", color="0.4", linewidth=0.6)
+            ax.grid(False, which="major")
+            ax.tick_params(which="minor", length=0)
+            ax.set_xticks(range(width))
+            ax.set_xticklabels([str(i) for i in range(width)], fontsize=7)
+            ax.set_yticks(range(len(modules)))
+            ax.set_yticklabels(short if ax is axes[0] else [""] * len(modules), fontsize=7)
+            for row, m in enumerate(modules):
+                for col, label in enumerate((kernels or {}).get(m, [])):
+                    ax.text(col, row, label, ha="center", va="center", fontsize=5.5, color="0.15")
+            event = (r.get("pspseg_event") or {}).get("kind")
+            ax.set_title(f"after epoch {r['epoch']}" + (f"\n({event})" if event else ""), fontsize=8)
+            ax.set_xlabel("branch", fontsize=7)
+        fig.legend(handles=[Patch(facecolor=c, edgecolor="0.4", label=k) for k, c in BRANCH_COLORS.items()],
+                   loc="outside lower center", ncol=3, frameon=False, fontsize=7)
+        states = [s for v in records[-1]["branch_map"].values() for s in v]
+        fig.suptitle(f"{title or 'PSP-Seg branch map'}\n{states.count('active')} active, "
+                     f"{states.count('masked')} masked, {states.count('deleted')} deleted of {len(states)} branches",
+                     fontsize=9)
         save(fig, output_file)

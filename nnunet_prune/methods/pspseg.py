@@ -1,0 +1,384 @@
+"""PSP-Seg: progressive block-wise pruning of a redundant U-Net while it trains (Li et al., AAAI 2026, §3.2-3.3,
+Appendix B).
+
+Read next to the paper:
+
+* **Functional-decoupling loss** (§3.2, Eq. 3-5), added to nnU-Net's deep-supervision loss with weights 0.1 each:
+  TR = 1 - cos(E(x), sg(E(x * GT))) at the encoder's output (the masked image's path without gradient: the
+  ground truth keeps the foreground, the background becomes 0); RL = mean over decoder stages of
+  BCE(mean over channels of the stage output, binarised ground truth at that scale) (the channel mean is used as
+  a logit).
+* **Convergence** (Appendix B): neither TR nor RL reached a new minimum in the last ``patience`` (10) epochs,
+  counting only epochs since the last pruning event.
+* **Block-wise pruning** (§3.3, Eq. 6): at a convergence where the FD loss (TR + RL) is not worse than its best +
+  ``tolerance`` (0.01), every PRM masks the subset of ``k`` active branches whose masking changes its output least
+  on a calibration set (``calibration_patches`` training patches, streamed: one module, one batch at a time). At
+  the next convergence, if the lowest FD loss since the masking is worse than the best before it + ``tolerance``,
+  the masked branches are restored and ``k <- k - 1``; else they are deleted. A module with fewer than ``k``
+  active branches masks what it has. Pruning stops when ``k`` reaches 0 or, for new masks, after
+  ``stop_fraction`` (0.4) of the epochs. Branches still masked when training ends stay masked in
+  ``checkpoint_final.pth``: that is the network that was trained and validated (a masked branch computes nothing);
+  ``nnunet-prune export`` deletes them, output-identical, and ``--c`` with a longer budget settles them.
+  ``patience=0`` makes every epoch a convergence (a forced schedule for tests and short demos).
+
+Defaults: the paper's k = 1 (S, B; the L planner's plans entry sets 2), patience 10, tolerance 0.01, 100 calibration
+patches; stop at 40 % of the epochs and FD weights 0.1 from the authors' code (METHODS.md). The glue gives the
+method its calibration batches (``calibration``) and nnU-Net's ignore label (``ignore_label``); the method runs
+forwards but never changes a tensor's shape: it answers with a :class:`~nnunet_prune.surgery.removal.Removal`
+(``mask_blocks``, ``restore_blocks``, ``blocks``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from time import time
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnunet_prune.criteria.pspseg import least_important_subset, subset_discrepancies
+from nnunet_prune.methods.base import MethodSettings, PruningMethod, TrainingProgress
+from nnunet_prune.surgery.branches import ACTIVE, DELETED, MASKED, branch_states, prm_modules
+from nnunet_prune.surgery.graph import ChannelGraph
+from nnunet_prune.surgery.removal import Removal, SurgeryResult
+
+ENV_VAR = "NNUNET_PRUNE_PSPSEG"
+
+
+@dataclass
+class PSPSegSettings(MethodSettings):
+    """PSP-Seg's settings (see the module docstring); ``NNUNET_PRUNE_PSPSEG='k=1,patience=10,...'``."""
+
+    NAME: ClassVar[str] = "PSPSeg"
+    ENV_VAR: ClassVar[str] = ENV_VAR
+    EXAMPLE: ClassVar[str] = ("k=1,patience=10,tolerance=0.01,stop_fraction=0.4,calibration_patches=100,"
+                              "tr_weight=0.1,rl_weight=0.1")
+
+    k: int = 1  # pruning step: branches masked per module at each pruning event (paper: 1 for S/B, 2 for L)
+    patience: int = 10  # epochs without a new TR or RL minimum that make a convergence (0: every epoch)
+    tolerance: float = 0.01  # the FD loss may exceed its best by this much and still count as not worse
+    stop_fraction: float = 0.4  # no new masks after this fraction of the epochs
+    calibration_patches: int = 100  # training patches the block-wise criterion is computed on
+    tr_weight: float = 0.1  # weight of the target-representation loss
+    rl_weight: float = 0.1  # weight of the region-localisation loss
+
+    def problems(self) -> list[str]:
+        """Ranges: k >= 1, patience >= 0, tolerance >= 0, 0 < stop_fraction <= 1, calibration_patches >= 1,
+        weights >= 0."""
+        out = super().problems()
+        out += ["k must be >= 1"] * (self.k < 1) + ["patience must be >= 0"] * (self.patience < 0)
+        out += ["tolerance must be >= 0"] * (self.tolerance < 0)
+        out += ["stop_fraction must be in (0, 1]"] * (not 0 < self.stop_fraction <= 1)
+        out += ["calibration_patches must be >= 1"] * (self.calibration_patches < 1)
+        out += ["tr_weight and rl_weight must be >= 0"] * (self.tr_weight < 0 or self.rl_weight < 0)
+        return out
+
+
+def binarised_foreground(target: torch.Tensor, ignore_label: int | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(foreground, valid) from an nnU-Net target (B, 1, *S) label map or (B, R, *S) regions: foreground is any
+    label > 0 (float, (B, 1, *S)); valid is None, or where the label is not the ignore label."""
+    if target.shape[1] > 1:  # region-based: one 0/1 channel per region
+        return (target > 0).any(1, keepdim=True).float(), None
+    valid = (target != ignore_label) if ignore_label is not None else None
+    fg = target > 0
+    if valid is not None:
+        fg = fg & valid
+    return fg.float(), valid
+
+
+def target_representation_loss(features: torch.Tensor, masked_features: torch.Tensor) -> torch.Tensor:
+    """TR (Eq. 3): 1 - cosine similarity of the encoder outputs of the image and of the GT-masked image, per sample
+    over all elements, averaged; (B, C, *S) twice -> scalar. ``masked_features`` carries no gradient."""
+    return 1 - F.cosine_similarity(features.flatten(1).float(), masked_features.flatten(1).float().detach(),
+                                   dim=1).mean()
+
+
+def region_localisation_loss(stage_outputs: Iterable[torch.Tensor], targets: Iterable[torch.Tensor],
+                             ignore_label: int | None = None) -> torch.Tensor:
+    """RL (Eq. 4): mean over decoder stages of BCE(channel mean of the stage output as a logit, binarised ground
+    truth at that scale); stage outputs (B, C_s, *S_s) paired with targets (B, 1, *S_s) in the same order."""
+    losses = []
+    for feat, target in zip(stage_outputs, targets):
+        fg, valid = binarised_foreground(target, ignore_label)
+        logits = feat.float().mean(1, keepdim=True)
+        weight = valid.float() if valid is not None else None
+        losses.append(F.binary_cross_entropy_with_logits(logits, fg, weight=weight))
+    if not losses:
+        raise ValueError("no decoder stage outputs to supervise")
+    return torch.stack(losses).mean()
+
+
+class PSPSegMethod(PruningMethod):
+    """PSP-Seg's progressive pruning (module docstring). Needs a PSP-Seg network (``record_features``, PRMs)."""
+
+    settings_class = PSPSegSettings
+    removes = "branches"
+    log_keys = ("tr_loss", "rl_loss", "pspseg_k", "active_branches", "masked_branches", "deleted_branches")
+
+    def __init__(self, settings: PSPSegSettings, rng=None):
+        super().__init__(settings, rng)
+        s = settings
+        self.k = s.k
+        self.tr: list[float | None] = []  # per epoch
+        self.rl: list[float | None] = []
+        self.last_event = -1  # epoch of the last pruning event
+        self.best_fd = math.inf  # lowest FD loss before the current mask
+        self.masked: list[str] = []  # branch paths masked at the last event, not yet settled
+        self.events: list[dict] = []
+        #: () -> iterable of input batches (B, C, *patch); set by the glue
+        self.calibration: Callable[[], Iterable[torch.Tensor]] | None = None
+        self.ignore_label: int | None = None
+        self.network: nn.Module | None = None
+        self._sums = [0.0, 0.0, 0]
+        self._batch: tuple[torch.Tensor, Any] | None = None
+        self._messages: list[str] = []
+        self._event: dict | None = None
+
+    # -- structure ----------------------------------------------------------------------------------------
+    def bind(self, graph: ChannelGraph) -> None:
+        """Remember the network (PSP-Seg's)."""
+        self.network = graph.network
+
+    def network_problems(self, network: nn.Module, graph: ChannelGraph, patch_size) -> list[str]:
+        """A network without PRMs cannot be pruned by PSP-Seg."""
+        return [] if prm_modules(network) else ["it has no Parallel Redundant Modules (not a PSP-Seg network)"]
+
+    def release(self) -> None:
+        """Stop recording features."""
+        if self.network is not None:
+            self.network.record_features = False
+
+    # -- training: the functional-decoupling loss ------------------------------------------------------------
+    def epoch_start(self, epoch: int, graph: ChannelGraph) -> None:
+        """Reset the epoch's TR / RL sums."""
+        self._sums = [0.0, 0.0, 0]
+
+    def batch_start(self, data: torch.Tensor, target) -> None:
+        """Keep the batch for the FD loss and let the network record its features."""
+        self._batch = (data, target)
+        self.network.record_features = True
+
+    def extra_loss(self) -> torch.Tensor | None:
+        """tr_weight * TR + rl_weight * RL of the current training step (None outside a recorded step)."""
+        net, batch = self.network, self._batch
+        if batch is None or getattr(net, "bottleneck", None) is None or not net.decoder.features:
+            return None
+        data, target = batch
+        targets = list(target) if isinstance(target, (list, tuple)) else [target]
+        device = net.bottleneck.device
+        targets = [t.to(device, non_blocking=True) for t in targets]
+        fg, _ = binarised_foreground(targets[0], self.ignore_label)
+        with torch.no_grad():
+            masked = net.encoder(data.to(device, non_blocking=True) * fg)[-1]
+        tr = target_representation_loss(net.bottleneck, masked)
+        # stage outputs and targets are both highest resolution first (one target without deep supervision)
+        rl = region_localisation_loss(net.decoder.features, targets, self.ignore_label)
+        self._sums[0] += float(tr.detach())
+        self._sums[1] += float(rl.detach())
+        self._sums[2] += 1
+        s = self.settings
+        return s.tr_weight * tr + s.rl_weight * rl
+
+    def step_end(self) -> None:
+        """Drop the step's batch and features."""
+        self._batch = None
+        if self.network is not None:
+            self.network.record_features = False
+            self.network.bottleneck = None
+            self.network.decoder.features = []
+
+    # -- decisions ----------------------------------------------------------------------------------------------
+    def _converged(self, epoch: int) -> bool:
+        p = self.settings.patience
+        window = range(self.last_event + 1, epoch + 1)
+        if p == 0:
+            return True  # forced: every epoch
+        if len(window) <= p:
+            return False
+        for series in (self.tr, self.rl):
+            values = [series[e] for e in window]
+            if any(v is None for v in values):
+                return False
+            if min(values[-p:]) < min(values[:-p]):
+                return False  # a new minimum in the last `patience` epochs
+        return True
+
+    def _window_fd(self, epoch: int) -> float:
+        values = [self.tr[e] + self.rl[e] for e in range(self.last_event + 1, epoch + 1)
+                  if self.tr[e] is not None and self.rl[e] is not None]
+        return min(values) if values else math.inf
+
+    def decide(self, graph: ChannelGraph, progress: TrainingProgress) -> Removal:
+        """Record the epoch's TR / RL; at a convergence settle pending masks (restore or delete) or mask the least
+        important ``k`` branches of every PRM."""
+        s = self.settings
+        epoch = progress.epoch
+        n = self._sums[2]
+        while len(self.tr) <= epoch:
+            self.tr.append(None)
+            self.rl.append(None)
+        self.tr[epoch] = self._sums[0] / n if n else None
+        self.rl[epoch] = self._sums[1] / n if n else None
+        self._event = None
+        if not progress.pruning_allowed:
+            return Removal()
+        converged = self._converged(epoch)
+        if self.masked and converged:
+            since = self._window_fd(epoch)
+            best = self.best_fd
+            worse = since > best + s.tolerance
+            paths, self.masked = self.masked, []
+            self.best_fd = min(self.best_fd, since)
+            self.last_event = epoch
+            if worse:
+                self.k -= 1
+                self._note("restore", epoch, paths, f"FD loss {since:.4f} > best {best:.4f} + "
+                                                    f"{s.tolerance}: {len(paths)} branch(es) restored, k -> {self.k}")
+                return Removal(restore_blocks=paths)
+            self._note("delete", epoch, paths, f"FD loss {since:.4f} <= best + {s.tolerance}: {len(paths)} masked "
+                                               f"branch(es) deleted")
+            return Removal(blocks=paths)
+        if self.masked or not converged:
+            return Removal()
+        if self.k <= 0 or epoch + 1 > s.stop_fraction * progress.num_epochs:
+            return Removal()  # pruning has stopped
+        current = self._window_fd(epoch)
+        self.last_event = epoch
+        if current > self.best_fd + s.tolerance:
+            self._note("wait", epoch, [], f"converged, but FD loss {current:.4f} > best {self.best_fd:.4f} + "
+                                          f"{s.tolerance}: nothing masked")
+            return Removal()
+        self.best_fd = min(self.best_fd, current)
+        start = time()
+        chosen = self.least_important_branches(self.k)
+        if not chosen:
+            return Removal()
+        self.masked = chosen
+        self._note("mask", epoch, chosen, f"converged (FD loss {current:.4f}): masked {len(chosen)} branch(es) "
+                                          f"with k={self.k} in {time() - start:.1f} s of calibration")
+        return Removal(mask_blocks=chosen)
+
+    def least_important_branches(self, k: int) -> list[str]:
+        """Per PRM, the subset of ``min(k, active)`` active branches whose masking changes the module's output least
+        over ``calibration_patches`` patches (Eq. 6), as branch paths. Streamed: each module scores its subsets in a
+        forward pre-hook while the batch passes, then drops its branch outputs.
+
+        Raises:
+            RuntimeError: no calibration source was given.
+        """
+        if self.calibration is None:
+            raise RuntimeError("PSP-Seg needs calibration batches (the trainer sets `calibration`)")
+        net = self.network
+        candidates: dict[str, list[tuple[str, ...]]] = {}
+        for path, prm in prm_modules(net).items():
+            active = [i for i, b in prm.branches.items() if b.is_active]
+            if active:
+                candidates[path] = list(itertools.combinations(active, min(k, len(active))))
+        errors: dict[str, dict[tuple[str, ...], float]] = {p: dict.fromkeys(c, 0.0) for p, c in candidates.items()}
+        prms = prm_modules(net)
+
+        def hook_for(path: str):
+            def hook(module, args):
+                x = args[0]
+                outs = {i: module.branches[i](x) for i in {i for c in candidates[path] for i in c} |
+                        {i for i, b in module.branches.items() if b.is_active}}
+                for subset, e in subset_discrepancies(x, outs, module.act, candidates[path]).items():
+                    errors[path][subset] += e
+            return hook
+
+        handles = [prms[p].register_forward_pre_hook(hook_for(p)) for p in candidates]
+        was_training = net.training
+        device = next(net.parameters()).device
+        net.eval()
+        try:
+            seen = 0
+            with torch.no_grad():
+                for data in self.calibration():
+                    net(data.to(device))
+                    seen += data.shape[0]
+                    if seen >= self.settings.calibration_patches:
+                        break
+        finally:
+            for h in handles:
+                h.remove()
+            net.train(was_training)
+        return [f"{p}.branches.{i}" for p in candidates for i in least_important_subset(errors[p])]
+
+    def after_surgery(self, result: SurgeryResult, graph: ChannelGraph) -> None:
+        """Re-bind (a deletion rebuilds the graph)."""
+        self.network = graph.network
+
+    def _note(self, kind: str, epoch: int, paths: list[str], text: str) -> None:
+        self._event = {"kind": kind, "epoch": epoch, "branches": list(paths), "k": self.k}
+        self.events.append(self._event)
+        self._messages.append(f"PSP-Seg: {text}")
+
+    # -- records ------------------------------------------------------------------------------------------------
+    def _states_after_decision(self) -> dict[str, list[str]]:
+        """The branch map with this epoch's decision applied (scalars are asked before the surgery)."""
+        states = {k: list(v) for k, v in branch_states(self.network).items()}
+        if self._event and self._event["kind"] in ("mask", "delete", "restore"):
+            new = {"mask": MASKED, "delete": DELETED, "restore": ACTIVE}[self._event["kind"]]
+            for path in self._event["branches"]:
+                prm, _, index = path.rpartition(".branches.")
+                if prm in states and int(index) < len(states[prm]):
+                    states[prm][int(index)] = new
+        return states
+
+    def scalars(self, graph: ChannelGraph) -> dict[str, Any]:
+        """TR, RL, k and how many branches are active / masked / deleted after this epoch's decision."""
+        states = [v for row in self._states_after_decision().values() for v in row]
+        epoch = len(self.tr) - 1
+        return {"tr_loss": self.tr[epoch] if epoch >= 0 else None, "rl_loss": self.rl[epoch] if epoch >= 0 else None,
+                "pspseg_k": self.k, "active_branches": states.count(ACTIVE),
+                "masked_branches": states.count(MASKED), "deleted_branches": states.count(DELETED)}
+
+    def record(self, graph: ChannelGraph) -> dict[str, Any]:
+        """The branch map (module -> state per branch) and this epoch's event."""
+        return {"branch_map": branch_states(self.network), "pspseg_event": self._event}
+
+    def messages(self) -> list[str]:
+        """Lines about the last decision."""
+        out, self._messages = self._messages, []
+        return out
+
+    def state(self) -> dict:
+        """k, the TR / RL history, the last event, the best FD loss, pending masks, the events."""
+        return {"k": self.k, "tr": self.tr, "rl": self.rl, "last_event": self.last_event,
+                "best_fd": None if math.isinf(self.best_fd) else self.best_fd, "masked": self.masked,
+                "events": self.events}
+
+    def load_state(self, state: Mapping) -> None:
+        """Restore :meth:`state`."""
+        self.k = int(state.get("k", self.k))
+        self.tr, self.rl = list(state.get("tr", [])), list(state.get("rl", []))
+        self.last_event = int(state.get("last_event", -1))
+        best = state.get("best_fd")
+        self.best_fd = math.inf if best is None else float(best)
+        self.masked = list(state.get("masked", []))
+        self.events = list(state.get("events", []))
+
+    def schedule_problems(self, num_epochs: int, final_epochs_without_pruning: int) -> list[str]:
+        """PSP-Seg masks first after patience + 1 epochs and stops masking at stop_fraction of the budget."""
+        s = self.settings
+        last_mask = min(math.floor(s.stop_fraction * num_epochs), num_epochs - final_epochs_without_pruning - 1)
+        if s.patience + 1 > last_mask:
+            return [f"PSP-Seg cannot prune in {num_epochs} epoch(s): a convergence needs more than patience="
+                    f"{s.patience} epochs and new masks stop after stop_fraction={s.stop_fraction} of the epochs "
+                    f"(epoch {last_mask}). For a short run set {ENV_VAR}='patience=2,stop_fraction=0.8' or train "
+                    f"longer (NNUNET_PRUNE_EPOCHS)."]
+        return []
+
+    def end_advice(self, removed_any: bool, progress: TrainingProgress) -> list[str]:
+        """Why no branch was deleted."""
+        if removed_any or progress.epoch < 0:
+            return []
+        return [f"PSP-Seg deleted no branch in {progress.epoch + 1} epochs ({len(self.events)} pruning event(s)). "
+                f"It needs TR and RL to converge (patience={self.settings.patience}) before stop_fraction="
+                f"{self.settings.stop_fraction} of the epochs; set {ENV_VAR}='patience=...' or train longer."]
