@@ -292,6 +292,6 @@ class PSPSegUNet(nn.Module):
 
 architectures.register(architectures.Architecture(
     stock_class=f"{__name__}.PSPSegUNet", adaptive_class=f"{__name__}.PSPSegUNet", build_graph=branches.empty_graph,
-    resize=branches.match_branches, match_structure=branches.match_branches, removes=("branches",), mask_blocks=branches.set_branches_active,
-    remove_blocks=branches.remove_branches, removable_blocks=branches.removable_branches,
-    block_states=branches.block_states))
+    resize=branches.match_branches, match_structure=branches.match_branches, removes=("branches",),
+    mask_blocks=branches.set_branches_active, remove_blocks=branches.remove_branches,
+    removable_blocks=branches.removable_branches, block_states=branches.block_states))
