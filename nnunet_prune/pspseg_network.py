@@ -109,7 +109,9 @@ class ParallelRedundantModule(nn.Module):
     """PRM (Eq. 2): ``y = act(x + sum over active branches of w_i * EB_i(x))``, (B, C, *S) -> (B, C, *S).
 
     ``branches`` is an ``nn.ModuleDict`` keyed by the branch's original index (``"0"`` .. ``"m-1"``); deleted
-    branches are gone from it (:mod:`nnunet_prune.surgery.branches`)."""
+    branches are gone from it and False in the persistent buffer ``present`` (m,)
+    (:mod:`nnunet_prune.surgery.branches`).
+    With every branch deleted the module is ``act(x)``."""
 
     def __init__(self, channels: int, kernels: Sequence[Sequence[int]], squeeze_ratio: float, conv_op, norm_op,
                  norm_kwargs, nonlin, nonlin_kwargs, bias: bool):
@@ -118,6 +120,9 @@ class ParallelRedundantModule(nn.Module):
             str(i): EfficientBlock(channels, squeeze_ratio, k, conv_op, norm_op, norm_kwargs, nonlin, nonlin_kwargs,
                                    bias) for i, k in enumerate(kernels)})
         self.__dict__[ALL_BRANCHES] = dict(self.branches.items())
+        #: which branches exist (deleted: False); persistent, so a state dict says so even when every branch of the
+        #: module is deleted and no key under ``branches`` is left
+        self.register_buffer("present", torch.ones(len(kernels), dtype=torch.bool))
         # not in place: with every branch masked or deleted, y is x itself
         self.act = nonlin(**{**nonlin_kwargs, **({"inplace": False} if "inplace" in nonlin_kwargs else {})})
 

@@ -192,8 +192,7 @@ def run_method(method, net, fd_per_epoch, num_epochs, calibration):
         apply_removal(net, removal)
         graph = build_channel_graph(net)
         method.after_surgery(None, graph)
-        if method._event:
-            events.append((epoch, method._event["kind"]))
+        events += [(epoch, e["kind"]) for e in method._events_now]
     return events
 
 
@@ -202,14 +201,14 @@ def test_method_masks_at_convergence_then_deletes_or_restores_and_stops_at_k_zer
     calib = lambda: iter([torch.randn(2, 1, 16, 16)] * 5)  # noqa: E731
     settings = PSPSegSettings(k=1, patience=2, tolerance=0.01, stop_fraction=1.0, calibration_patches=4)
     method = PSPSegMethod(settings)
-    # falling, then flat: converged after epoch 4 -> mask; flat -> delete (not worse) at 7; flat -> mask at 10;
-    # worse -> restore at 13 and k -> 0: nothing more
+    # falling, then flat: converged after epoch 4 -> mask; flat -> delete (not worse) and the next mask at 7 and
+    # at 10; worse -> restore at 13 and k -> 0: nothing more
     fd = [1.0, 0.9, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
     events = run_method(method, net, fd, 20, calib)
-    assert events == [(4, "mask"), (7, "delete"), (10, "mask"), (13, "restore")]
+    assert events == [(4, "mask"), (7, "delete"), (7, "mask"), (10, "delete"), (10, "mask"), (13, "restore")]
     assert method.k == 0
     states = [s for row in branch_states(net).values() for s in row]
-    assert states.count("deleted") == len(prm_modules(net))  # one per module (k=1), the second mask restored
+    assert states.count("deleted") == 2 * len(prm_modules(net))  # one per module (k=1) twice, the third restored
     assert states.count("masked") == 0
     # the state round-trips (--c)
     again = PSPSegMethod(settings)
@@ -219,9 +218,11 @@ def test_method_masks_at_convergence_then_deletes_or_restores_and_stops_at_k_zer
 
 def test_method_waits_when_the_loss_is_worse_than_its_best_and_stops_at_stop_fraction():
     calib = lambda: iter([torch.randn(2, 1, 16, 16)] * 5)  # noqa: E731
-    method = PSPSegMethod(PSPSegSettings(k=1, patience=2, stop_fraction=1.0, calibration_patches=4))
-    fd = [1.0, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.9, 0.9, 0.9]
-    assert run_method(method, tiny(2), fd, 20, calib) == [(3, "mask"), (6, "delete"), (9, "wait")]
+    method = PSPSegMethod(PSPSegSettings(k=2, patience=2, stop_fraction=1.0, calibration_patches=4))
+    fd = [1.0, 0.8, 0.8, 0.8, 0.8, 0.8, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+    assert run_method(method, tiny(2), fd, 20, calib) == [(3, "mask"), (6, "delete"), (6, "mask"), (9, "restore"),
+                                                          (12, "wait")]
+    assert method.k == 1
     late = PSPSegMethod(PSPSegSettings(k=1, patience=2, stop_fraction=0.1, calibration_patches=4))
     assert run_method(late, tiny(2), fd, 20, calib) == []  # no new mask after 10 % of 20 epochs
 
@@ -250,3 +251,60 @@ def test_settings_are_validated():
     method = PSPSegMethod(PSPSegSettings())
     assert method.schedule_problems(20, 1)  # patience 10 + stop at 40 %: nothing in 20 epochs
     assert not method.schedule_problems(1000, 1)
+
+
+def test_a_module_with_every_branch_deleted_loads_in_any_fold_order():
+    net = tiny(2)
+    prm = next(iter(prm_modules(net)))
+    remove_branches(net, [p for p in removable_branches(net) if p.startswith(prm + ".")])
+    assert net.get_submodule(prm).present.tolist() == [False] * 4
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        expected = net(x)[0]
+    sd = copy.deepcopy(net.state_dict())
+    full = copy.deepcopy(tiny(2, seed=2).state_dict())
+    fresh = tiny(2, seed=7)
+    for state in (sd, full, sd):  # the predictor's one network, fold after fold
+        fresh.load_state_dict(state)
+    assert branch_states(fresh) == branch_states(net)
+    with torch.no_grad():
+        assert (fresh(x)[0] - expected).abs().max() == 0
+    from nnunet_prune.checkpoints import check_state_dict
+
+    check_state_dict(tiny(2, seed=9), sd, "test", (16, 16))
+
+
+def test_region_targets_with_an_ignore_channel():
+    from nnunet_prune.methods.pspseg import binarised_foreground
+
+    target = torch.zeros(1, 3, 4, 4)  # two regions + nnU-Net's ignore channel last
+    target[:, 0, 0, 0] = 1
+    target[:, 1, 1, 1] = 1
+    target[:, 2, 1, 1] = 1  # ignored
+    target[:, 2, 3, 3] = 1
+    fg, valid = binarised_foreground(target, ignore_label=3, regions=True)
+    assert fg.sum() == 1 and fg[0, 0, 0, 0] == 1 and valid.sum() == 14
+    fg, valid = binarised_foreground(target[:, :2], regions=True)
+    assert fg.sum() == 2 and valid is None
+
+
+def test_extra_loss_runs_on_a_recorded_step_and_fresh_starts_restore_masked_branches():
+    net = tiny(2).train()
+    method = PSPSegMethod(PSPSegSettings())
+    graph = build_channel_graph(net)
+    method.bind(graph)
+    x = torch.randn(2, 1, 16, 16)
+    targets = [torch.randint(0, 3, (2, 1, 16, 16)).float(), torch.randint(0, 3, (2, 1, 8, 8)).float()]
+    method.epoch_start(0, graph)
+    method.batch_start(x, targets)
+    net(x)
+    loss = method.extra_loss()
+    method.step_end()
+    assert loss is not None and loss.requires_grad and method._sums[2] == 1
+    assert 0 <= method._sums[0] <= 2 and method._sums[1] > 0
+    assert net.bottleneck is None and not net.record_features
+    loss.backward()
+    assert any(p.grad is not None for p in net.encoder.parameters())
+    set_branches_active(net, removable_branches(net)[:2], False)
+    removal = PSPSegMethod(PSPSegSettings()).start(net, graph)
+    assert removal.restore_blocks == removable_branches(net)[:2]

@@ -73,22 +73,24 @@ def test_forced_pruning_resumes_mid_mask_and_after_deletion_then_predicts_export
     assert config["method"]["patience"] == 0 and config["method"]["k"] == 1
     assert (fold / "branch_map.png").is_file() and (fold / "validation" / "summary.json").is_file()
 
-    # --c mid-mask: the masks come back from the checkpoint and are settled (deleted) after epoch 2
+    # --c mid-mask: the masks come back from the checkpoint; after epoch 2 they are deleted and the same event masks
+    # the next branch of every module
     nnunet.train(DATASET_2D, "2d", 0, TRAINER, "--c", plans=PLANS, env={**env, "NNUNET_PRUNE_EPOCHS": "4"})
     history = read_json(fold / "pruning_history.json")["epochs"]
     assert [r["epoch"] for r in history] == [0, 1, 2, 3]
-    assert history[0]["pspseg_event"]["kind"] == "mask" and history[2]["pspseg_event"]["kind"] == "delete"
-    assert set(history[2]["pspseg_event"]["branches"]) == masked
+    assert [e["kind"] for e in history[0]["pspseg_events"]] == ["mask"]
+    delete, mask = history[2]["pspseg_events"]
+    assert delete["kind"] == "delete" and set(delete["branches"]) == masked and mask["kind"] == "mask"
     assert history[2]["deleted_branches"] == N_MODULES and history[3]["num_parameters"] < history[0]["num_parameters"]
-    kept = branch_keys(final)
-    assert len(kept) == 3 * N_MODULES and not (kept & masked) and not masked_keys(final)
+    kept, masked2 = branch_keys(final), masked_keys(final)
+    assert len(kept) == 3 * N_MODULES and not (kept & masked) and masked2 == set(mask["branches"]) <= kept
 
-    # --c after the deletion: deleted branches stay deleted, the next mask takes one of the remaining ones
+    # --c after the deletion: deleted branches stay deleted, the next event deletes the second masks
     nnunet.train(DATASET_2D, "2d", 0, TRAINER, "--c", plans=PLANS, env={**env, "NNUNET_PRUNE_EPOCHS": "6"})
     history = read_json(fold / "pruning_history.json")["epochs"]
-    assert history[4]["pspseg_event"]["kind"] == "mask"
-    assert set(history[4]["pspseg_event"]["branches"]) <= kept
-    assert len(branch_keys(final)) == 3 * N_MODULES and len(masked_keys(final)) == N_MODULES
+    delete, mask = history[4]["pspseg_events"]
+    assert set(delete["branches"]) == masked2 and set(mask["branches"]) <= kept - masked2
+    assert len(branch_keys(final)) == 2 * N_MODULES and masked_keys(final) == set(mask["branches"])
     assert len(read_json(fold / "pruning_config.json")["resumes"]) == 2
 
     # fold 1: one epoch, nothing pruned -> the two folds hold different branches
@@ -106,7 +108,7 @@ def test_forced_pruning_resumes_mid_mask_and_after_deletion_then_predicts_export
     summary = read_json(exported / "export_summary.json")
     assert summary["folds"][0]["max_abs_difference"] <= 1e-5
     assert summary["folds"][0]["parameters_after"] < summary["folds"][0]["parameters_before"]
-    assert len(branch_keys(exported / "fold_0" / "checkpoint_final.pth")) == 2 * N_MODULES
+    assert len(branch_keys(exported / "fold_0" / "checkpoint_final.pth")) == N_MODULES
     pred_export = nnunet.base / "pred_pspseg_export"
     nnunet.run("nnUNetv2_predict_from_modelfolder", "-i", images, "-o", pred_export, "-m", exported, "-f", 1, 0,
                "-device", "cpu", "-npp", 1, "-nps", 1, "--disable_progress_bar")

@@ -221,6 +221,9 @@ class PruningMethod:
     #: what the method removes: "channels", "weights" or "branches" (the architecture registry says which
     #: networks can lose them; the trainer refuses plans whose network cannot)
     removes: ClassVar[str] = "channels"
+    #: under DDP the driver gives every rank rank 0's :meth:`state` after each decision (a method whose decisions
+    #: depend on statistics each rank gathers differently, e.g. PSP-Seg's loss history)
+    state_from_rank0: ClassVar[bool] = False
     log_keys: ClassVar[tuple[str, ...]] = ()
     holds_zero_pattern: ClassVar[bool] = False
 

@@ -43,7 +43,7 @@ from torch import nn
 
 from nnunet_prune.criteria.pspseg import least_important_subset, subset_discrepancies
 from nnunet_prune.methods.base import MethodSettings, PruningMethod, TrainingProgress
-from nnunet_prune.surgery.branches import ACTIVE, DELETED, MASKED, branch_states, prm_modules
+from nnunet_prune.surgery.branches import ACTIVE, DELETED, MASKED, block_states, branch_states, prm_modules
 from nnunet_prune.surgery.graph import ChannelGraph
 from nnunet_prune.surgery.removal import Removal, SurgeryResult
 
@@ -79,11 +79,16 @@ class PSPSegSettings(MethodSettings):
         return out
 
 
-def binarised_foreground(target: torch.Tensor, ignore_label: int | None = None
+def binarised_foreground(target: torch.Tensor, ignore_label: int | None = None, regions: bool = False
                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(foreground, valid) from an nnU-Net target (B, 1, *S) label map or (B, R, *S) regions: foreground is any
-    label > 0 (float, (B, 1, *S)); valid is None, or where the label is not the ignore label."""
-    if target.shape[1] > 1:  # region-based: one 0/1 channel per region
+    """(foreground, valid) from an nnU-Net target: a (B, 1, *S) label map (foreground: any label > 0 other than the
+    ignore label) or, with ``regions``, (B, R, *S) 0/1 region channels (foreground: any region; with an ignore label
+    nnU-Net appends the ignore mask as the last channel). foreground is float (B, 1, *S); valid is None or a bool
+    mask of the voxels that are not ignored."""
+    if regions:
+        if ignore_label is not None:
+            valid = target[:, -1:] == 0
+            return ((target[:, :-1] > 0).any(1, keepdim=True) & valid).float(), valid
         return (target > 0).any(1, keepdim=True).float(), None
     valid = (target != ignore_label) if ignore_label is not None else None
     fg = target > 0
@@ -100,12 +105,12 @@ def target_representation_loss(features: torch.Tensor, masked_features: torch.Te
 
 
 def region_localisation_loss(stage_outputs: Iterable[torch.Tensor], targets: Iterable[torch.Tensor],
-                             ignore_label: int | None = None) -> torch.Tensor:
+                             ignore_label: int | None = None, regions: bool = False) -> torch.Tensor:
     """RL (Eq. 4): mean over decoder stages of BCE(channel mean of the stage output as a logit, binarised ground
     truth at that scale); stage outputs (B, C_s, *S_s) paired with targets (B, 1, *S_s) in the same order."""
     losses = []
     for feat, target in zip(stage_outputs, targets):
-        fg, valid = binarised_foreground(target, ignore_label)
+        fg, valid = binarised_foreground(target, ignore_label, regions)
         logits = feat.float().mean(1, keepdim=True)
         weight = valid.float() if valid is not None else None
         losses.append(F.binary_cross_entropy_with_logits(logits, fg, weight=weight))
@@ -119,6 +124,7 @@ class PSPSegMethod(PruningMethod):
 
     settings_class = PSPSegSettings
     removes = "branches"
+    state_from_rank0 = True
     log_keys = ("tr_loss", "rl_loss", "pspseg_k", "active_branches", "masked_branches", "deleted_branches")
 
     def __init__(self, settings: PSPSegSettings, rng=None):
@@ -134,11 +140,14 @@ class PSPSegMethod(PruningMethod):
         #: () -> iterable of input batches (B, C, *patch); set by the glue
         self.calibration: Callable[[], Iterable[torch.Tensor]] | None = None
         self.ignore_label: int | None = None
+        self.regions = False  # nnU-Net's region-based training (targets are region channels)
+        #: False on DDP ranks other than 0: they skip the calibration (rank 0's decision and state are used)
+        self.is_main = True
         self.network: nn.Module | None = None
         self._sums = [0.0, 0.0, 0]
         self._batch: tuple[torch.Tensor, Any] | None = None
         self._messages: list[str] = []
-        self._event: dict | None = None
+        self._events_now: list[dict] = []  # this epoch's events
 
     # -- structure ----------------------------------------------------------------------------------------
     def bind(self, graph: ChannelGraph) -> None:
@@ -148,6 +157,14 @@ class PSPSegMethod(PruningMethod):
     def network_problems(self, network: nn.Module, graph: ChannelGraph, patch_size) -> list[str]:
         """A network without PRMs cannot be pruned by PSP-Seg."""
         return [] if prm_modules(network) else ["it has no Parallel Redundant Modules (not a PSP-Seg network)"]
+
+    def start(self, network: nn.Module, graph: ChannelGraph, progress: TrainingProgress | None = None) -> Removal:
+        """A fresh fold whose weights come with masked branches (``-pretrained_weights`` of a PSP-Seg fold): restore
+        them, this run's schedule decides anew."""
+        masked = [p for p, s in block_states(network).items() if s == MASKED]
+        if masked:
+            self._messages.append(f"PSP-Seg: {len(masked)} branch(es) masked in the starting weights restored")
+        return Removal(restore_blocks=masked)
 
     def release(self) -> None:
         """Stop recording features."""
@@ -173,12 +190,12 @@ class PSPSegMethod(PruningMethod):
         targets = list(target) if isinstance(target, (list, tuple)) else [target]
         device = net.bottleneck.device
         targets = [t.to(device, non_blocking=True) for t in targets]
-        fg, _ = binarised_foreground(targets[0], self.ignore_label)
+        fg, _ = binarised_foreground(targets[0], self.ignore_label, self.regions)
         with torch.no_grad():
             masked = net.encoder(data.to(device, non_blocking=True) * fg)[-1]
         tr = target_representation_loss(net.bottleneck, masked)
         # stage outputs and targets are both highest resolution first (one target without deep supervision)
-        rl = region_localisation_loss(net.decoder.features, targets, self.ignore_label)
+        rl = region_localisation_loss(net.decoder.features, targets, self.ignore_label, self.regions)
         self._sums[0] += float(tr.detach())
         self._sums[1] += float(rl.detach())
         self._sums[2] += 1
@@ -225,44 +242,43 @@ class PSPSegMethod(PruningMethod):
             self.rl.append(None)
         self.tr[epoch] = self._sums[0] / n if n else None
         self.rl[epoch] = self._sums[1] / n if n else None
-        self._event = None
-        if not progress.pruning_allowed:
+        self._events_now = []
+        if not progress.pruning_allowed or not self._converged(epoch):
             return Removal()
-        converged = self._converged(epoch)
-        if self.masked and converged:
-            since = self._window_fd(epoch)
-            best = self.best_fd
-            worse = since > best + s.tolerance
-            paths, self.masked = self.masked, []
-            self.best_fd = min(self.best_fd, since)
-            self.last_event = epoch
-            if worse:
-                self.k -= 1
-                self._note("restore", epoch, paths, f"FD loss {since:.4f} > best {best:.4f} + "
-                                                    f"{s.tolerance}: {len(paths)} branch(es) restored, k -> {self.k}")
-                return Removal(restore_blocks=paths)
-            self._note("delete", epoch, paths, f"FD loss {since:.4f} <= best + {s.tolerance}: {len(paths)} masked "
-                                               f"branch(es) deleted")
-            return Removal(blocks=paths)
-        if self.masked or not converged:
-            return Removal()
-        if self.k <= 0 or epoch + 1 > s.stop_fraction * progress.num_epochs:
-            return Removal()  # pruning has stopped
-        current = self._window_fd(epoch)
+        stopped = self.k <= 0 or epoch + 1 > s.stop_fraction * progress.num_epochs
+        if stopped and not self.masked:
+            return Removal()  # pruning has stopped and nothing is pending
+        removal = Removal()
+        current = self._window_fd(epoch)  # the lowest FD loss since the last event
+        best = self.best_fd
         self.last_event = epoch
-        if current > self.best_fd + s.tolerance:
-            self._note("wait", epoch, [], f"converged, but FD loss {current:.4f} > best {self.best_fd:.4f} + "
+        if self.masked:  # settle the pending masks
+            paths, self.masked = self.masked, []
+            self.best_fd = min(best, current)
+            if current > best + s.tolerance:
+                self.k -= 1
+                self._note("restore", epoch, paths, f"FD loss {current:.4f} > best {best:.4f} + {s.tolerance}: "
+                                                    f"{len(paths)} branch(es) restored, k -> {self.k}")
+                return Removal(restore_blocks=paths)  # the restored network converges again before the next mask
+            self._note("delete", epoch, paths, f"FD loss {current:.4f} <= best {best:.4f} + {s.tolerance}: "
+                                               f"{len(paths)} masked branch(es) deleted")
+            removal.blocks = paths  # and the same event masks the next subset (as the authors' code)
+        elif current > best + s.tolerance:
+            self._note("wait", epoch, [], f"converged, but FD loss {current:.4f} > best {best:.4f} + "
                                           f"{s.tolerance}: nothing masked")
-            return Removal()
-        self.best_fd = min(self.best_fd, current)
+            return removal
+        else:
+            self.best_fd = min(best, current)
+        if stopped or not self.is_main:
+            return removal  # pruning has stopped (or another rank decides)
         start = time()
-        chosen = self.least_important_branches(self.k)
-        if not chosen:
-            return Removal()
-        self.masked = chosen
-        self._note("mask", epoch, chosen, f"converged (FD loss {current:.4f}): masked {len(chosen)} branch(es) "
-                                          f"with k={self.k} in {time() - start:.1f} s of calibration")
-        return Removal(mask_blocks=chosen)
+        chosen = self.least_important_branches(self.k)  # (branches being deleted are masked: not candidates)
+        if chosen:
+            self.masked = chosen
+            self._note("mask", epoch, chosen, f"converged (FD loss {current:.4f}): masked {len(chosen)} branch(es) "
+                                              f"with k={self.k} in {time() - start:.1f} s of calibration")
+            removal.mask_blocks = chosen
+        return removal
 
     def least_important_branches(self, k: int) -> list[str]:
         """Per PRM, the subset of ``min(k, active)`` active branches whose masking changes the module's output least
@@ -315,17 +331,18 @@ class PSPSegMethod(PruningMethod):
         self.network = graph.network
 
     def _note(self, kind: str, epoch: int, paths: list[str], text: str) -> None:
-        self._event = {"kind": kind, "epoch": epoch, "branches": list(paths), "k": self.k}
-        self.events.append(self._event)
+        event = {"kind": kind, "epoch": epoch, "branches": list(paths), "k": self.k}
+        self._events_now.append(event)
+        self.events.append(event)
         self._messages.append(f"PSP-Seg: {text}")
 
     # -- records ------------------------------------------------------------------------------------------------
     def _states_after_decision(self) -> dict[str, list[str]]:
         """The branch map with this epoch's decision applied (scalars are asked before the surgery)."""
         states = {k: list(v) for k, v in branch_states(self.network).items()}
-        if self._event and self._event["kind"] in ("mask", "delete", "restore"):
-            new = {"mask": MASKED, "delete": DELETED, "restore": ACTIVE}[self._event["kind"]]
-            for path in self._event["branches"]:
+        for event in self._events_now:
+            new = {"mask": MASKED, "delete": DELETED, "restore": ACTIVE}.get(event["kind"])
+            for path in event["branches"] if new else []:
                 prm, _, index = path.rpartition(".branches.")
                 if prm in states and int(index) < len(states[prm]):
                     states[prm][int(index)] = new
@@ -340,8 +357,8 @@ class PSPSegMethod(PruningMethod):
                 "masked_branches": states.count(MASKED), "deleted_branches": states.count(DELETED)}
 
     def record(self, graph: ChannelGraph) -> dict[str, Any]:
-        """The branch map (module -> state per branch) and this epoch's event."""
-        return {"branch_map": branch_states(self.network), "pspseg_event": self._event}
+        """The branch map (module -> state per branch) and this epoch's events."""
+        return {"branch_map": branch_states(self.network), "pspseg_events": list(self._events_now)}
 
     def messages(self) -> list[str]:
         """Lines about the last decision."""
@@ -376,9 +393,16 @@ class PSPSegMethod(PruningMethod):
         return []
 
     def end_advice(self, removed_any: bool, progress: TrainingProgress) -> list[str]:
-        """Why no branch was deleted."""
-        if removed_any or progress.epoch < 0:
-            return []
-        return [f"PSP-Seg deleted no branch in {progress.epoch + 1} epochs ({len(self.events)} pruning event(s)). "
-                f"It needs TR and RL to converge (patience={self.settings.patience}) before stop_fraction="
-                f"{self.settings.stop_fraction} of the epochs; set {ENV_VAR}='patience=...' or train longer."]
+        """Branches still masked (kept in the checkpoint, deleted by the export), or why none was deleted."""
+        out = []
+        if self.masked:
+            out.append(f"PSP-Seg: {len(self.masked)} branch(es) are still masked at the end (masked after epoch "
+                       f"{self.last_event}, no convergence since): the saved network is the one trained and validated "
+                       f"without them; `nnunet-prune export` deletes them (no output changes), `--c` with more epochs "
+                       f"settles them.")
+        elif not removed_any and progress.epoch >= 0:
+            out.append(f"PSP-Seg deleted no branch in {progress.epoch + 1} epochs ({len(self.events)} pruning "
+                       f"event(s)). It needs TR and RL to converge (patience={self.settings.patience}) before "
+                       f"stop_fraction={self.settings.stop_fraction} of the epochs; set {ENV_VAR}='patience=...' or "
+                       f"train longer.")
+        return out

@@ -109,6 +109,8 @@ def remove_branches(network: nn.Module, paths: Iterable[str],
         branch = prm.branches[index]
         gone += list(branch.parameters())
         del prm.branches[index]
+        if "present" in prm._buffers:
+            prm.present[int(index)] = False
         branch.to("cpu")  # kept (unregistered) only so that a later state dict may bring it back
     gone_ids = {id(p) for p in gone}
     for opt in _optimizers(optimizer):
@@ -129,20 +131,30 @@ def match_branches(network: nn.Module, state_dict: Mapping[str, torch.Tensor]) -
         UnsupportedNetworkError: a state dict naming a branch index the module was never built with.
     """
     changed = False
-    device = next((p.device for p in network.parameters()), torch.device("cpu"))
+    reference = next(network.parameters(), None)
     for path, prm in prm_modules(network).items():
         prefix = f"{path}.branches."
-        wanted = {k[len(prefix):].split(".", 1)[0] for k in state_dict if k.startswith(prefix)}
-        if not wanted and not any(k.startswith(path + ".") for k in state_dict):
-            continue  # a state dict of another structure: load_state_dict reports it
         built = prm.__dict__[ALL_BRANCHES]
+        flags = state_dict.get(f"{path}.present")
+        if torch.is_tensor(flags):  # the module's own record (also when every branch is deleted)
+            if flags.numel() != len(built):
+                raise UnsupportedNetworkError(f"{path}: the state dict has {flags.numel()} branches; this network "
+                                              f"was built with {len(built)}")
+            wanted = {str(i) for i, f in enumerate(flags.tolist()) if f}
+        else:  # (a state dict without the record: the keys present)
+            wanted = {k[len(prefix):].split(".", 1)[0] for k in state_dict if k.startswith(prefix)}
+            if not wanted:
+                continue  # a state dict of another structure: load_state_dict reports it
         unknown = sorted(wanted - set(built))
         if unknown:
             raise UnsupportedNetworkError(f"{path}: the state dict has branches {unknown}; this network was built "
                                           f"with {len(built)} (0..{len(built) - 1})")
         order = [i for i in built if i in wanted]
         if order != list(prm.branches.keys()):
-            prm.branches = nn.ModuleDict({i: built[i].to(device) for i in order})
+            for i in set(prm.branches.keys()) - set(order):
+                built[i].to("cpu")  # dropped: kept aside on the CPU
+            to = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
+            prm.branches = nn.ModuleDict({i: built[i].to(**to) for i in order})
             prm.branches.train(prm.training)
             changed = True
         for i in order:

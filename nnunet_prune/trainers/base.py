@@ -287,8 +287,19 @@ class nnUNetTrainerPruning(nnUNetTrainer):
             self._graph = build_channel_graph(self.network_module)
         return self._graph
 
+    def _masked_blocks(self) -> list[str]:
+        """Blocks masked now (PSP-Seg's branches; empty for architectures without masks)."""
+        from nnunet_prune.surgery import architectures
+
+        try:
+            states = architectures.of(self.network_module).block_states
+        except UnsupportedNetworkError:
+            return []
+        return [] if states is None else [p for p, s in states(self.network_module).items() if s == "masked"]
+
     def _rewrap_network(self) -> None:
-        """Rebuild torch.compile / DDP wrappers after the parameter shapes changed."""
+        """Rebuild torch.compile / DDP wrappers after the parameter shapes changed or blocks were masked / restored
+        (DDP then tolerates the masked blocks' parameters that get no gradient)."""
         module = self.network_module
         # drop the old wrappers first: a DDP reducer keeps gradient accumulators that remember the old shapes
         self.network = module
@@ -297,7 +308,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
             torch._dynamo.reset()  # drop graphs of the old shapes: one recompilation per surgery, never a pile-up
             module = torch.compile(module)
         if self.is_ddp:
-            module = DDP(module, device_ids=[self.local_rank])
+            module = DDP(module, device_ids=[self.local_rank], find_unused_parameters=bool(self._masked_blocks()))
         self.network = module
 
     # ------------------------------------------------------------------ surgery
@@ -314,6 +325,9 @@ class nnUNetTrainerPruning(nnUNetTrainer):
             self.print_to_log_file(f"pruning: restored {', '.join(result.restored)}")
         if result.masked:
             self.print_to_log_file(f"pruning: masked {', '.join(result.masked)}")
+        if (result.masked or result.restored) and not result.structure_changed and (self.is_ddp or
+                                                                                    self._do_i_compile()):
+            self._rewrap_network()  # DDP must expect the masked parameters' missing gradients
         if result.structure_changed:
             if result.blocks is not None and result.blocks.changed:
                 self._graph = None
@@ -330,7 +344,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
 
     def current_macs(self) -> int:
         """MACs of one patch through the inference path (cached until the structure changes)."""
-        key = (tuple(self.graph.widths().items()), count_parameters(self.network_module))
+        key = (tuple(self.graph.widths().items()), count_parameters(self.network_module), tuple(self._masked_blocks()))
         if self._macs_cache is None or self._macs_cache[0] != key:
             self._macs_cache = (key, count_macs(self.network_module, self.configuration_manager.patch_size))
         return self._macs_cache[1]
@@ -463,6 +477,8 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         removal = Removal()
         if self.method is not None:
             removal = self.method.decide(self.graph, self.progress())  # still observes in the final epochs
+            if self.method.state_from_rank0 and self.is_ddp:  # rank 0's decision, and the state that goes with it
+                self.method.load_state(broadcast_decision(self.method.state()))
             scalars = self.method.scalars(self.graph)
             self._log_method_messages()
             for key, value in scalars.items():
@@ -475,7 +491,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                                    f"{len(removal.blocks)} block(s) kept.")
             removal = Removal()
         result = self.apply_removal(removal)
-        self._cut_after_validation = result.structure_changed
+        self._cut_after_validation = result.structure_changed or bool(result.masked or result.restored)
         if self.method is not None:
             self.method.after_surgery(result, self.graph)
             self._log_method_messages()  # what the surgery changed (e.g. requests the caps clipped)

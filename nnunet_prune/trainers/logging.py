@@ -285,7 +285,7 @@ def plot_branch_map(records: list[dict], output_file: str, kernels: dict[str, li
     records = [r for r in records if r and r.get("branch_map")]
     if not records:
         return
-    picked = [records[0]] + [r for r in records[1:-1] if r.get("pspseg_event")] + [records[-1]]
+    picked = [records[0]] + [r for r in records[1:-1] if r.get("pspseg_events")] + [records[-1]]
     picked = list({r["epoch"]: r for r in picked}.values())
     if len(picked) > max_panels:
         picked = picked[:max_panels - 1] + [picked[-1]]
@@ -316,8 +316,8 @@ def plot_branch_map(records: list[dict], output_file: str, kernels: dict[str, li
             for row, m in enumerate(modules):
                 for col, label in enumerate((kernels or {}).get(m, [])):
                     ax.text(col, row, label, ha="center", va="center", fontsize=5.5, color="0.15")
-            event = (r.get("pspseg_event") or {}).get("kind")
-            ax.set_title(f"after epoch {r['epoch']}" + (f"\n({event})" if event else ""), fontsize=8)
+            events = " + ".join(e["kind"] for e in r.get("pspseg_events") or [])
+            ax.set_title(f"after epoch {r['epoch']}" + (f"\n({events})" if events else ""), fontsize=8)
             ax.set_xlabel("branch", fontsize=7)
         fig.legend(handles=[Patch(facecolor=c, edgecolor="0.4", label=k) for k, c in BRANCH_COLORS.items()],
                    loc="outside lower center", ncol=3, frameon=False, fontsize=7)

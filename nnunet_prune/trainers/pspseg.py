@@ -5,8 +5,9 @@ The algorithm is :mod:`nnunet_prune.methods.pspseg`; the network :mod:`nnunet_pr
 :class:`~nnunet_prune.methods.pspseg.PSPSegSettings`, then ``plans['nnunet_prune']['pspseg']`` (the L planner writes
 k=2), then ``NNUNET_PRUNE_PSPSEG='k=1,patience=10,tolerance=0.01,stop_fraction=0.4,calibration_patches=100'``; the
 values used are written to ``pruning_config.json``. This glue gives the method its calibration batches (training
-patches from nnU-Net's training loader, with its augmentation) and the dataset's ignore label, and draws
-``branch_map.png`` at the end. ``-pretrained_weights`` works as in nnU-Net (the paper pre-trains on
+patches from nnU-Net's training loader, with its augmentation), the dataset's ignore label and region setting, and
+under DDP makes rank 0 the one that calibrates; it draws ``branch_map.png`` at the end. ``-pretrained_weights``
+works as in nnU-Net from an unpruned PSP-Seg checkpoint of the same plans (the paper pre-trains on
 TotalSegmentator; see docs/pspseg.md).
 """
 
@@ -34,6 +35,8 @@ class nnUNetTrainerPSPSeg(nnUNetTrainerPruning):
         super().on_train_start()
         self.method.calibration = self.calibration_batches
         self.method.ignore_label = self.label_manager.ignore_label
+        self.method.regions = self.label_manager.has_regions
+        self.method.is_main = self.local_rank == 0
 
     def calibration_batches(self) -> Iterator[torch.Tensor]:
         """Input batches (B, C, *patch) drawn from nnU-Net's training loader, as long as the method asks."""
