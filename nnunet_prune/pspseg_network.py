@@ -43,8 +43,9 @@ def branch_kernel_set(m: int, dim: int, stage_kernel: Sequence[int] | None = Non
     """The ``m`` branch kernels of one stage: every mix of 1 and 3 per axis ordered by how many axes are 3 (the
     full 3x3(x3) first, then the planar ones, then the 1D ones, then 1x1(x1)), cycled if ``m`` is larger than the
     number of mixes. An axis on which nnU-Net's plan uses kernel 1 for the stage (anisotropic data) gets 1 in every
-    branch. 3D, m = 4: 333, 133, 313, 331; m = 7: the 7 mixes other than 111. 2D, m = 4: 33, 13, 31, 11; m = 7:
-    33, 13, 31, 11, 33, 13, 31 (2D has only four mixes: the extra branches repeat them with their own weights).
+    branch. 3D, m = 4: 333, 331, 313, 133; m = 7: those and 311, 131, 113 (every mix but 111). 2D, m = 4: 33, 31,
+    13, 11; m = 7: 33, 31, 13, 11, 33, 31, 13 (2D has only four mixes: the extra branches repeat them with their own
+    weights).
 
     Raises:
         ValueError: m < 1 or dim not 2 or 3.

@@ -484,6 +484,10 @@ class nnUNetTrainerPruning(nnUNetTrainer):
             for key, value in scalars.items():
                 self.logger.local_logger.add_key(key)  # a key the method did not list in log_keys: from now on
                 self.logger.log(key, value, self.current_epoch)
+            shown = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()
+                     if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if shown:  # the method's per-epoch scalars in the training log too (plots: progress_pruning.png)
+                self.print_to_log_file(f"{self.method.settings.NAME}: {', '.join(shown)}")
         if (removal.channels or removal.blocks) and not self.pruning_allowed():
             self.print_to_log_file(f"nnunet-prune: no surgery in the last {self.final_epochs_without_pruning} "
                                    f"epoch(s) (the final network must train at its final width); "
