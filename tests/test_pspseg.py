@@ -251,6 +251,10 @@ def test_settings_are_validated():
     method = PSPSegMethod(PSPSegSettings())
     assert method.schedule_problems(20, 1)  # patience 10 + stop at 40 %: nothing in 20 epochs
     assert not method.schedule_problems(1000, 1)
+    forced = PSPSegMethod(PSPSegSettings(patience=0, stop_fraction=1.0))
+    assert not forced.schedule_problems(2, 1)  # masks after epoch 0 (then export deletes them)
+    late = PSPSegMethod(PSPSegSettings(patience=2, stop_fraction=0.1))
+    assert late.schedule_problems(20, 1) and not late.schedule_problems(30, 1)  # masks end with epoch 1 / epoch 2
 
 
 def test_a_module_with_every_branch_deleted_loads_in_any_fold_order():

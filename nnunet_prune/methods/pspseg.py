@@ -384,8 +384,10 @@ class PSPSegMethod(PruningMethod):
     def schedule_problems(self, num_epochs: int, final_epochs_without_pruning: int) -> list[str]:
         """PSP-Seg masks first after patience + 1 epochs and stops masking at stop_fraction of the budget."""
         s = self.settings
-        last_mask = min(math.floor(s.stop_fraction * num_epochs), num_epochs - final_epochs_without_pruning - 1)
-        if s.patience + 1 > last_mask:
+        # the first convergence ends epoch `patience` (0-based: epoch 0 always sets a new minimum unless patience is
+        # 0); new masks end with epoch floor(stop_fraction * epochs) - 1 and before the final epochs
+        last_mask = min(math.floor(s.stop_fraction * num_epochs) - 1, num_epochs - final_epochs_without_pruning - 1)
+        if s.patience > last_mask:
             return [f"PSP-Seg cannot prune in {num_epochs} epoch(s): a convergence needs more than patience="
                     f"{s.patience} epochs and new masks stop after stop_fraction={s.stop_fraction} of the epochs "
                     f"(epoch {last_mask}). For a short run set {ENV_VAR}='patience=2,stop_fraction=0.8' or train "

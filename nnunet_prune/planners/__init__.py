@@ -7,5 +7,7 @@ from nnunet_prune.planners.lunet import (
     LUnetResEncPlanner,
     LUnetResEncPlanner_16,
 )
+from nnunet_prune.planners.pspseg import PSPSegPlanner_B, PSPSegPlanner_L, PSPSegPlanner_S
 
-__all__ = ["LUnetPlanner", "LUnetPlanner_16", "LUnetPlanner_8", "LUnetResEncPlanner", "LUnetResEncPlanner_16"]
+__all__ = ["LUnetPlanner", "LUnetPlanner_16", "LUnetPlanner_8", "LUnetResEncPlanner", "LUnetResEncPlanner_16",
+           "PSPSegPlanner_S", "PSPSegPlanner_B", "PSPSegPlanner_L"]

@@ -33,6 +33,7 @@ class SharedDataMixin:
                          plans_name or self.default_plans_name, overwrite_target_spacing, suppress_transpose)
 
     def generate_data_identifier(self, configuration_name: str) -> str:
+        """The default plans' data identifier for 2d / 3d_fullres (the data is shared, not preprocessed again)."""
         if self.overwrite_target_spacing is None and self.preprocessor_name == "DefaultPreprocessor":
             # preprocessing does not depend on the network: share the data of the plans we deviate from
             if configuration_name in ("2d", "3d_fullres"):

@@ -40,6 +40,8 @@ class PSPSegPlanner_S(SharedDataMixin, ExperimentPlanner):
 
     def get_plans_for_configuration(self, spacing, median_shape, data_identifier, approximate_n_voxels_dataset,
                                     _cache) -> dict:
+        """nnU-Net's plan of one configuration with the network replaced by PSP-Seg's (the stock architecture kept
+        aside for the parameter summary)."""
         plan = super().get_plans_for_configuration(spacing, median_shape, data_identifier,
                                                    approximate_n_voxels_dataset, _cache)
         stock = plan["architecture"]
@@ -72,11 +74,14 @@ class PSPSegPlanner_S(SharedDataMixin, ExperimentPlanner):
         return plan
 
     def save_plans(self, plans):
+        """Write the plans, with the variant's method settings (``plans['nnunet_prune']['pspseg']``) if it has
+        any."""
         if self.pspseg_settings:
             plans.setdefault("nnunet_prune", {})["pspseg"] = dict(self.pspseg_settings)
         super().save_plans(plans)
 
     def plan_experiment(self):
+        """nnU-Net's planning, then the parameter counts printed next to the default plan's network."""
         plans = super().plan_experiment()
         try:
             print(self.parameter_summary(plans))
