@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "export": "nnunet_prune.cli.export",
     "sweep": "nnunet_prune.cli.sweep",
     "plans-from-model": "nnunet_prune.cli.plans_from_model",
+    "benchmark": "nnunet_prune.cli.benchmark",
 }
 
 

@@ -1,0 +1,82 @@
+"""``nnunet-prune benchmark``: every method on one dataset, one budget, one table (:mod:`nnunet_prune.benchmark`)."""
+
+from __future__ import annotations
+
+import os
+
+from nnunet_prune import NnUNetPruneError
+
+
+def add_parser(sub) -> None:
+    """Register the ``nnunet-prune benchmark`` subcommand on ``sub`` (an argparse subparsers object)."""
+    from nnunet_prune.benchmark import METHOD_NAMES
+
+    p = sub.add_parser(
+        "benchmark", help="train every pruning method with the same budget and compare them in one table",
+        description="Train the dense nnU-Net and every pruning method of this package with stock nnUNetv2_train "
+                    "and one budget (into OUT/nnUNet_results, never your nnUNet_results), predict the test images "
+                    "with stock nnUNetv2_predict and score them with nnUNetv2_evaluate_folder (without a test set: "
+                    "the folds' validation), measure parameters, MACs, checkpoint size and latency, and write "
+                    "benchmark.md / .csv and Pareto plots. Rerun the same command to continue or reuse. Methods: "
+                    + ", ".join(METHOD_NAMES) + ". Method settings come from your environment as for "
+                    "nnUNetv2_train (e.g. NNUNET_PRUNE_SAURON, NNUNET_PRUNE_STRUCTURED).")
+    p.add_argument("-d", "--dataset", required=True, help="dataset name or ID")
+    p.add_argument("-c", "--configuration", required=True, help="configuration, e.g. 2d or 3d_fullres")
+    p.add_argument("-f", "--folds", nargs="+", default=["0"], help="folds to train (default: 0)")
+    p.add_argument("-o", "--output", required=True, help="output folder (new, empty, or an earlier benchmark's)")
+    p.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), metavar="METHOD",
+                   help="methods to run (default: all): " + " ".join(METHOD_NAMES))
+    p.add_argument("--epochs", type=int, default=20, help="epochs of every training (default 20)")
+    p.add_argument("--iters-per-epoch", type=int, default=20, help="training iterations per epoch (default 20)")
+    p.add_argument("--val-iters", type=int, default=5, help="validation iterations per epoch (default 5)")
+    p.add_argument("--test-images", default=None, help="held-out images (like imagesTs)")
+    p.add_argument("--test-labels", default=None, help="their ground-truth segmentations (like labelsTs)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="training and inference device (default: cuda if available, else cpu)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="methods trained at the same time (default 1; each nnU-Net training uses every CPU core, so "
+                        "more than 1 pays off on a GPU with memory to spare or a many-core machine)")
+    p.add_argument("--sweep-taus", nargs="+", type=float, default=None, metavar="TAU",
+                   help="tau grid of the magnitude sweep (default: the sweep's 0..0.02)")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per latency (default 10)")
+    p.add_argument("--runtimes", nargs="+", default=None, metavar="NAME",
+                   help="deployment runtimes timed on the CPU next to PyTorch: onnxruntime, openvino (default: every "
+                        "installed one; 'none' for none)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Resolve the dataset, check every input, run the benchmark; print where the table is."""
+    from nnunet_prune.benchmark import Benchmark, BenchmarkSettings
+
+    if not (os.environ.get("nnUNet_raw") and os.environ.get("nnUNet_preprocessed")):
+        raise NnUNetPruneError("nnUNet_raw and nnUNet_preprocessed must be set (the benchmark plans and trains with "
+                               "nnU-Net's folders; its models go to OUT/nnUNet_results).")
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    try:
+        dataset = maybe_convert_to_dataset_name(args.dataset if not str(args.dataset).isdigit()
+                                                else int(args.dataset))
+    except RuntimeError as e:
+        raise NnUNetPruneError(f"-d {args.dataset}: {e}") from None
+    if len(set(args.methods)) != len(args.methods):
+        raise NnUNetPruneError("--methods names a method twice.")
+    from nnunet_prune.benchmark import METHOD_NAMES, method_spec
+
+    for name in args.methods:
+        method_spec(name)
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    settings = BenchmarkSettings(
+        dataset=dataset, configuration=args.configuration, folds=list(args.folds),
+        methods=[n for n in METHOD_NAMES if n in args.methods], epochs=args.epochs, iterations=args.iters_per_epoch,
+        val_iterations=args.val_iters, test_images=args.test_images, test_labels=args.test_labels, device=device,
+        sweep_taus=args.sweep_taus, jobs=args.jobs, repeats=args.repeats,
+        runtimes=[] if args.runtimes == ["none"] else args.runtimes)
+    md = Benchmark(settings, args.output).run()
+    print(f"\nTable: {md}\nCSV: {md.with_suffix('.csv')}\nPlots: {md.parent / 'pareto.png'}")
+    print(md.read_text())
+    return 0
