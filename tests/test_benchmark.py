@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import sys
 
 import pytest
@@ -65,11 +66,14 @@ def test_a_folder_that_is_not_a_benchmark_is_refused_untouched(nnunet_env, tmp_p
 def test_every_method_end_to_end_then_a_rerun_reuses_everything(nnunet, dataset2d, tmp_path):
     """Every method with the folds' validation (two at a time); then a test set, nnU-Net's prediction and evaluation,
     and a failing method next to a working one."""
+    pre = tmp_path / "preprocessed"  # the benchmark plans what is missing: not into the session's shared folder
+    shutil.copytree(nnunet.preprocessed, pre)
+    env = {**FORCED, "nnUNet_preprocessed": str(pre)}
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "nnunet_prune.cli.main", "benchmark", "-d", DATASET_2D, "-c", "2d", "-o", out,
            "--epochs", 2, "--iters-per-epoch", 2, "--val-iters", 1, "--sweep-taus", 0.001, 0.01, 0.05,
            "--repeats", 2, "--runtimes", "none", "--jobs", 2]
-    first = nnunet.run(*cmd, env=FORCED, timeout=1800)
+    first = nnunet.run(*cmd, env=env, timeout=1800)
     rows = {r["method"]: r for r in csv.DictReader(open(out / "benchmark.csv"))}
     assert set(rows) == set(METHOD_NAMES)
     failed = {k: r["error"] for k, r in rows.items() if r["status"] != "ok"}
@@ -103,14 +107,14 @@ def test_every_method_end_to_end_then_a_rerun_reuses_everything(nnunet, dataset2
     # trained into the benchmark's own results folder, never into the user's nnUNet_results
     assert not any(p.name.startswith("nnUNetTrainerPSPSeg") for p in nnunet.results.rglob("*"))
 
-    second = nnunet.run(*cmd, env=FORCED, timeout=600)
+    second = nnunet.run(*cmd, env=env, timeout=600)
     assert second.stdout.count("already trained (reused)") == len(METHOD_NAMES)
     assert "training fold" not in second.stdout and "sweep of the dense" not in second.stdout
     again = {r["method"]: r for r in csv.DictReader(open(out / "benchmark.csv"))}
     assert {k: r["dice"] for k, r in again.items()} == {k: r["dice"] for k, r in rows.items()}
     assert len(first.stdout) > len(second.stdout)
     # other settings in the same folder are refused
-    bad = nnunet.run(*cmd, "--epochs", 3, check=False)
+    bad = nnunet.run(*cmd, "--epochs", 3, env=env, check=False)
     assert bad.returncode == 2 and "other settings" in bad.stderr
 
     # a test set: stock prediction and evaluation; a failing method is reported and the others go on
@@ -119,7 +123,7 @@ def test_every_method_end_to_end_then_a_rerun_reuses_everything(nnunet, dataset2
     run = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "benchmark", "-d", DATASET_2D, "-c", "2d",
                      "-o", out2, "--epochs", 1, "--iters-per-epoch", 2, "--val-iters", 1, "--methods", "lunet8",
                      "sauron", "--test-images", raw / "imagesTs", "--test-labels", raw / "labelsTs", "--repeats", 1,
-                     "--runtimes", "none", env={"NNUNET_PRUNE_SAURON": "tau_max=abc"})
+                     "--runtimes", "none", env={**env, "NNUNET_PRUNE_SAURON": "tau_max=abc"})
     rows = {r["method"]: r for r in csv.DictReader(open(out2 / "benchmark.csv"))}
     assert rows["lunet8"]["status"] == "ok" and rows["lunet8"]["dice_source"] == "test"
     evaluation = json.loads((out2 / "predictions" / "lunet8" / "summary.json").read_text())
