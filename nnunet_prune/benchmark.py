@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nnunet_prune import NnUNetPruneError
+from nnunet_prune.commands import console_script, package_command
 
 TOOL = "benchmark"
 MARKER = ".nnunet_prune_benchmark"
@@ -162,19 +163,6 @@ class MethodResult:
 
 class StepFailed(NnUNetPruneError):
     """A step of one method failed; the message names the step and holds the end of its log."""
-
-
-def _script(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    found = str(local) if local.exists() else shutil.which(name)
-    if not found:
-        raise NnUNetPruneError(f"{name} not found next to {sys.executable} or on PATH. Is nnunetv2 installed in "
-                               f"this environment?")
-    return found
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "nnunet_prune.cli.main", *args]
 
 
 class Benchmark:
@@ -386,8 +374,8 @@ class Benchmark:
         if not default.is_file():
             t = time.perf_counter()
             self.say(f"planning and preprocessing {self.s.dataset} {self.s.configuration} (nnU-Net's default planner)")
-            self.command("plans", "default", [_script("nnUNetv2_plan_and_preprocess"), "-d", self.dataset_id, "-c",
-                                              self.s.configuration, "-np", n, "-npfp", n])
+            self.command("plans", "default", [console_script("nnUNetv2_plan_and_preprocess"), "-d", self.dataset_id,
+                                              "-c", self.s.configuration, "-np", n, "-npfp", n])
             self._step_seconds("plan default", time.perf_counter() - t)
         else:
             cfg = json.loads(default.read_text())["configurations"].get(self.s.configuration, {})
@@ -395,7 +383,7 @@ class Benchmark:
             if not data.is_dir():
                 t = time.perf_counter()
                 self.say(f"preprocessing {self.s.configuration} with the existing nnUNetPlans")
-                self.command("plans", "preprocess", [_script("nnUNetv2_preprocess"), "-d", self.dataset_id,
+                self.command("plans", "preprocess", [console_script("nnUNetv2_preprocess"), "-d", self.dataset_id,
                                                      "-plans_name", "nnUNetPlans", "-c", self.s.configuration,
                                                      "-np", n])
                 self._step_seconds("preprocess default", time.perf_counter() - t)
@@ -404,7 +392,7 @@ class Benchmark:
                 continue
             t = time.perf_counter()
             self.say(f"planning {plans} ({planner}; reuses the default plans' data)")
-            self.command("plans", planner, [_script("nnUNetv2_plan_and_preprocess"), "-d", self.dataset_id, "-c",
+            self.command("plans", planner, [console_script("nnUNetv2_plan_and_preprocess"), "-d", self.dataset_id, "-c",
                                             self.s.configuration, "-pl", planner, "-np", n, "-npfp", n])
             self._step_seconds(f"plan {planner}", time.perf_counter() - t)
 
@@ -420,7 +408,7 @@ class Benchmark:
                 self.say(f"{m.name}: fold {fold} already trained (reused)")
                 row.train_seconds += self._step_seconds(key) or 0.0
                 continue
-            cmd = [_script("nnUNetv2_train"), self.dataset_id, self.s.configuration, str(fold), "-tr", m.trainer,
+            cmd = [console_script("nnUNetv2_train"), self.dataset_id, self.s.configuration, str(fold), "-tr", m.trainer,
                    "-p", m.plans, "-device", self.s.device]
             how = "training"
             if (fd / "checkpoint_final.pth").is_file():
@@ -446,8 +434,8 @@ class Benchmark:
             report = out / "sweep.json"
             if not report.is_file():
                 images, labels = self._sweep_inputs()
-                cmd = _cli("sweep", str(self.model_folder(method_spec(DENSE))), "-i", images, "--labels", labels,
-                           "-o", str(out), "-f", *map(str, self.s.folds), "--device", self.s.device)
+                cmd = package_command("sweep", str(self.model_folder(method_spec(DENSE))), "-i", images, "--labels",
+                                      labels, "-o", str(out), "-f", *map(str, self.s.folds), "--device", self.s.device)
                 if self.s.sweep_taus:
                     cmd += ["--taus", *map(str, self.s.sweep_taus)]
                 self.say("magnitude: sweep of the dense model")
@@ -492,21 +480,18 @@ class Benchmark:
             t = time.perf_counter()
             n = os.environ.get("nnUNet_def_n_proc", "2")
             self.command(m.name, "predict", [
-                _script("nnUNetv2_predict"), "-i", self.s.test_images, "-o", str(out), "-d", self.dataset_id, "-c",
-                self.s.configuration, "-tr", m.trainer, "-p", m.plans, "-f", *map(str, self.s.folds), "-device",
+                console_script("nnUNetv2_predict"), "-i", self.s.test_images, "-o", str(out), "-d", self.dataset_id,
+                "-c", self.s.configuration, "-tr", m.trainer, "-p", m.plans, "-f", *map(str, self.s.folds), "-device",
                 self.s.device, "-npp", "1", "-nps", "1", "--disable_progress_bar"])
             self.command(m.name, "evaluate", [
-                _script("nnUNetv2_evaluate_folder"), self.s.test_labels, str(out), "-djfile",
+                console_script("nnUNetv2_evaluate_folder"), self.s.test_labels, str(out), "-djfile",
                 str(out / "dataset.json"), "-pfile", str(out / "plans.json"), "-o", str(summary), "-np", n])
             row.predict_seconds = time.perf_counter() - t
             self._step_seconds(f"{m.name} predict", row.predict_seconds)
-        from nnunet_prune.modelfolder import label_names
+        from nnunet_prune.report import dice_from_summary
 
-        data = json.loads(summary.read_text())
-        names = label_names(self.dataset_json)
-        row.dice = _finite(data.get("foreground_mean", {}).get("Dice"))
-        row.dice_per_class = {names.get(str(k), str(k)): _finite(v.get("Dice"))
-                              for k, v in data.get("mean", {}).items() if isinstance(v, dict)}
+        row.dice, per_class = dice_from_summary(json.loads(summary.read_text()), self.dataset_json)
+        row.dice_per_class = per_class or {}
         row.dice_source = "test"
 
     def run_method(self, m: MethodSpec) -> None:
@@ -557,7 +542,7 @@ class Benchmark:
             if not (measured / "plans.json").is_file():
                 self.say(f"{m.name}: exporting (nnunet-prune export) before measuring")
                 t = time.perf_counter()
-                self.command(m.name, "export", _cli("export", str(folder), "-o", str(measured), "-f",
+                self.command(m.name, "export", package_command("export", str(folder), "-o", str(measured), "-f",
                                                     *map(str, self.s.folds)))
                 self._step_seconds(f"{m.name} export", time.perf_counter() - t)
         notes: list[str] = []
@@ -749,14 +734,6 @@ class Benchmark:
                       f"{self.state.get('total_seconds', 0) / 60:.1f} min, measurements included). Every command "
                       f"with its environment: commands.sh; each step's output: logs/.", ""]
         return "\n".join(lines)
-
-
-def _finite(value) -> float | None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if v == v and abs(v) != float("inf") else None
 
 
 def _fmt(value, pattern: str, missing: str = "") -> str:

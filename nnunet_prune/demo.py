@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nnunet_prune import NnUNetPruneError
+from nnunet_prune.commands import console_script, package_command
 
 MARKER = ".nnunet_prune_demo"
 TOOL = "demo"
@@ -65,15 +64,6 @@ class ModelRow:
     predict_seconds: float = 0.0
     cpu_ms_per_patch: float | None = None
     cpu_ms_iqr: float | None = None
-
-
-def _script(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    found = str(local) if local.exists() else shutil.which(name)
-    if not found:
-        raise NnUNetPruneError(f"{name} not found next to {sys.executable} or on PATH. Is nnunetv2 installed in "
-                               f"this environment?")
-    return found
 
 
 class Demo:
@@ -177,7 +167,7 @@ class Demo:
         """Step: write the demo dataset (ID 990) with ``nnunet-prune dataset`` (synthetic: 2D, 20 training and 5 test
         cases)."""
         t = self.step(f"Creating the {self.dataset} dataset")
-        cmd = [sys.executable, "-m", "nnunet_prune.cli.main", "dataset", self.dataset, "-d", str(DATASET_ID)]
+        cmd = package_command("dataset", self.dataset, "-d", str(DATASET_ID))
         if self.dataset == "synthetic":
             cmd += ["--dim", "2", "--cases", "20", "--test-cases", "5"]
         elif self.lits_wheel:
@@ -190,11 +180,11 @@ class Demo:
         the preprocessed data)."""
         t = self.step("Planning and preprocessing: nnU-Net default planner (2d)")
         n = self.env["nnUNet_def_n_proc"]
-        self.run([_script("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", n,
+        self.run([console_script("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", n,
                   "-npfp", n])
         self.timings["plan default"] = time.perf_counter() - t
         t = self.step("Planning: LUnetPlanner (constant width 32; reuses the preprocessed data)")
-        self.run([_script("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-pl",
+        self.run([console_script("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-pl",
                   "LUnetPlanner", "-np", n, "-npfp", n])
         self.timings["plan LUnet"] = time.perf_counter() - t
 
@@ -203,7 +193,7 @@ class Demo:
         returns the model's new :class:`ModelRow` (``name``: its label in the table), also added to :attr:`rows`."""
         t = self.step(f"Training {name}: nnUNetv2_train {DATASET_ID} 2d 0 -tr {trainer} -p {plans} "
                       f"({self.budget.epochs} epochs x {self.budget.iterations} iterations, CPU)")
-        self.run([_script("nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", trainer, "-p", plans, "-device",
+        self.run([console_script("nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", trainer, "-p", plans, "-device",
                   "cpu"], {"nnUNet_n_proc_DA": "0", **(extra_env or {})})
         folder = Path(self.env["nnUNet_results"]) / self.dataset_name / f"{trainer}__{plans}__2d"
         row = ModelRow(name, trainer, plans, str(folder), train_seconds=time.perf_counter() - t)
@@ -215,7 +205,7 @@ class Demo:
         the export."""
         t = self.step(f"Exporting {row.name} as a slim model folder")
         out = self.workdir / "exported" / Path(row.model_folder).name
-        self.run([sys.executable, "-m", "nnunet_prune.cli.main", "export", row.model_folder, "-o", str(out)])
+        self.run(package_command("export", row.model_folder, "-o", str(out)))
         row.model_folder = str(out)
         self.timings[f"export {row.name}"] = time.perf_counter() - t
 
@@ -224,7 +214,7 @@ class Demo:
         (``nnUNetv2_predict_from_modelfolder``) into ``predictions/<name>``; stores the wall time (s) in ``row``."""
         t = self.step(f"Predicting the held-out images with {row.name} (stock nnUNetv2_predict_from_modelfolder)")
         out = self.workdir / "predictions" / row.name
-        self.run([_script("nnUNetv2_predict_from_modelfolder"), "-i", str(self.images_ts), "-o", str(out), "-m",
+        self.run([console_script("nnUNetv2_predict_from_modelfolder"), "-i", str(self.images_ts), "-o", str(out), "-m",
                   row.model_folder, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
                   "--disable_progress_bar"])
         row.predict_seconds = time.perf_counter() - t
@@ -234,8 +224,8 @@ class Demo:
         returns its report (sweep.json)."""
         t = self.step(f"Magnitude-pruning sweep of {row.name} (proxy Dice on the held-out images)")
         out = self.workdir / "magnitude_sweep"
-        self.run([sys.executable, "-m", "nnunet_prune.cli.main", "sweep", row.model_folder, "-i",
-                  str(self.images_ts), "--labels", str(self.labels_ts), "-o", str(out), "-f", "0"])
+        self.run(package_command("sweep", row.model_folder, "-i", str(self.images_ts), "--labels", str(self.labels_ts),
+                                 "-o", str(out), "-f", "0"))
         self.timings["sweep"] = time.perf_counter() - t
         return json.loads((out / "sweep.json").read_text())
 

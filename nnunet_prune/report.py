@@ -38,7 +38,8 @@ __all__ = [
     "FoldEfficiency", "LatencyStats", "busy_machine_warning", "check_runtimes", "format_markdown", "format_table",
     "load_average",
     "measure_latency", "measure_latency_stats", "measure_model_folder", "timing_warnings",
-    "open_model_folders", "peak_gpu_memory_mb", "plot_dice_vs_macs", "read_dice", "resolve_device", "write_report",
+    "open_model_folders", "peak_gpu_memory_mb", "plot_dice_vs_macs", "dice_from_summary", "read_dice",
+    "resolve_device", "write_report",
 ]
 
 
@@ -183,17 +184,21 @@ def _finite(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def dice_from_summary(summary: dict, dataset_json: dict) -> tuple[float | None, dict[str, float | None] | None]:
+    """(foreground mean Dice, Dice per label name) from an nnU-Net evaluation ``summary.json`` (validation or
+    ``nnUNetv2_evaluate_folder``); per-class None if it has no class Dice."""
+    dice = _finite(summary.get("foreground_mean", {}).get("Dice"))
+    names = label_names(dataset_json)
+    per_class = {names.get(str(k), str(k)): _finite(v.get("Dice")) for k, v in summary.get("mean", {}).items()
+                 if isinstance(v, dict) and "Dice" in v}
+    return dice, per_class or None
+
+
 def read_dice(folder: ModelFolder, fold) -> tuple[float | None, dict[str, float | None] | None]:
     """(foreground mean Dice, Dice per label name) from the fold's validation summary.json; (None, None) if the fold
     was not validated."""
     summary = folder.validation_summary(fold)
-    if not summary:
-        return None, None
-    dice = _finite(summary.get("foreground_mean", {}).get("Dice"))
-    names = label_names(folder.dataset_json)
-    per_class = {names.get(str(k), str(k)): _finite(v.get("Dice")) for k, v in summary.get("mean", {}).items()
-                 if isinstance(v, dict) and "Dice" in v}
-    return dice, per_class or None
+    return dice_from_summary(summary, folder.dataset_json) if summary else (None, None)
 
 
 def open_model_folders(paths: Sequence[str | os.PathLike], folds: Sequence | None = None) -> list[ModelFolder]:
