@@ -38,15 +38,8 @@ def remove_masked_blocks(network: nn.Module) -> int:
     """Delete the blocks that are masked (PSP-Seg branches still masked when training ended: they compute nothing,
     so no output changes); returns how many. Architectures without masks: 0."""
     from nnunet_prune.surgery import architectures
-    from nnunet_prune.surgery.graph import UnsupportedNetworkError
 
-    try:
-        arch = architectures.of(network)
-    except UnsupportedNetworkError:
-        return 0
-    if arch.block_states is None:
-        return 0
-    masked = [path for path, state in arch.block_states(network).items() if state == "masked"]
+    masked = architectures.masked_blocks(network)
     if masked:
-        arch.remove_blocks(network, masked)
+        architectures.of(network).remove_blocks(network, masked)
     return len(masked)

@@ -110,6 +110,16 @@ def of(network: nn.Module) -> Architecture:
         f"{', '.join(a.stock_class for a in ARCHITECTURES)}).")
 
 
+def masked_blocks(network: nn.Module) -> list[str]:
+    """Paths of the blocks of ``network`` that are masked now (PSP-Seg's branches); [] for a network whose
+    architecture has no block states or is not registered."""
+    try:
+        states = of(network).block_states
+    except UnsupportedNetworkError:
+        return []
+    return [] if states is None else [path for path, state in states(network).items() if state == "masked"]
+
+
 for _cls in ("PlainConvUNet", "ResidualEncoderUNet"):
     register(Architecture(f"dynamic_network_architectures.architectures.unet.{_cls}",
                           f"nnunet_prune.networks.Adaptive{_cls}", build_unet_graph))

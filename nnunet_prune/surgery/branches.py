@@ -109,8 +109,7 @@ def remove_branches(network: nn.Module, paths: Iterable[str],
         branch = prm.branches[index]
         gone += list(branch.parameters())
         del prm.branches[index]
-        if "present" in prm._buffers:
-            prm.present[int(index)] = False
+        prm.present[int(index)] = False
         branch.to("cpu")  # kept (unregistered) only so that a later state dict may bring it back
     gone_ids = {id(p) for p in gone}
     for opt in _optimizers(optimizer):

@@ -51,6 +51,7 @@ from nnunet_prune.modelfolder import read_checkpoint
 from nnunet_prune.networks import adaptive_class_name
 from nnunet_prune.stats import count_macs, count_parameters, unwrap
 from nnunet_prune.surgery import ChannelGraph, build_channel_graph
+from nnunet_prune.surgery.architectures import masked_blocks
 from nnunet_prune.surgery.graph import UnsupportedNetworkError
 from nnunet_prune.surgery.masks import hold_masks, zero_pattern
 from nnunet_prune.surgery.prune import caps_from_ratio
@@ -287,20 +288,10 @@ class nnUNetTrainerPruning(nnUNetTrainer):
             self._graph = build_channel_graph(self.network_module)
         return self._graph
 
-    def _masked_blocks(self) -> list[str]:
-        """Blocks masked now (PSP-Seg's branches; empty for architectures without masks)."""
-        from nnunet_prune.surgery import architectures
-
-        try:
-            states = architectures.of(self.network_module).block_states
-        except UnsupportedNetworkError:
-            return []
-        return [] if states is None else [p for p, s in states(self.network_module).items() if s == "masked"]
-
     def _rewrap_network(self) -> None:
         """Rebuild torch.compile / DDP wrappers after the parameter shapes changed or blocks were masked / restored
         (DDP then tolerates the masked blocks' parameters that get no gradient)."""
-        module = self.network_module
+        module = raw = self.network_module
         # drop the old wrappers first: a DDP reducer keeps gradient accumulators that remember the old shapes
         self.network = module
         gc.collect()
@@ -308,7 +299,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
             torch._dynamo.reset()  # drop graphs of the old shapes: one recompilation per surgery, never a pile-up
             module = torch.compile(module)
         if self.is_ddp:
-            module = DDP(module, device_ids=[self.local_rank], find_unused_parameters=bool(self._masked_blocks()))
+            module = DDP(module, device_ids=[self.local_rank], find_unused_parameters=bool(masked_blocks(raw)))
         self.network = module
 
     # ------------------------------------------------------------------ surgery
@@ -344,7 +335,8 @@ class nnUNetTrainerPruning(nnUNetTrainer):
 
     def current_macs(self) -> int:
         """MACs of one patch through the inference path (cached until the structure changes)."""
-        key = (tuple(self.graph.widths().items()), count_parameters(self.network_module), tuple(self._masked_blocks()))
+        key = (tuple(self.graph.widths().items()), count_parameters(self.network_module),
+               tuple(masked_blocks(self.network_module)))
         if self._macs_cache is None or self._macs_cache[0] != key:
             self._macs_cache = (key, count_macs(self.network_module, self.configuration_manager.patch_size))
         return self._macs_cache[1]
