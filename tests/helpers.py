@@ -101,3 +101,16 @@ def segmentations(folder) -> dict[str, np.ndarray]:
     import nibabel
 
     return {p.name: np.asarray(nibabel.load(p).dataobj) for p in sorted(Path(folder).glob("*.nii.gz"))}
+
+
+def logged_once(log: str, prefixes: tuple[str, ...]) -> list[str]:
+    """The lines of an nnU-Net training log (timestamp stripped) that start with one of ``prefixes``; asserts there
+    is at least one and that none appears twice (a method's messages reach the log once)."""
+    from collections import Counter
+
+    lines = [line.split(": ", 1)[1] for line in log.splitlines() if ": " in line]
+    hits = [line for line in lines if line.startswith(prefixes)]
+    assert hits, f"no line starting with {prefixes} in the log"
+    twice = [line for line, n in Counter(hits).items() if n > 1]
+    assert not twice, f"logged more than once: {twice}"
+    return hits

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import DATASET_2D, read_json
-from tests.helpers import restored_afterwards
+from tests.helpers import logged_once, restored_afterwards
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +53,7 @@ def test_forced_schedule_prunes_then_trains_the_final_architecture(stamp_model):
     assert (fold / "validation" / "summary.json").is_file()
     log = next(fold.glob("training_log_*.txt")).read_text()
     assert "STAMP schedule for 3 epochs: 2 step(s), after epochs (0-based) 0, 1;" in log and "STAMP step 2" in log
+    assert len(logged_once(log, ("STAMP step", "STAMP schedule"))) == 3  # each line once (the driver asks twice)
     assert "checkpoint_best.pth not updated" in log  # epochs 0 and 1 were cut after their validation
 
 

@@ -212,6 +212,11 @@ def test_stamp_removes_the_lowest_ranked_and_updates_dropout():
     expected = reference_one_at_a_time(method.observer.raw(graph), 5)
     removal = method.decide(graph, progress(0))
     assert sorted((g, c) for g, idx in removal.channels.items() for c in idx) == sorted(expected)
+    # the driver asks for messages after decide and again after the surgery: each line is handed over once
+    lines = method.messages()
+    assert [line for line in lines if line.startswith("STAMP step 1: removing 5 channel(s)")] and \
+        any(line.startswith("STAMP schedule") for line in lines)
+    assert method.messages() == []
     widths = graph.widths()
     result = apply_removal(net, removal, graph=graph)
     graph = build_channel_graph(net)

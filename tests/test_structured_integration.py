@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.conftest import DATASET_2D, read_json
-from tests.helpers import restored_afterwards, segmentations
+from tests.helpers import logged_once, restored_afterwards, segmentations
 
 pytestmark = pytest.mark.slow
 
@@ -56,6 +56,7 @@ def test_iterative_l2_reaches_its_target_on_schedule_and_fine_tunes(structured_m
     assert "Loaded dense weights from" in log
     assert "Structured pruning (l2, iterative, global): remove 0.5 of the filters in 4 step(s)" in log
     assert "Structured pruning step 1 of 4: removing" in log
+    logged_once(log, ("Structured pruning step", "Structured pruning ("))
     ckpt = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert ckpt["network_weights"]["encoder.stages.0.0.convs.0.conv.weight"].shape[0] == \
         history[-1]["widths"]["enc0.conv0"]

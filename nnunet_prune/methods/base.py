@@ -232,6 +232,7 @@ class PruningMethod:
         seed from the settings, for reproducible draws)."""
         self.settings = settings
         self.rng = rng if rng is not None else np.random.default_rng()
+        self._pending_lines: list[str] = []
 
     # -- structure --------------------------------------------------------------------------------------
     def bind(self, graph: ChannelGraph) -> None:
@@ -289,9 +290,16 @@ class PruningMethod:
         scores), asked after :meth:`after_surgery`. JSON-serialisable."""
         return {}
 
+    def say(self, line: str) -> None:
+        """Queue ``line`` for the training log; :meth:`messages` hands it to the driver once."""
+        self._pending_lines.append(line)
+
     def messages(self) -> list[str]:
-        """Lines for the training log about the last decision (empty: none), asked right after :meth:`decide`."""
-        return []
+        """The lines :meth:`say` queued since the last call, then none: each line reaches the training log once,
+        however often the driver asks (after :meth:`start`, :meth:`decide` and :meth:`after_surgery`). Methods
+        queue lines with :meth:`say` and do not override this."""
+        lines, self._pending_lines = self._pending_lines, []
+        return lines
 
     def state(self) -> dict:
         """JSON-serialisable state, saved in every checkpoint (nnU-Net's logger) and restored on ``--c``."""

@@ -146,7 +146,6 @@ class PSPSegMethod(PruningMethod):
         self.network: nn.Module | None = None
         self._sums = [0.0, 0.0, 0]
         self._batch: tuple[torch.Tensor, Any] | None = None
-        self._messages: list[str] = []
         self._events_now: list[dict] = []  # this epoch's events
 
     # -- structure ----------------------------------------------------------------------------------------
@@ -163,7 +162,7 @@ class PSPSegMethod(PruningMethod):
         them, this run's schedule decides anew."""
         masked = [p for p, s in block_states(network).items() if s == MASKED]
         if masked:
-            self._messages.append(f"PSP-Seg: {len(masked)} branch(es) masked in the starting weights restored")
+            self.say(f"PSP-Seg: {len(masked)} branch(es) masked in the starting weights restored")
         return Removal(restore_blocks=masked)
 
     def release(self) -> None:
@@ -334,7 +333,7 @@ class PSPSegMethod(PruningMethod):
         event = {"kind": kind, "epoch": epoch, "branches": list(paths), "k": self.k}
         self._events_now.append(event)
         self.events.append(event)
-        self._messages.append(f"PSP-Seg: {text}")
+        self.say(f"PSP-Seg: {text}")
 
     # -- records ------------------------------------------------------------------------------------------------
     def _states_after_decision(self) -> dict[str, list[str]]:
@@ -359,11 +358,6 @@ class PSPSegMethod(PruningMethod):
     def record(self, graph: ChannelGraph) -> dict[str, Any]:
         """The branch map (module -> state per branch) and this epoch's events."""
         return {"branch_map": branch_states(self.network), "pspseg_events": list(self._events_now)}
-
-    def messages(self) -> list[str]:
-        """Lines about the last decision."""
-        out, self._messages = self._messages, []
-        return out
 
     def state(self) -> dict:
         """k, the TR / RL history, the last event, the best FD loss, pending masks, the events."""

@@ -318,6 +318,9 @@ class SauronMethod(PruningMethod):
     def decide(self, graph: ChannelGraph, progress: TrainingProgress) -> Removal:
         """Procedure 1 (raise thresholds under C1-C4), then Procedure 2 (channels with delta_prune < tau_l)."""
         self._raised = self.thresholds.update(progress.epoch, progress.train_losses, progress.val_losses)
+        if self._raised:
+            self.say(f"Sauron: raised tau of {len(self._raised)} layers; "
+                     f"mean tau {np.mean([s.tau for s in self.thresholds.layers.values()]):.3f}")
         channels = {}
         for g in graph:
             d = self.delta_prune(g) if g.name in self.observer.references else None
@@ -340,13 +343,6 @@ class SauronMethod(PruningMethod):
         return {"delta_opt": self.observer.mean_delta_opt(),
                 "sauron_tau": [round(self.thresholds.layers[g.name].tau, 6) for g in graph],
                 "sauron_layers_raised": len(self._raised)}
-
-    def messages(self) -> list[str]:
-        """A line for the training log about this epoch's threshold rises (empty: none)."""
-        if not self._raised:
-            return []
-        return [f"Sauron: raised tau of {len(self._raised)} layers; "
-                f"mean tau {np.mean([s.tau for s in self.thresholds.layers.values()]):.3f}"]
 
     def state(self) -> dict:
         """The thresholds and their C3/C4 bookkeeping."""

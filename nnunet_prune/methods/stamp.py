@@ -209,7 +209,6 @@ class StampMethod(PruningMethod):
         self.masks = ChannelMasks(rescale=True)
         self._raw: dict[str, np.ndarray] = {}
         self._removed_scores: dict[str, list[float]] = {}
-        self._lines: list[str] = []
         self._stepped = False  # this epoch's decision was a step
         self._finished = False  # no step is left (a stop rule, or the schedule is over)
         self._announced = False
@@ -266,7 +265,7 @@ class StampMethod(PruningMethod):
     def decide(self, graph: ChannelGraph, progress: TrainingProgress) -> Removal:
         """At a scheduled epoch, unless a stop rule holds: rank, and choose the channels of this step."""
         s, sch = self.settings, self.schedule
-        self._removed_scores, self._lines, self._stepped = {}, [], False
+        self._removed_scores, self._stepped = {}, False
         steps = s.step_epochs(progress.num_epochs, progress.final_epochs_without_pruning)
         if not self._announced:  # the first decision of this run (also after --c: the budget may have changed)
             self._announced = True
@@ -274,7 +273,7 @@ class StampMethod(PruningMethod):
             n = s.channels_per_step(1, sch.initial_channels, progress.num_epochs,
                                     progress.final_epochs_without_pruning)
             per = f"{n} channels" if s.per_step == 0 or s.per_step >= 1 else f"{s.per_step:g} of the remaining channels"
-            self._lines.append(
+            self.say(
                 f"STAMP schedule for {progress.num_epochs} epochs: {len(steps)} step(s), after epochs (0-based) "
                 f"{_epochs_text(steps)}" + (f", {len(ahead)} of them still ahead" if progress.epoch > 0 else "")
                 + f"; {per} per step, recovery {s.recovery_epochs} epoch(s); target "
@@ -285,7 +284,7 @@ class StampMethod(PruningMethod):
         reason = self.stop_rule(graph, progress)
         if reason is not None:
             sch.stop_reason, self._finished = reason, True
-            self._lines.append(f"STAMP: pruning stops after epoch {progress.epoch}: {reason}; the architecture "
+            self.say(f"STAMP: pruning stops after epoch {progress.epoch}: {reason}; the architecture "
                                f"trains on as it is")
             return Removal()
         remaining = sum(graph.widths().values())
@@ -295,13 +294,13 @@ class StampMethod(PruningMethod):
             count = min(count, remaining - math.ceil(s.target_channels * sch.initial_channels))
         self._raw = self.observer.raw(graph) if self.observer is not None else {}
         if self.uses_criterion and not self._raw:
-            self._lines.append("STAMP: no activation statistics were collected since the last step; no step")
+            self.say("STAMP: no activation statistics were collected since the last step; no step")
             return Removal()
         self._stepped = True
         selected = self.select(graph, self._raw, max(count, 0))
         n = sum(len(v) for v in selected.values())
         cut = self.cut_score()
-        self._lines.append(
+        self.say(
             f"STAMP step {sch.steps_done + 1}: removing {n} channel(s) from {len(selected)} group(s)"
             + (f" (normalised activation L2 up to {cut:.4f}, "
                f"{self.observer.batches()} batches)" if cut is not None else "")
@@ -375,10 +374,6 @@ class StampMethod(PruningMethod):
         reason = self.schedule.stop_reason or ("the schedule's last step is done" if self._finished else None)
         return {"stamp_step": self.schedule.steps_done, "stamp_removed_scores": self._removed_scores,
                 "stamp_dropout": self.dropout(), "stamp_stop_reason": reason}
-
-    def messages(self) -> list[str]:
-        """The schedule (after the first epoch), this epoch's step, a stop."""
-        return list(self._lines)
 
     def state(self) -> dict:
         """Schedule position and dropout probabilities."""

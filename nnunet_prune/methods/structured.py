@@ -263,7 +263,6 @@ class StructuredMethod(PruningMethod):
         super().__init__(settings, rng)
         self.schedule = StructuredSchedule()
         self.size: SizeModel | None = None
-        self._lines: list[str] = []
         self._removed_scores: dict[str, list[float]] = {}
         self._start_scores: dict[str, list[float]] = {}
         self._planned: Plan | None = None
@@ -382,7 +381,7 @@ class StructuredMethod(PruningMethod):
             epochs = self.slot_epochs(steps, progress.num_epochs, s.stop_fraction,
                                       progress.final_epochs_without_pruning)
         self.schedule.step_epochs = epochs
-        self._lines = [self.schedule_line(progress.num_epochs if progress is not None else 0)]
+        self.say(self.schedule_line(progress.num_epochs if progress is not None else 0))
         removal = self._step(graph, -1)
         self._start_scores = self._removed_scores
         return removal
@@ -411,7 +410,7 @@ class StructuredMethod(PruningMethod):
         for g, values in plan.scores.items():
             self._removed_scores.setdefault(g, []).extend(values)
         n = sum(len(v) for v in plan.channels.values())
-        self._lines.append(
+        self.say(
             f"Structured pruning step{'s' if len(due) > 1 else ''} {due[0] + 1}"
             + (f"-{last}" if len(due) > 1 else "") + f" of {len(sch.step_epochs)}"
             + ("" if epoch < 0 else f" after epoch {epoch}") + f": removing {n} filter(s) from "
@@ -437,7 +436,7 @@ class StructuredMethod(PruningMethod):
             late = [i + 1 for i, e in enumerate(self.schedule.step_epochs)
                     if i >= self.schedule.steps_done and e > last]
             if late:
-                self._lines.append(
+                self.say(
                     f"WARNING: Structured pruning: steps {late[0]}-{late[-1]} of the schedule laid out at the start "
                     f"fall after epoch {last}, the last that allows pruning in this run of {progress.num_epochs} "
                     f"epochs: they will not run (continue with the budget the fold was started with)")
@@ -449,7 +448,7 @@ class StructuredMethod(PruningMethod):
         """Check that the plan was applied as chosen (the driver's own caps may have clipped it)."""
         if self._planned is not None and result.channels is not None and result.channels.clipped:
             clipped = sum(result.channels.clipped.values())
-            self._lines.append(f"Structured pruning: the trainer's caps kept {clipped} of the chosen filters")
+            self.say(f"Structured pruning: the trainer's caps kept {clipped} of the chosen filters")
             self.schedule.reached = self._reached(graph.widths())
         self._planned = None
 
@@ -469,11 +468,6 @@ class StructuredMethod(PruningMethod):
         return {"structured_steps_done": self.schedule.steps_done,
                 f"structured_removed_{self.settings.ratio_of}": round(1 - now / initial, 6) if initial else None,
                 "structured_removed_scores": self._removed_scores}
-
-    def messages(self) -> list[str]:
-        """The schedule (at the start) and each step."""
-        lines, self._lines = self._lines, []
-        return lines
 
     def state(self) -> dict:
         """The schedule, for ``--c``."""
@@ -572,19 +566,12 @@ class SlimmingSparsityMethod(PruningMethod):
         return self.settings.lambda_ * gamma_l1(self.norms) if self.settings.lambda_ > 0 and self.norms else None
 
     def scalars(self, graph: ChannelGraph) -> dict:
-        """sum |gamma| and the fraction of |gamma| < 1e-2."""
+        """sum |gamma| and the fraction of |gamma| < 1e-2; a line for the training log with both and the term they
+        add to the training loss (nnU-Net's train_loss includes it)."""
         if not self.norms:
             return {}
         gammas = np.concatenate([n.weight.detach().abs().cpu().numpy().ravel() for n in self.norms])
-        self._summary = (float(gammas.sum()), float((gammas < 1e-2).mean()))
-        return {"slimming_gamma_l1": round(self._summary[0], 4),
-                "slimming_small_gamma_fraction": round(self._summary[1], 6)}
-
-    def messages(self) -> list[str]:
-        """sum |gamma| after the epoch, and the term it adds to the training loss (nnU-Net's train_loss includes it)."""
-        if not getattr(self, "_summary", None):
-            return []
-        total, small = self._summary
-        self._summary = None
-        return [f"network slimming: sum |gamma| = {total:.2f} ({small:.1%} of the gammas below 0.01); "
-                f"lambda x sum |gamma| = {self.settings.lambda_ * total:.4f} is part of train_loss"]
+        total, small = float(gammas.sum()), float((gammas < 1e-2).mean())
+        self.say(f"network slimming: sum |gamma| = {total:.2f} ({small:.1%} of the gammas below 0.01); "
+                 f"lambda x sum |gamma| = {self.settings.lambda_ * total:.4f} is part of train_loss")
+        return {"slimming_gamma_l1": round(total, 4), "slimming_small_gamma_fraction": round(small, 6)}
