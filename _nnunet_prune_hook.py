@@ -4,9 +4,10 @@ It does two cheap things so that the stock nnU-Net commands find this package's 
 
 1. appends this package's trainer shim folder to ``nnUNet_extTrainer``, nnU-Net's own search path for trainers
    (inherited by every process nnU-Net spawns);
-2. registers an import hook that acts only when nnU-Net itself imports its planner API, its trainer lookup or its
-   training entry point, and then lets those find this package's planners, list what exists when a name is
-   unknown, and name the planner to run when ``nnUNetv2_train -p`` names plans that do not exist.
+2. registers an import hook that acts only when nnU-Net itself imports its planner API, its trainer lookup, its
+   training entry point or its predictor, and then lets those find this package's planners, list what exists when a
+   name is unknown, name the planner to run when ``nnUNetv2_train -p`` names plans that do not exist, and stop
+   ``nnUNetv2_predict`` with one line for a checkpoint a fold lacks or ``-device cuda`` without a GPU.
 
 It imports neither torch nor nnU-Net and never raises: a broken hook must not break Python start-up. Set
 ``NNUNET_PRUNE_DISABLE_HOOK=1`` to switch it off.
@@ -19,6 +20,7 @@ _TARGETS = frozenset({
     "nnunetv2.experiment_planning.plan_and_preprocess_api",
     "nnunetv2.utilities.find_objects",
     "nnunetv2.run.run_training",
+    "nnunetv2.inference.predict_from_raw_data",
 })
 
 
@@ -61,7 +63,7 @@ class _PatchingLoader:
 
 
 class _NnUNetImportHook:
-    """A meta path finder that only reacts to the two nnU-Net modules named in _TARGETS."""
+    """A meta path finder that only reacts to the nnU-Net modules named in _TARGETS."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in _TARGETS:

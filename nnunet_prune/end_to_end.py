@@ -83,11 +83,12 @@ def _segmentations(folder: Path, file_ending: str) -> dict:
 
 
 def _run(model: Path, images: Path, output: Path, folds: Sequence, device: str, step_size: float, tta: bool,
-         env: dict) -> tuple[float, float | None, str | None]:
+         env: dict, checkpoint: str) -> tuple[float, float | None, str | None]:
     beside = Path(sys.executable).parent / COMMAND  # (a virtual environment that is not activated)
     command = shutil.which(COMMAND) or (str(beside) if beside.is_file() else COMMAND)
     cmd = [sys.executable, "-c", _WRAPPER, command, "-i", str(images), "-o", str(output), "-m", str(model),
-           "-f", *map(str, folds), "-device", device, "-step_size", str(step_size), "-npp", "1", "-nps", "1",
+           "-f", *map(str, folds), "-chk", checkpoint, "-device", device, "-step_size", str(step_size),
+           "-npp", "1", "-nps", "1",
            "--disable_progress_bar", *([] if tta else ["--disable_tta"])]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -168,14 +169,15 @@ def measure_end_to_end(model: ModelFolder, images: str | os.PathLike, runtimes: 
                     folder = tmp / f"model_{runtime}"
                     takes_threads = runtime != "pytorch" and "threads" in RUNTIMES[runtime].options
                     export_model_folder(model.path, folder, folds=model.folds, runtime=runtime,
-                                        runtime_options={"threads": threads} if threads and takes_threads else None)
+                                        runtime_options={"threads": threads} if threads and takes_threads else None,
+                                        checkpoints=[model.checkpoint_name])
             except Exception as e:  # e.g. an operator the ONNX exporter lacks: a row, not the end of the report
                 row.error = f"export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 rows.append(row)
                 continue
             out = tmp / f"pred_{runtime}"
             row.seconds, row.peak_rss_mb, row.error = _run(folder, Path(images).expanduser(), out, model.folds,
-                                                           device, step_size, tta, env)
+                                                           device, step_size, tta, env, model.checkpoint_name)
             if row.error is None:
                 segs = _segmentations(out, file_ending)
                 if runtime == "pytorch":

@@ -2,7 +2,8 @@
 
 The output is what ``nnUNetv2_predict -m``/``nnUNetv2_predict_from_modelfolder``, ``nnUNetv2_find_best_configuration``
 and ``nnUNetv2_ensemble`` read: plans.json, dataset.json, dataset_fingerprint.json, fold_k/checkpoint_final.pth
-(weights only: no optimizer state, no training log) and every fold's validation outputs. Channels no consumer reads
+(and every other checkpoint asked for, e.g. checkpoint_best.pth; weights only: no optimizer state, no training log)
+and every fold's validation outputs. Channels no consumer reads
 are removed physically (exact: predictions do not change), so the file shrinks with the network. With
 ``magnitude_tau`` the weights |w| <= tau are zeroed first (Yang et al., MIDL 2025), channels left
 dead by that are removed, and the remaining sparse tensors are stored compactly (bit mask + non-zeros); the
@@ -32,7 +33,7 @@ import torch
 
 from nnunet_prune import NnUNetPruneError
 from nnunet_prune.compact import encode_state_dict
-from nnunet_prune.modelfolder import ModelFolder
+from nnunet_prune.modelfolder import CHECKPOINT, ModelFolder
 from nnunet_prune.networks import adaptive_class_name
 from nnunet_prune.outputs import check_replaceable, make_temp_dir, read_manifest, record_files, remove_owned
 from nnunet_prune.stats import count_parameters
@@ -57,6 +58,8 @@ class FoldExport:
     dead_channels_removed: int
     checkpoint_bytes_before: int
     checkpoint_bytes_after: int
+    #: the checkpoint file (``checkpoint_final.pth``, ``checkpoint_best.pth``, ...) this record is of
+    checkpoint: str = CHECKPOINT
     #: max |logit difference| on a random patch between the exported fold (loaded back as nnU-Net loads it) and the
     #: network it was written from -- after magnitude zeroing, if any: how exact the export itself is
     max_abs_difference: float | None = None
@@ -87,6 +90,8 @@ class ExportResult:
     runtime_options: dict = field(default_factory=dict)
     #: what the user should know about the written folder (e.g. a precision this machine cannot run)
     notes: list[str] = field(default_factory=list)
+    #: the checkpoint files exported in every fold (``nnUNetv2_predict -chk`` picks one of them)
+    checkpoints: list[str] = field(default_factory=lambda: [CHECKPOINT])
 
     def summary(self) -> str:
         """Human-readable summary, one line per fold: parameters, checkpoint size (MB), dead channels removed, sparsity
@@ -94,8 +99,10 @@ class ExportResult:
         lines = [f"Exported {self.source}\n      -> {self.output}" + (
             f" (runtime {self.runtime}{' ' + str(self.runtime_options) if self.runtime_options else ''})"
             if self.runtime != "pytorch" else "")]
+        several = len(self.checkpoints) > 1
         for f in self.folds:
-            line = (f"  fold {f.fold}: {f.parameters_before:,} -> {f.parameters_after:,} parameters, checkpoint "
+            which = f" {f.checkpoint}" if several else ""
+            line = (f"  fold {f.fold}{which}: {f.parameters_before:,} -> {f.parameters_after:,} parameters, checkpoint "
                     f"{f.checkpoint_bytes_before / 1e6:.1f} MB -> {f.checkpoint_bytes_after / 1e6:.2f} MB")
             if f.dead_channels_removed:
                 line += f", {f.dead_channels_removed} dead channels removed"
@@ -187,6 +194,7 @@ class _FoldWork:
     checkpoint: dict
     network: torch.nn.Module
     parameters_before: int
+    checkpoint_name: str = CHECKPOINT
     sparsity: dict | None = None
     dead_channels: int = 0
     masked_blocks: int = 0
@@ -195,7 +203,7 @@ class _FoldWork:
 
 
 def write_nnunet_fold(fold_dir: Path, work: _FoldWork, state: dict, plans: dict, export_info: dict) -> Path:
-    """The nnU-Net writer: ``fold_dir/checkpoint_final.pth`` as nnU-Net's predictor reads it (weights only, the
+    """The nnU-Net writer: ``fold_dir/<checkpoint name>`` as nnU-Net's predictor reads it (weights only, the
     trainer name, init args with the export's plans, mirroring axes), plus the export's own record. Returns the file.
 
     Writers for other formats (e.g. ONNX next to the checkpoint) are siblings of this function taking the same
@@ -212,14 +220,41 @@ def write_nnunet_fold(fold_dir: Path, work: _FoldWork, state: dict, plans: dict,
         "current_epoch": work.checkpoint.get("current_epoch"),
         "nnunet_prune_export": export_info,
     }
-    target = fold_dir / "checkpoint_final.pth"
+    target = fold_dir / work.checkpoint_name
     torch.save(slim, target)
     return target
 
 
 def _load(mf: ModelFolder, fold) -> _FoldWork:
     net = mf.load_network(fold)
-    return _FoldWork(fold, mf.load_checkpoint(fold), net, count_parameters(net))
+    return _FoldWork(fold, mf.load_checkpoint(fold), net, count_parameters(net), mf.checkpoint_name)
+
+
+def _open_checkpoints(source: str | os.PathLike, folds: Sequence | None,
+                      checkpoints: Sequence[str]) -> list[ModelFolder]:
+    """The source opened once per checkpoint name (validated): the first name's folds (all that have it, or
+    ``folds``) must have every other name too.
+
+    Raises:
+        NnUNetPruneError: a name that is not a ``.pth`` file name, or a fold without one of the checkpoints (naming
+            the folds and what they have).
+    """
+    names = list(dict.fromkeys(checkpoints))
+    bad = [n for n in names if not n.endswith(".pth") or Path(n).name != n]
+    if not names or bad:
+        raise NnUNetPruneError(f"-chk takes checkpoint file names of the folds, e.g. checkpoint_final.pth "
+                               f"checkpoint_best.pth (got {', '.join(bad) or 'none'}).")
+    first = ModelFolder.open(source, folds, checkpoint_name=names[0])
+    return [first] + [ModelFolder.open(first.path, first.folds, checkpoint_name=n) for n in names[1:]]
+
+
+def _unexported_checkpoints(mf: ModelFolder, exported: Sequence[str]) -> list[str]:
+    """A note naming the checkpoints the source's exported folds hold that were not exported (empty: none)."""
+    other = sorted({p.name for fold in mf.folds for p in mf.fold_path(fold).glob("*.pth")} - set(exported))
+    if not other:
+        return []
+    return [f"the source folds also hold {', '.join(other)} (not exported; add them with -chk "
+            f"{' '.join([*exported, *other])} to predict with -chk {other[0]} from the export)"]
 
 
 def _transform(work: _FoldWork, x: torch.Tensor | None, magnitude_tau: float | None, prune_bias: bool,
@@ -239,7 +274,7 @@ def _transform(work: _FoldWork, x: torch.Tensor | None, magnitude_tau: float | N
 
 def _verify(folder: Path, work: _FoldWork, x: torch.Tensor | None, record: FoldExport) -> None:
     """Load the written fold as nnU-Net would (from the written folder) and compare its logits."""
-    net = ModelFolder.open(folder, [work.fold]).load_network(work.fold)
+    net = ModelFolder.open(folder, [work.fold], checkpoint_name=work.checkpoint_name).load_network(work.fold)
     record.parameters_after = count_parameters(net)
     if x is not None:
         with torch.no_grad():
@@ -273,7 +308,7 @@ def _verify_runtime(folder: Path, work: _FoldWork, x: torch.Tensor, record: Fold
     pm = PlansManager(plans)
     cm = pm.get_configuration(work.checkpoint["init_args"]["configuration"])
     net = build_network_like_predictor(pm, cm, dataset_json, "nnUNetTrainer")
-    ckpt = torch.load(folder / f"fold_{work.fold}" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    ckpt = torch.load(folder / f"fold_{work.fold}" / work.checkpoint_name, map_location="cpu", weights_only=False)
     net.load_state_dict(ckpt["network_weights"])
     with torch.no_grad():
         out = net.eval()(x)
@@ -284,7 +319,8 @@ def _verify_runtime(folder: Path, work: _FoldWork, x: torch.Tensor, record: Fold
     if (record.runtime_argmax_agreement < MIN_AGREEMENT[level]
             or record.runtime_max_abs_difference > MAX_RELATIVE_DIFFERENCE[level] * largest):
         raise NnUNetPruneError(
-            f"fold {work.fold}: the {net.runtime} model does not reproduce PyTorch on a test patch: "
+            f"fold {work.fold} ({work.checkpoint_name}): the {net.runtime} model does not reproduce PyTorch on a test "
+            f"patch: "
             f"{record.runtime_argmax_agreement:.3%} of the voxels segmented alike (needed: "
             f"{MIN_AGREEMENT[level]:.1%}), max |logit diff| {record.runtime_max_abs_difference:.3g} (allowed: "
             f"{MAX_RELATIVE_DIFFERENCE[level] * largest:.3g}); nothing was written. Use another --runtime (or float32 "
@@ -295,17 +331,21 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
                         fp16: bool = False, magnitude_tau: float | None = None, prune_bias: bool = False,
                         per_layer_normalised: bool = False, overwrite: bool = False,
                         verify: bool = True, compact: bool | None = None, runtime: str = "pytorch",
-                        runtime_options: dict | None = None) -> ExportResult:
+                        runtime_options: dict | None = None,
+                        checkpoints: Sequence[str] = (CHECKPOINT,)) -> ExportResult:
     """Write the slim model folder (see the module docstring): load -> transform -> write -> verify, per fold, into
     a temporary folder renamed into place at the end. Returns per-fold statistics.
 
     ``compact`` (default: on when ``magnitude_tau`` is given) stores sparse tensors as bit mask + non-zeros.
     ``runtime`` (``pytorch`` or a key of :data:`nnunet_prune.runtimes.RUNTIMES`) with ``runtime_options``
     (:func:`nnunet_prune.runtimes.check_options`): what stock ``nnUNetv2_predict`` runs the folds with.
+    ``checkpoints``: the checkpoint files exported in every fold (nnU-Net's ``-chk`` names; each is transformed,
+    written and verified on its own; the summary notes those the source holds that were not asked for).
 
     Raises:
         NnUNetPruneError: a bad source or output folder, an invalid ``magnitude_tau``, an unknown or missing runtime,
-            bad runtime options (all before any work); a runtime that does not reproduce PyTorch's segmentation.
+            bad runtime options, a checkpoint a fold lacks (all before any work); a runtime that does not reproduce
+            PyTorch's segmentation.
     """
     from nnunet_prune import runtimes
 
@@ -320,11 +360,13 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
             runtimes.require_onnx_exporter()
     elif runtime_options:
         raise NnUNetPruneError("Runtime options need a --runtime (onnxruntime, openvino or torch-compile).")
-    mf = ModelFolder.open(source, folds)
+    sources = _open_checkpoints(source, folds, checkpoints)
+    mf = sources[0]
     compact = (magnitude_tau is not None) if compact is None else compact
     tmp = make_temp_dir(output.parent, prefix=f".{output.name}.")
     result = ExportResult(str(mf.path), str(output), magnitude_tau, fp16, runtime=runtime,
-                          runtime_options=dict(runtime_options or {}))
+                          runtime_options=dict(runtime_options or {}),
+                          checkpoints=[m.checkpoint_name for m in sources])
     onnx = runtime != "pytorch" and runtimes.RUNTIMES[runtime].onnx
     try:
         plans = copy.deepcopy(mf.plans)
@@ -338,10 +380,11 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
         x = _random_patch(mf) if verify else None
         dense_shapes = {k: v.shape for k, v in mf.build_network().state_dict().items()}
         work = []
-        for fold in mf.folds:  # load and transform every fold first: the plans must say whether widths changed
-            w = _load(mf, fold)
-            _transform(w, x, magnitude_tau, prune_bias, per_layer_normalised)
-            work.append(w)
+        for folder in sources:  # load and transform every fold first: the plans must say whether widths changed
+            for fold in folder.folds:
+                w = _load(folder, fold)
+                _transform(w, x, magnitude_tau, prune_bias, per_layer_normalised)
+                work.append(w)
         if compact or any(w.network.state_dict().keys() != dense_shapes.keys() or
                           any(v.shape != dense_shapes[k] for k, v in w.network.state_dict().items()) for w in work):
             arch = _architecture_entry(plans, mf.configuration_name)
@@ -358,11 +401,12 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
             fold_dir = tmp / f"fold_{w.fold}"
             # After magnitude zeroing the source's validation results no longer describe the model; copied, they
             # would let find_best_configuration rank the pruned model by the dense model's Dice.
-            _copy_without_checkpoints(mf.fold_path(w.fold), fold_dir,
-                                      skip=("validation",) if magnitude_tau is not None else ())
+            if not fold_dir.exists():
+                _copy_without_checkpoints(mf.fold_path(w.fold), fold_dir,
+                                          skip=("validation",) if magnitude_tau is not None else ())
             state = _storable_state_dict(w.network.state_dict(), fp16, compact)
-            info = {"source": str(mf.fold_path(w.fold)), "magnitude_tau": magnitude_tau, "fp16": fp16,
-                    "compact": compact}
+            info = {"source": str(mf.fold_path(w.fold) / w.checkpoint_name), "magnitude_tau": magnitude_tau,
+                    "fp16": fp16, "compact": compact, "checkpoint": w.checkpoint_name}
             if runtime != "pytorch":
                 if onnx:
                     state.update(runtimes.onnx_entries(runtimes.to_onnx(w.network, mf.patch_size)))
@@ -370,15 +414,18 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
                 w.checkpoint = {**w.checkpoint, "trainer_name": "nnUNetTrainer"}
                 info.update(runtime=runtime, runtime_options=runtime_options, source_trainer=mf.trainer_name)
             target = write_nnunet_fold(fold_dir, w, state, plans, info)
-            record = FoldExport(w.fold, w.parameters_before, 0, w.dead_channels, mf.checkpoint_bytes(w.fold),
-                                target.stat().st_size, sparsity=w.sparsity, masked_blocks_removed=w.masked_blocks)
+            record = FoldExport(w.fold, w.parameters_before, 0, w.dead_channels,
+                                (mf.fold_path(w.fold) / w.checkpoint_name).stat().st_size, target.stat().st_size,
+                                checkpoint=w.checkpoint_name, sparsity=w.sparsity,
+                                masked_blocks_removed=w.masked_blocks)
             _verify(tmp, w, x, record)
             if runtime != "pytorch" and x is not None:
                 # (torch-compile lowers precision on CUDA only; the check runs on the CPU)
                 reduced = runtime != "torch-compile" and runtime_options.get("precision", "fp32") != "fp32"
                 _verify_runtime(tmp, w, x, record, reduced)
             result.folds.append(record)
-        result.notes += runtimes.deployment_notes(runtime, runtime_options)
+        result.notes += runtimes.deployment_notes(runtime, runtime_options) + \
+            _unexported_checkpoints(mf, result.checkpoints)
         (tmp / SUMMARY_FILE).write_text(json.dumps(asdict(result), indent=2, default=str))
         record_files(tmp, TOOL)  # everything in tmp is the export's own: what --overwrite may replace later
         remove_owned(output, TOOL)  # checked again: only the earlier export's own files go (an empty folder too)

@@ -15,6 +15,10 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True,
                    help="output model folder (must not exist or be empty, see --overwrite)")
     p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to export (default: all trained folds)")
+    p.add_argument("-chk", "--checkpoints", nargs="+", default=["checkpoint_final.pth"], metavar="NAME",
+                   help="checkpoint file(s) to export from every fold, as nnUNetv2_predict -chk names them (default: "
+                        "checkpoint_final.pth); e.g. -chk checkpoint_final.pth checkpoint_best.pth exports both, so "
+                        "the export predicts with either")
     p.add_argument("--fp16", action="store_true", help="store weights in float16 (half the size; predictions "
                                                        "may differ in a few voxels)")
     p.add_argument("--magnitude-tau", type=float, default=None, metavar="T",
@@ -54,6 +58,7 @@ def run(args) -> int:
     result = export_model_folder(args.model_folder, args.output, folds=args.folds, fp16=args.fp16,
                                  magnitude_tau=args.magnitude_tau, prune_bias=args.prune_bias,
                                  per_layer_normalised=args.per_layer_normalised, overwrite=args.overwrite,
-                                 verify=not args.no_verify, runtime=args.runtime, runtime_options=options)
+                                 verify=not args.no_verify, runtime=args.runtime, runtime_options=options,
+                                 checkpoints=args.checkpoints)
     print(result.summary())
     return 0

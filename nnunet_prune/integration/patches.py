@@ -8,6 +8,10 @@
 * ``run_training``: ``nnUNetv2_train`` with plans (``-p``) that were never planned, or a configuration (``-c``)
   the plans do not define, gets an error naming the planner command to run and the plans that exist, instead of
   a ``FileNotFoundError`` from inside nnU-Net (any trainer, stock ones included).
+* ``predict_from_raw_data``: before ``nnUNetPredictor`` reads a model folder, a checkpoint (``-chk``) a fold lacks
+  is one line naming the checkpoints the folds have, and ``-device cuda`` without a GPU one line naming
+  ``-device cpu`` (for runtime folders: where the runtime runs), instead of tracebacks after start-up
+  (:mod:`nnunet_prune.integration.prediction`; any model folder, stock ones included).
 * the default experiment planner's thread count: ``nnUNet_n_proc_DA=0`` (data augmentation in the main process,
   the usual CPU setting) no longer crashes planning (``torch.set_num_threads(0)``); one thread is used instead.
 
@@ -31,6 +35,7 @@ PLAN_API = "nnunetv2.experiment_planning.plan_and_preprocess_api"
 FIND_OBJECTS = "nnunetv2.utilities.find_objects"
 RUN_TRAINING = "nnunetv2.run.run_training"
 DEFAULT_PLANNER = "nnunetv2.experiment_planning.experiment_planners.default_experiment_planner"
+PREDICT = "nnunetv2.inference.predict_from_raw_data"
 
 
 @dataclass(frozen=True)
@@ -64,13 +69,23 @@ def _original(function):
     return getattr(function, "_nnunet_prune_original", function)
 
 
+def _owner(patch: Patch):
+    """(object holding the function, attribute name): the module, or the class of a ``Class.method`` patch (None
+    where the module or class is missing)."""
+    owner = sys.modules.get(patch.module)
+    *path, name = patch.function.split(".")
+    for part in path:
+        owner = getattr(owner, part, None)
+    return owner, name
+
+
 def check_patch(patch: Patch) -> str | None:
     """None if ``patch`` can be applied now (module imported, function present, the parameters it relies on
     present), else why not."""
-    module = sys.modules.get(patch.module)
-    if module is None:
+    if sys.modules.get(patch.module) is None:
         return "module not imported"
-    function = getattr(module, patch.function, None)
+    owner, name = _owner(patch)
+    function = getattr(owner, name, None)
     if not callable(function):
         return "function not found"
     try:
@@ -94,8 +109,8 @@ def patch_module(module) -> None:
                          f"({'; '.join(problems)}); run `nnunet-prune doctor`.\n")
         return
     for p in group:
-        target = sys.modules[p.module]
-        setattr(target, p.function, p.wrap(_original(getattr(target, p.function))))
+        owner, name = _owner(p)
+        setattr(owner, name, p.wrap(_original(getattr(owner, name))))
     module._nnunet_prune_patched = True
     install_excepthook()
 
@@ -196,6 +211,30 @@ def _plans_check(original):
     return get_trainer_from_args
 
 
+def _prediction_check(original):
+    """Before the predictor reads a model folder: the checkpoint every fold needs and a usable device
+    (:func:`nnunet_prune.integration.prediction.check_prediction`)."""
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def initialize_from_trained_model_folder(self, *args, **kwargs):
+        from nnunet_prune.integration.prediction import check_prediction
+
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            arguments = bound.arguments
+            folder, folds = arguments["model_training_output_dir"], arguments["use_folds"]
+            checkpoint = arguments["checkpoint_name"]
+        except (TypeError, KeyError):  # another nnU-Net version: leave its checks alone
+            return original(self, *args, **kwargs)
+        check_prediction(folder, folds, checkpoint, getattr(self, "device", "cpu"))
+        return original(self, *args, **kwargs)
+
+    initialize_from_trained_model_folder._nnunet_prune_original = original
+    return initialize_from_trained_model_folder
+
+
 PATCHES.update({
     PLAN_API: (
         Patch(PLAN_API, "recursive_find_python_class", _planner_lookup,
@@ -217,6 +256,12 @@ PATCHES.update({
         Patch(RUN_TRAINING, "get_trainer_from_args", _plans_check,
               ("dataset_name_or_id", "configuration", "plans_identifier"),
               "nnUNetv2_train with unplanned plans names the planner command"),
+    ),
+    PREDICT: (
+        Patch(PREDICT, "nnUNetPredictor.initialize_from_trained_model_folder", _prediction_check,
+              ("model_training_output_dir", "use_folds", "checkpoint_name"),
+              "nnUNetv2_predict: a checkpoint a fold lacks, or -device cuda without a GPU, is one line before any "
+              "work"),
     ),
 })
 
