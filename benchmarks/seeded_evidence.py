@@ -5,11 +5,14 @@ Runs, in one fresh nnU-Net folder tree (``--work``), on the synthetic 2D phantom
 1. a short ``nnUNetTrainerSauron`` fold (thresholds high from the first epoch, so channels go every epoch),
 2. ``nnUNetTrainerMagnitude_tau005`` on a dense ``nnUNetTrainerBudget`` fold,
 3. ``nnunet-prune sweep`` of that dense fold on a fixed tau grid,
+4. ``nnUNetTrainerSTAMP`` with a forced schedule (a step of 20 % of the channels after epochs 0 and 1),
+5. ``nnUNetTrainerStructuredL2_iterative`` from the dense fold (steps of 20 % to half the filters),
+6. ``nnUNetTrainerPSPSeg`` on ``PSPSegPlanner_S`` plans with a forced schedule (branches masked and deleted),
 
-and writes a digest (per-epoch removed channels, widths, losses, Sauron thresholds, sparsities, proxy Dice per tau,
-a checksum of every final weight) to ``--out``. Run it on two commits with the same ``--work`` data (dataset and
-plans are made once) and compare the two digests with ``--compare A B``: they must be equal (floats to 1e-6
-relative).
+and writes a digest (per-epoch removed channels / branches, widths, losses, each method's scalars, sparsities,
+proxy Dice per tau, a checksum of every final weight) to ``--out``. Run it on two commits with the same ``--work``
+data (dataset and plans are made once) and compare the two digests with ``--compare A B``: they must be equal
+(floats to 1e-6 relative).
 
     python benchmarks/seeded_evidence.py --work /tmp/evidence --tag before --out before.json
     python benchmarks/seeded_evidence.py --compare before.json after.json
@@ -54,18 +57,35 @@ def checksum(state: dict) -> dict:
             if torch.is_tensor(v)}
 
 
-def train(trainer_name: str, fold: int, extra_env: dict) -> Path:
+def train(trainer_name: str, fold: int, extra_env: dict, plans: str = "nnUNetPlans") -> Path:
     """One fold trained in this process by nnU-Net's own run_training (seeded), with validation."""
+    saved = {k: os.environ.get(k) for k in extra_env}
     os.environ.update(extra_env)
     seed_everything(0)
     import torch
     from nnunetv2.run.run_training import run_training
 
-    run_training("601", "2d", fold, trainer_name, "nnUNetPlans", device=torch.device("cpu"))
-    for k in extra_env:
-        os.environ.pop(k)
+    run_training("601", "2d", fold, trainer_name, plans, device=torch.device("cpu"))
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k)
+        else:
+            os.environ[k] = v
     results = Path(os.environ["nnUNet_results"])
-    return next(results.glob("Dataset601_*")) / f"{trainer_name}__nnUNetPlans__2d"
+    return next(results.glob("Dataset601_*")) / f"{trainer_name}__{plans}__2d"
+
+
+def method_digest(folder: Path, keys: tuple[str, ...]) -> dict:
+    """A pruning fold's per-epoch record (``keys`` of pruning_history.json), final weights and validation Dice."""
+    import torch
+
+    hist = json.loads((folder / "fold_0" / "pruning_history.json").read_text())
+    return {
+        "epochs": [{k: r.get(k) for k in keys} for r in hist["epochs"]],
+        "final_weights": checksum(torch.load(folder / "fold_0" / "checkpoint_final.pth", map_location="cpu",
+                                             weights_only=False)["network_weights"]),
+        "validation": json.loads((folder / "fold_0" / "validation" / "summary.json").read_text())["foreground_mean"],
+    }
 
 
 def main() -> None:
@@ -87,6 +107,9 @@ def main() -> None:
         run([sys.executable, "-m", "nnunet_prune.cli.main", "dataset", "synthetic", "-d", "601", "--cases", "10",
              "--test-cases", "3", "--size", "32"], env)
         run([shutil_which("nnUNetv2_plan_and_preprocess"), "-d", "601", "-c", "2d", "-np", "2", "-npfp", "2"], env)
+    if not (work / "preprocessed" / "Dataset601_Synthetic2D" / "nnUNetPSPSegPlans_S.json").is_file():
+        run([shutil_which("nnUNetv2_plan_and_preprocess"), "-d", "601", "-c", "2d", "-pl", "PSPSegPlanner_S",
+             "-np", "2", "-npfp", "2"], env)
     env.update(nnUNet_n_proc_DA="0", NNUNET_PRUNE_EPOCHS="3", NNUNET_PRUNE_ITERS_PER_EPOCH="4",
                NNUNET_PRUNE_VAL_ITERS="2")
     os.environ.clear()
@@ -118,6 +141,21 @@ def main() -> None:
          "--taus", "0", "0.005", "0.02", "0.05", "--refine", "2", "--device", "cpu"], env)
     table = sorted(out.glob("*.csv"))
     digest["sweep"] = {p.name: drop_timings(p.read_text()) for p in table}
+    common = ("widths", "removed", "num_parameters", "macs", "train_loss", "val_loss")
+    digest["stamp"] = method_digest(
+        train("nnUNetTrainerSTAMP", 0,
+              {"NNUNET_PRUNE_STAMP": "per_step=0.2,start_fraction=0,stop_fraction=1,max_dice_drop=0"}),
+        common + ("stamp_dropout_mean", "stamp_cut_score", "stamp_removed_scores"))
+    digest["structured_l2"] = method_digest(
+        train("nnUNetTrainerStructuredL2_iterative", 0,
+              {"NNUNET_PRUNE_DENSE_MODEL": str(dense), "NNUNET_PRUNE_EPOCHS": "4",
+               "NNUNET_PRUNE_STRUCTURED": "pruning_ratio=0.5,step=0.2,stop_fraction=1"}),
+        common + ("structured_steps_done", "structured_removed_filters", "structured_removed_scores"))
+    digest["pspseg"] = method_digest(
+        train("nnUNetTrainerPSPSeg", 0,
+              {"NNUNET_PRUNE_PSPSEG": "patience=0,tolerance=1000,stop_fraction=1,calibration_patches=2",
+               "NNUNET_PRUNE_EPOCHS": "4"}, plans="nnUNetPSPSegPlans_S"),
+        ("removed_blocks", "num_parameters", "macs", "train_loss", "val_loss", "pspseg_events", "branch_map"))
     args.out.write_text(json.dumps(digest, indent=1, sort_keys=True))
     print(f"wrote {args.out}")
 
