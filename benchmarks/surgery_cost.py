@@ -166,12 +166,11 @@ class PhaseTimer:
 
     @contextlib.contextmanager
     def installed(self):
-        import nnunet_prune.stats as stats
         import nnunet_prune.surgery.prune as prune
         from nnunet_prune.surgery.graph import ChannelGraph
 
         timer = self
-        targets = [(stats, "count_parameters", "count_parameters (x2)"), (prune, "plan_keep", "plan_keep"),
+        targets = [(prune, "count_parameters", "count_parameters (x2)"), (prune, "plan_keep", "plan_keep"),
                    (prune, "consumer_input_index", "consumer_input_index"),
                    (prune, "index_slicer", "index_slicer (gather indices)"),
                    (prune, "sync_attributes", "sync_attributes"), (prune, "set_tensor", "set_tensor"),

@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from nnunet_prune.core.conv import out_axis
+
 
 def unwrap(network: nn.Module) -> nn.Module:
     """The plain module behind DDP and ``torch.compile`` wrappers."""
@@ -92,5 +94,5 @@ def conv_widths(network: nn.Module) -> dict[str, int]:
     out = {}
     for name, m in unwrap(network).named_modules():
         if isinstance(m, nn.modules.conv._ConvNd):
-            out[name] = m.weight.shape[1] if isinstance(m, nn.modules.conv._ConvTransposeNd) else m.weight.shape[0]
+            out[name] = m.weight.shape[out_axis(m)]
     return out

@@ -236,6 +236,43 @@ def test_a_new_architecture_registers_without_touching_anything_else():
         architectures.ARCHITECTURES.remove(entry)
 
 
+def test_the_registry_is_the_only_door():
+    """A network shaped exactly like a registered U-Net but of an unregistered class is refused by every surgery entry
+    point (no duck-typed fallback: a new architecture works fully or not at all), before anything changes; a subclass
+    of a registered class is found through its bases."""
+
+    class LookAlike(nn.Module):  # the U-Net's modules under the same names, not a PlainConvUNet
+        def __init__(self, unet: nn.Module):
+            super().__init__()
+            self.encoder, self.decoder = unet.encoder, unet.decoder
+
+        def forward(self, x):
+            return self.decoder(self.encoder(x))
+
+    unet = make_network("plain")
+    net = LookAlike(unet)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    block = removable_blocks(net)[0]  # the block mechanics themselves would work on it
+    conv = unet.encoder.stages[0][0].convs[0].conv
+    graph = architectures.of(unet).build_graph(unet)  # a graph obtained elsewhere does not open the door either
+    for call in (lambda: build_channel_graph(net), lambda: apply_removal(net, Removal(channels={"enc1.conv0": [0]})),
+                 lambda: apply_removal(net, Removal(blocks=[block])),
+                 lambda: apply_removal(net, Removal(mask_blocks=[block])),
+                 lambda: apply_removal(net, Removal(weights={conv: torch.zeros_like(conv.weight, dtype=torch.bool)},
+                                                    blocks=[block]), graph=graph)):
+        with pytest.raises(UnsupportedNetworkError, match=r"LookAlike is not a supported architecture .*register\("):
+            call()
+    after = net.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
+
+    class Subclass(AdaptiveResidualEncoderUNet):
+        pass
+
+    sub = make_network("resenc", cls=Subclass)
+    assert build_channel_graph(sub).widths() == build_channel_graph(make_network("resenc")).widths()
+    assert apply_removal(sub, Removal(blocks=[removable_blocks(sub)[0]])).blocks.changed
+
+
 def test_apply_removal_does_masks_channels_and_blocks_in_one_call():
     torch.manual_seed(0)
     net = make_network("resenc")

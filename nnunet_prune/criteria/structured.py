@@ -24,8 +24,8 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.conv import _ConvTransposeNd
 
+from nnunet_prune.core.conv import out_axis
 from nnunet_prune.surgery.graph import ChannelGroup
 
 CRITERIA = ("l1", "l2", "slimming")
@@ -43,7 +43,7 @@ def filter_norms(group: ChannelGroup, p: int) -> np.ndarray:
     total = None
     for m in group.producers:
         w = m.weight.detach().double()
-        w = w.transpose(0, 1) if isinstance(m, _ConvTransposeNd) else w
+        w = w.transpose(0, out_axis(m))  # output channels first
         part = w.abs().flatten(1).sum(1) if p == 1 else w.square().flatten(1).sum(1)
         total = part if total is None else total + part
     out = total if p == 1 else total.sqrt()

@@ -43,6 +43,7 @@ from nnunet_prune.criteria.structured import CRITERIA, can_score, gamma_l1, grou
 from nnunet_prune.methods.base import MethodSettings, PruningMethod, TrainingProgress
 from nnunet_prune.methods.selection import select_lowest
 from nnunet_prune.surgery.graph import ChannelGraph
+from nnunet_prune.surgery.prune import caps_from_ratio
 from nnunet_prune.surgery.removal import Removal, SurgeryResult
 from nnunet_prune.surgery.size import SizeModel
 
@@ -106,12 +107,14 @@ def filters_after(initial: int, step: float, k: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ choosing filters
-def floors(graph: ChannelGraph, initial: Mapping[str, int], settings: StructuredSettings) -> dict[str, int]:
-    """The fewest channels each group may keep: its initial width times (1 - its cap), rounded up, at least 1. A skip
-    or residual group's cap is min(max_ratio, max_ratio_coupled): never looser than the others'."""
+def max_ratios(graph: ChannelGraph, settings: StructuredSettings) -> dict[str, float]:
+    """The largest fraction of its initial width each group may lose: ``max_ratio``, and min(max_ratio,
+    max_ratio_coupled) for a skip or residual group (never looser than the others'). The fewest channels a group
+    keeps follow from :func:`~nnunet_prune.surgery.prune.caps_from_ratio` (initial width x (1 - ratio), rounded up,
+    at least 1), the caps the trainers' ``pruning_max_ratio`` uses too."""
     coupled = set(graph.coupled_groups())
-    cap = {True: min(settings.max_ratio, settings.max_ratio_coupled), False: settings.max_ratio}
-    return {g.name: max(1, math.ceil(initial[g.name] * (1 - cap[g.name in coupled]) - 1e-9)) for g in graph}
+    ratio = {True: min(settings.max_ratio, settings.max_ratio_coupled), False: settings.max_ratio}
+    return {g.name: ratio[g.name in coupled] for g in graph}
 
 
 def tiers(graph: ChannelGraph, residual_last: bool) -> list[list[str]]:
@@ -189,8 +192,8 @@ class FilterChooser:
             raise ValueError(f"criterion {settings.criterion} ranks no group of this network (network slimming needs "
                              f"affine norm layers)")
         self.scores = {g.name: group_scores(g, settings.criterion) for g in ranked}
-        limits = floors(graph, initial, settings)
-        self.floor = {name: limits[name] if name in self.scores else w  # groups the criterion cannot rank stay whole
+        caps = caps_from_ratio(initial, max_ratios(graph, settings))
+        self.floor = {name: caps[name] if name in self.scores else w  # groups the criterion cannot rank stay whole
                       for name, w in self.widths.items()}
         self.order = [[n for n in tier if n in self.scores] for tier in tiers(graph, settings.residual_last)]
         self._global: list[tuple[str, int, float]] | None = None

@@ -14,7 +14,9 @@ Each supported architecture is one :class:`Architecture` entry, found by the dot
 
 A new architecture (e.g. PSP-Seg's) calls :func:`register` in the module that defines it; since plans name the
 class by its dotted path, importing it (which nnU-Net does to build it) registers it. Tools look architectures up
-here and never name a class.
+here and never name a class. This is the only door: :func:`build_channel_graph` and
+:func:`~nnunet_prune.surgery.removal.apply_removal` refuse a network whose class (or a base class) is not registered,
+so a new architecture works fully or not at all.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nnunet_prune.stats import unwrap
 from nnunet_prune.surgery.blocks import removable_blocks, remove_blocks
-from nnunet_prune.surgery.graph import ChannelGraph, UnsupportedNetworkError, build_unet_graph
+from nnunet_prune.surgery.graph import ChannelGraph, UnsupportedNetworkError
 from nnunet_prune.surgery.resize import match_block_counts, resize_to_state_dict
+from nnunet_prune.surgery.unet_graph import build_unet_graph
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,20 @@ def of(network: nn.Module) -> Architecture:
             return found
     raise UnsupportedNetworkError(
         f"{type(network).__name__} is not a supported architecture (supported: "
-        f"{', '.join(a.stock_class for a in ARCHITECTURES)}).")
+        f"{', '.join(a.stock_class for a in ARCHITECTURES)}). To add one, call "
+        f"nnunet_prune.surgery.architectures.register(Architecture(...)) in the module that defines the class.")
+
+
+def build_channel_graph(network: nn.Module) -> ChannelGraph:
+    """Coupling groups of a network of a registered architecture (also when wrapped by DDP / torch.compile): the
+    builder of its entry (:func:`of`).
+
+    Raises:
+        UnsupportedNetworkError: an architecture that is not registered (naming the supported ones and how to
+            register), or a structure its builder cannot slice.
+    """
+    net = unwrap(network)
+    return of(net).build_graph(net)
 
 
 def masked_blocks(network: nn.Module) -> list[str]:

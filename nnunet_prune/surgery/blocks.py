@@ -4,8 +4,8 @@ widths match, taken out of its stack (parameters dropped from the optimizer, not
 Removing such a block replaces it by the identity: the network's output equals the unpruned network's output with
 that block's forward replaced by ``x -> x`` (the oracle in ``tests/test_surgery.py``). The first block of a stack
 (which may change the width or stride) is never removable, so every stack keeps at least one block. After a
-removal the coupling graph must be rebuilt (:func:`~nnunet_prune.surgery.graph.build_channel_graph`): groups that
-a removed block separated or joined change.
+removal the coupling graph must be rebuilt (:func:`~nnunet_prune.surgery.architectures.build_channel_graph`):
+groups that a removed block separated or joined change.
 
 Checkpoints of networks with removed blocks load into a full-depth adaptive network:
 :func:`~nnunet_prune.surgery.resize.resize_to_state_dict` drops the blocks a state dict does not have.
@@ -23,9 +23,9 @@ from dynamic_network_architectures.building_blocks.simple_conv_blocks import Con
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from nnunet_prune.core.optim import drop_parameters
 from nnunet_prune.stats import count_parameters, unwrap
 from nnunet_prune.surgery.graph import UnsupportedNetworkError
-from nnunet_prune.surgery.prune import _optimizers
 from nnunet_prune.surgery.tensors import sync_attributes
 
 
@@ -111,12 +111,7 @@ def remove_blocks(network: nn.Module, paths: Iterable[str],
         kept = [m for i, m in enumerate(seq) if i not in indices]
         gone += [p for i, m in enumerate(seq) if i in indices for p in m.parameters()]
         seq._modules = OrderedDict((str(i), m) for i, m in enumerate(kept))
-    gone_ids = {id(p) for p in gone}
-    for opt in _optimizers(optimizer):
-        for group in opt.param_groups:
-            group["params"] = [p for p in group["params"] if id(p) not in gone_ids]
-        for p in gone:
-            opt.state.pop(p, None)
+    drop_parameters(optimizer, gone)
     sync_attributes(net)
     result.params_after = count_parameters(net)
     return result

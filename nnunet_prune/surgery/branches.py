@@ -21,10 +21,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from nnunet_prune.core.optim import drop_parameters
 from nnunet_prune.stats import count_parameters, unwrap
 from nnunet_prune.surgery.blocks import BlockRemovalResult
 from nnunet_prune.surgery.graph import ChannelGraph, UnsupportedNetworkError
-from nnunet_prune.surgery.prune import _optimizers
 
 #: attribute (in a PRM's ``__dict__``) holding every branch the module was built with, by index string
 ALL_BRANCHES = "_nnunet_prune_all_branches"
@@ -111,12 +111,7 @@ def remove_branches(network: nn.Module, paths: Iterable[str],
         del prm.branches[index]
         prm.present[int(index)] = False
         branch.to("cpu")  # kept (unregistered) only so that a later state dict may bring it back
-    gone_ids = {id(p) for p in gone}
-    for opt in _optimizers(optimizer):
-        for group in opt.param_groups:
-            group["params"] = [p for p in group["params"] if id(p) not in gone_ids]
-        for p in gone:
-            opt.state.pop(p, None)
+    drop_parameters(optimizer, gone)
     result.params_after = count_parameters(net)
     return result
 

@@ -5,8 +5,8 @@
   decoder stage they read);
 * **stage**: the label tools print and group by: ``enc<level>``, ``bottleneck``, ``dec<level>``, ``heads``.
 
-The layout is read off the coupling graph (:func:`~nnunet_prune.surgery.graph.build_channel_graph`), which already
-knows every producer's level and part: no module-name patterns. Coupling groups are labelled by the same
+The layout is read off the coupling graph (:func:`~nnunet_prune.surgery.architectures.build_channel_graph`), which
+already knows every producer's level and part: no module-name patterns. Coupling groups are labelled by the same
 vocabulary (:attr:`~nnunet_prune.surgery.graph.ChannelGroup.part` / ``level``).
 """
 

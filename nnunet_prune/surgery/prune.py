@@ -1,15 +1,23 @@
-"""Remove channels from coupling groups in place: weights, biases, norms, consumers, optimizer state."""
+"""Remove channels from coupling groups in place: weights, biases, norms, consumers, optimizer state; and the
+per-group caps (:func:`caps_from_ratio`) every caller of the surgery uses.
+
+This module also provides :meth:`ChannelGraph.prune <nnunet_prune.surgery.graph.ChannelGraph.prune>` (the graph
+module only describes): ``graph.prune(...)`` is :func:`prune_channels` with that graph.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.modules.conv import _ConvTransposeNd
 
+from nnunet_prune.core.conv import in_axis, out_axis
+from nnunet_prune.core.optim import optimizers_of
+from nnunet_prune.stats import count_parameters
 from nnunet_prune.surgery.graph import ChannelGraph, ChannelGroup, External
 from nnunet_prune.surgery.tensors import set_tensor, sync_attributes
 
@@ -45,14 +53,6 @@ class PruneResult:
         return (f"removed {self.num_removed} channels in {len(self.removed)} groups "
                 f"({self.params_before:,} -> {self.params_after:,} parameters)" + (": " + ", ".join(parts)
                                                                                     if parts else ""))
-
-
-def _optimizers(optimizer) -> list[torch.optim.Optimizer]:
-    if optimizer is None:
-        return []
-    if isinstance(optimizer, torch.optim.Optimizer):
-        return [optimizer]
-    return list(optimizer)
 
 
 def plan_keep(graph: ChannelGraph, removal: Mapping, min_width: int = 1, min_keep: Mapping[str, int] | None = None
@@ -131,8 +131,6 @@ def caps_from_ratio(initial_widths: Mapping[str, int], max_ratio: float | Mappin
     Raises:
         ValueError: a ratio outside [0, 1].
     """
-    import math
-
     ratios = max_ratio if isinstance(max_ratio, Mapping) else {k: max_ratio for k in initial_widths}
     out = {}
     for name, ratio in ratios.items():
@@ -145,7 +143,7 @@ def caps_from_ratio(initial_widths: Mapping[str, int], max_ratio: float | Mappin
 
 def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGroup, Sequence[int]],
                    optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
-                   min_width: int = 1, slicer_factory=None, min_keep: Mapping[str, int] | None = None
+                   min_width: int = 1, min_keep: Mapping[str, int] | None = None, slicer_factory=None
                    ) -> PruneResult:
     """Remove channels from groups of ``graph`` in place and return what was done.
 
@@ -160,8 +158,6 @@ def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGrou
     Raises:
         ValueError, IndexError: an invalid request (:func:`plan_keep`); nothing is changed then.
     """
-    from nnunet_prune.stats import count_parameters
-
     result = PruneResult(widths_before=graph.widths(), params_before=count_parameters(graph.network))
     keep, result.removed, result.clipped = plan_keep(graph, removal, min_width, min_keep)
     if keep:
@@ -173,7 +169,7 @@ def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGrou
         specs: dict[tuple[nn.Module, str], dict[int, torch.Tensor]] = defaultdict(dict)
         for g, k in keep.items():
             for p in g.producers:
-                specs[(p, "weight")][1 if isinstance(p, _ConvTransposeNd) else 0] = k
+                specs[(p, "weight")][out_axis(p)] = k
                 if p.bias is not None:
                     specs[(p, "bias")][0] = k
             for n in g.norms:
@@ -181,7 +177,7 @@ def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGrou
                     if getattr(n, t, None) is not None:
                         specs[(n, t)][0] = k
         for c, index in consumer_index.items():
-            specs[(c, "weight")][0 if isinstance(c, _ConvTransposeNd) else 1] = index
+            specs[(c, "weight")][in_axis(c)] = index
 
         sliced: dict[nn.Parameter, tuple[torch.Size, object]] = {}
         with torch.no_grad():
@@ -191,7 +187,7 @@ def prune_channels(graph: ChannelGraph, removal: Mapping[int | str | ChannelGrou
                 old = set_tensor(module, name, slicer(tensor))
                 if name in module._parameters:
                     sliced[module._parameters[name]] = (old.shape, slicer)
-            for opt in _optimizers(optimizer):
+            for opt in optimizers_of(optimizer):
                 _slice_optimizer_state(opt, sliced)
         sync_attributes(graph.network)
     result.widths_after = graph.widths()
@@ -207,3 +203,6 @@ def _slice_optimizer_state(optimizer: torch.optim.Optimizer, sliced: Mapping[nn.
         for key, value in list(state.items()):
             if torch.is_tensor(value) and value.dim() > 0 and value.shape == old_shape:
                 state[key] = slicer(value)
+
+
+ChannelGraph.prune = prune_channels  # graph.prune(removal, optimizer=, min_width=, min_keep=): see graph.py

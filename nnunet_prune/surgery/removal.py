@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from nnunet_prune.stats import unwrap
-from nnunet_prune.surgery import architectures
-from nnunet_prune.surgery.blocks import BlockRemovalResult, remove_blocks
-from nnunet_prune.surgery.graph import ChannelGraph, UnsupportedNetworkError, build_channel_graph
+from nnunet_prune.surgery.architectures import build_channel_graph, of
+from nnunet_prune.surgery.blocks import BlockRemovalResult
+from nnunet_prune.surgery.graph import ChannelGraph, UnsupportedNetworkError
 from nnunet_prune.surgery.masks import SparsityStats, apply_weight_masks
-from nnunet_prune.surgery.prune import PruneResult
+from nnunet_prune.surgery.prune import PruneResult, prune_channels
 
 
 @dataclass
@@ -72,32 +72,25 @@ def apply_removal(network: nn.Module, removal: Removal, *, graph: ChannelGraph |
     ``network`` if given.
 
     Raises:
+        UnsupportedNetworkError: a network whose class is not registered, before anything changed.
         ValueError, IndexError, UnsupportedNetworkError: an invalid request (e.g. masks for an architecture that
             has none), before anything changed in its part.
     """
     net = unwrap(network)
+    arch = of(net)  # the registry is the only door, also for a caller that brings its own graph
     result = SurgeryResult()
     if removal.weights or removal.biases:
         result.sparsity = apply_weight_masks(net, removal.weights, removal.biases, tau=removal.tau, graph=graph)
     if removal.channels:
         graph = graph if graph is not None else build_channel_graph(net)
-        result.channels = graph.prune(removal.channels, optimizer=optimizer, min_width=min_width, min_keep=min_keep)
+        result.channels = prune_channels(graph, removal.channels, optimizer=optimizer, min_width=min_width,
+                                         min_keep=min_keep)
     if removal.mask_blocks or removal.restore_blocks or removal.blocks:
-        arch = architectures.of(net) if _registered(net) else None
         if removal.mask_blocks or removal.restore_blocks:
-            if arch is None or arch.mask_blocks is None:
+            if arch.mask_blocks is None:
                 raise UnsupportedNetworkError(f"{type(net).__name__} has no blocks that can be masked")
             result.restored = arch.mask_blocks(net, removal.restore_blocks, True)
             result.masked = arch.mask_blocks(net, removal.mask_blocks, False)
         if removal.blocks:
-            result.blocks = (arch.remove_blocks if arch is not None else remove_blocks)(net, removal.blocks,
-                                                                                       optimizer)
+            result.blocks = arch.remove_blocks(net, removal.blocks, optimizer)
     return result
-
-
-def _registered(net: nn.Module) -> bool:
-    try:
-        architectures.of(net)
-        return True
-    except UnsupportedNetworkError:
-        return False

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+from torch.nn.modules.conv import _ConvNd
 
+from nnunet_prune.core.conv import in_axis, is_transposed, out_axis
 from nnunet_prune.stats import count_parameters, inference_outputs, input_channels, on_meta_device
 from nnunet_prune.surgery.graph import ChannelGraph, External
 
@@ -56,10 +57,8 @@ class SizeModel:
                 continue
             if m.groups != 1:
                 raise ValueError(f"{graph.module_names.get(m)}: grouped convolutions are not supported")
-            transposed = isinstance(m, _ConvTransposeNd)
             w = m.weight
-            fixed_out = w.shape[1] if transposed else w.shape[0]
-            fixed_in = w.shape[0] if transposed else w.shape[1]
+            fixed_out, fixed_in = w.shape[out_axis(m)], w.shape[in_axis(m)]
             inputs = [s.name if not isinstance(s, External) else s.channels for s in graph.layouts[m]] \
                 if m in graph.layouts else [fixed_in]
             self.convs.append(_Conv(out_group.get(m, fixed_out), inputs, math.prod(w.shape[2:]), m.bias is not None,
@@ -99,7 +98,7 @@ def _voxels(network: nn.Module, patch_size: Sequence[int]) -> dict[nn.Module, in
     seen: dict[nn.Module, int] = {}
 
     def hook(module, inputs, output):
-        shape = inputs[0].shape if isinstance(module, _ConvTransposeNd) else output.shape
+        shape = inputs[0].shape if is_transposed(module) else output.shape
         seen[module] = seen.get(module, 0) + math.prod(shape[2:])
 
     handles = [m.register_forward_hook(hook) for m in network.modules() if isinstance(m, _ConvNd)]

@@ -11,7 +11,9 @@ from dynamic_network_architectures.building_blocks.residual import BasicBlockD, 
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU, StackedConvBlocks
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
-from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
+from torch.nn.modules.conv import _ConvNd
+
+from nnunet_prune.core.conv import in_channels, out_channels
 
 
 def set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> torch.Tensor:
@@ -27,16 +29,6 @@ def set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> torch.Tenso
     return old
 
 
-def conv_out_channels(conv: _ConvNd) -> int:
-    """Output channels of a conv or transposed conv, from its weight's shape."""
-    return conv.weight.shape[1] * conv.groups if isinstance(conv, _ConvTransposeNd) else conv.weight.shape[0]
-
-
-def conv_in_channels(conv: _ConvNd) -> int:
-    """Input channels of a conv or transposed conv, from its weight's shape."""
-    return conv.weight.shape[0] if isinstance(conv, _ConvTransposeNd) else conv.weight.shape[1] * conv.groups
-
-
 def sync_attributes(network: nn.Module) -> None:
     """Make the modules' channel-count attributes agree with their tensors after surgery or resizing.
 
@@ -46,7 +38,7 @@ def sync_attributes(network: nn.Module) -> None:
     """
     for m in reversed(list(network.modules())):  # every module after all of its descendants
         if isinstance(m, _ConvNd):
-            m.in_channels, m.out_channels = conv_in_channels(m), conv_out_channels(m)
+            m.in_channels, m.out_channels = in_channels(m), out_channels(m)
         elif isinstance(m, ConvDropoutNormReLU):
             m.input_channels, m.output_channels = m.conv.in_channels, m.conv.out_channels
             norm = getattr(m, "norm", None)
