@@ -10,6 +10,8 @@ touches nnU-Net. The public entry points live in submodules:
 * :mod:`nnunet_prune.trainers` / :mod:`nnunet_prune.planners` -- the nnU-Net classes (``-tr`` / ``-pl``).
 """
 
+import sys
+
 __version__ = "0.1.0"
 
 
@@ -18,3 +20,19 @@ class NnUNetPruneError(RuntimeError):
 
     The command-line tools print only the message (no traceback) for this error.
     """
+
+
+def install_excepthook() -> None:
+    """Print only the message of an NnUNetPruneError that reaches the top level (no traceback)."""
+    previous = sys.excepthook
+    if getattr(previous, "_nnunet_prune", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        if isinstance(exc, NnUNetPruneError):
+            sys.stderr.write(f"\nERROR: {exc}\n")
+        else:
+            previous(exc_type, exc, tb)
+
+    hook._nnunet_prune = True
+    sys.excepthook = hook

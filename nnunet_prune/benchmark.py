@@ -1,20 +1,23 @@
 """``nnunet-prune benchmark``: every pruning method of this package on one dataset, one budget, one table.
 
 Each method is trained by stock ``nnUNetv2_train`` in a subprocess with the same budget (``NNUNET_PRUNE_EPOCHS``,
-``NNUNET_PRUNE_ITERS_PER_EPOCH``, ``NNUNET_PRUNE_VAL_ITERS``) into the benchmark's own ``nnUNet_results`` folder
-(``OUT/nnUNet_results``: a benchmark never trains into, reads from or overwrites the user's trained models);
+``NNUNET_PRUNE_ITERS_PER_EPOCH``, ``NNUNET_PRUNE_VAL_ITERS``) and seed (``NNUNET_PRUNE_SEED``) into the benchmark's
+own ``nnUNet_results`` folder (``OUT/seed_<S>/nnUNet_results``: a benchmark never trains into, reads from or
+overwrites the user's trained models); with ``seeds`` > 1 every method is trained once per seed (S = seed, seed + 1,
+...; each seed in its own ``OUT/seed_<S>/``) and the table gives the mean and standard deviation over the seeds;
 planning uses the user's ``nnUNet_raw`` / ``nnUNet_preprocessed`` and this package's planners, and only creates
 plans that do not exist yet. Then every model predicts the held-out images with stock ``nnUNetv2_predict`` and is
 scored with nnU-Net's ``nnUNetv2_evaluate_folder`` (without a test set: the folds' validation ``summary.json``),
 and :func:`nnunet_prune.report.measure_model_folder` measures it (parameters, MACs per patch, checkpoint size,
 CPU latency in PyTorch and every installed deployment runtime; GPU latency and memory on CUDA).
 
-Outputs in ``OUT``: ``benchmark.csv`` and ``benchmark.md`` (one row per method, sorted by MACs), ``pareto.png``
-(Dice against MACs, latency and parameters, the Pareto front drawn), ``maps/<method>.png`` (each pruning method's
-width or branch map), ``commands.sh`` (every command exactly as run, with its environment), ``logs/`` (each step's
-output) and ``benchmark_state.json`` (the budget, the step wall times, the measurements). A rerun with the same
-options reuses every finished step and continues an interrupted training with ``--c``; a failed method is
-reported in the table with its error and does not stop the others.
+Outputs in ``OUT``: ``benchmark.csv`` and ``benchmark.md`` (one row per method, sorted by MACs; Dice per class),
+``pareto.png`` (Dice against MACs, latency and parameters, the Pareto front drawn), ``maps/<method>.png`` (each
+pruning method's width or branch map, first seed), ``commands.sh`` (every command exactly as run, with its
+environment), ``seed_<S>/logs/`` (each step's output) and ``benchmark_state.json`` (the budget, the step wall times,
+the measurements per seed). A rerun with the same options reuses every finished step and continues an interrupted
+training with ``--c`` (Ctrl-C is reported as an interruption, not as a failure); a failed method is reported in
+the table with its error and does not stop the others.
 """
 
 from __future__ import annotations
@@ -24,17 +27,22 @@ import json
 import os
 import shlex
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from nnunet_prune import NnUNetPruneError
+from nnunet_prune.class_dice import class_notes, format_dice
 from nnunet_prune.commands import console_script, package_command
+from nnunet_prune.quiet import quiet_environment
+from nnunet_prune.seeding import SEED_VAR, check_seed
 
 TOOL = "benchmark"
 MARKER = ".nnunet_prune_benchmark"
@@ -101,8 +109,9 @@ def method_spec(name: str) -> MethodSpec:
 class BenchmarkSettings:
     """What a benchmark run is: the dataset (name, e.g. ``Dataset117_LiTS117``), configuration, folds, methods, the
     budget (``epochs`` x ``iterations`` training iterations, ``val_iterations`` per epoch), the held-out images and
-    labels (None: the folds' validation) and the device. Everything but ``methods``, ``jobs``, ``repeats`` and
-    ``runtimes`` must match on a rerun in the same output folder."""
+    labels (None: the folds' validation), the device, and the seeds: ``seeds`` trainings of every method, with seeds
+    ``seed`` .. ``seed + seeds - 1``. Everything but ``methods``, ``jobs``, ``repeats``, ``runtimes`` and ``seeds``
+    must match on a rerun in the same output folder (more seeds add runs; fewer use the first ones)."""
 
     dataset: str
     configuration: str
@@ -118,12 +127,18 @@ class BenchmarkSettings:
     jobs: int = 1
     repeats: int = 10
     runtimes: list[str] | None = None
+    seed: int = 0
+    seeds: int = 1
 
     def identity(self) -> dict:
         """The settings that define the results (a rerun must give the same)."""
         return {k: getattr(self, k) for k in ("dataset", "configuration", "folds", "epochs", "iterations",
                                               "val_iterations", "test_images", "test_labels", "device",
-                                              "sweep_taus")}
+                                              "sweep_taus", "seed")}
+
+    def seed_list(self) -> list[int]:
+        """The seeds of the runs: ``seed``, ``seed + 1``, ... (``seeds`` of them)."""
+        return [self.seed + i for i in range(self.seeds)]
 
 
 @dataclass
@@ -131,7 +146,10 @@ class MethodResult:
     """One row of the table. Sizes are per patch (MACs, batch 1) and averaged over the folds; latencies are median
     ms per patch (batch 1); ``dice`` is the foreground mean on the test set (``dice_source`` "test") or the mean of
     the folds' validation Dice ("validation"); seconds are wall times of this method's steps (training summed over
-    folds)."""
+    folds). A row of one seed has ``seed``; the table's row of several seeds (:func:`aggregate_rows`) has the mean
+    over ``seeds`` of every number, ``dice_spread`` / ``dice_per_class_spread`` the sample standard deviation of
+    the Dice over them (None with one seed) and ``dice_per_seed`` each seed's Dice. ``status``: "pending", "ok",
+    "failed" (``error`` says why) or "interrupted" (Ctrl-C; a rerun continues it)."""
 
     name: str
     label: str
@@ -147,6 +165,9 @@ class MethodResult:
     cpu_ms: float | None = None
     fastest_runtime: str | None = None
     fastest_ms: float | None = None
+    #: why the latencies are not comparable (a busy machine, runs that do not agree: :mod:`nnunet_prune.timing`),
+    #: None when they are; the table then prints 'n/c' for the fastest runtime and marks the latency
+    latency_not_comparable: str | None = None
     threads: int | None = None
     gpu_ms: float | None = None
     gpu_ms_compiled: float | None = None
@@ -159,10 +180,65 @@ class MethodResult:
     predict_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     map_png: str | None = None
+    seed: int | None = None
+    seeds: list[int] = field(default_factory=list)
+    dice_spread: float | None = None
+    dice_per_class_spread: dict = field(default_factory=dict)
+    dice_per_seed: dict = field(default_factory=dict)
 
 
 class StepFailed(NnUNetPruneError):
     """A step of one method failed; the message names the step and holds the end of its log."""
+
+
+class StepInterrupted(KeyboardInterrupt):
+    """A step ended by Ctrl-C (its command exited on SIGINT, or the benchmark is stopping): not a failure."""
+
+
+#: exit codes of a command that SIGINT ended (killed by it, or a shell's 128 + 2)
+INTERRUPTED_CODES = (-signal.SIGINT, 128 + signal.SIGINT)
+#: fields of a row that are per-run numbers: the mean over the seeds in the table
+MEAN_FIELDS = ("parameters", "initial_parameters", "nonzero_parameters", "macs", "checkpoint_mb", "cpu_ms",
+               "fastest_ms", "gpu_ms", "gpu_ms_compiled", "gpu_peak_mb", "tau", "train_seconds", "predict_seconds")
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    return statistics.fmean(values) if values and None not in values else None
+
+
+def _sd(values: Sequence[float | None]) -> float | None:
+    return statistics.stdev(values) if len(values) > 1 and None not in values else None
+
+
+def aggregate_rows(runs: Mapping[int, MethodResult]) -> MethodResult:
+    """One method's table row from its runs (seed -> row of that seed): over the runs that worked, the mean of every
+    number (:data:`MEAN_FIELDS`, Dice and Dice per class) and the sample standard deviation of the Dice
+    (``dice_spread``, ``dice_per_class_spread``; None with one run), each seed's Dice, the notes of every run;
+    other fields from the first of them. A seed that failed is named in the notes; none worked: the first failure
+    (or interruption) as it is."""
+    seeds = sorted(runs)
+    ok = [s for s in seeds if runs[s].status == "ok"]
+    if not ok:
+        first = runs[seeds[0]]
+        return replace(first, seeds=[], notes=list(first.notes))
+    rows = [runs[s] for s in ok]
+    out = replace(rows[0], seed=None, seeds=ok, notes=[], dice_per_class=dict(rows[0].dice_per_class))
+    for name in MEAN_FIELDS:
+        setattr(out, name, _mean([getattr(r, name) for r in rows]))
+    out.train_seconds, out.predict_seconds = out.train_seconds or 0.0, out.predict_seconds or 0.0
+    out.dice, out.dice_spread = _mean([r.dice for r in rows]), _sd([r.dice for r in rows])
+    classes = list(dict.fromkeys(c for r in rows for c in r.dice_per_class))
+    per_class = {c: [r.dice_per_class.get(c) for r in rows] for c in classes}
+    out.dice_per_class = {c: _mean(v) for c, v in per_class.items()}
+    out.dice_per_class_spread = {c: _sd(v) for c, v in per_class.items()} if len(rows) > 1 else {}
+    out.dice_per_seed = {s: runs[s].dice for s in ok}
+    out.latency_not_comparable = next((r.latency_not_comparable for r in rows if r.latency_not_comparable), None)
+    prefix = len(seeds) > 1
+    notes = [f"seed {s}: {n}" if prefix else n for s in ok for n in runs[s].notes]
+    notes += [f"seed {s} {runs[s].status}" + (f": {runs[s].error}" if runs[s].error else "")
+              for s in seeds if s not in ok]
+    out.notes = list(dict.fromkeys(notes))
+    return out
 
 
 class Benchmark:
@@ -176,15 +252,34 @@ class Benchmark:
         self.s = settings
         self.out = Path(output).expanduser().resolve()
         self.log = log or (lambda line: print(line, flush=True))
-        self.results_dir = self.out / "nnUNet_results"
         self.methods = [method_spec(n) for n in settings.methods]
-        self.rows = {m.name: MethodResult(m.name, m.label, m.trainer, m.plans) for m in self.methods}
+        self.seed = settings.seed  # the seed whose run is trained now (run_seed)
+        #: the rows of the current seed (the table's rows, aggregated over the seeds, after the last run)
+        self.rows = self.new_rows(self.seed)
+        self.runs: dict[int, dict[str, MethodResult]] = {}  # seed -> that run's rows
+        self._tag = ""  # "seed S: " before each progress line with several seeds
+        self._stop = threading.Event()  # Ctrl-C: no step starts any more, a step that ends is "interrupted"
         self.state: dict = {}
         self._lock = threading.Lock()
         self._dense_done = threading.Event()
         self._dense_ok = False
         self._sweep_lock = threading.Lock()
         self._start = time.perf_counter()
+
+    def new_rows(self, seed: int) -> dict[str, MethodResult]:
+        """Empty rows of every method for the run with seed ``seed``."""
+        return {m.name: MethodResult(m.name, m.label, m.trainer, m.plans, seed=seed) for m in self.methods}
+
+    @property
+    def run_dir(self) -> Path:
+        """The folder of the current seed's run, ``OUT/seed_<S>``: its nnUNet_results, predictions, exports, sweep
+        and logs."""
+        return self.out / f"seed_{self.seed}"
+
+    @property
+    def results_dir(self) -> Path:
+        """The current seed's ``nnUNet_results`` (the benchmark's own, never the user's)."""
+        return self.run_dir / "nnUNet_results"
 
     # ------------------------------------------------------------------ checks
     def check(self) -> None:
@@ -199,15 +294,23 @@ class Benchmark:
         for var in ("nnUNet_raw", "nnUNet_preprocessed"):
             if not os.environ.get(var):
                 raise NnUNetPruneError(f"{var} is not set: the benchmark plans and trains with nnU-Net's folders "
-                                       f"(its trained models go to OUT/nnUNet_results, not to nnUNet_results).")
+                                       f"(its trained models go to OUT/seed_<S>/nnUNet_results, not to "
+                                       f"nnUNet_results).")
         raw = Path(os.environ["nnUNet_raw"]) / self.s.dataset
         if not (raw / "dataset.json").is_file():
-            raise NnUNetPruneError(f"{raw / 'dataset.json'} does not exist: is -d the right dataset?")
+            from nnunet_prune.prechecks import dataset_listing
+
+            raise NnUNetPruneError(f"{raw / 'dataset.json'} does not exist: is -d the right dataset? The benchmark "
+                                   f"needs its raw data. {dataset_listing()}")
         self.dataset_json = json.loads((raw / "dataset.json").read_text())
         if self.s.epochs < 1 or self.s.iterations < 1 or self.s.val_iterations < 1:
             raise NnUNetPruneError("--epochs, --iters-per-epoch and --val-iters must be at least 1.")
         if self.s.jobs < 1 or self.s.repeats < 1:
             raise NnUNetPruneError("--jobs and --repeats must be at least 1.")
+        if self.s.seeds < 1:
+            raise NnUNetPruneError(f"--seeds {self.s.seeds}: give at least 1 (the number of trainings per method).")
+        check_seed(self.s.seed, "--seed")
+        check_seed(self.s.seed + self.s.seeds - 1, "--seed + --seeds - 1")
         if self.s.device not in ("cpu", "cuda"):
             raise NnUNetPruneError(f"--device must be cpu or cuda, not {self.s.device!r}.")
         if self.s.device == "cuda":
@@ -297,10 +400,16 @@ class Benchmark:
 
         with self._lock:
             self.state["rows"] = {k: asdict(v) for k, v in self.rows.items()}
+            self.state["runs"] = {str(seed): {k: asdict(v) for k, v in rows.items()}
+                                  for seed, rows in self.runs.items()}
             tmp = self.out / (STATE + ".tmp")
             tmp.write_text(json.dumps(self.state, indent=2, default=str))
             tmp.replace(self.out / STATE)
             record_files(self.out, TOOL, [self.out / STATE])
+
+    def _key(self, step: str) -> str:
+        """The state's name of a step of the current seed's run (its wall time), e.g. ``seed 0: dense predict``."""
+        return f"seed {self.seed}: {step}"
 
     def _step_seconds(self, key: str, seconds: float | None = None) -> float | None:
         with self._lock:
@@ -316,12 +425,13 @@ class Benchmark:
         return self.s.dataset.split("_")[0].replace("Dataset", "").lstrip("0") or "0"
 
     def env(self, extra: dict | None = None) -> dict:
-        """The environment of every step: the user's, with the benchmark's results folder and budget."""
-        env = dict(os.environ)
+        """The environment of every step: the user's, with the benchmark's results folder and budget (and the
+        warnings of :mod:`nnunet_prune.quiet` filtered)."""
+        env = quiet_environment(os.environ)
         env.update({
             "nnUNet_results": str(self.results_dir), "PYTHONUNBUFFERED": "1",
             "NNUNET_PRUNE_EPOCHS": str(self.s.epochs), "NNUNET_PRUNE_ITERS_PER_EPOCH": str(self.s.iterations),
-            "NNUNET_PRUNE_VAL_ITERS": str(self.s.val_iterations),
+            "NNUNET_PRUNE_VAL_ITERS": str(self.s.val_iterations), SEED_VAR: str(self.seed),
         })
         if self.s.device == "cpu":
             env.setdefault("nnUNet_n_proc_DA", "0")
@@ -331,23 +441,29 @@ class Benchmark:
 
     def command(self, method: str, step: str, cmd: list[str], extra_env: dict | None = None) -> None:
         """Run ``cmd`` with :meth:`env` (plus ``extra_env``), its output into ``logs/<method>.<step>.log``, and append
-        it to ``commands.sh``.
+        it to ``commands.sh`` (planning: ``OUT/logs/``; the rest: the current seed's ``logs/``).
 
         Raises:
-            StepFailed: it exited with a non-zero code (the message holds its last lines)."""
+            StepFailed: it exited with a non-zero code (the message holds its last lines).
+            StepInterrupted: SIGINT ended it (Ctrl-C), or the benchmark is stopping after Ctrl-C (then it does not
+                start)."""
+        if self._stop.is_set():
+            raise StepInterrupted(f"{method} {step}: not started (interrupted)")
         env = self.env(extra_env)
         shown = {k: env[k] for k in sorted(env) if k.startswith("NNUNET_PRUNE_") or k in ("nnUNet_results",)}
         shown.update(extra_env or {})
         line = " ".join(f"{k}={shlex.quote(v)}" for k, v in shown.items()) + " " + shlex.join(
             [Path(cmd[0]).name if cmd[0] != sys.executable else "python", *cmd[1:]])
-        log = self.out / "logs" / f"{method}.{step}.log"
+        log = (self.out if method == "plans" else self.run_dir) / "logs" / f"{method}.{step}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with self._lock, open(self.out / "commands.sh", "a") as f:
-            f.write(f"# {method}: {step}\n{line}\n")
+            f.write(f"# {'' if method == 'plans' else f'seed {self.seed}, '}{method}: {step}\n{line}\n")
         with open(log, "w") as f:
             f.write(f"$ {line}\n")
             f.flush()
             code = subprocess.call(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=self.out)
+        if code in INTERRUPTED_CODES or (code != 0 and self._stop.is_set()):
+            raise StepInterrupted(f"{method} {step}: interrupted (exit code {code})")
         if code != 0:
             lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
             errors = [x for x in lines if x.startswith(("ERROR", "RuntimeError", "ValueError", "AssertionError"))
@@ -358,7 +474,7 @@ class Benchmark:
     def say(self, text: str) -> None:
         """One progress line with the time since the start."""
         elapsed = time.perf_counter() - self._start
-        self.log(f"[{int(elapsed // 60):3d}:{int(elapsed % 60):02d}] {text}")
+        self.log(f"[{int(elapsed // 60):3d}:{int(elapsed % 60):02d}] {self._tag}{text}")
 
     # ------------------------------------------------------------------ steps
     def model_folder(self, m: MethodSpec) -> Path:
@@ -403,7 +519,7 @@ class Benchmark:
         row = self.rows[m.name]
         for fold in self.s.folds:
             fd = folder / f"fold_{fold}"
-            key = f"{m.name} train fold {fold}"
+            key = self._key(f"{m.name} train fold {fold}")
             if (fd / "checkpoint_final.pth").is_file() and (fd / "validation" / "summary.json").is_file():
                 self.say(f"{m.name}: fold {fold} already trained (reused)")
                 row.train_seconds += self._step_seconds(key) or 0.0
@@ -417,7 +533,12 @@ class Benchmark:
                 cmd, how = cmd + ["--c"], "continuing"
             self.say(f"{m.name}: {how} fold {fold} ({m.trainer}, {m.plans}, {self.s.epochs} x {self.s.iterations})")
             t = time.perf_counter()
-            self.command(m.name, f"train_fold_{fold}", cmd, extra_env)
+            try:
+                self.command(m.name, f"train_fold_{fold}", cmd, extra_env)
+            except KeyboardInterrupt:  # the time so far counts when the rerun continues this training with --c
+                self._step_seconds(key, (self._step_seconds(key) or 0.0) * (how != "training")
+                                   + time.perf_counter() - t)
+                raise
             seconds = (self._step_seconds(key) or 0.0) * (how != "training") + time.perf_counter() - t
             self._step_seconds(key, seconds)
             row.train_seconds += seconds
@@ -430,7 +551,7 @@ class Benchmark:
         Raises:
             StepFailed: the sweep failed or found no tau that keeps the proxy Dice."""
         with self._sweep_lock:
-            out = self.out / "magnitude_sweep"
+            out = self.run_dir / "magnitude_sweep"
             report = out / "sweep.json"
             if not report.is_file():
                 images, labels = self._sweep_inputs()
@@ -441,7 +562,7 @@ class Benchmark:
                 self.say("magnitude: sweep of the dense model")
                 t = time.perf_counter()
                 self.command("magnitude", "sweep", cmd)
-                self._step_seconds("magnitude sweep", time.perf_counter() - t)
+                self._step_seconds(self._key("magnitude sweep"), time.perf_counter() - t)
             crit = json.loads(report.read_text()).get("critical_point")
             if not crit:
                 raise StepFailed(f"the sweep ({report}) found no tau that keeps the proxy Dice above its threshold: "
@@ -470,11 +591,11 @@ class Benchmark:
     def predict(self, m: MethodSpec) -> None:
         """Predict the test images with the method's folds (stock ``nnUNetv2_predict``) and score them with
         ``nnUNetv2_evaluate_folder``; reused when its summary.json exists."""
-        out = self.out / "predictions" / m.name
+        out = self.run_dir / "predictions" / m.name
         summary = out / "summary.json"
         row = self.rows[m.name]
         if summary.is_file():
-            row.predict_seconds = self._step_seconds(f"{m.name} predict") or 0.0
+            row.predict_seconds = self._step_seconds(self._key(f"{m.name} predict")) or 0.0
         else:
             self.say(f"{m.name}: predicting the test images (nnUNetv2_predict, folds {self.s.folds})")
             t = time.perf_counter()
@@ -487,7 +608,7 @@ class Benchmark:
                 console_script("nnUNetv2_evaluate_folder"), self.s.test_labels, str(out), "-djfile",
                 str(out / "dataset.json"), "-pfile", str(out / "plans.json"), "-o", str(summary), "-np", n])
             row.predict_seconds = time.perf_counter() - t
-            self._step_seconds(f"{m.name} predict", row.predict_seconds)
+            self._step_seconds(self._key(f"{m.name} predict"), row.predict_seconds)
         from nnunet_prune.report import dice_from_summary
 
         row.dice, per_class = dice_from_summary(json.loads(summary.read_text()), self.dataset_json)
@@ -496,12 +617,20 @@ class Benchmark:
 
     def run_method(self, m: MethodSpec) -> None:
         """Train (after the dense model where needed), predict and evaluate one method; a failure is recorded in
-        its row, never raised."""
+        its row, never raised. Ctrl-C (:class:`StepInterrupted`, or any step after it) marks the row "interrupted",
+        stops the benchmark (no step starts any more) and is raised on.
+
+        Raises:
+            KeyboardInterrupt: the method's step was interrupted."""
         row = self.rows[m.name]
         try:
+            if self._stop.is_set():
+                raise StepInterrupted(f"{m.name}: not started (interrupted)")
             extra: dict = {}
             if m.from_dense:
                 self._dense_done.wait()
+                if self._stop.is_set():
+                    raise StepInterrupted(f"{m.name}: not started (interrupted)")
                 if not self._dense_ok:
                     raise StepFailed("needs the dense model, whose training failed")
                 extra["NNUNET_PRUNE_DENSE_MODEL"] = str(self.model_folder(method_spec(DENSE)))
@@ -517,6 +646,11 @@ class Benchmark:
             if self.s.test_images:
                 self.predict(m)
             row.status, row.error = "ok", None
+        except KeyboardInterrupt:
+            self._stop.set()
+            row.status, row.error = "interrupted", None
+            self.say(f"{m.name}: interrupted")
+            raise
         except NnUNetPruneError as e:
             row.status, row.error = "failed", str(e)
             self.say(f"{m.name}: FAILED: {e}")
@@ -538,13 +672,13 @@ class Benchmark:
         folder = self.model_folder(m)
         measured = folder
         if m.export:
-            measured = self.out / "exported" / m.name
+            measured = self.run_dir / "exported" / m.name
             if not (measured / "plans.json").is_file():
                 self.say(f"{m.name}: exporting (nnunet-prune export) before measuring")
                 t = time.perf_counter()
                 self.command(m.name, "export", package_command("export", str(folder), "-o", str(measured), "-f",
                                                     *map(str, self.s.folds)))
-                self._step_seconds(f"{m.name} export", time.perf_counter() - t)
+                self._step_seconds(self._key(f"{m.name} export"), time.perf_counter() - t)
         notes: list[str] = []
         fold_rows = measure_model_folder(measured, self.s.folds, device=self.s.device, repeats=self.s.repeats,
                                          warmup=2, compile=self.s.device == "cuda", cpu=True,
@@ -562,6 +696,7 @@ class Benchmark:
         if per_runtime:
             row.fastest_runtime = min(per_runtime, key=per_runtime.get)
             row.fastest_ms = per_runtime[row.fastest_runtime]
+        row.latency_not_comparable = next((r.not_comparable() for r in fold_rows if r.not_comparable()), None)
         row.gpu_ms = mean([r.gpu_ms_eager for r in fold_rows])
         row.gpu_ms_compiled = mean([r.gpu_ms_compiled for r in fold_rows])  # CUDA graphs + bf16
         row.gpu_peak_mb = mean([r.gpu_peak_mb for r in fold_rows])
@@ -579,7 +714,7 @@ class Benchmark:
             row.initial_parameters = float(initial) if initial else None
         for name in ("pruning_widths.png", "branch_map.png"):
             picture = folder / f"fold_{self.s.folds[0]}" / name
-            if picture.is_file():
+            if picture.is_file() and self.seed == self.s.seed:  # the first seed's map
                 target = self.out / "maps" / f"{m.name}.png"
                 target.parent.mkdir(exist_ok=True)
                 shutil.copyfile(picture, target)
@@ -596,11 +731,14 @@ class Benchmark:
 
     # ------------------------------------------------------------------ all
     def run(self) -> Path:
-        """Check, plan, train (``jobs`` methods at a time), predict, evaluate, measure (one at a time) and write the
-        outputs; returns the path of ``benchmark.md``.
+        """Check, plan, then for each seed train (``jobs`` methods at a time), predict, evaluate and measure (one at
+        a time); write the outputs (over several seeds: :func:`aggregate_rows`); returns the path of
+        ``benchmark.md``.
 
         Raises:
-            NnUNetPruneError: a check failed or planning failed (a method's failure is recorded in its row)."""
+            NnUNetPruneError: a check failed or planning failed (a method's failure is recorded in its row).
+            KeyboardInterrupt: Ctrl-C; said in one line ("interrupted; rerun the same command to continue"), no row
+                failed, the state saved: the same command continues."""
         from nnunet_prune.outputs import record_files
 
         self.check()
@@ -609,33 +747,64 @@ class Benchmark:
         self.state = self._read_state()
         self.state["settings"] = json.loads(json.dumps(self.s.identity()))
         self.state.setdefault("steps", {})
+        self.state.pop("interrupted", None)
         try:
             with open(self.out / "commands.sh", "a") as f:
                 f.write(f"# nnunet-prune benchmark, {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
             self._save_state()
+            seeds = self.s.seed_list()
             self.say(f"benchmark of {len(self.methods)} method(s) on {self.s.dataset} {self.s.configuration}, folds "
-                     f"{self.s.folds}, {self.s.epochs} epochs x {self.s.iterations} iterations, device "
-                     f"{self.s.device}, {self.s.jobs} job(s) at a time; output {self.out}")
+                     f"{self.s.folds}, {self.s.epochs} epochs x {self.s.iterations} iterations, "
+                     + (f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]})")
+                     + f", device {self.s.device}, {self.s.jobs} job(s) at a time; output {self.out}")
             self.plan()
-            if DENSE not in self.s.methods:
-                self._dense_done.set()
-            with ThreadPoolExecutor(max_workers=self.s.jobs) as pool:
-                list(pool.map(self.run_method, self.methods))  # the dense model first: others wait for it
-            for m in self.methods:
-                if self.rows[m.name].status != "ok":
-                    continue
-                try:
-                    self.say(f"{m.name}: measuring (parameters, MACs, latency)")
-                    self.measure(m)
-                except Exception as e:  # noqa: BLE001
-                    self.rows[m.name].status, self.rows[m.name].error = "failed", f"measuring: {e}"
-                self._save_state()
+            for seed in seeds:
+                self.run_seed(seed)
+            self._tag = ""
+            self.rows = {m.name: aggregate_rows({s: self.runs[s][m.name] for s in seeds}) for m in self.methods}
             self.state["total_seconds"] = round(time.perf_counter() - self._start, 1)
             self._save_state()
             return self.write()
+        except KeyboardInterrupt:
+            self._stop.set()
+            self._tag = ""
+            self.state["interrupted"] = time.strftime("%Y-%m-%d %H:%M:%S")
+            self._save_state()
+            self.say("interrupted; rerun the same command to continue (finished steps are reused, an interrupted "
+                     "training continues with --c)")
+            raise
         finally:
             record_files(self.out, TOOL, [p for p in self.out.rglob("*")
                                           if p.is_file() and "nnUNet_results" not in p.parts])
+
+    def run_seed(self, seed: int) -> None:
+        """The run of every method with seed ``seed`` in ``OUT/seed_<seed>``: train (``jobs`` methods at a time;
+        the dense model first, the methods that start from it wait for it), predict and evaluate, then measure one
+        at a time; its rows go to :attr:`runs`.
+
+        Raises:
+            KeyboardInterrupt: Ctrl-C (the steps that were running end as "interrupted")."""
+        self.seed = seed
+        self.rows = self.runs[seed] = self.new_rows(seed)
+        self._tag = f"seed {seed}: " if self.s.seeds > 1 else ""
+        self._dense_done, self._dense_ok = threading.Event(), False
+        if DENSE not in self.s.methods:
+            self._dense_done.set()
+        with ThreadPoolExecutor(max_workers=self.s.jobs) as pool:
+            try:
+                list(pool.map(self.run_method, self.methods))  # the dense model first: others wait for it
+            except KeyboardInterrupt:
+                self._stop.set()  # before the pool waits for the running steps: they end as interrupted
+                raise
+        for m in self.methods:
+            if self.rows[m.name].status != "ok":
+                continue
+            try:
+                self.say(f"{m.name}: measuring (parameters, MACs, latency)")
+                self.measure(m)
+            except Exception as e:  # noqa: BLE001
+                self.rows[m.name].status, self.rows[m.name].error = "failed", f"measuring: {e}"
+            self._save_state()
 
     # ------------------------------------------------------------------ outputs
     def sorted_rows(self) -> list[MethodResult]:
@@ -647,23 +816,27 @@ class Benchmark:
     def write(self) -> Path:
         """``benchmark.csv``, ``benchmark.md`` and ``pareto.png``; returns the Markdown file."""
         rows = self.sorted_rows()
-        classes = sorted({c for r in rows for c in r.dice_per_class})
+        classes = list(dict.fromkeys(c for r in rows for c in r.dice_per_class))  # the dataset's label order
         with open(self.out / "benchmark.csv", "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["method", "label", "trainer", "plans", "status", "parameters", "initial_parameters",
                         "nonzero_parameters", "macs_per_patch", "checkpoint_mb", "cpu_ms_pytorch", "fastest_runtime",
-                        "fastest_ms", "gpu_ms", "gpu_ms_compiled_bf16", "gpu_peak_mb", "dice",
-                        *[f"dice_{c}" for c in classes],
-                        "dice_source", "tau", "train_s", "predict_s", "error", "notes"])
+                        "fastest_ms", "gpu_ms", "gpu_ms_compiled_bf16", "gpu_peak_mb", "dice", "dice_spread",
+                        *[f"dice_{c}" for c in classes], *[f"dice_{c}_spread" for c in classes],
+                        "dice_source", "tau", "train_s", "predict_s", "seeds", "dice_per_seed", "error", "notes",
+                        "latency_comparable", "latency_not_comparable"])
             for r in rows:  # unrounded
                 w.writerow([r.name, r.label, r.trainer, r.plans, r.status, _fmt(r.parameters, "{:.0f}"),
                             _fmt(r.initial_parameters, "{:.0f}"), _fmt(r.nonzero_parameters, "{:.0f}"),
                             _fmt(r.macs, "{:.0f}"), _fmt(r.checkpoint_mb, "{}"), _fmt(r.cpu_ms, "{}"),
-                            r.fastest_runtime or "", _fmt(r.fastest_ms, "{}"), _fmt(r.gpu_ms, "{}"),
+                            *_fastest_csv(r), _fmt(r.gpu_ms, "{}"),
                             _fmt(r.gpu_ms_compiled, "{}"), _fmt(r.gpu_peak_mb, "{}"), _fmt(r.dice, "{}"),
-                            *[_fmt(r.dice_per_class.get(c), "{}") for c in classes], r.dice_source or "",
+                            _fmt(r.dice_spread, "{}"), *[_fmt(r.dice_per_class.get(c), "{}") for c in classes],
+                            *[_fmt(r.dice_per_class_spread.get(c), "{}") for c in classes], r.dice_source or "",
                             _fmt(r.tau, "{}"), f"{r.train_seconds:.1f}", f"{r.predict_seconds:.1f}",
-                            r.error or "", " | ".join(r.notes)])
+                            " ".join(map(str, r.seeds)), " ".join(f"{k}:{v}" for k, v in r.dice_per_seed.items()),
+                            r.error or "", " | ".join(r.notes), r.latency_not_comparable is None,
+                            r.latency_not_comparable or ""])
         md = self.out / "benchmark.md"
         md.write_text(self.markdown(rows, classes))
         try:
@@ -680,6 +853,13 @@ class Benchmark:
         source = "test set (nnUNetv2_predict + nnUNetv2_evaluate_folder, folds ensembled)" if self.s.test_images \
             else "validation of each fold (nnU-Net's summary.json), mean over folds"
         threads = next((r.threads for r in rows if r.threads), None)
+        seeds = self.s.seed_list()
+        if len(seeds) > 1:
+            source += (f". Dice cells: mean ± sample standard deviation over {len(seeds)} seeds ({seeds[0]}-"
+                       f"{seeds[-1]}; every other number: the mean); a difference within about two standard "
+                       f"deviations is noise")
+        else:
+            source += f"; seed {seeds[0]} (--seeds N repeats every method with N seeds and gives mean ± spread)"
         head = ["method", "parameters", "GMAC/patch", "MACs vs dense", "checkpoint", "CPU ms (PyTorch)",
                 "fastest runtime", "Dice", *[f"Dice {c}" for c in classes], "train"]
         if self.s.device == "cuda":
@@ -687,13 +867,14 @@ class Benchmark:
         lines = [f"# nnunet-prune benchmark: {self.s.dataset} {self.s.configuration}", "",
                  f"Budget: {self.s.epochs} epochs x {self.s.iterations} iterations ({self.s.val_iterations} "
                  f"validation iterations per epoch) for every method, folds {', '.join(map(str, self.s.folds))}, "
-                 f"device {self.s.device}. Dice: {source}. Latency: one patch, batch 1, median of "
-                 f"{self.s.repeats} runs on {threads} CPU thread(s); 'fastest runtime' is the fastest of PyTorch and "
-                 f"the installed deployment runtimes. Sorted by MACs.", "",
+                 f"device {self.s.device}. Dice: {source}. Latency: one patch, batch 1, median of at least "
+                 f"{self.s.repeats} runs (more until the median is known) on {threads} CPU thread(s); 'fastest "
+                 f"runtime' is the fastest of PyTorch and the installed deployment runtimes; '(n/c)': timed on a "
+                 f"busy machine or runs that did not agree, not comparable (why: notes). Sorted by MACs.", "",
                  "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         for r in rows:
             if r.status != "ok":
-                lines.append(f"| {r.label} | failed: {(r.error or '').replace('|', '/')[:300]} |"
+                lines.append(f"| {r.label} | {r.status}: {(r.error or '').replace('|', '/')[:300]} |"
                              + " |" * (len(head) - 2))
                 continue
             params = f"{r.parameters / 1e6:.3f} M" if r.parameters is not None else "-"
@@ -701,16 +882,17 @@ class Benchmark:
                 params += f" ({1 - r.nonzero_parameters / r.parameters:.0%} zero)"
             cells = [r.label, params, _fmt(r.macs and r.macs / 1e9, "{:.3f}", "-"),
                      "-" if base is None or r is base else f"{r.macs / base.macs:.2f}x",
-                     _fmt(r.checkpoint_mb, "{:.1f} MB", "-"), _fmt(r.cpu_ms, "{:.1f}", "-"),
-                     f"{r.fastest_runtime} {r.fastest_ms:.1f} ms" if r.fastest_runtime else "-",
-                     _fmt(r.dice, "{:.3f}", "-"), *[_fmt(r.dice_per_class.get(c), "{:.3f}", "-") for c in classes],
+                     _fmt(r.checkpoint_mb, "{:.1f} MB", "-"), *_latency_cells(r),
+                     format_dice(r.dice, r.dice_spread),
+                     *[format_dice(r.dice_per_class.get(c), r.dice_per_class_spread.get(c)) for c in classes],
                      f"{r.train_seconds:.0f} s"]
             if self.s.device == "cuda":
                 cells[7:7] = [f"{_fmt(r.gpu_ms, '{:.2f}', '-')} / {_fmt(r.gpu_ms_compiled, '{:.2f}', '-')}",
                               _fmt(r.gpu_peak_mb, "{:.0f}", "-")]
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", "![Dice against MACs, latency and parameters](pareto.png)", ""]
-        notes = []
+        notes = class_notes({r.label: r.dice_per_class for r in rows if r.status == "ok"},
+                            advice="train longer (--epochs)")
         for r in rows:
             if r.status == "ok" and r.initial_parameters and r.parameters and r.name != "magnitude" \
                     and r.parameters >= r.initial_parameters:
@@ -732,7 +914,8 @@ class Benchmark:
         lines += [f"| {k} | {v:.0f} |" for k, v in steps.items()]
         lines += ["", f"Sum of the steps: {sum(steps.values()) / 60:.1f} min (this run, reusing what was done: "
                       f"{self.state.get('total_seconds', 0) / 60:.1f} min, measurements included). Every command "
-                      f"with its environment: commands.sh; each step's output: logs/.", ""]
+                      f"with its environment: commands.sh; each step's output: seed_<S>/logs/ (planning: logs/).",
+                  ""]
         return "\n".join(lines)
 
 
@@ -740,43 +923,125 @@ def _fmt(value, pattern: str, missing: str = "") -> str:
     return missing if value is None else pattern.format(value)
 
 
-def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats (cost no higher and Dice no lower, one of them strictly),
-    sorted by cost; ``points`` are (cost, Dice)."""
-    front = []
-    for i, (c, d) in enumerate(points):
-        if not any((c2 <= c and d2 >= d) and (c2 < c or d2 > d) for j, (c2, d2) in enumerate(points) if j != i):
+def _latency_cells(r: MethodResult) -> list[str]:
+    """The 'CPU ms (PyTorch)' and 'fastest runtime' cells: '46.1' and 'openvino 26.6 ms', or, where the timings
+    are not comparable, '46.1 (n/c)' and 'n/c' (no "fastest" from timings that do not count)."""
+    from nnunet_prune.timing import NOT_COMPARABLE
+
+    if r.latency_not_comparable:
+        return [_fmt(r.cpu_ms, "{:.1f} (" + NOT_COMPARABLE + ")", "-"), NOT_COMPARABLE]
+    return [_fmt(r.cpu_ms, "{:.1f}", "-"),
+            f"{r.fastest_runtime} {r.fastest_ms:.1f} ms" if r.fastest_runtime else "-"]
+
+
+def _fastest_csv(r: MethodResult) -> list[str]:
+    """The CSV's fastest_runtime and fastest_ms, empty where the timings are not comparable."""
+    if r.latency_not_comparable:
+        return ["", ""]
+    return [r.fastest_runtime or "", _fmt(r.fastest_ms, "{}")]
+
+
+def pareto_front(points: Sequence[tuple[float, float]], min_gain: float = 0.0) -> list[int]:
+    """Indices of the Pareto front of ``points`` ((cost, Dice) pairs), sorted by cost: the cheapest point, then
+    every point that beats the Dice of all cheaper front points by more than ``min_gain`` (0: the points no other
+    point beats, cost no higher and Dice no lower; the Dice noise: a costlier point whose Dice is higher only
+    within the noise is no gain)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front: list[int] = []
+    for i in order:
+        if not front or points[i][1] > points[front[-1]][1] + min_gain:
             front.append(i)
-    return sorted(front, key=lambda i: points[i][0])
+    return front
 
 
-def plot_pareto(rows: Sequence[MethodResult], file: str | os.PathLike) -> bool:
-    """``pareto.png``: Dice against MACs per patch, the fastest CPU latency and parameters, one panel each, every
-    method a labelled point and the Pareto front a line. Returns False (no file) without two measured rows."""
-    from nnunet_prune.plotting import new_figure, plot_style, save
+def dice_noise(rows: Sequence[MethodResult]) -> tuple[float | None, int]:
+    """(the largest Dice spread between the seeds of any row, the most seeds a row has): the noise a Dice
+    difference must exceed; (None, 1) with one run per method."""
+    spreads = [r.dice_spread for r in rows if getattr(r, "dice_spread", None) is not None]
+    runs = max((len(getattr(r, "seeds", None) or []) for r in rows), default=1)
+    return (max(spreads) if spreads else None), max(runs, 1)
+
+
+def plot_pareto(rows: Sequence[MethodResult], file: str | os.PathLike, noise: float | None = None) -> bool:
+    """``pareto.png``: Dice against MACs per patch, the fastest CPU latency and parameters (log scales, plain
+    ticks), one panel each, every method a point labelled where it covers no other label, and the Pareto front
+    (:func:`pareto_front`) a dashed line that takes no step smaller than the Dice noise: ``noise`` (None: the seeds'
+    spread of :func:`dice_noise`, else :data:`~nnunet_prune.plotting.DICE_RESOLUTION`). The Dice axis spans at
+    least :data:`~nnunet_prune.plotting.MIN_DICE_SPAN` and the plot states the noise (or that it is unknown); rows
+    with a seed spread get error bars. A method whose latency is not comparable is a hollow grey point marked
+    'n/c' in the latency panel and stays off its front. Returns False (no file) without two measured rows."""
+    from nnunet_prune.plotting import (
+        DICE_RESOLUTION,
+        dice_limits,
+        new_figure,
+        noise_text,
+        place_labels,
+        plot_style,
+        save,
+    )
 
     rows = [r for r in rows if r.status == "ok" and r.dice is not None and r.macs]
     if len(rows) < 2:
         return False
-    axes_def = [("GMAC per patch", lambda r: r.macs / 1e9), ("CPU ms per patch (fastest runtime)",
-                                                             lambda r: r.fastest_ms or r.cpu_ms),
-                ("parameters (M)", lambda r: r.parameters / 1e6)]
+    runs = 1
+    if noise is None:
+        noise, runs = dice_noise(rows)
+    spread = [getattr(r, "dice_spread", None) or 0.0 for r in rows]
+    limits = dice_limits([r.dice + s for r, s in zip(rows, spread)] + [r.dice - s for r, s in zip(rows, spread)],
+                         noise)
+    axes_def = [("GMAC per patch", lambda r: r.macs / 1e9, False),
+                ("CPU ms per patch (fastest runtime)", lambda r: r.fastest_ms or r.cpu_ms, True),
+                ("parameters (M)", lambda r: r.parameters / 1e6, False)]
     with plot_style():
-        fig = new_figure(figsize=(15, 4.6), layout="constrained")
-        for ax, (label, cost) in zip(fig.subplots(1, 3), axes_def):
-            pts = [(cost(r), r.dice) for r in rows if cost(r) is not None]
-            named = [r for r in rows if cost(r) is not None]
-            for (x, y), r in zip(pts, named):
-                ax.scatter([x], [y], s=30, zorder=3)
-                ax.annotate(r.label, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
-            front = pareto_front(pts)
-            ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "k--", lw=1, zorder=2,
-                    label="Pareto front")
-            ax.set_xscale("log")
+        fig = new_figure(figsize=(15, 5.0), layout="constrained")
+        panels = []
+        for ax, (label, cost, latency) in zip(fig.subplots(1, 3), axes_def):
+            panels.append((ax, _pareto_panel(ax, rows, cost, latency,
+                                             noise if noise is not None else DICE_RESOLUTION)))
             ax.set_xlabel(label + " (log)")
-            ax.set_ylabel("Dice (foreground mean)")
-            ax.grid(True, alpha=0.3)
-            ax.legend(loc="lower right", fontsize=7)
-        fig.suptitle("nnunet-prune benchmark: Dice against cost")
+            ax.set_ylim(*limits)
+        fig.suptitle("nnunet-prune benchmark: Dice against cost\n"
+                     + noise_text(noise, runs if noise is not None else None, "seeds", front=True), fontsize=10)
+        for ax, labels in panels:  # last: the layout is final
+            place_labels(ax, [(x, y) for x, y, _ in labels], [t for _, _, t in labels], fontsize=7, marker_pt=4)
         save(fig, str(file))
     return True
+
+
+def _pareto_panel(ax, rows: Sequence[MethodResult], cost: Callable[[MethodResult], float | None], latency: bool,
+                  min_gain: float) -> list[tuple[float, float, str]]:
+    """One panel of :func:`plot_pareto`: the points (error bars where a seed spread is known; hollow grey for a
+    latency that is not comparable, in the latency panel), the front, a log x axis with plain ticks. Returns the
+    labels to place, (x, Dice, text)."""
+    from matplotlib import colormaps
+
+    from nnunet_prune.plotting import readable_log_axis
+    from nnunet_prune.timing import NOT_COMPARABLE
+
+    colors = colormaps["tab20"]
+    drawn = [(i, r, cost(r)) for i, r in enumerate(rows) if cost(r)]
+    comparable = [(i, r, x) for i, r, x in drawn if not (latency and r.latency_not_comparable)]
+    labels = []
+    for i, r, x in drawn:
+        nc = latency and r.latency_not_comparable
+        spread = getattr(r, "dice_spread", None)
+        if spread:
+            ax.errorbar([x], [r.dice], yerr=[spread], fmt="none", ecolor="0.6", elinewidth=0.8, capsize=2, zorder=2)
+        ax.scatter([x], [r.dice], s=34, zorder=3, color="none" if nc else colors(i % 20),
+                   edgecolors="0.5" if nc else "white", linewidths=1.0 if nc else 0.5)
+        labels.append((x, r.dice, f"{r.label} ({NOT_COMPARABLE})" if nc else r.label))
+    front = [comparable[k] for k in pareto_front([(x, r.dice) for _, r, x in comparable], min_gain)]
+    if len(front) > 1:
+        ax.plot([x for _, _, x in front], [r.dice for _, r, _ in front], "k--", lw=1, zorder=2,
+                label=f"Pareto front (steps > {min_gain:.3g} Dice)")
+        ax.legend(loc="lower right", fontsize=7)
+    if latency and len(comparable) < len(drawn):
+        ax.set_title(f"{NOT_COMPARABLE}: latency not comparable (busy machine or unstable runs; see benchmark.md)",
+                     fontsize=7, color="0.35")
+    ax.set_xscale("log")
+    xs = [x for _, _, x in drawn]
+    ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
+    readable_log_axis(ax, "x")
+    ax.set_ylabel("Dice (foreground mean)")
+    ax.grid(True, alpha=0.3)
+    return labels

@@ -4,10 +4,17 @@ Steps (each a stock nnU-Net console script or a command of this package, run as 
 streamed): create the dataset; plan and preprocess with nnU-Net's default planner and with ``LUnetPlanner``
 (which reuses the default plan's data); train the default network, LUnet and Sauron briefly on the CPU;
 export the Sauron model slim; predict the held-out images with ``nnUNetv2_predict``; run the magnitude-pruning
-sweep on the default model; print and save a table of parameters, MACs, held-out Dice and wall times.
+sweep on the default model; print and save a table of parameters, MACs, held-out Dice (mean and per class, with
+plain notes on classes a model did not learn) and wall times.
 
-The training budget is tiny (minutes on a laptop CPU), so the numbers show the mechanics and the size/speed
-trade-offs, not what these methods reach with nnU-Net's full 1000-epoch schedule.
+Every training is seeded (``--seed``, default :data:`DEFAULT_SEED`, passed as ``NNUNET_PRUNE_SEED``): two runs
+with the same seed on the same machine give the same Dice; another seed shows how much of a difference is chance.
+Each step's heading says where the demo is and how long it still takes (:mod:`nnunet_prune.demo_progress`), and
+a slow or busy machine gets a suggestion for a smaller ``--epochs`` / ``--iterations``.
+
+The training budget is tiny (:data:`~nnunet_prune.demo_progress.MEASURED_MINUTES` minutes in all on
+:data:`~nnunet_prune.demo_progress.MEASURED_ON`), so the numbers show the mechanics and the size/speed trade-offs,
+not what these methods reach with nnU-Net's full 1000-epoch schedule.
 """
 
 from __future__ import annotations
@@ -15,17 +22,24 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nnunet_prune import NnUNetPruneError
+from nnunet_prune.class_dice import class_notes
 from nnunet_prune.commands import console_script, package_command
+from nnunet_prune.demo_progress import ProgressEstimate, budget_scale, busy_machine, plan_steps
+from nnunet_prune.quiet import is_banner_line, quiet_environment
+from nnunet_prune.seeding import SEED_VAR, check_seed
 
 MARKER = ".nnunet_prune_demo"
 TOOL = "demo"
 DATASET_ID = 990
+#: the seed of every demo training unless --seed says otherwise
+DEFAULT_SEED = 0
 
 #: Sauron's schedule compressed for a run of a few epochs (the paper's: tau_max 0.3, kappa 15, rho 5, tau from 0)
 DEMO_SAURON = "tau_init=0.25,tau_max=0.3,kappa=3,rho=2,stat_batches=8"
@@ -64,6 +78,8 @@ class ModelRow:
     predict_seconds: float = 0.0
     cpu_ms_per_patch: float | None = None
     cpu_ms_iqr: float | None = None
+    #: why the latency is not comparable (:mod:`nnunet_prune.timing`: a busy machine, runs that do not agree)
+    cpu_ms_not_comparable: str | None = None
 
 
 class Demo:
@@ -71,11 +87,17 @@ class Demo:
     step runs as a subprocess with those folders and the :class:`DemoBudget` in its environment.
 
     ``dataset`` is "synthetic" or "lits117" (``lits_wheel``: a local copy of its data wheel); ``sweep`` and ``sauron``
-    switch the magnitude-pruning sweep and the Sauron model on or off. :meth:`run_all` runs everything.
+    switch the magnitude-pruning sweep and the Sauron model on or off; ``seed`` seeds every training
+    (``NNUNET_PRUNE_SEED``). :meth:`run_all` runs everything.
+
+    Raises:
+        NnUNetPruneError: ``seed`` is not a whole number from 0 to 2**32 - 1.
     """
 
     def __init__(self, workdir: str | os.PathLike, dataset: str = "synthetic", budget: DemoBudget | None = None,
-                 sweep: bool = True, sauron: bool = True, lits_wheel: str | None = None):
+                 sweep: bool = True, sauron: bool = True, lits_wheel: str | None = None, seed: int = DEFAULT_SEED):
+        self.seed = check_seed(seed, "--seed")
+        self.progress: ProgressEstimate | None = None
         self.workdir = Path(workdir).expanduser().resolve()
         self.dataset = dataset
         self.budget = budget or DemoBudget()
@@ -83,7 +105,7 @@ class Demo:
         self.lits_wheel = lits_wheel
         self.rows: list[ModelRow] = []
         self.timings: dict[str, float] = {}
-        self.env = dict(os.environ)
+        self.env = quiet_environment(os.environ)  # nnU-Net's imports warn of what the user cannot change
         self.env.update({
             "nnUNet_raw": str(self.workdir / "nnUNet_raw"),
             "nnUNet_preprocessed": str(self.workdir / "nnUNet_preprocessed"),
@@ -94,6 +116,7 @@ class Demo:
             "NNUNET_PRUNE_EPOCHS": str(self.budget.epochs),
             "NNUNET_PRUNE_ITERS_PER_EPOCH": str(self.budget.iterations),
             "NNUNET_PRUNE_VAL_ITERS": str(self.budget.val_iterations),
+            SEED_VAR: str(self.seed),
         })
         self.env.pop("NNUNET_PRUNE_DISABLE_HOOK", None)
 
@@ -129,17 +152,25 @@ class Demo:
         if self.workdir.is_dir():
             record_files(self.workdir, TOOL)
 
-    def step(self, title: str):
-        """Print a step's heading and return its start time (``time.perf_counter()``, seconds)."""
-        print(f"\n==> {title}", flush=True)
-        return time.perf_counter()
+    def step(self, title: str, key: str | None = None) -> float:
+        """Print a step's heading, with where the demo is and the time left when :attr:`progress` plans step ``key``
+        (e.g. ``[step 4 of 12 (model 1 of 3), about 4 min left]``), and return its start time
+        (``time.perf_counter()``, seconds)."""
+        now = time.perf_counter()
+        where = ""
+        if self.progress is not None and key is not None and self.progress.has(key):
+            where = f"[{self.progress.begin(key, now)}] "
+        print(f"\n==> {where}{title}", flush=True)
+        return now
 
     def run(self, cmd: list[str], extra_env: dict | None = None, quiet_prefixes=("{'data_identifier'",)) -> None:
         """Run ``cmd`` in the working folder with the demo's environment (plus ``extra_env``), streaming its output
-        indented; lines starting with ``quiet_prefixes``, progress-bar redraws and ``#####`` banners are left out.
+        indented; lines starting with ``quiet_prefixes``, progress-bar redraws and nnU-Net's banners
+        (:func:`nnunet_prune.quiet.is_banner_line`) are left out.
 
         Raises:
             NnUNetPruneError: the command exits with a non-zero code; the message holds its last 40 lines of output.
+            KeyboardInterrupt: SIGINT ended the command (Ctrl-C reaches the step and this process alike).
         """
         env = {**self.env, **(extra_env or {})}
         printable = shlex.join([Path(cmd[0]).name, *cmd[1:]])  # quoted: paths with spaces paste as they are
@@ -150,9 +181,11 @@ class Demo:
             # a progress bar redraws itself with carriage returns: keep only its last state, not one line per redraw
             line = raw.decode("utf-8", "replace").rstrip("\r\n").split("\r")[-1].rstrip()
             tail = (tail + [line])[-40:]
-            if line and not line.lstrip().startswith(quiet_prefixes) and "#####" not in line:
+            if line and not line.lstrip().startswith(quiet_prefixes) and not is_banner_line(line):
                 print(f"    | {line[:160]}", flush=True)
-        if proc.wait() != 0:
+        if proc.wait() in (-signal.SIGINT, 128 + signal.SIGINT):  # Ctrl-C reached the step first: not a failure
+            raise KeyboardInterrupt
+        if proc.returncode != 0:
             raise NnUNetPruneError(f"`{printable}` failed (exit code {proc.returncode}). Last output:\n"
                                    + "\n".join(tail))
 
@@ -166,7 +199,7 @@ class Demo:
     def create_dataset(self) -> None:
         """Step: write the demo dataset (ID 990) with ``nnunet-prune dataset`` (synthetic: 2D, 20 training and 5 test
         cases)."""
-        t = self.step(f"Creating the {self.dataset} dataset")
+        t = self.step(f"Creating the {self.dataset} dataset", "dataset")
         cmd = package_command("dataset", self.dataset, "-d", str(DATASET_ID))
         if self.dataset == "synthetic":
             cmd += ["--dim", "2", "--cases", "20", "--test-cases", "5"]
@@ -178,12 +211,12 @@ class Demo:
     def plan(self) -> None:
         """Step: plan and preprocess 2d with nnU-Net's default planner, then plan with ``LUnetPlanner`` (which reuses
         the preprocessed data)."""
-        t = self.step("Planning and preprocessing: nnU-Net default planner (2d)")
+        t = self.step("Planning and preprocessing: nnU-Net default planner (2d)", "plan default")
         n = self.env["nnUNet_def_n_proc"]
         self.run([console_script("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", n,
                   "-npfp", n])
         self.timings["plan default"] = time.perf_counter() - t
-        t = self.step("Planning: LUnetPlanner (constant width 32; reuses the preprocessed data)")
+        t = self.step("Planning: LUnetPlanner (constant width 32; reuses the preprocessed data)", "plan LUnet")
         self.run([console_script("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-pl",
                   "LUnetPlanner", "-np", n, "-npfp", n])
         self.timings["plan LUnet"] = time.perf_counter() - t
@@ -192,9 +225,11 @@ class Demo:
         """Step: train fold 0 of the 2d configuration with ``trainer`` and ``plans`` on the CPU (``nnUNetv2_train``);
         returns the model's new :class:`ModelRow` (``name``: its label in the table), also added to :attr:`rows`."""
         t = self.step(f"Training {name}: nnUNetv2_train {DATASET_ID} 2d 0 -tr {trainer} -p {plans} "
-                      f"({self.budget.epochs} epochs x {self.budget.iterations} iterations, CPU)")
+                      f"({self.budget.epochs} epochs x {self.budget.iterations} iterations, CPU, seed {self.seed})",
+                      f"train {name}")
         self.run([console_script("nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", trainer, "-p", plans, "-device",
                   "cpu"], {"nnUNet_n_proc_DA": "0", **(extra_env or {})})
+        self._check_speed(f"train {name}")
         folder = Path(self.env["nnUNet_results"]) / self.dataset_name / f"{trainer}__{plans}__2d"
         row = ModelRow(name, trainer, plans, str(folder), train_seconds=time.perf_counter() - t)
         self.rows.append(row)
@@ -203,7 +238,7 @@ class Demo:
     def export(self, row: ModelRow) -> None:
         """Step: export ``row``'s model folder slim (``nnunet-prune export``) into ``exported/`` and point ``row`` at
         the export."""
-        t = self.step(f"Exporting {row.name} as a slim model folder")
+        t = self.step(f"Exporting {row.name} as a slim model folder", f"export {row.name}")
         out = self.workdir / "exported" / Path(row.model_folder).name
         self.run(package_command("export", row.model_folder, "-o", str(out)))
         row.model_folder = str(out)
@@ -212,7 +247,8 @@ class Demo:
     def predict(self, row: ModelRow) -> None:
         """Step: predict the held-out images with fold 0 of ``row``'s model folder
         (``nnUNetv2_predict_from_modelfolder``) into ``predictions/<name>``; stores the wall time (s) in ``row``."""
-        t = self.step(f"Predicting the held-out images with {row.name} (stock nnUNetv2_predict_from_modelfolder)")
+        t = self.step(f"Predicting the held-out images with {row.name} (stock nnUNetv2_predict_from_modelfolder)",
+                      f"predict {row.name}")
         out = self.workdir / "predictions" / row.name
         self.run([console_script("nnUNetv2_predict_from_modelfolder"), "-i", str(self.images_ts), "-o", str(out), "-m",
                   row.model_folder, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
@@ -222,7 +258,7 @@ class Demo:
     def sweep(self, row: ModelRow) -> dict:
         """Step: magnitude-pruning sweep of ``row`` (fold 0, held-out images and labels) into ``magnitude_sweep/``;
         returns its report (sweep.json)."""
-        t = self.step(f"Magnitude-pruning sweep of {row.name} (proxy Dice on the held-out images)")
+        t = self.step(f"Magnitude-pruning sweep of {row.name} (proxy Dice on the held-out images)", "sweep")
         out = self.workdir / "magnitude_sweep"
         self.run(package_command("sweep", row.model_folder, "-i", str(self.images_ts), "--labels", str(self.labels_ts),
                                  "-o", str(out), "-f", "0"))
@@ -243,21 +279,21 @@ class Demo:
         """Parameters, MACs, checkpoint size, CPU latency per patch and held-out Dice of every model."""
         import torch
 
-        from nnunet_prune.metrics import dice_per_case, foreground_mean, measure_latency_stats
+        from nnunet_prune.metrics import dice_per_case, foreground_mean, measure_latencies
         from nnunet_prune.modelfolder import ModelFolder, label_names
         from nnunet_prune.stats import count_macs, count_parameters
 
         self.threads = torch.get_num_threads()
 
         os.environ.update({k: self.env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
+        nets: dict[tuple, dict] = {}  # patch size -> {model: network}: timed together, interleaved
         for row in self.rows:
             mf = ModelFolder.open(row.model_folder, [0])
             net = mf.load_network(0)
+            nets.setdefault(tuple(mf.patch_size), {})[row.name] = net
             row.parameters, row.macs = count_parameters(net), count_macs(net, mf.patch_size)
             row.checkpoint_mb = mf.checkpoint_bytes(0) / 1e6
             self.patch_size = list(mf.patch_size)
-            stats = measure_latency_stats(net, mf.patch_size, "cpu", repeats=10, warmup=2, threads=self.threads)
-            row.cpu_ms_per_patch, row.cpu_ms_iqr = stats.median_ms, stats.iqr_ms
             rw = mf.plans_manager.image_reader_writer_class()
             ending = mf.dataset_json["file_ending"]
             pred_dir = self.workdir / "predictions" / row.name
@@ -270,6 +306,13 @@ class Demo:
             row.dice, per_class = foreground_mean(dice_per_case(ref, pred, labels))
             names = label_names(mf.dataset_json)
             row.dice_per_class = {names.get(k, k): v for k, v in per_class.items()}
+        for patch, group in nets.items():  # one pass of each model per round: drift hits all of them alike
+            timings = measure_latencies(group, patch, "cpu", repeats=10, warmup=2, threads=self.threads)
+            for row in self.rows:
+                stats = timings.stats.get(row.name)
+                if stats is not None:
+                    row.cpu_ms_per_patch, row.cpu_ms_iqr = stats.median_ms, stats.iqr_ms
+                    row.cpu_ms_not_comparable = stats.not_comparable
 
     def _columns(self) -> tuple[list[str], list[list[str]]]:
         from nnunet_prune.report import _latency, _ratio
@@ -284,7 +327,7 @@ class Demo:
         for r in self.rows:
             cells.append([r.name, f"{r.parameters / 1e6:.3f} M", f"{r.macs / 1e9:.3f}",
                           "-" if r is base else _ratio(r.macs, base.macs), f"{r.checkpoint_mb:.1f} MB",
-                          _latency(r.cpu_ms_per_patch, r.cpu_ms_iqr), f"{r.dice:.3f}",
+                          _latency(r.cpu_ms_per_patch, r.cpu_ms_iqr, r.cpu_ms_not_comparable), f"{r.dice:.3f}",
                           *[f"{r.dice_per_class.get(c, float('nan')):.2f}" for c in classes],
                           f"{r.train_seconds:.0f} s", f"{r.predict_seconds:.0f} s"])
         return headers, cells
@@ -311,24 +354,19 @@ class Demo:
         return "\n".join(block(list(range(split))) + [""] + block([0, *range(split, len(headers))]))
 
     def notes(self, sweep: dict | None) -> list[str]:
-        """Plain words for what the numbers cannot show on their own."""
-        out = []
-        base = self.rows[0]
-        for c in base.dice_per_class:
-            values = {r.name: r.dice_per_class.get(c) for r in self.rows}
-            if all(v is not None and v < 0.1 for v in values.values()):
-                out.append(f"No model learnt '{c}' within this budget (held-out Dice < 0.1 for all of them): its "
-                           f"numbers say nothing about pruning. Train longer (--epochs) to see it.")
-                continue
-            for r in self.rows[1:]:
-                mine, dense = r.dice_per_class.get(c), base.dice_per_class.get(c)
-                if mine is not None and dense is not None and dense - mine > 0.1:
-                    out.append(f"{r.name} reaches Dice {mine:.2f} on '{c}' against {dense:.2f} for the default "
-                               f"network: at this short budget the smaller model lost accuracy on it.")
+        """Plain words for what the numbers cannot show on their own: classes a model did not learn or lost against
+        the default network (:func:`~nnunet_prune.class_dice.class_notes`), what the sweep's zeros do."""
+        out = class_notes({r.name: r.dice_per_class for r in self.rows}, reference=self.rows[0].name,
+                          advice="train longer (--epochs)")
         if sweep and sweep.get("critical_point"):
             out.append("The sweep's zeroed weights shrink the checkpoint (export --magnitude-tau) but give no "
                        "speed-up: dense convolutions do the same work on zeros.")
+        unfit = [r for r in self.rows if r.cpu_ms_not_comparable]
+        if unfit:
+            out.append(f"CPU ms marked (n/c) are not comparable between the models ({unfit[0].cpu_ms_not_comparable}"
+                       f"): do not read a speed-up from them; rerun `nnunet-prune report` on a quiet machine.")
         return out
+
     # ------------------------------------------------------------------ all
     def run_all(self) -> Path:
         """Run every step (see the module docstring), print the summary and write demo_results.md and
@@ -339,15 +377,41 @@ class Demo:
         Raises:
             NnUNetPruneError: the working folder cannot be used (:meth:`prepare_workdir`), a console script is missing,
                 or a step failed.
+            KeyboardInterrupt: Ctrl-C (said in one line: the demo does not continue, a rerun starts again).
         """
         start = time.perf_counter()
         self.prepare_workdir()
         try:
             return self._run_steps(start)
+        except KeyboardInterrupt:
+            where = f" in step '{self.progress.current}'" if self.progress and self.progress.current else ""
+            print(f"\nInterrupted{where}. The demo does not continue where it stopped: rerun `nnunet-prune demo` "
+                  f"(same options) to start again; it replaces its own working folder.", flush=True)
+            raise
         finally:
             self.record()  # also after a failure or Ctrl-C: the files of the steps that ran are the demo's
 
+    def start_progress(self) -> None:
+        """Plan the steps (:attr:`progress`) for these options and say when the machine is busy already."""
+        models = ["nnU-Net default", "LUnet"] + ["Sauron"] * self.do_sauron
+        b = self.budget
+        self.progress = ProgressEstimate(plan_steps(models, ["Sauron"] * self.do_sauron, self.do_sweep,
+                                                    budget_scale(b.epochs, b.iterations, b.val_iterations)))
+        busy = busy_machine()
+        if busy:
+            print(self.progress.advice(busy, b.epochs, b.iterations), flush=True)
+
+    def _check_speed(self, key: str) -> None:
+        """After training step ``key``: on a slow machine (:meth:`ProgressEstimate.slow_step`), the advice, once."""
+        if self.progress is None or not self.progress.has(key):
+            return
+        self.progress.finish(time.perf_counter())
+        slow = self.progress.slow_step(key)
+        if slow:
+            print(self.progress.advice(slow, self.budget.epochs, self.budget.iterations), flush=True)
+
     def _run_steps(self, start: float) -> Path:
+        self.start_progress()
         self.create_dataset()
         self.plan()
         dense = self.train("nnU-Net default", "nnUNetTrainerBudget")
@@ -358,7 +422,7 @@ class Demo:
         for row in self.rows:
             self.predict(row)
         sweep = self.sweep(dense) if self.do_sweep else None
-        t = self.step("Measuring parameters, MACs, CPU latency and held-out Dice")
+        t = self.step("Measuring parameters, MACs, CPU latency and held-out Dice", "measure")
         self.measure()
         self.timings["measure"] = time.perf_counter() - t
         total = time.perf_counter() - start
@@ -367,7 +431,7 @@ class Demo:
         out.write_text(self.summary(sweep, total))
         (self.workdir / "demo_results.json").write_text(json.dumps(
             {"rows": [asdict(r) for r in self.rows], "timings": self.timings, "total_seconds": total,
-             "budget": asdict(self.budget), "dataset": self.dataset,
+             "budget": asdict(self.budget), "dataset": self.dataset, "seed": self.seed,
              "sweep_critical_point": sweep["critical_point"] if sweep else None}, indent=2))
         return out
 
@@ -376,9 +440,12 @@ class Demo:
         sweep's critical point (``sweep``: its report, or None) and the total wall time ``total`` (seconds)."""
         lines = [f"# nnunet-prune demo ({self.dataset} data, 2d, fold 0)", "",
                  f"Training budget: {self.budget.epochs} epochs x {self.budget.iterations} iterations on the CPU "
-                 f"(nnU-Net's default is 1000 x 250): the numbers show mechanics and trade-offs, not final accuracy.",
+                 f"(nnU-Net's default is 1000 x 250): the numbers show mechanics and trade-offs, not final accuracy. "
+                 f"Seed {self.seed} (--seed): a rerun with it gives the same Dice; another seed shows how much of a "
+                 f"difference between models is chance.",
                  "", self.table() if markdown else self.text_table(), "",
-                 "CPU ms/patch: one patch, batch 1, median of 10 runs (± half the interquartile range). Dice: "
+                 "CPU ms/patch: one patch, batch 1, the models timed interleaved, median of at least 10 runs (± "
+                 "half the interquartile range). Dice: "
                  "held-out test cases, foreground mean and per class.", ""]
         notes = self.notes(sweep)
         if notes:

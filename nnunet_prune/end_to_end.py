@@ -6,7 +6,9 @@ fold of the ensemble, resampling and writing the segmentations. :func:`measure_e
 user would, once per runtime: the model folder itself for PyTorch, and for each runtime of
 :mod:`nnunet_prune.runtimes` the folder exported with ``--runtime`` into a temporary folder. Each run is a
 subprocess timed from start to end (Python start-up and imports included, as for a user), with the peak resident
-memory of its largest process, and its segmentations are compared with PyTorch's voxel by voxel.
+memory of its largest process, and its segmentations are compared with PyTorch's voxel by voxel. Each run is one
+run (minutes; not repeated): the load check of :mod:`nnunet_prune.timing` (the cores other processes used while it
+ran) is its guard, and a run on a busy machine is not comparable ('n/c' in place of its "x faster").
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from nnunet_prune import NnUNetPruneError
 from nnunet_prune.modelfolder import ModelFolder
+from nnunet_prune.timing import NOT_COMPARABLE, SystemLoad, busy_reason
 
 #: the stock command that is timed
 COMMAND = "nnUNetv2_predict_from_modelfolder"
@@ -38,7 +41,8 @@ _WRAPPER = ("import resource, subprocess, sys\n"
 class EndToEnd:
     """One timed ``nnUNetv2_predict_from_modelfolder`` run of a model folder's folds (an ensemble when several)
     through one runtime: wall seconds for all ``images`` and per image, the peak resident memory (MB) of its largest
-    process, and how many voxels of its segmentations differ from PyTorch's (None for PyTorch itself)."""
+    process, and how many voxels of its segmentations differ from PyTorch's (None for PyTorch itself).
+    ``not_comparable``: why its time is not comparable (a busy machine), None when it is."""
 
     model: str
     runtime: str
@@ -52,6 +56,7 @@ class EndToEnd:
     voxels_differing: int | None = None
     voxels: int | None = None
     error: str | None = None
+    not_comparable: str | None = None
 
     @property
     def seconds_per_image(self) -> float:
@@ -83,16 +88,18 @@ def _segmentations(folder: Path, file_ending: str) -> dict:
 
 
 def _run(model: Path, images: Path, output: Path, folds: Sequence, device: str, step_size: float, tta: bool,
-         env: dict, checkpoint: str) -> tuple[float, float | None, str | None]:
+         env: dict, checkpoint: str) -> tuple[float, float | None, str | None, str | None]:
     beside = Path(sys.executable).parent / COMMAND  # (a virtual environment that is not activated)
     command = shutil.which(COMMAND) or (str(beside) if beside.is_file() else COMMAND)
     cmd = [sys.executable, "-c", _WRAPPER, command, "-i", str(images), "-o", str(output), "-m", str(model),
            "-f", *map(str, folds), "-chk", checkpoint, "-device", device, "-step_size", str(step_size),
            "-npp", "1", "-nps", "1",
            "--disable_progress_bar", *([] if tta else ["--disable_tta"])]
-    start = time.perf_counter()
+    load = SystemLoad(min_window=0.0)
+    token, start = load.begin(), time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
+    busy = busy_reason(load.end(token), load.cores, load.cores)  # stock prediction uses every core
     rss = [line for line in proc.stderr.splitlines() if line.startswith(_RSS)]
     kilobytes = int(rss[-1][len(_RSS):]) / (1024 if sys.platform == "darwin" else 1) if rss else None  # macOS: bytes
     peak = None if kilobytes is None else kilobytes / 1024
@@ -100,7 +107,7 @@ def _run(model: Path, images: Path, output: Path, folds: Sequence, device: str, 
     if proc.returncode != 0:
         lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip() and _RSS not in line]
         error = lines[-1][:300] if lines else f"exit code {proc.returncode}"
-    return seconds, peak, error
+    return seconds, peak, error, busy
 
 
 def format_end_to_end(rows: Sequence[EndToEnd]) -> list[str]:
@@ -113,7 +120,8 @@ def format_end_to_end(rows: Sequence[EndToEnd]) -> list[str]:
     for model in dict.fromkeys(r.model for r in rows):
         mine = [r for r in rows if r.model == model]
         ok = [r for r in mine if r.error is None]
-        fastest = min(ok, key=lambda r: r.seconds) if ok else None
+        nc = any(r.not_comparable for r in ok)  # no "fastest" and no ratio from a run on a busy machine
+        fastest = min(ok, key=lambda r: r.seconds) if ok and not nc else None
         base = next((r.seconds for r in ok if r.runtime == "pytorch"), None)
         for r in mine:
             if r.error is not None:
@@ -121,17 +129,21 @@ def format_end_to_end(rows: Sequence[EndToEnd]) -> list[str]:
                              f"{r.error.replace('|', '/')} | | | | |")
                 continue
             name = f"**{r.runtime}** (fastest)" if r is fastest and len(ok) > 1 else r.runtime
-            speed = "-" if base is None or r.runtime == "pytorch" else f"{base / r.seconds:.2f}x faster" \
-                if r.seconds < base else f"{r.seconds / base:.2f}x slower"
+            speed = "-" if base is None or r.runtime == "pytorch" else NOT_COMPARABLE if nc \
+                else f"{base / r.seconds:.2f}x faster" if r.seconds < base else f"{r.seconds / base:.2f}x slower"
             diff = "-" if r.voxels_differing is None else f"{r.voxels_differing:,} of {r.voxels:,}"
             rss = "-" if r.peak_rss_mb is None else f"{r.peak_rss_mb:.0f}"
-            lines.append(f"| {r.model} | {name} | {r.images} | {','.join(map(str, r.folds))} | {r.seconds:.1f} | "
+            seconds = f"{r.seconds:.1f}" + (f" ({NOT_COMPARABLE})" if r.not_comparable else "")
+            lines.append(f"| {r.model} | {name} | {r.images} | {','.join(map(str, r.folds))} | {seconds} | "
                          f"{r.seconds_per_image:.2f} | {speed} | {rss} | {diff} |")
     r = rows[0]
     lines += ["", f"Stock `{COMMAND}` from start to end (Python start-up, preprocessing, sliding window with step "
                   f"size {r.step_size}, test-time mirroring {'on' if r.tta else 'off'}, every fold listed as one "
                   f"ensemble, resampling, writing) on {r.device}, one subprocess per run, `-npp 1 -nps 1`; peak RSS: "
-                  f"the largest process of the run. Voxels differing: the segmentations against PyTorch's."]
+                  f"the largest process of the run. Voxels differing: the segmentations against PyTorch's. One run "
+                  f"each; a run while other processes used the cores is marked '({NOT_COMPARABLE})' and no ratio or "
+                  f"fastest run of its model is given."]
+    lines += [f"- {r.model}, {r.runtime}: not comparable: {r.not_comparable}" for r in rows if r.not_comparable]
     return lines
 
 
@@ -176,8 +188,9 @@ def measure_end_to_end(model: ModelFolder, images: str | os.PathLike, runtimes: 
                 rows.append(row)
                 continue
             out = tmp / f"pred_{runtime}"
-            row.seconds, row.peak_rss_mb, row.error = _run(folder, Path(images).expanduser(), out, model.folds,
-                                                           device, step_size, tta, env, model.checkpoint_name)
+            row.seconds, row.peak_rss_mb, row.error, row.not_comparable = _run(
+                folder, Path(images).expanduser(), out, model.folds, device, step_size, tta, env,
+                model.checkpoint_name)
             if row.error is None:
                 segs = _segmentations(out, file_ending)
                 if runtime == "pytorch":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import shutil
 from collections.abc import Sequence
@@ -35,7 +34,9 @@ from nnunet_prune import NnUNetPruneError
 from nnunet_prune.compact import encode_state_dict
 from nnunet_prune.modelfolder import CHECKPOINT, ModelFolder
 from nnunet_prune.networks import adaptive_class_name
-from nnunet_prune.outputs import check_replaceable, make_temp_dir, read_manifest, record_files, remove_owned
+from nnunet_prune.outputs import make_temp_dir, record_files, remove_owned
+from nnunet_prune.prechecks import check_export_output, check_magnitude_tau
+from nnunet_prune.runtime_specs import check_runtime_choice
 from nnunet_prune.stats import count_parameters
 from nnunet_prune.transforms import magnitude_prune, remove_dead_channels, remove_masked_blocks
 
@@ -127,24 +128,6 @@ class ExportResult:
                 "optimizer state)")
         lines += [f"NOTE: {n}" for n in self.notes]
         return "\n".join(lines)
-
-
-def _check_output(source: Path, output: Path, overwrite: bool) -> None:
-    """Before any work: the output is new, empty, or (with ``overwrite``) an earlier export holding only files the
-    export wrote (:mod:`nnunet_prune.outputs`)."""
-    if output == source or source in output.parents or output in source.parents:
-        raise NnUNetPruneError(f"The output {output} must not be the source model folder, inside it, or contain "
-                               f"it: the trained model must stay untouched. Choose another -o.")
-    if output.exists() and not output.is_dir():
-        raise NnUNetPruneError(f"-o {output} exists and is not a folder; nothing was written. Choose another -o.")
-    if output.exists() and any(output.iterdir()):
-        if not overwrite:
-            raise NnUNetPruneError(f"{output} exists and is not empty; nothing was written. Choose another -o or "
-                                   f"pass --overwrite to replace an earlier export.")
-        if (output / "plans.json").is_file() and read_manifest(output) is None:
-            raise NnUNetPruneError(f"{output} looks like a trained model folder that was not made by "
-                                   f"`nnunet-prune export`; refusing to overwrite it even with --overwrite.")
-        check_replaceable(output, TOOL, "--overwrite")
 
 
 def _copy_without_checkpoints(src: Path, dst: Path, skip: Sequence[str] = ()) -> None:
@@ -350,16 +333,11 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, fo
     from nnunet_prune import runtimes
 
     output = Path(output).expanduser().resolve()
-    _check_output(Path(source).expanduser().resolve(), output, overwrite)
-    if magnitude_tau is not None and not (math.isfinite(magnitude_tau) and magnitude_tau >= 0):
-        raise NnUNetPruneError(f"--magnitude-tau must be a finite number >= 0 (got {magnitude_tau}).")
+    check_export_output(source, output, overwrite)
+    check_magnitude_tau(magnitude_tau)
+    runtime_options = check_runtime_choice(runtime, runtime_options)
     if runtime != "pytorch":
-        runtime_options = runtimes.check_options(runtime, runtime_options)
-        runtimes.require_runtime(runtime)  # a missing optional runtime stops here, before any work
-        if runtimes.RUNTIMES[runtime].onnx:
-            runtimes.require_onnx_exporter()
-    elif runtime_options:
-        raise NnUNetPruneError("Runtime options need a --runtime (onnxruntime, openvino or torch-compile).")
+        runtimes.require_runtime(runtime)  # a missing or broken optional runtime stops here, before any work
     sources = _open_checkpoints(source, folds, checkpoints)
     mf = sources[0]
     compact = (magnitude_tau is not None) if compact is None else compact

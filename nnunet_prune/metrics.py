@@ -3,24 +3,27 @@
 * Dice: per case and class (label or region) from TP/FP/FN voxel counts, exactly as nnU-Net's evaluation
   (``compute_tp_fp_fn_tn``); used by the sweep (proxy and real Dice), the demo and the report.
 * Latency: :func:`measure_latency_stats`, milliseconds per forward pass over one patch (batch 1, inference mode,
-  no deep supervision), median and quartiles over repeated passes; ``runtime`` "eager" or "compile"
-  (``torch.compile``); :func:`peak_gpu_memory_mb`, the peak CUDA memory of one patch (MB).
+  no deep supervision), median and quartiles over repeated passes with the load check and verdict of
+  :mod:`nnunet_prune.timing`; :func:`measure_latencies` times several networks interleaved; ``runtime`` "eager"
+  or "compile" (``torch.compile``); :func:`peak_gpu_memory_mb`, the peak CUDA memory of one patch (MB).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import statistics
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from nnunet_prune.stats import inference_outputs, input_channels, unwrap
+from nnunet_prune.timing import LatencyStats, LoadSource, TimingPolicy, Timings, time_interleaved
+
+__all__ = ["LatencyStats", "Timings", "TimingPolicy", "class_counts", "dice", "dice_per_case", "foreground_mean",
+           "measure_latencies", "measure_latency", "measure_latency_stats", "peak_gpu_memory_mb"]
 
 #: runtimes the latency loop knows
 RUNTIMES = ("eager", "compile")
@@ -100,34 +103,6 @@ def _autocast(device: torch.device, bf16: bool):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-@dataclass(frozen=True)
-class LatencyStats:
-    """Milliseconds per forward pass over one patch: median, quartiles and range of ``runs`` timed passes."""
-
-    median_ms: float
-    q1_ms: float
-    q3_ms: float
-    min_ms: float
-    max_ms: float
-    runs: int
-
-    @property
-    def iqr_ms(self) -> float:
-        """Interquartile range (ms): the spread of the middle half of the runs."""
-        return self.q3_ms - self.q1_ms
-
-    @classmethod
-    def of(cls, seconds: Sequence[float]) -> LatencyStats:
-        """Statistics (in ms) of the timed passes ``seconds`` (in seconds, at least one); quartiles by the inclusive
-        method."""
-        ms = sorted(t * 1000.0 for t in seconds)
-        if len(ms) >= 2:
-            q1, _, q3 = statistics.quantiles(ms, n=4, method="inclusive")
-        else:
-            q1 = q3 = ms[0]
-        return cls(statistics.median(ms), q1, q3, ms[0], ms[-1], len(ms))
-
-
 def measure_latency(network: nn.Module, patch_size: Sequence[int], device: str | torch.device = "cpu",
                     repeats: int = 10, warmup: int = 2, runtime: str = "eager", threads: int | None = None,
                     bf16: bool = False) -> float:
@@ -137,9 +112,12 @@ def measure_latency(network: nn.Module, patch_size: Sequence[int], device: str |
 
 def measure_latency_stats(network: nn.Module, patch_size: Sequence[int], device: str | torch.device = "cpu",
                           repeats: int = 10, warmup: int = 2, runtime: str = "eager", threads: int | None = None,
-                          bf16: bool = False) -> LatencyStats:
+                          bf16: bool = False, *, policy: TimingPolicy | None = None, load: LoadSource | None = None,
+                          clock: Callable[[], float] | None = None) -> LatencyStats:
     """Milliseconds for one forward pass over one patch (batch 1, ``torch.inference_mode``, no deep supervision)
-    over ``repeats`` timed passes after ``warmup`` untimed ones: median, quartiles and range.
+    after ``warmup`` untimed passes: median, quartiles, range and the verdict of :mod:`nnunet_prune.timing`
+    (at least ``repeats`` timed passes, more until the median is known; ``policy``, ``load`` and ``clock`` as
+    there).
 
     ``runtime`` is one of :data:`RUNTIMES`: "eager", or "compile" (``torch.compile``: on the CPU plain inductor, on
     CUDA ``mode="reduce-overhead"``, i.e. CUDA graphs, which is how a deployed model would run). ``bf16`` runs under
@@ -151,40 +129,68 @@ def measure_latency_stats(network: nn.Module, patch_size: Sequence[int], device:
     Raises:
         ValueError: repeats < 1, warmup < 0, or an unknown runtime.
     """
+    timings = measure_latencies({"network": network}, patch_size, device, repeats, warmup, runtime, threads, bf16,
+                                policy=policy, load=load, clock=clock)
+    if "network" in timings.failed:
+        raise timings.failed["network"]
+    return timings.stats["network"]
+
+
+def measure_latencies(networks: Mapping[str, nn.Module], patch_size: Sequence[int],
+                      device: str | torch.device = "cpu", repeats: int = 10, warmup: int = 2, runtime: str = "eager",
+                      threads: int | None = None, bf16: bool = False, *, policy: TimingPolicy | None = None,
+                      load: LoadSource | None = None, clock: Callable[[], float] | None = None) -> Timings:
+    """Time several networks interleaved (one forward pass of each per round, the order rotated every round) as
+    :func:`measure_latency_stats` times one: drift of the machine hits all of them alike, and
+    ``Timings.ratio(a, b)`` is the median of their per-round ratios. A network that fails (e.g. a compile) is in
+    ``Timings.failed``; the others are measured.
+
+    Raises:
+        ValueError: repeats < 1, warmup < 0, an unknown runtime, or no networks.
+    """
     if repeats < 1 or warmup < 0:
         raise ValueError("repeats must be >= 1 and warmup >= 0")
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r} (known: {', '.join(RUNTIMES)})")
+    if not networks:
+        raise ValueError("no networks to time")
     compiled = runtime == "compile"
     device = torch.device(device)
     cuda = device.type == "cuda"
-    net = unwrap(network)
-    x = torch.randn((1, input_channels(net), *patch_size), generator=torch.Generator().manual_seed(0)).to(device)
-    times = []
-    with _eval_on(net, device, threads), inference_outputs(net):
-        fn = net
+    if compiled:
+        warmup = max(warmup, 3 if cuda else 1)  # compilation, then CUDA-graph recording, stay out of the timing
+    policy = policy or TimingPolicy(repeats=repeats)
+    nets = {name: unwrap(net) for name, net in networks.items()}
+    with contextlib.ExitStack() as stack:
+        calls = {}
+        for name, net in nets.items():
+            stack.enter_context(_eval_on(net, device, threads))
+            stack.enter_context(inference_outputs(net))
+            x = torch.randn((1, input_channels(net), *patch_size),
+                            generator=torch.Generator().manual_seed(0)).to(device)
+            calls[name] = _forward(net, x, compiled, cuda)
         if compiled:
             torch.compiler.reset()  # a fresh cache: no recompile limit across networks, no stale CUDA graphs
-            fn = torch.compile(net, mode="reduce-overhead" if cuda else None)
-            warmup = max(warmup, 3 if cuda else 1)  # compilation, then CUDA-graph recording, stay out of the timing
-        try:
-            with torch.inference_mode(), _autocast(device, bf16):
-                for i in range(warmup + repeats):
-                    if cuda and compiled:
-                        torch.compiler.cudagraph_mark_step_begin()
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    start = time.perf_counter()
-                    fn(x)
-                    if cuda:
-                        torch.cuda.synchronize(device)
-                    if i >= warmup:
-                        times.append(time.perf_counter() - start)
-        finally:
-            if compiled:
-                del fn
-                torch.compiler.reset()
-    return LatencyStats.of(times)
+            stack.callback(torch.compiler.reset)
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(_autocast(device, bf16))
+        return time_interleaved(calls, policy=policy, warmup=warmup, threads=1 if cuda else torch.get_num_threads(),
+                                load=load, clock=clock or time.perf_counter,
+                                sync=(lambda: torch.cuda.synchronize(device)) if cuda else None)
+
+
+def _forward(net: nn.Module, x: torch.Tensor, compiled: bool, cuda: bool) -> Callable[[], object]:
+    """One forward pass of ``net`` over ``x`` (compiled lazily on the first call with ``compiled``)."""
+    state = {"fn": None}
+
+    def call():
+        if state["fn"] is None:
+            state["fn"] = torch.compile(net, mode="reduce-overhead" if cuda else None) if compiled else net
+        if cuda and compiled:
+            torch.compiler.cudagraph_mark_step_begin()
+        return state["fn"](x)
+
+    return call
 
 
 def peak_gpu_memory_mb(network: nn.Module, patch_size: Sequence[int], device: str | torch.device = "cuda",

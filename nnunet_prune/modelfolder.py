@@ -19,62 +19,18 @@ import torch
 from torch import nn
 
 from nnunet_prune import NnUNetPruneError
-
-CHECKPOINT = "checkpoint_final.pth"
+from nnunet_prune.prechecks import (  # noqa: F401 (re-exported: the checks that need no torch live there)
+    CHECKPOINT,
+    model_folder_folds,
+    parse_fold,
+    resolve_model_folder,
+    trained_model_folders,
+)
 
 
 def fold_name(fold) -> str:
     """The name of a fold's subfolder: ``fold_<fold>`` (e.g. ``fold_0``, ``fold_all``)."""
     return f"fold_{fold}"
-
-
-def parse_fold(value) -> int | str:
-    """A fold as nnU-Net names it: an int, or the string "all".
-
-    Raises:
-        NnUNetPruneError: ``value`` is neither an integer nor "all".
-    """
-    if str(value) == "all":
-        return "all"
-    try:
-        fold = int(value)
-        if fold < 0:
-            raise ValueError
-        return fold
-    except ValueError:
-        raise NnUNetPruneError(f"Invalid fold {value!r}: folds are integers >= 0 (0-4 for nnU-Net's five-fold "
-                               f"split) or 'all'.") from None
-
-
-def resolve_model_folder(path: str | os.PathLike | None = None, dataset: str | None = None,
-                         configuration: str | None = None, trainer: str = "nnUNetTrainer",
-                         plans: str = "nnUNetPlans") -> Path:
-    """A model folder given directly, or the nnU-Net way (-d DATASET -c CONFIGURATION [-tr TRAINER] [-p PLANS])."""
-    if path is not None:
-        if dataset is not None:
-            raise NnUNetPruneError("Give either MODEL_FOLDER or -d/-c/-tr/-p, not both.")
-        return Path(path).expanduser().resolve()
-    if dataset is None or configuration is None:
-        raise NnUNetPruneError("Name the model: either a MODEL_FOLDER, or -d DATASET -c CONFIGURATION "
-                               "[-tr TRAINER] [-p PLANS] (as for nnUNetv2_predict).")
-    if not os.environ.get("nnUNet_results"):
-        raise NnUNetPruneError("nnUNet_results is not set, so -d/-c cannot be resolved to a model folder. Set it, "
-                               "or pass the model folder's path.")
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    from nnunetv2.utilities.file_path_utilities import get_output_folder
-
-    try:
-        name = maybe_convert_to_dataset_name(dataset)
-    except RuntimeError as e:
-        raise NnUNetPruneError(f"Unknown dataset {dataset!r}: {e}") from None
-    folder = Path(get_output_folder(dataset, trainer, plans, configuration))
-    if not folder.is_dir():
-        trained = [p.name for p in trained_model_folders(folder.parent)]
-        listing = ("Trained models of " + name + ": " + ", ".join(trained) + " (name one with -tr TRAINER -p PLANS "
-                   "-c CONFIGURATION, or pass its folder).") if trained else f"No model of {name} is trained yet."
-        raise NnUNetPruneError(f"{folder.name} does not exist in {folder.parent} (-d {dataset} -c {configuration} "
-                               f"-tr {trainer} -p {plans}). {listing}")
-    return folder
 
 
 def label_names(dataset_json: dict) -> dict[str, str]:
@@ -89,16 +45,6 @@ def label_names(dataset_json: dict) -> dict[str, str]:
         else:
             out[str(value)] = name
     return out
-
-
-def trained_model_folders(dataset_results: str | os.PathLike, fold=None, suffix: str = "") -> list[Path]:
-    """Model folders (``<trainer>__<plans>__<configuration>``) in a dataset's results folder whose name ends in
-    ``suffix`` and that hold a finished fold (``fold`` given) or any finished fold; [] if the folder is missing."""
-    root = Path(dataset_results)
-    if not root.is_dir():
-        return []
-    pattern = f"fold_{fold}/{CHECKPOINT}" if fold is not None else f"fold_*/{CHECKPOINT}"
-    return sorted(p for p in root.glob("*__*__*") if p.name.endswith(suffix) and any(p.glob(pattern)))
 
 
 def _read_json(file: Path) -> dict:
@@ -250,31 +196,7 @@ class ModelFolder:
         Raises:
             NnUNetPruneError: not a model folder, missing folds, or a checkpoint that does not fit.
         """
-        path = Path(path).expanduser().resolve()
-        if not path.is_dir():
-            raise NnUNetPruneError(f"{path} does not exist or is not a folder.")
-        missing = [f for f in ("plans.json", "dataset.json") if not (path / f).is_file()]
-        available = sorted((p.name[5:] for p in path.glob("fold_*") if (p / checkpoint_name).is_file()),
-                           key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0))
-        if missing or not available:
-            what = [*missing, *([f"fold_*/{checkpoint_name}"] if not available else [])]
-            if path.name.startswith("fold_") and (path.parent / "plans.json").is_file():
-                raise NnUNetPruneError(f"{path} is a fold folder: give the model folder above it ({path.parent}), and "
-                                       f"the fold with -f {path.name[5:]}.")
-            raise NnUNetPruneError(
-                f"{path} is not a trained nnU-Net model folder: {', '.join(what)} missing. A model folder is "
-                f"nnUNet_results/DatasetXXX_Name/<trainer>__<plans>__<configuration> after nnUNetv2_train has "
-                f"finished at least one fold.")
-        available = [parse_fold(a) for a in available]
-        if folds is None:
-            chosen = available
-        else:
-            chosen = [parse_fold(f) for f in folds]
-            absent = [f for f in chosen if f not in available]
-            if absent:
-                raise NnUNetPruneError(
-                    f"{path}: fold(s) {', '.join(map(str, absent))} have no {checkpoint_name} (available: "
-                    f"{', '.join(map(str, available))}). Train them first or choose others with -f.")
+        path, chosen = model_folder_folds(path, folds, checkpoint_name)  # the file-system checks (no torch)
         folder = cls(path, checkpoint_name, chosen)
         if validate:
             folder.validate()

@@ -104,12 +104,7 @@ def plans_from_model(model_folder: str | os.PathLike, fold, plans_name: str,
             own; a file this tool did not write, or that was changed since; one that trained models already use); no
             preprocessed data of the source plans; a cascade configuration; widths the plans cannot express.
     """
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from nnunet_prune.modelfolder import ModelFolder, build_adaptive_network, parse_fold
-    from nnunet_prune.networks import adaptive_class_name
-    from nnunet_prune.stats import count_macs, count_parameters
-    from nnunet_prune.surgery import build_channel_graph
+    from nnunet_prune.prechecks import model_folder_folds, parse_fold
 
     if (plans_name or "").endswith(".json"):
         raise NnUNetPruneError(f"--plans-name {plans_name!r}: give the plans name without '.json' (nnU-Net adds it; "
@@ -118,6 +113,18 @@ def plans_from_model(model_folder: str | os.PathLike, fold, plans_name: str,
         raise NnUNetPruneError(f"--plans-name {plans_name!r}: use letters, digits, '_', '-' or '.', starting with a "
                                f"letter or digit (nnU-Net uses it in file and folder names).")
     fold = parse_fold(fold)
+    model_folder_folds(model_folder, [fold], checkpoint_name)  # the file-system checks, before torch and nnU-Net
+    base = Path(preprocessed or os.environ.get("nnUNet_preprocessed") or "")
+    if not str(base) or not base.is_dir():
+        raise NnUNetPruneError("nnUNet_preprocessed is not set or not a folder: the plans go into the dataset's "
+                               "preprocessed folder, next to the data they reuse.")
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_prune.modelfolder import ModelFolder, build_adaptive_network
+    from nnunet_prune.networks import adaptive_class_name
+    from nnunet_prune.stats import count_macs, count_parameters
+    from nnunet_prune.surgery import build_channel_graph
+
     folder = ModelFolder.open(model_folder, folds=[fold], checkpoint_name=checkpoint_name)
     source = folder.plans
     configuration = folder.configuration_name
@@ -126,10 +133,6 @@ def plans_from_model(model_folder: str | os.PathLike, fold, plans_name: str,
         raise NnUNetPruneError(f"{folder.path / 'plans.json'} names no dataset ('dataset_name'); is it nnU-Net's?")
     if plans_name == source.get("plans_name"):
         raise NnUNetPruneError(f"--plans-name {plans_name} is the source plans' own name; choose a new one.")
-    base = Path(preprocessed or os.environ.get("nnUNet_preprocessed") or "")
-    if not str(base) or not base.is_dir():
-        raise NnUNetPruneError("nnUNet_preprocessed is not set or not a folder: the plans go into the dataset's "
-                               "preprocessed folder, next to the data they reuse.")
     dataset_dir = base / dataset_name
     cm = folder.configuration_manager
     config = copy.deepcopy(dict(cm.configuration))

@@ -9,7 +9,6 @@ them into CSV, Markdown and a Dice-vs-MACs plot.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import sys
@@ -29,13 +28,15 @@ from nnunet_prune.metrics import (
 from nnunet_prune.modelfolder import ModelFolder, label_names, parse_fold
 from nnunet_prune.outputs import check_writable_files, record_files
 from nnunet_prune.stats import count_macs, count_parameters
+from nnunet_prune.timing import NOT_COMPARABLE, LoadSource, TimingPolicy
 
 TOOL = "report"
 #: the files ``report`` writes into its output folder (an existing one must be its own earlier output)
 OUTPUT_FILES = ("report.csv", "report.md", "dice_vs_macs.png", "end_to_end.csv")
 
 __all__ = [
-    "FoldEfficiency", "LatencyStats", "busy_machine_warning", "check_runtimes", "format_markdown", "format_table",
+    "FoldEfficiency", "LatencyStats", "busy_machine_warning", "check_runtimes", "class_notes", "format_markdown",
+    "format_table",
     "load_average",
     "measure_latency", "measure_latency_stats", "measure_model_folder", "timing_warnings",
     "open_model_folders", "peak_gpu_memory_mb", "plot_dice_vs_macs", "dice_from_summary", "read_dice",
@@ -91,6 +92,21 @@ class FoldEfficiency:
     #: OpenVINO; float32, same threads), by runtime name, and their interquartile ranges
     cpu_ms_runtimes: dict[str, float] = field(default_factory=dict)
     cpu_ms_runtimes_iqr: dict[str, float] = field(default_factory=dict)
+    #: latencies that are not comparable (:mod:`nnunet_prune.timing`: a busy machine, runs that do not agree) and
+    #: why, keyed by field prefix (``cpu_ms_eager``, ``cpu_ms_compiled``, ``gpu_ms_eager``, ``gpu_ms_compiled``) or
+    #: runtime name (``onnxruntime``, ``openvino``); ratios, speed-ups and "fastest" built on them read 'n/c'
+    latency_not_comparable: dict[str, str] = field(default_factory=dict)
+    #: the most cores other processes used while this fold was timed (None: unknown)
+    other_cores: float | None = None
+
+    def not_comparable(self, *keys: str) -> str | None:
+        """Why a latency of ``keys`` (all of this fold's if none given) is not comparable, or None."""
+        keys = keys or tuple(self.latency_not_comparable)
+        return next((self.latency_not_comparable[k] for k in keys if k in self.latency_not_comparable), None)
+
+    def cpu_not_comparable(self) -> str | None:
+        """Why the CPU latencies of this fold cannot be ranked (one of them is not comparable), or None."""
+        return self.not_comparable("cpu_ms_eager", "cpu_ms_compiled", *self.cpu_ms_runtimes)
 
     def cpu_latencies(self) -> dict[str, float]:
         """Median CPU ms per patch of every way this fold was run: ``pytorch`` (eager), ``torch-compile`` and the
@@ -129,22 +145,21 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+#: words for the latency keys of :attr:`FoldEfficiency.latency_not_comparable`
+LATENCY_WORDS = {"cpu_ms_eager": "CPU eager", "cpu_ms_compiled": "CPU compiled", "gpu_ms_eager": "GPU eager",
+                 "gpu_ms_compiled": "GPU compiled"}
+
+
 def timing_warnings(row: FoldEfficiency, busy: bool = True) -> list[str]:
-    """What makes a row's latencies doubtful: a busy machine while it was timed (load average; with ``busy``), or
-    a wide spread of the timed runs (interquartile range above 20 % of the median, with at least 4 runs)."""
-    out = []
-    where = f"{row.model} fold {row.fold}"
-    if busy and row.threads and row.cpu_ms_eager is not None:
-        busy = busy_machine_warning(row.threads, row.load_average) if row.load_average is not None else None
-        if busy:
-            out.append(f"{where}: {busy}")
-    for prefix in ("cpu_ms_eager", "cpu_ms_compiled", "gpu_ms_eager", "gpu_ms_compiled"):
-        median, iqr = getattr(row, prefix), getattr(row, prefix + "_iqr")
-        if median and iqr is not None and iqr > 0.2 * median and (row.repeats or 0) >= 4:
-            out.append(f"{where}: {prefix.replace('_', ' ')} varies a lot (interquartile range {iqr:.3g} ms around "
-                       f"a median of {median:.3g} ms): other work may be running; measure again on a quiet "
-                       f"machine or with more --repeats.")
-    return out
+    """One line per reason a row's latencies are not comparable (:mod:`nnunet_prune.timing`: a busy machine, runs
+    that do not agree), naming the latencies; ``busy=False`` leaves out the lines about a busy machine."""
+    by_reason: dict[str, list[str]] = {}
+    for key, why in row.latency_not_comparable.items():
+        if busy or not why.startswith("busy machine"):
+            by_reason.setdefault(why, []).append(LATENCY_WORDS.get(key, key))
+    return [f"{row.model} fold {row.fold}: latency not comparable ({', '.join(keys)}): {why}; its ratios read "
+            f"'{NOT_COMPARABLE}'. Measure again on a quiet machine or with more --repeats."
+            for why, keys in by_reason.items()]
 
 
 def load_average() -> float | None:
@@ -224,7 +239,9 @@ def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence 
                          device: str = "cpu", repeats: int = 10, warmup: int = 2, threads: int | None = None,
                          compile: bool = True, cpu: bool = True, bf16: bool = True, label: str | None = None,
                          warn: Callable[[str], None] | None = _warn_stderr,
-                         runtimes: Sequence[str] | None = None) -> list[FoldEfficiency]:
+                         runtimes: Sequence[str] | None = None, policy: TimingPolicy | None = None,
+                         load: LoadSource | None = None,
+                         clock: Callable[[], float] | None = None) -> list[FoldEfficiency]:
     """Measure every chosen fold (None: all trained folds) of a model folder.
 
     ``device`` 'cpu' times on the CPU only; 'cuda' (or 'auto' with a GPU) times on the GPU and, unless
@@ -233,6 +250,8 @@ def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence 
     recorded as None plus a note, reported via ``warn`` (default: one line on stderr), and never aborts the
     measurement. ``runtimes``: the deployment runtimes (:func:`check_runtimes`) timed on the CPU next to PyTorch
     (each fold converted in memory, as ``nnunet-prune export --runtime`` would write it); None: every installed one.
+    Latencies: :mod:`nnunet_prune.timing` (``policy``, ``load``, ``clock`` as there; ``repeats`` runs at least); one
+    not comparable goes to ``FoldEfficiency.latency_not_comparable`` with why, and is said via ``warn``.
 
     Raises:
         NnUNetPruneError: bad repeats, warmup or threads, an unknown device or runtime, a runtime not installed.
@@ -243,16 +262,10 @@ def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence 
         raise NnUNetPruneError(f"--repeats must be at least 1 and --warmup at least 0 (got {repeats}, {warmup}).")
     if threads is not None and threads < 1:
         raise NnUNetPruneError(f"--threads must be at least 1 (got {threads}).")
-    if isinstance(path, ModelFolder):
-        mf = path
-        chosen = mf.folds if folds is None else [parse_fold(f) for f in folds]
-        if any(f not in mf.folds for f in chosen):
-            mf = ModelFolder.open(mf.path, folds, mf.checkpoint_name)  # checks the folds exist
-    else:
-        mf = open_model_folders([path], folds)[0]
-        chosen = mf.folds
+    mf, chosen = _folder_and_folds(path, folds)
     label = label or mf.path.name
     patch = mf.patch_size
+    timing = {"policy": policy or TimingPolicy(repeats=repeats), "load": load, "clock": clock}
     rows = []
     for fold in chosen:
         net = mf.load_network(fold)
@@ -267,7 +280,7 @@ def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence 
         def compiled_ms(where: torch.device, use_bf16: bool, row=row, net=net, fold=fold) -> LatencyStats | None:
             try:
                 return measure_latency_stats(net, patch, where, repeats, warmup, runtime="compile", bf16=use_bf16,
-                                             threads=threads if where.type == "cpu" else None)
+                                             threads=threads if where.type == "cpu" else None, **timing)
             except Exception as e:  # inductor needs a C++ compiler / Triton; eager numbers are still worth having
                 note = f"torch.compile on {where.type} failed for {label} fold {fold} ({_first_line(e)})"
                 row.notes.append(note)
@@ -278,28 +291,41 @@ def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence 
         def put(prefix: str, stats: LatencyStats | None, row=row) -> None:
             setattr(row, prefix, None if stats is None else stats.median_ms)
             setattr(row, prefix + "_iqr", None if stats is None else stats.iqr_ms)
+            _verdict(row, prefix, stats)
 
         row.load_average = load_average()
         if cpu or dev.type == "cpu":
             cpu_dev = torch.device("cpu")
             row.threads = threads or torch.get_num_threads()
-            put("cpu_ms_eager", measure_latency_stats(net, patch, cpu_dev, repeats, warmup, threads=threads))
+            put("cpu_ms_eager", measure_latency_stats(net, patch, cpu_dev, repeats, warmup, threads=threads, **timing))
             put("cpu_ms_compiled", compiled_ms(cpu_dev, False) if compile else None)
             for name in runtimes:
-                stats = _runtime_ms(net, name, patch, repeats, warmup, row.threads, row, warn)
+                stats = _runtime_ms(net, name, patch, repeats, warmup, row.threads, row, warn, timing)
                 if stats is not None:
                     row.cpu_ms_runtimes[name], row.cpu_ms_runtimes_iqr[name] = stats.median_ms, stats.iqr_ms
+                    _verdict(row, name, stats)
         if dev.type == "cuda":
             row.gpu_name = torch.cuda.get_device_name(dev)
-            put("gpu_ms_eager", measure_latency_stats(net, patch, dev, repeats, warmup))  # float32
+            put("gpu_ms_eager", measure_latency_stats(net, patch, dev, repeats, warmup, **timing))  # float32
             put("gpu_ms_compiled", compiled_ms(dev, bf16) if compile else None)
             row.gpu_peak_mb = peak_gpu_memory_mb(net, patch, dev, bf16=bf16)
-        if warn is not None:  # (a busy machine is said once by the caller, e.g. `nnunet-prune report`)
-            for message in timing_warnings(row, busy=False):
-                warn(message)
+        for message in timing_warnings(row) if warn is not None else []:
+            warn(message)
         rows.append(row)
         del net
     return rows
+
+
+def _folder_and_folds(path: str | os.PathLike | ModelFolder, folds: Sequence | None) -> tuple[ModelFolder, list]:
+    """The model folder (opened and checked unless it is one already) and the folds to measure."""
+    if not isinstance(path, ModelFolder):
+        mf = open_model_folders([path], folds)[0]
+        return mf, mf.folds
+    mf = path
+    chosen = mf.folds if folds is None else [parse_fold(f) for f in folds]
+    if any(f not in mf.folds for f in chosen):
+        mf = ModelFolder.open(mf.path, folds, mf.checkpoint_name)  # checks the folds exist
+    return mf, chosen
 
 
 def check_runtimes(names: Sequence[str] | None) -> list[str]:
@@ -310,35 +336,35 @@ def check_runtimes(names: Sequence[str] | None) -> list[str]:
         NnUNetPruneError: an unknown runtime, or one whose package is not installed (says what to install).
     """
     from nnunet_prune import runtimes
+    from nnunet_prune.runtime_specs import check_timed_runtimes
 
-    if names is None:
-        found = [n for n in runtimes.available_runtimes() if runtimes.RUNTIMES[n].onnx]
-        return found if importlib.util.find_spec("onnx") is not None else []  # (nothing to convert with)
-    out = []
-    timed = [n for n, spec in runtimes.RUNTIMES.items() if spec.onnx]
-    for name in dict.fromkeys(names):
-        if name == "none":
-            raise NnUNetPruneError("--runtimes none means no runtime: give it alone, not with other names.")
-        if name not in runtimes.RUNTIMES:
-            raise NnUNetPruneError(f"--runtimes {name}: unknown; choose among {', '.join(timed)} (or none).")
-        if name == "torch-compile":
-            raise NnUNetPruneError("torch-compile is timed as the 'compiled' column (leave it out of --runtimes; "
-                                   "--no-compile skips it).")
-        runtimes.require_runtime(name)
-        if runtimes.runtime_spec(name).onnx:
-            runtimes.require_onnx_exporter()
-        out.append(name)
+    out = check_timed_runtimes(names)  # the checks that import nothing (`nnunet-prune report` runs them first)
+    for name in out if names is not None else []:
+        runtimes.require_runtime(name)  # a named runtime whose package is installed but does not import
     return out
 
 
+def _verdict(row: FoldEfficiency, key: str, stats: LatencyStats | None) -> None:
+    """Record a latency's verdict and load reading on ``row`` (under ``key``)."""
+    if stats is None:
+        return
+    if stats.not_comparable:
+        row.latency_not_comparable[key] = stats.not_comparable
+    if stats.other_cores is not None:
+        row.other_cores = max(row.other_cores or 0.0, stats.other_cores)
+
+
 def _runtime_ms(net: torch.nn.Module, name: str, patch: Sequence[int], repeats: int, warmup: int, threads: int,
-                row: FoldEfficiency, warn: Callable[[str], None] | None) -> LatencyStats | None:
-    """CPU latency of ``net`` run by runtime ``name`` with ``threads`` threads; None plus a note if it fails."""
+                row: FoldEfficiency, warn: Callable[[str], None] | None,
+                timing: dict | None = None) -> LatencyStats | None:
+    """CPU latency of ``net`` run by runtime ``name`` with ``threads`` threads (``timing``: policy, load and clock
+    of :func:`measure_latency_stats`); None plus a note if it fails."""
     from nnunet_prune.runtimes import RuntimeNetwork, clear_executors
 
     try:
         wrapped = RuntimeNetwork.around(net, name, patch, {"threads": threads})
-        return measure_latency_stats(wrapped, patch, torch.device("cpu"), repeats, warmup, threads=threads)
+        return measure_latency_stats(wrapped, patch, torch.device("cpu"), repeats, warmup, threads=threads,
+                                     **(timing or {}))
     except Exception as e:  # an operator the runtime lacks must not cost the other numbers
         note = f"{name} failed for {row.model} fold {row.fold} ({_first_line(e)})"
         row.notes.append(note)
@@ -378,11 +404,13 @@ def _ratio(value: float | None, base: float | None, less: str = "fewer", more: s
     return f"{shown}x {less if change < 0 else more} ({change:+.1%})".replace("%)", " %)")
 
 
-def _latency(median: float | None, iqr: float | None) -> str:
-    """'95.1 ±1.6': median and half the interquartile range."""
+def _latency(median: float | None, iqr: float | None, not_comparable: str | None = None) -> str:
+    """'95.1 ±1.6': median and half the interquartile range; '5361 ±792 (n/c)' for a timing that is not
+    comparable."""
     if median is None:
         return "-"
-    return _num(median) + ("" if iqr is None else f" ±{_num(iqr / 2)}")
+    return (_num(median) + ("" if iqr is None else f" ±{_num(iqr / 2)}")
+            + (f" ({NOT_COMPARABLE})" if not_comparable else ""))
 
 
 FASTER = ("faster", "slower")
@@ -398,10 +426,36 @@ def _fastest_cpu(row: FoldEfficiency) -> str:
     best = row.fastest_cpu
     if best is None:
         return "-"
+    if row.cpu_not_comparable():  # a ranking of timings that do not count is no result
+        return NOT_COMPARABLE
     times = row.cpu_latencies()
     if best == "pytorch" or row.cpu_ms_eager is None:
         return best
     return f"{best} ({row.cpu_ms_eager / times[best]:.3g}x eager)"
+
+
+def _latency_of(prefix: str) -> Callable[[FoldEfficiency], str]:
+    """The cell of latency ``prefix`` (e.g. ``cpu_ms_eager``): median ±half the IQR, '(n/c)' if not comparable."""
+    return lambda r: _latency(getattr(r, prefix), getattr(r, prefix + "_iqr"), r.not_comparable(prefix))
+
+
+def _dice(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def classes(rows: Sequence[FoldEfficiency]) -> list[str]:
+    """The label names of every row's per-class Dice, in order of first appearance."""
+    return list(dict.fromkeys(c for r in rows for c in (r.dice_per_class or {})))
+
+
+def class_notes(rows: Sequence[FoldEfficiency]) -> list[str]:
+    """Plain notes on the classes a model fold did not learn, which its foreground mean hides (one note per class
+    no fold learned): :func:`nnunet_prune.class_dice.class_notes`, the same words as the demo and the benchmark,
+    with every model fold as one model."""
+    from nnunet_prune.class_dice import class_notes as notes
+
+    return notes({f"{r.model} fold {r.fold}": r.dice_per_class for r in rows if r.dice_per_class},
+                 advice="train longer")
 
 
 def _table(rows: Sequence[FoldEfficiency]) -> tuple[list[str], list[list[str]]]:
@@ -422,27 +476,34 @@ def _table(rows: Sequence[FoldEfficiency]) -> tuple[list[str], list[list[str]]]:
          "nonzero_parameters"),
         ("GMAC/patch", lambda r: _num(r.macs / 1e9), "macs"),
         ("Checkpoint (MB)", lambda r: _num(r.checkpoint_bytes / 1e6), "checkpoint_bytes"),
-        ("CPU ms", lambda r: _latency(r.cpu_ms_eager, r.cpu_ms_eager_iqr), "cpu_ms_eager"),
-        ("CPU ms compiled", lambda r: _latency(r.cpu_ms_compiled, r.cpu_ms_compiled_iqr), "cpu_ms_compiled"),
-        *((f"CPU ms {name}", lambda r, n=name: _latency(r.cpu_ms_runtimes.get(n), r.cpu_ms_runtimes_iqr.get(n)),
+        ("CPU ms", _latency_of("cpu_ms_eager"), "cpu_ms_eager"),
+        ("CPU ms compiled", _latency_of("cpu_ms_compiled"), "cpu_ms_compiled"),
+        *((f"CPU ms {name}", lambda r, n=name: _latency(r.cpu_ms_runtimes.get(n), r.cpu_ms_runtimes_iqr.get(n),
+                                                         r.not_comparable(n)),
            None) for name in dict.fromkeys(n for r in rows for n in r.cpu_ms_runtimes)),
         ("Fastest on CPU", _fastest_cpu, None),
-        ("GPU ms", lambda r: _latency(r.gpu_ms_eager, r.gpu_ms_eager_iqr), "gpu_ms_eager"),
-        ("GPU ms compiled", lambda r: _latency(r.gpu_ms_compiled, r.gpu_ms_compiled_iqr), "gpu_ms_compiled"),
+        ("GPU ms", _latency_of("gpu_ms_eager"), "gpu_ms_eager"),
+        ("GPU ms compiled", _latency_of("gpu_ms_compiled"), "gpu_ms_compiled"),
         ("GPU peak (MB)", lambda r: _num(r.gpu_peak_mb), "gpu_peak_mb"),
-        ("Dice", lambda r: "-" if r.dice is None else f"{r.dice:.4f}", None),  # always: missing Dice is news
+        ("Dice", lambda r: _dice(r.dice), None),  # always: missing Dice is news
+        *((f"Dice {c}", lambda r, c=c: _dice((r.dice_per_class or {}).get(c)), None) for c in classes(rows)),
     ]
     b = {a: base(a) for a in ("parameters", "macs", "cpu_ms_eager", "cpu_ms_compiled", "gpu_ms_eager",
                               "gpu_ms_compiled", "dice")}
+    base_nc = {k: any(r.not_comparable(k) for r in first) for k in LATENCY_WORDS}
+
+    def faster(key: str) -> Callable[[FoldEfficiency], str]:
+        """The change of a latency against the first model's, or 'n/c' where either timing does not count."""
+        return lambda r: (NOT_COMPARABLE if getattr(r, key) is not None and (r.not_comparable(key) or base_nc[key])
+                          else _ratio(getattr(r, key), b[key], *FASTER))
+
     columns += [
         ("Params vs first", lambda r: _ratio(r.parameters, b["parameters"]), "parameters"),
         ("MACs vs first", lambda r: _ratio(r.macs, b["macs"]), "macs"),
-        ("CPU ms vs first", lambda r: _ratio(r.cpu_ms_eager, b["cpu_ms_eager"], *FASTER), "cpu_ms_eager"),
-        ("CPU compiled vs first", lambda r: _ratio(r.cpu_ms_compiled, b["cpu_ms_compiled"], *FASTER),
-         "cpu_ms_compiled"),
-        ("GPU ms vs first", lambda r: _ratio(r.gpu_ms_eager, b["gpu_ms_eager"], *FASTER), "gpu_ms_eager"),
-        ("GPU compiled vs first", lambda r: _ratio(r.gpu_ms_compiled, b["gpu_ms_compiled"], *FASTER),
-         "gpu_ms_compiled"),
+        ("CPU ms vs first", faster("cpu_ms_eager"), "cpu_ms_eager"),
+        ("CPU compiled vs first", faster("cpu_ms_compiled"), "cpu_ms_compiled"),
+        ("GPU ms vs first", faster("gpu_ms_eager"), "gpu_ms_eager"),
+        ("GPU compiled vs first", faster("gpu_ms_compiled"), "gpu_ms_compiled"),
         ("Dice vs first", lambda r: "-" if r.dice is None or b["dice"] is None else f"{r.dice - b['dice']:+.4f}",
          "dice"),
     ]
@@ -485,8 +546,12 @@ def format_markdown(rows: Sequence[FoldEfficiency], end_to_end: Sequence | None 
                   "and GPU eager in float32, compiled = `torch.compile` (on GPU with CUDA graphs + bf16), 'CPU ms "
                   "onnxruntime' / 'openvino': the fold converted to ONNX and run by that runtime (float32, same "
                   "threads; what `nnunet-prune export --runtime` deploys); "
-                  "'±' is half the interquartile range of the timed runs. "
-                  "Dice: foreground mean of nnU-Net's validation (`fold_k/validation/summary.json`)."
+                  "'±' is half the interquartile range of the timed runs; each latency is timed until its median "
+                  "is known to ±5 % (at most 5x the repeats or 30 s), and one measured on a busy machine or whose "
+                  f"median stays unknown is marked '({NOT_COMPARABLE})': not comparable, so ratios and 'Fastest' "
+                  f"built on it read '{NOT_COMPARABLE}' (why: Notes). "
+                  "Dice: foreground mean of nnU-Net's validation (`fold_k/validation/summary.json`), and per "
+                  "class ('Dice <label>')."
               + (" 'vs first': relative to the first model given (mean over its folds)."
                  if any(h.endswith("vs first") for h in headers) else "")]
     setup = []
@@ -502,6 +567,9 @@ def format_markdown(rows: Sequence[FoldEfficiency], end_to_end: Sequence | None 
     loads = [r.load_average for r in rows if r.load_average is not None]
     if loads:
         setup.append(f"load average before timing: {min(loads):.2f}-{max(loads):.2f} on {os.cpu_count()} cores")
+    others = [r.other_cores for r in rows if r.other_cores is not None]
+    if others:
+        setup.append(f"cores other processes used while timing: up to {max(others):.1f}")
     setup.append(f"PyTorch {torch.__version__}")
     lines += ["", "; ".join(setup) + "."]
     patches = dict.fromkeys(f"{r.model}: {r.trainer}, configuration {r.configuration}, patch "
@@ -511,14 +579,16 @@ def format_markdown(rows: Sequence[FoldEfficiency], end_to_end: Sequence | None 
         from nnunet_prune.end_to_end import format_end_to_end
 
         lines += ["", "## End to end: nnUNetv2_predict", "", *format_end_to_end(end_to_end)]
-    notes = [n for r in rows for n in [*r.notes, *timing_warnings(r)]]
+    notes = [*class_notes(rows), *(n for r in rows for n in [*r.notes, *timing_warnings(r)])]
     if notes:
         lines += ["", "Notes:", "", *(f"- {n}" for n in notes)]
     return "\n".join(lines) + "\n"
 
 
 def _records(rows: Sequence[FoldEfficiency]) -> list[dict]:
-    """Flat dicts for the CSV: patch size as '128x128', one 'dice_<label>' column per label."""
+    """Flat dicts for the CSV: patch size as '128x128', one 'dice_<label>' column per label; 'latency_comparable'
+    (False when any latency of the fold is not) and 'latency_not_comparable' (which and why); 'fastest_cpu' is
+    empty where the CPU timings cannot be ranked."""
     out = []
     for r in rows:
         d = asdict(r)
@@ -530,15 +600,21 @@ def _records(rows: Sequence[FoldEfficiency]) -> list[dict]:
             d[f"cpu_ms_{name}"] = r.cpu_ms_runtimes[name]
             d[f"cpu_ms_{name}_iqr"] = r.cpu_ms_runtimes_iqr.get(name)
         d.pop("cpu_ms_runtimes_iqr")
-        d["fastest_cpu"] = r.fastest_cpu
+        d["fastest_cpu"] = None if r.cpu_not_comparable() else r.fastest_cpu
+        d["latency_comparable"] = not r.latency_not_comparable
+        d["latency_not_comparable"] = "; ".join(f"{LATENCY_WORDS.get(k, k)}: {v}"
+                                                for k, v in r.latency_not_comparable.items())
         out.append(d)
     return out
 
 
 def plot_dice_vs_macs(rows: Sequence[FoldEfficiency], file: str | os.PathLike) -> bool:
-    """Scatter validation Dice against GMACs per patch (log x), one marker per model/fold. Models on the same spot
-    (an export and its source share GMACs and Dice) are drawn side by side and named in a note under the plot; rows
-    without Dice are named in a note too. Returns False (and writes nothing) when no row has a Dice.
+    """Scatter validation Dice against GMACs per patch (log x, plain decimal ticks), one marker per model/fold. The
+    Dice axis spans at least :data:`~nnunet_prune.plotting.MIN_DICE_SPAN` (differences of a few thousandths do not
+    fill the plot) and the plot says that the Dice spread between training runs is not measured (one run per model).
+    Fold labels are placed where they cover no other label or marker. Models on the same spot (an export and its
+    source share GMACs and Dice) are drawn side by side and named in a note under the plot; rows without Dice are
+    named in a note too. Returns False (and writes nothing) when no row has a Dice.
 
     Drawn in its own style with the object-oriented API (no pyplot): the caller's backend and rcParams (e.g. a
     global seaborn font scale) neither leak in nor are changed."""
@@ -547,19 +623,12 @@ def plot_dice_vs_macs(rows: Sequence[FoldEfficiency], file: str | os.PathLike) -
         return False
     import textwrap
 
-    from matplotlib import colormaps
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-    from matplotlib.transforms import offset_copy
-
-    from nnunet_prune.plotting import new_figure, plot_style, save
+    from nnunet_prune.plotting import new_figure, noise_text, plot_style, save
 
     def folds_text(folds) -> str:
         folds = list(dict.fromkeys(str(f) for f in folds))
         return f"fold{'s' if len(folds) > 1 else ''} {', '.join(folds)}"
 
-    models = list(dict.fromkeys(r.model for r in points))
-    markers = "osD^vP*Xh<>"
-    colors = colormaps["tab10"]
     # points that would hide each other: same GMACs (to 0.1 %) and Dice (to 1e-4)
     spots: dict[tuple[float, float], list[FoldEfficiency]] = {}
     for r in points:
@@ -569,8 +638,9 @@ def plot_dice_vs_macs(rows: Sequence[FoldEfficiency], file: str | os.PathLike) -
         names = tuple(dict.fromkeys(r.model for r in spot))
         if len(names) > 1:
             shared.setdefault(names, []).extend(str(r.fold) for r in spot)
-    notes = [f"Side by side (same GMACs and Dice): {' = '.join(names)} ({folds_text(folds)})"
-             for names, folds in shared.items()]
+    notes = [noise_text(None, what="training runs of a model") + "."]
+    notes += [f"Side by side (same GMACs and Dice): {' = '.join(names)} ({folds_text(folds)})"
+              for names, folds in shared.items()]
     missing: dict[str, list[str]] = {}
     for r in rows:
         if r.dice is None:
@@ -582,45 +652,56 @@ def plot_dice_vs_macs(rows: Sequence[FoldEfficiency], file: str | os.PathLike) -
     with plot_style():
         fig = new_figure(figsize=(8, 4.8), layout="constrained")
         ax = fig.add_subplot()
-        for spot in spots.values():
-            names = list(dict.fromkeys(r.model for r in spot))
-            for r in spot:
-                i = models.index(r.model)
-                dx = (names.index(r.model) - (len(names) - 1) / 2) * 9  # points, so every model stays visible
-                ax.scatter([r.gmacs], [r.dice], marker=markers[i % len(markers)], color=colors(i % 10), s=45,
-                           zorder=3, edgecolors="white", linewidths=0.6,
-                           transform=offset_copy(ax.transData, fig=fig, x=dx, y=0, units="points"))
-            label = "f" + ",".join(dict.fromkeys(str(r.fold) for r in spot))
-            ax.annotate(label, (spot[0].gmacs, spot[0].dice), textcoords="offset points",
-                        xytext=(5 + 4.5 * (len(names) - 1), 4), fontsize=7, color="0.3")
-        for i, model in enumerate(models):  # legend entries (the points above carry offsets)
-            ax.scatter([], [], marker=markers[i % len(markers)], color=colors(i % 10), s=45, label=model)
-        ax.update_datalim([(r.gmacs, r.dice) for r in points])  # offset markers do not move the axis limits
-        ax.set_xscale("log")
-        gmacs = [r.gmacs for r in points]
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        if max(gmacs) < 8 * min(gmacs):  # under a decade: label every minor tick
-            ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        elif max(gmacs) < 30 * min(gmacs):  # a decade or so: label 2x and 5x too
-            ax.xaxis.set_minor_formatter(FuncFormatter(
-                lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v)), 6) in (2, 5) else ""))
-        else:
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.margins(x=0.1, y=0.12)
-        ax.autoscale_view()
-        if max(gmacs) < 1.05 * min(gmacs):  # one compute level: a narrow axis around it, not two decades
-            ax.set_xlim(min(gmacs) / 1.6, max(gmacs) * 1.6)
-        ax.set_xlabel("GMACs per patch (log scale)")
-        ax.set_ylabel("validation Dice (foreground mean)")
-        ax.set_title("Validation Dice vs compute (f = fold)")
-        ax.grid(True, which="both", alpha=0.3)
+        _draw_dice_vs_macs(ax, points, list(spots.values()))
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0, frameon=False, title="model")
-        if notes:
-            text = "\n".join(textwrap.fill(n, 110, subsequent_indent="    ") for n in notes)
-            ax.annotate(text, (0, 0), xycoords=("axes fraction", ax.xaxis.label), xytext=(0, -8),
-                        textcoords="offset points", ha="left", va="top", fontsize=7.5, color="0.25")
+        text = "\n".join(textwrap.fill(n, 110, subsequent_indent="    ") for n in notes)
+        ax.annotate(text, (0, 0), xycoords=("axes fraction", ax.xaxis.label), xytext=(0, -8),
+                    textcoords="offset points", ha="left", va="top", fontsize=7.5, color="0.25")
+        _label_spots(ax, list(spots.values()))
         save(fig, file)
     return True
+
+
+def _draw_dice_vs_macs(ax, points: list[FoldEfficiency], spots: list[list[FoldEfficiency]]) -> None:
+    """The markers (models sharing a spot side by side), the legend entries and the axes of
+    :func:`plot_dice_vs_macs`."""
+    from matplotlib import colormaps
+    from matplotlib.transforms import offset_copy
+
+    from nnunet_prune.plotting import dice_limits, readable_log_axis
+
+    models = list(dict.fromkeys(r.model for r in points))
+    markers = "osD^vP*Xh<>"
+    colors = colormaps["tab10"]
+    for spot in spots:
+        names = list(dict.fromkeys(r.model for r in spot))
+        for r in spot:
+            i = models.index(r.model)
+            dx = (names.index(r.model) - (len(names) - 1) / 2) * 9  # points, so every model stays visible
+            ax.scatter([r.gmacs], [r.dice], marker=markers[i % len(markers)], color=colors(i % 10), s=45,
+                       zorder=3, edgecolors="white", linewidths=0.6,
+                       transform=offset_copy(ax.transData, fig=ax.figure, x=dx, y=0, units="points"))
+    for i, model in enumerate(models):  # legend entries (the points above carry offsets)
+        ax.scatter([], [], marker=markers[i % len(markers)], color=colors(i % 10), s=45, label=model)
+    ax.set_xscale("log")
+    gmacs = [r.gmacs for r in points]
+    ax.set_xlim(min(gmacs) / 1.6, max(gmacs) * 1.6)  # room for the side-by-side markers and the labels
+    readable_log_axis(ax, "x")
+    ax.set_ylim(*dice_limits([r.dice for r in points]))
+    ax.set_xlabel("GMACs per patch (log scale)")
+    ax.set_ylabel("validation Dice (foreground mean)")
+    ax.set_title("Validation Dice vs compute (f = fold)")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _label_spots(ax, spots: list[list[FoldEfficiency]]) -> None:
+    """'f0,1' next to every spot of :func:`plot_dice_vs_macs`, placed where it covers no other label or marker."""
+    from nnunet_prune.plotting import place_labels
+
+    xy = [(spot[0].gmacs, spot[0].dice) for spot in spots]
+    texts = ["f" + ",".join(dict.fromkeys(str(r.fold) for r in spot)) for spot in spots]
+    width = max(len(set(r.model for r in spot)) for spot in spots)
+    place_labels(ax, xy, texts, fontsize=7, marker_pt=4 + 4.5 * (width - 1), color="0.3")
 
 
 def write_report(rows: Sequence[FoldEfficiency], out_dir: str | os.PathLike,

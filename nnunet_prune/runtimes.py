@@ -33,13 +33,22 @@ import pydoc
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from nnunet_prune import NnUNetPruneError
+from nnunet_prune import NnUNetPruneError, install_excepthook
+from nnunet_prune.runtime_specs import (  # noqa: F401 (the table lives there: checked without importing torch)
+    INSTALL_HINT,
+    RUNTIMES,
+    RuntimeSpec,
+    available_runtimes,
+    check_options,
+    is_available,
+    require_onnx_exporter,
+    runtime_spec,
+)
 from nnunet_prune.stats import inference_outputs, input_channels, unwrap
 
 #: the key of a fold's ONNX model (uint8 tensor) in its ``network_weights``
@@ -48,56 +57,6 @@ RUNTIME_KEY = "nnunet_prune_onnx_model"
 RUNTIME_CLASS = "nnunet_prune.runtimes.RuntimeNetwork"
 #: ONNX opset of the exported models
 OPSET = 17
-INSTALL_HINT = 'pip install "nnunet-prune[deploy]"'
-
-
-@dataclass(frozen=True)
-class RuntimeSpec:
-    """One runtime: its name, the Python package it needs, whether it runs the fold's ONNX model, the options it
-    takes (name -> allowed values; ``threads`` is any int >= 0, 0 = the runtime's default) and what it is."""
-
-    name: str
-    package: str
-    onnx: bool
-    options: Mapping[str, tuple | None]
-    description: str
-    install: str = INSTALL_HINT
-
-
-RUNTIMES: dict[str, RuntimeSpec] = {
-    "onnxruntime": RuntimeSpec("onnxruntime", "onnxruntime", True, {"threads": None},
-                               "ONNX Runtime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)"),
-    "openvino": RuntimeSpec("openvino", "openvino", True, {"threads": None, "precision": ("fp32", "bf16")},
-                            "OpenVINO, CPU"),
-    "torch-compile": RuntimeSpec("torch-compile", "torch", False, {"precision": ("bf16", "fp16", "fp32")},
-                                 "torch.compile (CUDA: CUDA graphs under bf16 autocast)", install=""),
-}
-
-
-def runtime_spec(name: str) -> RuntimeSpec:
-    """The :class:`RuntimeSpec` of ``name``.
-
-    Raises:
-        NnUNetPruneError: an unknown name (the message lists the known ones).
-    """
-    if name not in RUNTIMES:
-        raise NnUNetPruneError(f"Unknown runtime {name!r}: known runtimes are pytorch, {', '.join(RUNTIMES)}.")
-    return RUNTIMES[name]
-
-
-def is_available(name: str) -> bool:
-    """Whether the package ``name`` needs is installed (nothing is imported)."""
-    try:
-        return importlib.util.find_spec(runtime_spec(name).package) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def available_runtimes() -> list[str]:
-    """The runtimes of :data:`RUNTIMES` whose package is installed, in the table's order."""
-    return [name for name in RUNTIMES if is_available(name)]
-
-
 def require_runtime(name: str):
     """The imported package of runtime ``name``.
 
@@ -111,40 +70,6 @@ def require_runtime(name: str):
     except ImportError as e:
         raise NnUNetPruneError(f"The runtime {name} needs the Python package {spec.package}, which is not installed "
                                f"or does not import ({e}): {spec.install or 'reinstall PyTorch'}.") from None
-
-
-def check_options(name: str, options: Mapping | None) -> dict:
-    """``options`` of runtime ``name`` validated (unknown keys, bad values): a plain dict.
-
-    Raises:
-        NnUNetPruneError: naming the option, the allowed values and the runtime.
-    """
-    spec = runtime_spec(name)
-    out = {}
-    for key, value in (options or {}).items():
-        if key not in spec.options:
-            allowed = ", ".join(spec.options) or "none"
-            raise NnUNetPruneError(f"The runtime {name} has no option {key!r} (its options: {allowed}).")
-        choices = spec.options[key]
-        if choices is None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise NnUNetPruneError(f"{name} option {key} must be an integer >= 0 (0: the runtime's default); "
-                                       f"got {value!r}.")
-        elif value not in choices:
-            raise NnUNetPruneError(f"{name} option {key} must be one of {', '.join(choices)}; got {value!r}.")
-        out[key] = value
-    return out
-
-
-def require_onnx_exporter() -> None:
-    """Check that PyTorch's ONNX exporter can run (it needs the ``onnx`` package).
-
-    Raises:
-        NnUNetPruneError: ``onnx`` is missing (the message says what to install).
-    """
-    if importlib.util.find_spec("onnx") is None:
-        raise NnUNetPruneError(f"Writing ONNX models needs the Python package onnx, which is not installed: "
-                               f"{INSTALL_HINT}.")
 
 
 def deployment_notes(runtime: str, options: Mapping | None) -> list[str]:
@@ -336,8 +261,6 @@ class RuntimeNetwork(nn.Module):
             self.options = check_options(runtime, options)
             require_runtime(runtime)
         except NnUNetPruneError:
-            from nnunet_prune.integration.patches import install_excepthook
-
             install_excepthook()  # nnU-Net's predictor does not catch it: print the message, not a traceback
             raise
         self._onnx: bytes | None = None

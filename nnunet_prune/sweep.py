@@ -629,7 +629,7 @@ def plot_sweep(report: dict, output: Path) -> dict[str, Path]:
     pyplot (the caller's backend and rcParams, e.g. a global seaborn font scale, neither leak in nor change)."""
     from matplotlib.ticker import PercentFormatter
 
-    from nnunet_prune.plotting import PART_COLORS, new_figure, plot_style, save
+    from nnunet_prune.plotting import PART_COLORS, new_figure, plain_number, plot_style, readable_log_axis, save
 
     rows = report["results"]
     taus = [r["tau"] for r in rows]
@@ -673,9 +673,9 @@ def plot_sweep(report: dict, output: Path) -> dict[str, Path]:
                 if positive and max(positive) > 20 * min(positive):  # an extended grid: small tau values stay apart
                     linear = min(positive) * 2
                     ax.set_xscale("symlog", linthresh=linear, linscale=0.5)
-                    ax.xaxis.set_major_formatter(lambda v, _: f"{v:g}")
                     ax.set_xlim(-0.25 * linear, max(positive) * 1.3)
-                    ax.set_xlabel(ax.get_xlabel() + f"; log scale above {linear:g}")
+                    readable_log_axis(ax, "x", linthresh=linear)  # 0 and plain decimals, never 1e-05
+                    ax.set_xlabel(ax.get_xlabel() + f"; log scale above {plain_number(linear)}")
             ax.set_ylabel("Dice (pooled over cases, mean of the judged classes)"
                           if report["settings"].get("proxy_summary", "pooled") == "pooled"
                           else "Dice (foreground mean of per-case Dice)")

@@ -88,12 +88,12 @@ def test_every_method_end_to_end_then_a_rerun_reuses_everything(nnunet, dataset2
     assert float(rows["magnitude"]["nonzero_parameters"]) < float(rows["magnitude"]["parameters"])
     assert float(rows["magnitude"]["tau"]) > 0
     # PSP-Seg is measured as exported: its masked branches are gone
-    psp = json.loads(next(out.glob("nnUNet_results/*/nnUNetTrainerPSPSeg__*/fold_0/pruning_config.json"))
+    psp = json.loads(next(out.glob("seed_0/nnUNet_results/*/nnUNetTrainerPSPSeg__*/fold_0/pruning_config.json"))
                      .read_text())
     assert params["pspseg_s"] < psp["initial_parameters"]
     # the validation Dice is nnU-Net's own summary.json
-    summary = json.loads(next(out.glob("nnUNet_results/*/nnUNetTrainerBudget__nnUNetPlans__2d/fold_0/validation/"
-                                       "summary.json")).read_text())
+    summary = json.loads(next(out.glob("seed_0/nnUNet_results/*/nnUNetTrainerBudget__nnUNetPlans__2d/fold_0/"
+                                       "validation/summary.json")).read_text())
     assert abs(float(dense["dice"]) - summary["foreground_mean"]["Dice"]) < 1e-6
     # sorted by MACs; the Pareto plot and each pruning method's map are there
     macs = [float(r["macs_per_patch"]) for r in rows.values()]
@@ -104,6 +104,11 @@ def test_every_method_end_to_end_then_a_rerun_reuses_everything(nnunet, dataset2
     assert "| method | parameters | GMAC/patch" in md and "PSP-Seg-S" in md and "Wall time per step" in md
     commands = (out / "commands.sh").read_text()
     assert "nnUNetv2_train" in commands and "NNUNET_PRUNE_EPOCHS=2" in commands and "NNUNET_PRUNE_PSPSEG=" in commands
+    assert "NNUNET_PRUNE_SEED=0" in commands and "; seed 0 (--seeds N" in md
+    # every trained fold records the seed it was trained with (nnUNetTrainerBudget too)
+    configs = list(out.glob("seed_0/nnUNet_results/*/*/fold_0/pruning_config.json"))
+    assert len(configs) == len(METHOD_NAMES)  # one model folder per method
+    assert {json.loads(c.read_text())["seed"] for c in configs} == {0}
     # trained into the benchmark's own results folder, never into the user's nnUNet_results
     assert not any(p.name.startswith("nnUNetTrainerPSPSeg") for p in nnunet.results.rglob("*"))
 
@@ -117,18 +122,23 @@ def test_every_method_end_to_end_then_a_rerun_reuses_everything(nnunet, dataset2
     bad = nnunet.run(*cmd, "--epochs", 3, env=env, check=False)
     assert bad.returncode == 2 and "other settings" in bad.stderr
 
-    # a test set: stock prediction and evaluation; a failing method is reported and the others go on
+    # a test set, two seeds: stock prediction and evaluation per seed, mean ± spread; a failing method is reported
+    # and the others go on
     raw = nnunet.raw_dataset(DATASET_2D)
     out2 = tmp_path / "bench2"
     run = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "benchmark", "-d", DATASET_2D, "-c", "2d",
                      "-o", out2, "--epochs", 1, "--iters-per-epoch", 2, "--val-iters", 1, "--methods", "lunet8",
                      "sauron", "--test-images", raw / "imagesTs", "--test-labels", raw / "labelsTs", "--repeats", 1,
-                     "--runtimes", "none", env={**env, "NNUNET_PRUNE_SAURON": "tau_max=abc"})
+                     "--runtimes", "none", "--seeds", 2, env={**env, "NNUNET_PRUNE_SAURON": "tau_max=abc"})
     rows = {r["method"]: r for r in csv.DictReader(open(out2 / "benchmark.csv"))}
     assert rows["lunet8"]["status"] == "ok" and rows["lunet8"]["dice_source"] == "test"
-    evaluation = json.loads((out2 / "predictions" / "lunet8" / "summary.json").read_text())
-    assert abs(float(rows["lunet8"]["dice"]) - evaluation["foreground_mean"]["Dice"]) < 1e-6
+    assert rows["lunet8"]["seeds"] == "0 1" and float(rows["lunet8"]["dice_spread"]) >= 0
+    dices = [json.loads((out2 / f"seed_{s}" / "predictions" / "lunet8" / "summary.json").read_text())
+             ["foreground_mean"]["Dice"] for s in (0, 1)]
+    assert abs(float(rows["lunet8"]["dice"]) - sum(dices) / 2) < 1e-6
     ending = json.loads((raw / "dataset.json").read_text())["file_ending"]
-    assert len(list((out2 / "predictions" / "lunet8").glob(f"*{ending}"))) == len(list((raw / "labelsTs").iterdir()))
+    assert len(list((out2 / "seed_1" / "predictions" / "lunet8").glob(f"*{ending}"))) == \
+        len(list((raw / "labelsTs").iterdir()))
+    assert "mean ± sample standard deviation over 2 seeds" in (out2 / "benchmark.md").read_text()
     assert rows["sauron"]["status"] == "failed" and "NNUNET_PRUNE_SAURON" in rows["sauron"]["error"]
     assert "sauron: FAILED" in run.stdout and "failed: " in (out2 / "benchmark.md").read_text()

@@ -56,3 +56,20 @@ def test_demo_runs_end_to_end_and_refuses_foreign_folders(tmp_path):
     bad = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "demo", "--workdir", foreign, check=False)
     assert bad.returncode == 2 and "was not made by the demo" in bad.stderr
     assert (foreign / "precious.txt").read_text() == "keep me"
+
+
+def test_two_demo_runs_with_one_seed_give_the_same_table(tmp_path):
+    """The issue's chance story: with --seed, a rerun gives the same Dice per model and class (and Sauron the same
+    architecture); each step says where the demo is and the time left."""
+    nnunet = NnUNet(tmp_path / "env")
+    results = []
+    for name in ("a", "b"):
+        workdir = tmp_path / name
+        run = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "demo", "--workdir", workdir, "--epochs", 1,
+                         "--iterations", 3, "--no-sweep", "--seed", 3)
+        assert "==> [step 1 of 11, " in run.stdout and "(model 3 of 3)" in run.stdout and " left] " in run.stdout
+        results.append(json.loads((workdir / "demo_results.json").read_text()))
+    a, b = (json.dumps({r["name"]: (r["dice"], r["dice_per_class"], r["parameters"], r["macs"])
+                        for r in res["rows"]}) for res in results)  # as text: NaN equals NaN
+    assert a == b
+    assert results[0]["seed"] == 3

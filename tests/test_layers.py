@@ -16,7 +16,8 @@ UPPER = ("nnunet_prune.trainers", "nnunet_prune.cli", "nnunet_prune.planners", "
          "nnunet_prune.export", "nnunet_prune.sweep", "nnunet_prune.report", "nnunet_prune.demo",
          "nnunet_prune.transforms", "nnunet_prune.modelfolder", "nnunet_prune.plotting", "nnunet_prune.outputs",
          "nnunet_prune.datasets", "nnunet_prune.variables", "nnunet_prune.plans_from_model", "nnunet_prune.metrics",
-         "nnunet_prune.structured_sweep", "nnunet_prune.runtimes")
+         "nnunet_prune.structured_sweep", "nnunet_prune.runtimes", "nnunet_prune.timing", "nnunet_prune.prechecks",
+         "nnunet_prune.runtime_specs", "nnunet_prune.quiet")
 FORBIDDEN = {
     "surgery": ("nnunet_prune.criteria", "nnunet_prune.methods", *UPPER),
     "criteria": ("nnunet_prune.methods", *UPPER),
@@ -58,6 +59,58 @@ def test_layer_imports_only_downward_and_reads_no_environment(layer):
         assert not [m for m in modules if m == "nnunetv2" or m.startswith("nnunetv2.")], file
         assert not [m for m in modules if m.startswith(FORBIDDEN[layer])], file
         assert not reads_environment(tree), (file, reads_environment(tree))
+
+
+def test_core_is_pure_torch():
+    """nnunet_prune/core imports no other part of the package, no nnU-Net, and reads no environment."""
+    files = sorted((PACKAGE / "core").glob("*.py"))
+    assert files
+    for file in files:
+        tree = ast.parse(file.read_text())
+        outside = [m for m in imported_modules(tree) if m.split(".")[0] in ("nnunet_prune", "nnunetv2",
+                                                                          "dynamic_network_architectures")
+                   and not m.startswith("nnunet_prune.core")]
+        assert not outside and not reads_environment(tree), (file, outside)
+
+
+def _module_imports() -> dict[str, set[str]]:
+    """Every module of the package -> the package modules it imports (module- and function-level imports alike;
+    ``from package import name`` counts the package's ``__init__`` and, if it is one, the submodule)."""
+    files = {}
+    for p in PACKAGE.rglob("*.py"):
+        parts = p.relative_to(PACKAGE.parent).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    edges = {}
+    for name, p in files.items():
+        found = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = name.split(".") if p.name == "__init__.py" else name.split(".")[:-1]
+                target = (".".join(base[:len(base) - node.level + 1] + ([node.module] if node.module else []))
+                          if node.level else node.module or "")
+                found |= {target} | {f"{target}.{a.name}" for a in node.names}
+        edges[name] = {m for m in found if m in files and m != name}
+    return edges
+
+
+@pytest.mark.parametrize("layer", ["core", "surgery"])
+def test_no_import_cycle_runs_through_the_lower_layers(layer):
+    """No module of the layer is on an import cycle (a function-level import that closes one counts too): each
+    layer can be read, and imported, from the bottom up."""
+    edges = _module_imports()
+    prefix = f"nnunet_prune.{layer}"
+    modules = [m for m in edges if m == prefix or m.startswith(prefix + ".")]
+    assert modules
+    for start in modules:
+        seen, todo = set(), list(edges[start])
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo += edges[m]
+        assert start not in seen, f"{start} imports itself through {sorted(seen)}"
 
 
 def test_every_variable_the_package_reads_is_documented_in_one_table():

@@ -4,6 +4,7 @@ the caller's matplotlib state is left alone, and what the plots promise is on th
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import matplotlib
@@ -180,3 +181,131 @@ def test_plot_sweep(tmp_path, nnunet_style, figures):
     report = sweep_report()
     report["critical_point"] = report["first_failure"] = None  # nothing above the threshold
     assert all(p.is_file() for p in plot_sweep(report, tmp_path).values())
+
+
+# ---------------------------------------------------------------------------------------------------- honest plots
+def visible_tick_labels(ax, which: str = "x") -> list[str]:
+    """The labels of the major ticks inside the axis limits, after drawing."""
+    ax.figure.canvas.draw()
+    lo, hi = sorted(ax.get_xlim() if which == "x" else ax.get_ylim())
+    ticks = ax.get_xticks() if which == "x" else ax.get_yticks()
+    labels = ax.get_xticklabels() if which == "x" else ax.get_yticklabels()
+    return [t.get_text() for v, t in zip(ticks, labels) if lo - 1e-12 <= v <= hi + 1e-12 and t.get_text()]
+
+
+def assert_readable(labels: list[str]) -> None:
+    """At least two labelled ticks, written as plain decimals (no 5x10^-1, no 1e-05)."""
+    assert len(labels) >= 2, labels
+    assert not any(c in "".join(labels) for c in "^\\e×$"), labels
+    for text in labels:
+        float(text.replace(",", "").replace("\N{MINUS SIGN}", "-"))
+
+
+def text_boxes(ax) -> list:
+    from matplotlib.text import Text
+
+    renderer = ax.figure.canvas.get_renderer()
+    return [Text.get_window_extent(t, renderer) for t in ax.texts if t.get_text()]
+
+
+def assert_no_overlap(boxes) -> None:
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+
+
+def test_plot_dice_vs_macs_does_not_blow_up_noise(tmp_path, figures):
+    from nnunet_prune.plotting import MIN_DICE_SPAN
+
+    def row(model, gmacs, dice):
+        return FoldEfficiency(model=model, fold=0, trainer="t", configuration="2d", patch_size=[64, 64],
+                              parameters=10**6, macs=int(gmacs * 1e9), checkpoint_bytes=10**6, dice=dice)
+
+    rows_ = [row("dense", 3.55, 0.6035), row("l2 75 %", 0.30, 0.6083), row("l2 75 % openvino", 0.30, 0.6083),
+             row("sauron", 2.18, 0.6051), row("lunet", 2.0, 0.6049)]
+    plot_dice_vs_macs(rows_, tmp_path / "d.png")
+    ax = figures[0].axes[0]
+    lo, hi = ax.get_ylim()
+    assert hi - lo >= MIN_DICE_SPAN - 1e-9 and lo <= 0.6035 and hi >= 0.6083  # 0.005 apart do not fill the plot
+    text = " ".join(t.get_text() for t in figures[0].findobj(Text))
+    assert "Dice spread between training runs of a model: not measured" in text
+    assert_readable(visible_tick_labels(ax, "x"))
+    assert_no_overlap(text_boxes(ax)[:-1])  # the fold labels (the last text is the note under the plot)
+
+
+def lits_benchmark_rows():
+    """The 13 methods of docs/benchmark.md's LiTS-117 table (parameters M, GMAC, fastest ms, Dice)."""
+    from nnunet_prune.benchmark import MethodResult
+
+    table = [("LUnet 8", 0.017, 0.056, 4.1, 0.576), ("LUnet 16", 0.067, 0.222, 4.4, 0.640),
+             ("network slimming (iterative)", 0.413, 0.270, 9.3, 0.379), ("PSP-Seg-S", 1.604, 0.636, 8.9, 0.639),
+             ("LUnet 32", 0.263, 0.884, 8.5, 0.700), ("STAMP", 0.846, 1.226, 12.8, 0.658),
+             ("STAMP randomInBlock", 0.843, 1.244, 12.0, 0.731),
+             ("structured L2 (iterative)", 0.851, 1.407, 13.4, 0.708),
+             ("structured L1 (iterative)", 0.850, 1.409, 13.4, 0.720),
+             ("STAMP widestBlock", 0.824, 1.505, 13.0, 0.701),
+             ("Sauron", 20.466, 3.096, 27.7, 0.690), ("nnU-Net default", 20.620, 3.555, 26.6, 0.701),
+             ("magnitude (critical tau)", 20.620, 3.555, 28.5, 0.699)]
+    return [MethodResult(f"m{i}", label, "t", "p", status="ok", parameters=p * 1e6, macs=g * 1e9, cpu_ms=ms * 1.8,
+                         fastest_runtime="openvino", fastest_ms=ms, dice=d)
+            for i, (label, p, g, ms, d) in enumerate(table)]
+
+
+def test_pareto_labels_do_not_collide_and_ticks_are_plain(tmp_path, nnunet_style, figures):
+    from nnunet_prune.benchmark import plot_pareto
+
+    assert plot_pareto(lits_benchmark_rows(), tmp_path / "pareto.png")
+    assert_unchanged(nnunet_style)
+    (fig,) = figures
+    assert_own_style(fig)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        boxes = text_boxes(ax)
+        assert len(boxes) == 13
+        assert_no_overlap(boxes)  # "LUnet 32" no longer under "STAMP widestBlock"
+        frame = ax.get_window_extent()
+        assert all(frame.x0 - 1 <= b.x0 and b.x1 <= frame.x1 + 1 and frame.y0 - 1 <= b.y0 and b.y1 <= frame.y1 + 1
+                   for b in boxes)  # inside the panel
+        assert_readable(visible_tick_labels(ax, "x"))
+    assert "Dice spread between seeds: not measured" in fig._suptitle.get_text()
+
+
+def test_pareto_front_takes_no_step_within_the_noise(tmp_path, figures):
+    from nnunet_prune.benchmark import MethodResult, plot_pareto
+    from nnunet_prune.plotting import MIN_DICE_SPAN
+
+    rows_ = [MethodResult("a", "a", "t", "p", status="ok", parameters=1e5, macs=1e8, cpu_ms=5, dice=0.605),
+             MethodResult("b", "b", "t", "p", status="ok", parameters=1e6, macs=1e9, cpu_ms=20, dice=0.608)]
+    plot_pareto(rows_, tmp_path / "p.png")
+    for ax in figures[0].axes:
+        assert not [line for line in ax.get_lines() if line.get_linestyle() == "--"]  # 0.003 apart: no front
+        lo, hi = ax.get_ylim()
+        assert hi - lo >= MIN_DICE_SPAN - 1e-9
+    # with a measured seed spread the front needs more than that spread; the spread is stated and drawn
+    rows_ = [dataclasses.replace(r, dice_spread=0.02, seeds=[0, 1, 2]) for r in rows_]
+    rows_[1].dice = 0.65
+    plot_pareto(rows_, tmp_path / "p2.png")
+    fig = figures[-1]
+    assert "Dice spread between seeds: +-0.020 over 3 runs" in fig._suptitle.get_text()
+    assert [line for line in fig.axes[0].get_lines() if line.get_linestyle() == "--"]  # 0.045 > 0.02: a step
+    assert fig.axes[0].collections  # error bars and points
+
+
+@pytest.mark.parametrize("width", [1, 3, 24, 700])
+def test_progress_channel_axis_has_readable_log_ticks(tmp_path, figures, width):
+    """A one-shot run: every group keeps one width, so a log axis used to show one odd tick (5x10^-1 style)."""
+    log = make_log(2)
+    for r in log[RECORD_KEY]:
+        r["widths"] = {n: width for n in INITIAL}
+    plot_pruning_progress(log, ["num_parameters", "macs"], str(tmp_path))
+    assert_readable(visible_tick_labels(figures[-1].axes[2], "y"))
+
+
+def test_sweep_tau_axis_ticks_are_plain(tmp_path, figures):
+    report = sweep_report()
+    report["results"].insert(1, dict(report["results"][1], tau=1e-5))
+    plot_sweep(report, tmp_path)
+    ax = next(f for f in figures if "tau (magnitude" in f.axes[0].get_xlabel()).axes[0]
+    labels = visible_tick_labels(ax, "x")
+    assert_readable(labels) and "0" in labels
+    assert "e-" not in ax.get_xlabel()

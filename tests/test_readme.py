@@ -30,7 +30,7 @@ def usage_blocks() -> tuple[str, str]:
 def test_setup_block_sets_what_the_usage_needs():
     setup, usage = usage_blocks()
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_n_proc_DA",
-                 "NNUNET_PRUNE_EPOCHS", "NNUNET_PRUNE_ITERS_PER_EPOCH", "NNUNET_PRUNE_VAL_ITERS"):
+                 "NNUNET_PRUNE_EPOCHS", "NNUNET_PRUNE_ITERS_PER_EPOCH", "NNUNET_PRUNE_VAL_ITERS", "NNUNET_PRUNE_SEED"):
         assert f"{name}=" in setup, name
     assert not re.search(r"\b[A-Z_]{4,}\b(?!=)", re.sub(r"\$\w+|\"[^\"]*\"|#.*", "", usage)), \
         "placeholders such as IMAGES or MODEL_FOLDER cannot be pasted"

@@ -27,10 +27,13 @@ from nnunet_prune.report import (
 )
 from nnunet_prune.stats import count_macs, count_parameters
 from nnunet_prune.surgery import build_channel_graph
+from nnunet_prune.timing import FixedLoad, TimingPolicy
 from tests.helpers import make_network
 
 PATCH = [32, 32]
-FAST = dict(compile=False, repeats=2, warmup=0, threads=1, device="cpu", runtimes=[])
+#: a quiet machine and runs that always count: tests of what is measured, not of the verdict (tests/test_timing.py)
+QUIET = dict(load=FixedLoad(0.0), policy=TimingPolicy(repeats=2, max_repeats=2, precision=1e6))
+FAST = dict(compile=False, repeats=2, warmup=0, threads=1, device="cpu", runtimes=[], **QUIET)
 
 ARCH = {
     "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
@@ -412,3 +415,31 @@ def test_export_rejects_options_the_runtime_does_not_take(tmp_path, capsys):
     assert main(["export", str(folder), "-o", str(tmp_path / "out"), "--threads", "2"]) == 2
     assert "need a --runtime" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- per class
+def test_every_table_has_a_column_per_class_and_says_which_class_was_not_learned(tmp_path):
+    def row(model, fold, dice, per_class):
+        return FoldEfficiency(model=model, fold=fold, trainer="t", configuration="2d", patch_size=[32, 32],
+                              parameters=10**6, macs=10**9, checkpoint_bytes=10**6, dice=dice,
+                              dice_per_class=per_class)
+
+    rows = [row("dense", 0, 0.6035, {"liver": 0.9, "lesion": 0.307}),
+            row("pruned", 0, 0.6083, {"liver": 0.9, "lesion": 0.0}),
+            row("pruned", 1, None, None)]
+    table = format_table(rows)
+    header = table.splitlines()[0]
+    assert "Dice liver" in header and "Dice lesion" in header
+    assert table.splitlines()[3].split()[6:8] == ["0.9000", "0.0000"]  # the terminal shows the missing class too
+    md = format_markdown(rows)
+    assert "| Dice | Dice liver | Dice lesion |" in md and "| 0.6083 | 0.9000 | 0.0000 |" in md
+    assert "pruned fold 0 did not learn 'lesion' (Dice 0.00; dense fold 0 reaches 0.31)" in md
+    assert "hides" in md and "dense fold 0 did not learn" not in md
+    from nnunet_prune.report import class_notes
+
+    everyone = [row("a", 0, 0.45, {"liver": 0.9, "lesion": 0.0}), row("b", 0, 0.45, {"liver": 0.9, "lesion": 0.0})]
+    notes = class_notes(everyone)
+    assert len(notes) == 1 and "No model learnt 'lesion'" in notes[0]
+    written = write_report(rows, tmp_path)
+    with open(written["csv"]) as f:
+        assert float(list(csv.DictReader(f))[1]["dice_lesion"]) == 0.0

@@ -14,10 +14,12 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "benchmark", help="train every pruning method with the same budget and compare them in one table",
         description="Train the dense nnU-Net and every pruning method of this package with stock nnUNetv2_train "
-                    "and one budget (into OUT/nnUNet_results, never your nnUNet_results), predict the test images "
-                    "with stock nnUNetv2_predict and score them with nnUNetv2_evaluate_folder (without a test set: "
-                    "the folds' validation), measure parameters, MACs, checkpoint size and latency, and write "
-                    "benchmark.md / .csv and Pareto plots. Rerun the same command to continue or reuse. Methods: "
+                    "and one budget and seed (into OUT/seed_<S>/nnUNet_results, never your nnUNet_results; --seeds "
+                    "N repeats every method with N seeds and reports mean ± standard deviation), predict the test "
+                    "images with stock nnUNetv2_predict and score them with nnUNetv2_evaluate_folder (without a "
+                    "test set: the folds' validation), measure parameters, MACs, checkpoint size and latency, and "
+                    "write benchmark.md / .csv and Pareto plots. Rerun the same command to continue or reuse (also "
+                    "after Ctrl-C). Methods: "
                     + ", ".join(METHOD_NAMES) + ". Method settings come from your environment as for "
                     "nnUNetv2_train (e.g. NNUNET_PRUNE_SAURON, NNUNET_PRUNE_STRUCTURED).")
     p.add_argument("-d", "--dataset", required=True, help="dataset name or ID")
@@ -38,7 +40,13 @@ def add_parser(sub) -> None:
                         "more than 1 pays off on a GPU with memory to spare or a many-core machine)")
     p.add_argument("--sweep-taus", nargs="+", type=float, default=None, metavar="TAU",
                    help="tau grid of the magnitude sweep (default: the sweep's 0..0.02)")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per latency (default 10)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every training (NNUNET_PRUNE_SEED; default 0): the same seed gives the same models")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train every method N times, with seeds SEED .. SEED+N-1 (each in OUT/seed_<S>), and report "
+                        "the mean ± standard deviation of the Dice (default 1); a rerun with a larger N adds seeds")
+    p.add_argument("--repeats", type=int, default=10,
+                   help="timed runs per latency at least; more until the median is known (default 10)")
     p.add_argument("--runtimes", nargs="+", default=None, metavar="NAME",
                    help="deployment runtimes timed on the CPU next to PyTorch: onnxruntime, openvino (default: every "
                         "installed one; 'none' for none)")
@@ -46,19 +54,25 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    """Resolve the dataset, check every input, run the benchmark; print where the table is."""
-    from nnunet_prune.benchmark import Benchmark, BenchmarkSettings
+    """Resolve the dataset, check every input, run the benchmark; print where the table is.
 
+    Returns:
+        0, or 130 after Ctrl-C (the benchmark said "interrupted; rerun the same command to continue").
+
+    Raises:
+        NnUNetPruneError: a bad input (checked before any work), or planning failed."""
+    from nnunet_prune.benchmark import Benchmark, BenchmarkSettings
+    from nnunet_prune.seeding import check_seed
+
+    if args.seeds < 1:
+        raise NnUNetPruneError(f"--seeds {args.seeds}: give at least 1 (the number of trainings per method).")
+    check_seed(args.seed, "--seed")
     if not (os.environ.get("nnUNet_raw") and os.environ.get("nnUNet_preprocessed")):
         raise NnUNetPruneError("nnUNet_raw and nnUNet_preprocessed must be set (the benchmark plans and trains with "
-                               "nnU-Net's folders; its models go to OUT/nnUNet_results).")
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+                               "nnU-Net's folders; its models go to OUT/seed_<S>/nnUNet_results).")
+    from nnunet_prune.prechecks import gpu_driver_present, resolve_dataset
 
-    try:
-        dataset = maybe_convert_to_dataset_name(args.dataset if not str(args.dataset).isdigit()
-                                                else int(args.dataset))
-    except RuntimeError as e:
-        raise NnUNetPruneError(f"-d {args.dataset}: {e}") from None
+    dataset = resolve_dataset(args.dataset)  # without importing nnU-Net; lists the datasets that exist
     if len(set(args.methods)) != len(args.methods):
         raise NnUNetPruneError("--methods names a method twice.")
     from nnunet_prune.benchmark import METHOD_NAMES, method_spec
@@ -66,6 +80,8 @@ def run(args) -> int:
     for name in args.methods:
         method_spec(name)
     device = args.device
+    if device is None and not gpu_driver_present():
+        device = "cpu"  # no GPU driver: no need to import torch to know (the benchmark checks its inputs first)
     if device is None:
         import torch
 
@@ -75,8 +91,11 @@ def run(args) -> int:
         methods=[n for n in METHOD_NAMES if n in args.methods], epochs=args.epochs, iterations=args.iters_per_epoch,
         val_iterations=args.val_iters, test_images=args.test_images, test_labels=args.test_labels, device=device,
         sweep_taus=args.sweep_taus, jobs=args.jobs, repeats=args.repeats,
-        runtimes=[] if args.runtimes == ["none"] else args.runtimes)
-    md = Benchmark(settings, args.output).run()
+        runtimes=[] if args.runtimes == ["none"] else args.runtimes, seed=args.seed, seeds=args.seeds)
+    try:
+        md = Benchmark(settings, args.output).run()
+    except KeyboardInterrupt:
+        return 130  # the benchmark said what happened and that the same command continues
     print(f"\nTable: {md}\nCSV: {md.with_suffix('.csv')}\nPlots: {md.parent / 'pareto.png'}")
     print(md.read_text())
     return 0

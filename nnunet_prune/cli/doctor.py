@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 
-from nnunet_prune.variables import NNUNET_VARIABLES, all_variables
+from nnunet_prune.prechecks import gpu_driver_present
+from nnunet_prune.variables import NNUNET_VARIABLES, all_variables, variable_problems
+
+#: PyTorch's wheel index of CPU-only builds (README: "CPU-only servers")
+CPU_WHEEL_INDEX = "https://download.pytorch.org/whl/cpu"
 
 # run in a fresh interpreter, started the way the stock console scripts start
 _PROBE = r"""
@@ -49,9 +53,10 @@ print("NNUNET_PRUNE_PROBE" + json.dumps(out))
 def add_parser(sub) -> None:
     """Register the ``nnunet-prune doctor`` subcommand on ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser("doctor", help="show nnU-Net's set-up and whether the stock commands see this package",
-                       description="Print nnU-Net's paths and environment, the trainers and planners this package "
-                                   "provides, and check in a fresh Python process (as the stock console scripts "
-                                   "start) that nnU-Net finds each of them.")
+                       description="Print the PyTorch build (CPU-only, CUDA or ROCm), nnU-Net's paths and "
+                                   "environment (a misspelt NNUNET_PRUNE_* variable is a problem), the trainers and "
+                                   "planners this package provides, and check in a fresh Python process (as the "
+                                   "stock console scripts start) that nnU-Net finds each of them.")
     p.set_defaults(func=run)
 
 
@@ -64,13 +69,77 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def torch_build() -> str:
+    """Which PyTorch build is installed: ``CPU-only``, ``CUDA <x.y>`` or ``ROCm <x.y>`` (imports torch)."""
+    import torch
+
+    if getattr(torch.version, "hip", None):
+        return f"ROCm {torch.version.hip}"
+    if torch.version.cuda:
+        return f"CUDA {torch.version.cuda}"
+    return "CPU-only"
+
+
+def nvidia_library_bytes() -> int:
+    """Bytes of the NVIDIA libraries installed next to PyTorch (the ``nvidia`` package folder a CUDA build pulls in;
+    0 without it)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("nvidia")
+    except (ImportError, ValueError):
+        spec = None
+    total = 0
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        for root, _, files in os.walk(location):
+            total += sum(os.path.getsize(os.path.join(root, f)) for f in files
+                         if not os.path.islink(os.path.join(root, f)))
+    return total
+
+
+def torch_build_lines() -> list[str]:
+    """Doctor's lines on the PyTorch build: which one, whether it sees a GPU, and a note when a GPU build sits on a
+    machine without a GPU driver (its NVIDIA libraries cost gigabytes a CPU build does not need)."""
+    import torch
+
+    build = torch_build()
+    sees = torch.cuda.is_available()
+    lines = [f"  {'PyTorch build':<30} {build}" + ("" if build == "CPU-only" else
+                                                  f" ({'sees a GPU' if sees else 'sees no GPU'})")]
+    if build != "CPU-only" and not sees and not gpu_driver_present():
+        size = nvidia_library_bytes()
+        lines.append(f"  Note: a {build} build of PyTorch on a machine without a GPU: it runs on the CPU, but its GPU "
+                     f"libraries" + (f" take {size / 1e9:.1f} GB" if size else " are dead weight") + ". For a CPU-only "
+                     f"server install the CPU build first: pip install torch --index-url {CPU_WHEEL_INDEX} "
+                     f"(README: CPU-only servers).")
+    return lines
+
+
+def _print_variables() -> list[str]:
+    """Print nnU-Net's and this package's variables with their values; returns the problems of the
+    ``NNUNET_PRUNE_*`` names that are set (:func:`nnunet_prune.variables.variable_problems`)."""
+    for title, table in (("nnU-Net's variables", NNUNET_VARIABLES),
+                         ("Variables of this package (every one it reads)", all_variables())):
+        print(f"\n{title}:")
+        for var, what in table.items():
+            value = os.environ.get(var)
+            print(f"  {var:<30} {value if value is not None else '(not set)'}")
+            print(f"  {'':<30}   {what}")
+    problems = variable_problems()
+    if problems:
+        print("  Set but not read (every command and trainer of this package refuses to start with them):")
+        for line in problems:
+            print(f"  NO  {line}")
+    return [f"{line}: rename or unset it" for line in problems]
+
+
 def run(args) -> int:
     """Print versions, nnU-Net's and this package's environment variables and the start-up hook's state, then check in
     a fresh interpreter that nnU-Net finds every trainer and planner of this package and that every patch applies.
 
     Returns:
-        the exit code: 0 when everything is found and patched, 1 when a problem is listed or the check in a fresh
-        interpreter could not run.
+        the exit code: 0 when everything is found and patched, 1 when a problem is listed (an unknown or renamed
+        ``NNUNET_PRUNE_*`` variable among them) or the check in a fresh interpreter could not run.
     """
     import json
 
@@ -79,6 +148,7 @@ def run(args) -> int:
     print(f"nnunet-prune {__version__}  (python {sys.version.split()[0]}, {sys.executable})")
     for dist in ("nnunetv2", "torch", "dynamic-network-architectures", "batchgenerators"):
         print(f"  {dist:<30} {_version(dist)}")
+    print("\n".join(torch_build_lines()))
     from nnunet_prune.runtimes import RUNTIMES, is_available
 
     print("\nDeployment runtimes (nnunet-prune export --runtime; optional: pip install \"nnunet-prune[deploy]\"):")
@@ -87,15 +157,7 @@ def run(args) -> int:
         if is_available(name):  # (onnxruntime-gpu provides the module onnxruntime)
             state = next((v for v in (_version(spec.package), _version(spec.package + "-gpu")) if v != state), "?")
         print(f"  {name:<30} {state}  ({spec.description})")
-    for title, table in (("nnU-Net's variables", NNUNET_VARIABLES),
-                         ("Variables of this package (every one it reads)", all_variables())):
-        print(f"\n{title}:")
-        for var, what in table.items():
-            value = os.environ.get(var)
-            print(f"  {var:<30} {value if value is not None else '(not set)'}")
-            print(f"  {'':<30}   {what}")
-
-    problems = []
+    problems = _print_variables()
     try:
         import _nnunet_prune_hook as hook
     except ImportError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def add_parser(sub) -> None:
     """Register the ``nnunet-prune export`` subcommand on ``sub`` (an argparse subparsers object)."""
@@ -40,6 +42,26 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def check_inputs(args, options: dict) -> None:
+    """What the user can get wrong, checked on the file system alone (:mod:`nnunet_prune.prechecks`,
+    :mod:`nnunet_prune.runtime_specs`: no torch, nnU-Net or runtime import): the source is a model folder (not a fold
+    folder) whose chosen folds have the first checkpoint of ``-chk``, the output, ``--magnitude-tau``, the runtime and
+    its ``options``. :func:`nnunet_prune.export.export_model_folder` checks all of it again, and the rest.
+
+    Raises:
+        NnUNetPruneError: as :func:`run` does for these.
+    """
+    from nnunet_prune.prechecks import check_export_output, check_magnitude_tau, model_folder_folds
+    from nnunet_prune.runtime_specs import check_runtime_choice
+
+    first = (getattr(args, "checkpoints", None) or ["checkpoint_final.pth"])[0]
+    if first.endswith(".pth") and Path(first).name == first:  # (other names: the export's own message)
+        model_folder_folds(args.model_folder, args.folds, first)
+    check_export_output(args.model_folder, args.output, args.overwrite)
+    check_magnitude_tau(args.magnitude_tau)
+    check_runtime_choice(args.runtime, options)
+
+
 def run(args) -> int:
     """Write a slim model folder (:func:`nnunet_prune.export.export_model_folder`) and print its per-fold summary.
 
@@ -52,9 +74,10 @@ def run(args) -> int:
             trained model folder; an unknown or missing runtime, an option the runtime does not take; a runtime
             that does not reproduce PyTorch's segmentation.
     """
+    options = {k: v for k, v in (("threads", args.threads), ("precision", args.precision)) if v is not None}
+    check_inputs(args, options)  # before torch, nnU-Net and the runtime are imported
     from nnunet_prune.export import export_model_folder
 
-    options = {k: v for k, v in (("threads", args.threads), ("precision", args.precision)) if v is not None}
     result = export_model_folder(args.model_folder, args.output, folds=args.folds, fp16=args.fp16,
                                  magnitude_tau=args.magnitude_tau, prune_bias=args.prune_bias,
                                  per_layer_normalised=args.per_layer_normalised, overwrite=args.overwrite,

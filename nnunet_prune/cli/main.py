@@ -8,6 +8,8 @@ import os
 import sys
 
 from nnunet_prune import NnUNetPruneError, __version__
+from nnunet_prune.quiet import filter_warnings
+from nnunet_prune.variables import check_variables
 
 #: subcommand -> module that defines ``add_parser(subparsers)`` and ``run(args)``
 SUBCOMMANDS = {
@@ -39,9 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``nnunet-prune`` with ``argv`` (default: ``sys.argv[1:]``).
 
-    An :class:`~nnunet_prune.NnUNetPruneError` is printed as one ``ERROR:`` line on stderr without a traceback (set
-    ``NNUNET_PRUNE_TRACEBACK`` to re-raise it instead). Invalid arguments and ``--version`` exit through argparse's
-    ``SystemExit`` (2 and 0).
+    Unknown or renamed ``NNUNET_PRUNE_*`` variables stop every subcommand but ``doctor`` before any work
+    (:func:`nnunet_prune.variables.check_variables`). An :class:`~nnunet_prune.NnUNetPruneError` is printed as one
+    ``ERROR:`` line on stderr without a traceback (set ``NNUNET_PRUNE_TRACEBACK`` to re-raise it instead). Invalid
+    arguments and ``--version`` exit through argparse's ``SystemExit`` (2 and 0).
 
     Returns:
         the exit code: the subcommand's (0 ok, 1 e.g. for problems found by ``doctor``), 2 without a subcommand (the
@@ -52,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    filter_warnings()  # third-party warnings that are not the user's business (nnunet_prune.quiet), by message
     try:
+        if args.command != "doctor":  # doctor lists such problems instead of stopping at them
+            check_variables()  # a misspelt NNUNET_PRUNE_* name would be ignored: refused before any work
         result = args.func(args)
     except NnUNetPruneError as e:
         if os.environ.get("NNUNET_PRUNE_TRACEBACK"):

@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
                    help="where to time: cpu, or cuda (GPU and CPU); auto = cuda when available (default)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for the CPU timings (default: PyTorch's default)")
-    p.add_argument("--repeats", type=int, default=10, metavar="N", help="timed passes per measurement (default: 10)")
+    p.add_argument("--repeats", type=int, default=10, metavar="N",
+                   help="timed passes per measurement at least; more until the median is known (default: 10)")
     p.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed passes first (default: 2)")
     p.add_argument("--no-compile", action="store_true",
                    help="skip the torch.compile timings (compiling takes tens of seconds per fold)")
@@ -60,23 +61,50 @@ def _duration(seconds: float) -> str:
 
 def _summary(row) -> str:
     from nnunet_prune.report import _latency, _num
+    from nnunet_prune.timing import NOT_COMPARABLE
+
+    def timed(prefix: str) -> tuple:
+        return getattr(row, prefix), getattr(row, prefix + "_iqr"), row.not_comparable(prefix)
 
     parts = [f"{_num(row.parameters / 1e6)} M params", f"{_num(row.gmacs)} GMAC"]
-    for dev, eager, compiled in (("CPU", (row.cpu_ms_eager, row.cpu_ms_eager_iqr),
-                                  (row.cpu_ms_compiled, row.cpu_ms_compiled_iqr)),
-                                 ("GPU", (row.gpu_ms_eager, row.gpu_ms_eager_iqr),
-                                  (row.gpu_ms_compiled, row.gpu_ms_compiled_iqr))):
+    for dev, eager, compiled in (("CPU", timed("cpu_ms_eager"), timed("cpu_ms_compiled")),
+                                 ("GPU", timed("gpu_ms_eager"), timed("gpu_ms_compiled"))):
         if eager[0] is not None:
             parts.append(f"{dev} {_latency(*eager)} ms"
                          + (f" (compiled {_latency(*compiled)} ms)" if compiled[0] is not None else ""))
     for name, ms in row.cpu_ms_runtimes.items():
-        parts.append(f"{name} {_latency(ms, row.cpu_ms_runtimes_iqr.get(name))} ms")
-    if len(row.cpu_latencies()) > 1:
-        parts.append(f"fastest {row.fastest_cpu}")
+        parts.append(f"{name} {_latency(ms, row.cpu_ms_runtimes_iqr.get(name), row.not_comparable(name))} ms")
+    if len(row.cpu_latencies()) > 1:  # no "fastest" from timings that do not count
+        parts.append(f"fastest {NOT_COMPARABLE if row.cpu_not_comparable() else row.fastest_cpu}")
     if row.gpu_peak_mb is not None:
         parts.append(f"GPU peak {_num(row.gpu_peak_mb)} MB")
     parts.append("Dice " + ("-" if row.dice is None else f"{row.dice:.4f}"))
     return ", ".join(parts)
+
+
+def check_inputs(args) -> None:
+    """What the user can get wrong, checked without importing torch, nnU-Net or a runtime: the numbers, the runtimes
+    of ``--runtimes`` (:func:`~nnunet_prune.runtime_specs.check_timed_runtimes`), every model folder and its folds
+    on the file system (:func:`~nnunet_prune.prechecks.model_folder_folds`), ``--predict`` and ``--step-size``.
+
+    Raises:
+        NnUNetPruneError: naming the option and what to give.
+    """
+    from nnunet_prune.prechecks import check_image_folder, model_folder_folds
+    from nnunet_prune.runtime_specs import check_timed_runtimes
+
+    if args.repeats < 1 or args.warmup < 0:
+        raise NnUNetPruneError(f"--repeats must be at least 1 and --warmup at least 0 (got {args.repeats}, "
+                               f"{args.warmup}).")
+    if args.threads is not None and args.threads < 1:
+        raise NnUNetPruneError(f"--threads must be at least 1 (got {args.threads}).")
+    check_timed_runtimes([] if args.runtimes == ["none"] else args.runtimes)
+    for folder in args.model_folders:
+        model_folder_folds(folder, args.folds)
+    if args.predict is not None:
+        if not 0 < args.step_size <= 1:
+            raise NnUNetPruneError(f"--step-size must be in (0, 1] (nnU-Net's default 0.5); got {args.step_size}.")
+        check_image_folder(args.predict, "--predict")
 
 
 def run(args) -> int:
@@ -95,6 +123,7 @@ def run(args) -> int:
             ``cuda`` without a GPU, an ``--out`` that is a file or holds report files this command did not write, or a
             model folder that is not valid or has an unsupported architecture.
     """
+    check_inputs(args)  # before torch, nnU-Net and the runtimes are imported
     import torch
 
     from nnunet_prune.outputs import check_writable_files
@@ -103,6 +132,7 @@ def run(args) -> int:
         TOOL,
         busy_machine_warning,
         check_runtimes,
+        class_notes,
         format_table,
         load_average,
         measure_model_folder,
@@ -112,11 +142,6 @@ def run(args) -> int:
     )
 
     # everything the user can get wrong is checked before the first (possibly long) measurement
-    if args.repeats < 1 or args.warmup < 0:
-        raise NnUNetPruneError(f"--repeats must be at least 1 and --warmup at least 0 (got {args.repeats}, "
-                               f"{args.warmup}).")
-    if args.threads is not None and args.threads < 1:
-        raise NnUNetPruneError(f"--threads must be at least 1 (got {args.threads}).")
     device = resolve_device(args.device)
     runtimes = check_runtimes([] if args.runtimes == ["none"] else args.runtimes)
     out = Path(args.out).expanduser()
@@ -126,8 +151,6 @@ def run(args) -> int:
     if args.predict is not None:
         from nnunet_prune.end_to_end import image_cases
 
-        if not 0 < args.step_size <= 1:
-            raise NnUNetPruneError(f"--step-size must be in (0, 1] (nnU-Net's default 0.5); got {args.step_size}.")
         for mf in folders:
             image_cases(args.predict, mf.dataset_json.get("file_ending", ".nii.gz"))
 
@@ -184,11 +207,14 @@ def run(args) -> int:
                 print(f"  {r.runtime}: " + (f"failed ({r.error})" if r.error else
                       f"{r.seconds:.1f} s ({r.seconds_per_image:.2f} s per image)"
                       + ("" if r.peak_rss_mb is None else f", peak RSS {r.peak_rss_mb:.0f} MB")
-                      + ("" if r.voxels_differing is None else f", {r.voxels_differing} voxels differ from PyTorch")),
+                      + ("" if r.voxels_differing is None else f", {r.voxels_differing} voxels differ from PyTorch")
+                      + ("" if r.not_comparable is None else f"; not comparable: {r.not_comparable}")),
                       flush=True)
             end_to_end += runs
     print()
     print(format_table(rows))
+    for note in class_notes(rows):
+        print(f"Note: {note}")
     written = write_report(rows, out, end_to_end)
     print()
     print("Wrote " + ", ".join(str(p) for p in written.values()) + ".")

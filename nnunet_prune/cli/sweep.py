@@ -106,6 +106,24 @@ def check_arguments(args) -> None:
         raise NnUNetPruneError(f"-o {args.output} is a file: give a folder.")
 
 
+def check_inputs(args) -> Path:
+    """The model folder (given, or -d/-c/-tr/-p resolved), its folds and the image and label folders checked on the
+    file system alone (:mod:`nnunet_prune.prechecks`: no torch, no nnU-Net); returns the model folder.
+
+    Raises:
+        NnUNetPruneError: an unknown dataset (listing those that exist), a missing model folder, a fold folder given
+            as the model folder, missing folds, or a missing image or label folder.
+    """
+    from nnunet_prune.prechecks import check_image_folder, model_folder_folds, resolve_model_folder
+
+    folder = resolve_model_folder(args.model_folder, args.dataset, args.configuration, args.trainer, args.plans)
+    folder, _ = model_folder_folds(folder, args.folds)
+    check_image_folder(args.images, "-i")
+    if args.labels is not None:
+        check_image_folder(args.labels, "--labels")
+    return folder
+
+
 def run(args) -> int:
     """Run (or resume) the magnitude-pruning sweep (:class:`nnunet_prune.sweep.MagnitudeSweep`; print the critical
     point with the proxy Dice per class) or, with ``--criterion l1|l2|slimming``, the structured sweep
@@ -123,10 +141,10 @@ def run(args) -> int:
             (``--restart`` discards an earlier sweep).
     """
     check_arguments(args)
-    from nnunet_prune.modelfolder import ModelFolder, resolve_model_folder
+    folder = check_inputs(args)  # before torch and nnU-Net are imported: a wrong -d fails in a fraction of a second
+    from nnunet_prune.modelfolder import ModelFolder
     from nnunet_prune.sweep import MagnitudeSweep, SweepSettings
 
-    folder = resolve_model_folder(args.model_folder, args.dataset, args.configuration, args.trainer, args.plans)
     model = ModelFolder.open(folder, args.folds)
     structured = args.criterion != "magnitude"
     default = f"structured_sweep_{args.criterion}_{model.path.name}" if structured \
@@ -141,7 +159,7 @@ def run(args) -> int:
                              distribution=args.distribution, max_ratio=args.max_ratio,
                              max_ratio_coupled=args.max_ratio_coupled)
     if structured:
-        from nnunet_prune.structured_sweep import StructuredSweep
+        from nnunet_prune.structured_sweep import StructuredSweep, finetune_hint
 
         sweep = StructuredSweep(model, args.images, output, args.labels, settings, restart=args.restart)
         print(f"Structured sweep ({args.criterion}) of {model.path.name} (folds {', '.join(map(str, model.folds))}) "
@@ -150,12 +168,8 @@ def run(args) -> int:
         best = report["largest_fraction_at_threshold"]
         print(f"Largest fraction with proxy Dice >= {report['threshold']}: {best:g}" if best is not None else
               f"No fraction keeps proxy Dice >= {report['threshold']} without fine-tuning.")
-        name = {"l1": "L1", "l2": "L2", "slimming": "Slimming"}[args.criterion]
-        print(f"Results: {output / 'summary.md'}, sweep.csv, sweep.json, dice_vs_fraction.png. To fine-tune: "
-              f"nnUNetv2_train ... -tr nnUNetTrainerStructured{name}_iterative with "
-              f"NNUNET_PRUNE_STRUCTURED='pruning_ratio=<fraction>,ratio_of={args.ratio_of},"
-              f"distribution={args.distribution},max_ratio={args.max_ratio:g},"
-              f"max_ratio_coupled={args.max_ratio_coupled:g}'.")
+        print(f"Results: {output / 'summary.md'}, sweep.csv, sweep.json, dice_vs_fraction.png.")
+        print(finetune_hint(report))
         return 0
     sweep = MagnitudeSweep(model, args.images, output, args.labels, settings, restart=args.restart)
     print(f"Sweep of {model.path.name} (folds {', '.join(map(str, model.folds))}) on {len(sweep.cases)} images "

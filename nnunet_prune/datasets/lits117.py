@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_prune import NnUNetPruneError
-from nnunet_prune.datasets.common import RawCase, write_raw_dataset
+from nnunet_prune.datasets.common import RawCase, check_dataset_id_free, check_writable, raw_folder, write_raw_dataset
 
 PACKAGE = "liver-ct-segmentation-package"
 VERSION = "1.6.0"
@@ -115,6 +115,9 @@ def create_lits117_dataset(dataset_id: int, slab: int = 8, test_every: int = 4, 
         raise NnUNetPruneError(f"--slab must divide 128 (e.g. 4, 8, 16, 32), got {slab}.")
     if test_every < 2:
         raise NnUNetPruneError("--test-every must be at least 2 (every n-th slab is held out).")
+    root = raw_folder(raw)  # the ID and the folder before the download (write_raw_dataset checks them again)
+    check_dataset_id_free(dataset_id, root)
+    check_writable(root)
     path = fetch_wheel(wheel)
     image, label, spacing = load_volume(path)
     train, test = [], []

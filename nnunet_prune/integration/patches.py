@@ -5,9 +5,10 @@
   plans already hold (:mod:`nnunet_prune.planners.reuse`).
 * ``find_objects``: an unknown trainer name (``-tr``) gets an error listing what exists. Finding this package's
   trainers needs no patch: nnU-Net's own ``nnUNet_extTrainer`` search path does that.
-* ``run_training``: ``nnUNetv2_train`` with plans (``-p``) that were never planned, or a configuration (``-c``)
-  the plans do not define, gets an error naming the planner command to run and the plans that exist, instead of
-  a ``FileNotFoundError`` from inside nnU-Net (any trainer, stock ones included).
+* ``run_training``: ``nnUNetv2_train`` with an unknown dataset (one line listing the datasets that exist), plans
+  (``-p``) that were never planned, or a configuration (``-c``) the plans do not define, gets an error naming the
+  planner command to run and the plans that exist, instead of a traceback from inside nnU-Net (any trainer, stock
+  ones included).
 * ``predict_from_raw_data``: before ``nnUNetPredictor`` reads a model folder, a checkpoint (``-chk``) a fold lacks
   is one line naming the checkpoints the folds have, and ``-device cuda`` without a GPU one line naming
   ``-device cpu`` (for runtime folders: where the runtime runs), instead of tracebacks after start-up
@@ -29,7 +30,7 @@ import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nnunet_prune import NnUNetPruneError, registry
+from nnunet_prune import NnUNetPruneError, install_excepthook, registry  # noqa: F401 (re-exported)
 
 PLAN_API = "nnunetv2.experiment_planning.plan_and_preprocess_api"
 FIND_OBJECTS = "nnunetv2.utilities.find_objects"
@@ -282,24 +283,21 @@ def planner_command(dataset: str, plans: str) -> str:
 
 
 def check_plans(dataset: str, plans: str, configuration: str) -> None:
-    """Before nnU-Net builds a trainer: the plans file exists and defines the configuration.
+    """Before nnU-Net builds a trainer: the dataset exists, the plans file exists and defines the configuration.
 
     Raises:
-        NnUNetPruneError: naming the planner command to run and the plans / configurations that exist.
+        NnUNetPruneError: an unknown dataset (listing those that exist), or naming the planner command to run and the
+            plans / configurations that exist.
     """
     import json
     import os
 
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunet_prune.prechecks import resolve_dataset
 
-    if nnUNet_preprocessed is None:
+    if not os.environ.get("nnUNet_preprocessed"):
         return  # nnU-Net explains this itself
-    try:
-        name = maybe_convert_to_dataset_name(dataset if dataset.startswith("Dataset") else int(dataset))
-    except (RuntimeError, ValueError):
-        return  # nnU-Net's own message names the dataset
-    folder = os.path.join(nnUNet_preprocessed, name)
+    name = resolve_dataset(dataset)  # an unknown ID or name: one line listing the datasets that exist
+    folder = os.path.join(os.environ["nnUNet_preprocessed"], name)
     file = os.path.join(folder, f"{plans}.json")
     if not os.path.isfile(file):
         other_json = ("dataset.json", "dataset_fingerprint.json", "splits_final.json")
@@ -374,19 +372,3 @@ def unknown_name_message(kind: str, name: str, available: dict[str, list[str]]) 
     lines.append("Check the spelling (names are case-sensitive); `nnunet-prune doctor` shows whether nnU-Net sees "
                  "this package's classes.")
     return "\n".join(lines)
-
-
-def install_excepthook() -> None:
-    """Print only the message of an NnUNetPruneError that reaches the top level (no traceback)."""
-    previous = sys.excepthook
-    if getattr(previous, "_nnunet_prune", False):
-        return
-
-    def hook(exc_type, exc, tb):
-        if isinstance(exc, NnUNetPruneError):
-            sys.stderr.write(f"\nERROR: {exc}\n")
-        else:
-            previous(exc_type, exc, tb)
-
-    hook._nnunet_prune = True
-    sys.excepthook = hook

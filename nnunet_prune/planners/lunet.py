@@ -15,6 +15,8 @@ from nnunetv2.experiment_planning.experiment_planners.residual_unets.residual_en
     nnUNetPlannerResEncM,
 )
 
+from nnunet_prune.variables import check_variables
+
 
 class SharedDataMixin:
     """A planner whose plans change only the network: its 2d / 3d_fullres configurations use the default plans'
@@ -29,6 +31,7 @@ class SharedDataMixin:
     def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 8,
                  preprocessor_name: str = "DefaultPreprocessor", plans_name: str | None = None,
                  overwrite_target_spacing=None, suppress_transpose: bool = False):
+        check_variables()  # e.g. a misspelt NNUNET_PRUNE_NO_REUSE would be ignored: refused before planning
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name,
                          plans_name or self.default_plans_name, overwrite_target_spacing, suppress_transpose)
 

@@ -49,6 +49,7 @@ from nnunet_prune.checkpoints import check_state_dict
 from nnunet_prune.methods.base import MethodSettings, PruningMethod, TrainingProgress
 from nnunet_prune.modelfolder import read_checkpoint
 from nnunet_prune.networks import adaptive_class_name
+from nnunet_prune.seeding import method_rng
 from nnunet_prune.stats import count_macs, count_parameters, unwrap
 from nnunet_prune.surgery import ChannelGraph, build_channel_graph
 from nnunet_prune.surgery.architectures import masked_blocks
@@ -57,14 +58,16 @@ from nnunet_prune.surgery.masks import hold_masks, zero_pattern
 from nnunet_prune.surgery.prune import caps_from_ratio
 from nnunet_prune.surgery.removal import Removal, SurgeryResult, apply_removal
 from nnunet_prune.trainers import dense
-from nnunet_prune.trainers.budget import apply_budget_overrides, read_budget_overrides
+from nnunet_prune.trainers.budget import (
+    apply_budget_overrides,
+    apply_seed,
+    read_budget_overrides,
+    seed_dataloaders,
+    trainer_seed,
+)
 from nnunet_prune.trainers.logging import RECORD_KEY, STATE_KEY, PruningLocalLogger, plot_widths
+from nnunet_prune.variables import RENAMED_VARIABLES, check_variables  # noqa: F401 (RENAMED_VARIABLES: re-exported)
 
-#: variables of earlier versions, and what replaced them (setting one stops the run with this advice)
-RENAMED_VARIABLES = {
-    "NNUNET_PRUNE_MAGNITUDE_TAU": "NNUNET_PRUNE_MAGNITUDE='tau=<value>'",
-    "NNUNET_PRUNE_MAGNITUDE_BIAS": "NNUNET_PRUNE_MAGNITUDE='tau=<value>,prune_bias=1'",
-}
 HISTORY_FILE = "pruning_history.json"
 CONFIG_FILE = "pruning_config.json"
 
@@ -126,14 +129,20 @@ class nnUNetTrainerPruning(nnUNetTrainer):
     dense_trainers: tuple[str, ...] = dense.DEFAULT_DENSE_TRAINERS
     #: what a missing dense fold's message says to train (empty: the stock trainer or nnUNetTrainerBudget)
     dense_hint: str = ""
+    #: the seed of the training when NNUNET_PRUNE_SEED is not set (None: unseeded, as nnU-Net); recorded in
+    #: pruning_config.json (:mod:`nnunet_prune.seeding`)
+    seed: int | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         # every setting is read and validated before nnU-Net's __init__ creates the fold folder and its log
+        check_variables()  # a misspelt NNUNET_PRUNE_* name first: it would be ignored (e.g. 1000 epochs)
         overrides = read_budget_overrides()
+        seed = trainer_seed(type(self))
         self.resolve_settings(plans, configuration, fold, dataset_json)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.budget_overrides = apply_budget_overrides(self, overrides)
+        apply_seed(self, seed)  # before the network is built; the method's draws come from the seed too
         if self.start_from_dense:
             if self.finetune_epochs == 0:  # prune and save: nnU-Net's run_training runs no epoch
                 self.num_epochs = 0
@@ -141,7 +150,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                 self.num_epochs = self.finetune_epochs
             if self.num_epochs:
                 self.initial_lr *= self.finetune_lr_factor
-        self.method: PruningMethod | None = (self.method_class(self.method_settings)
+        self.method: PruningMethod | None = (self.method_class(self.method_settings, rng=self.method_rng())
                                              if self.method_class is not None else None)
         self._resumed_from_epoch: int | None = None
         self.logger.local_logger = PruningLocalLogger(
@@ -161,9 +170,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         :class:`~nnunet_prune.NnUNetPruneError` for anything wrong. Called at the start of ``__init__``, BEFORE
         nnU-Net creates the fold folder: a rejected setting leaves nothing behind (an empty ``fold_k`` would break
         ``nnUNetv2_predict`` without ``-f``). Subclasses that read more call ``super()`` first."""
-        renamed = [f"{old} is no longer read: set {new}" for old, new in RENAMED_VARIABLES.items() if old in os.environ]
-        if renamed:
-            raise NnUNetPruneError("; ".join(renamed) + " (one variable per method; see `nnunet-prune doctor`).")
+        check_variables()  # unknown or renamed NNUNET_PRUNE_* variables (also when called on its own)
         self.method_settings: MethodSettings | None = None
         if self.method_class is not None:
             self.method_settings = self.method_class.settings_class.resolve(plans, environ=os.environ,
@@ -252,6 +259,21 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                                    + "; ".join(problems) + (f". Change {s.ENV_VAR} or the plans entry "
                                                             f"'nnunet_prune': {{'{s.NAME.lower()}': ...}}"
                                                             if s.ENV_VAR else "") + ". Nothing was written.")
+
+    def method_rng(self):
+        """The method's generator, derived from the seed (None unseeded, or when the method's settings carry a seed
+        of their own, e.g. STAMP's ``seed``: that one wins)."""
+        own = getattr(self.method_settings, "seed", -1)
+        if isinstance(own, int) and own >= 0:
+            return None
+        return method_rng(self.seed, int(getattr(self, "local_rank", 0) or 0))
+
+    def get_dataloaders(self):
+        """nnU-Net's loaders, their augmentation workers seeded
+        (:func:`~nnunet_prune.trainers.budget.seed_dataloaders`)."""
+        train, val = super().get_dataloaders()
+        seed_dataloaders(self, train, val)
+        return train, val
 
     def method_config(self) -> dict:
         """The method's settings by public name (``pruning_config.json``'s "method")."""
@@ -568,8 +590,8 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                 ", or train a new fold without --c. Nothing was changed.")
 
     def write_config(self) -> None:
-        """pruning_config.json: what the fold was started with (method settings, start, budget, widths, parameters,
-        MACs), kept on ``--c``; each resume is appended under "resumes" with its budget."""
+        """pruning_config.json: what the fold was started with (method settings, start, budget, seed, widths,
+        parameters, MACs), kept on ``--c``; each resume is appended under "resumes" with its budget and seed."""
         path = os.path.join(self.output_folder, CONFIG_FILE)
         budget = {"num_epochs": self.num_epochs, "num_iterations_per_epoch": self.num_iterations_per_epoch,
                   "num_val_iterations_per_epoch": self.num_val_iterations_per_epoch,
@@ -579,7 +601,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
         if "method" in previous:
             resume = {"time": datetime.now().astimezone().isoformat(timespec="seconds"),
                       "epoch": self._resumed_from_epoch, "trainer": self.__class__.__name__, "budget": budget,
-                      "method": method, "parameters": count_parameters(self.network_module),
+                      "seed": self.seed, "method": method, "parameters": count_parameters(self.network_module),
                       "macs_per_patch": self.current_macs()}
             previous.setdefault("resumes", []).append(resume)
             config = previous
@@ -590,6 +612,7 @@ class nnUNetTrainerPruning(nnUNetTrainer):
                 "method_class": None if self.method_class is None else self.method_class.__name__,
                 "start": self.start_config(),
                 "budget": budget,
+                "seed": self.seed,
                 "min_width": self.pruning_min_width,
                 "max_ratio": self.pruning_max_ratio,
                 "final_epochs_without_pruning": self.final_epochs_without_pruning,

@@ -72,7 +72,6 @@ def plot_pruning_progress(log: dict, scalar_keys, output_folder: str) -> None:
 
     import numpy as np
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     from nnunet_prune.plotting import (
         PART_COLORS,
@@ -81,6 +80,7 @@ def plot_pruning_progress(log: dict, scalar_keys, output_folder: str) -> None:
         new_figure,
         part_of,
         plot_style,
+        readable_log_axis,
         save,
         words,
     )
@@ -162,9 +162,7 @@ def plot_pruning_progress(log: dict, scalar_keys, output_folder: str) -> None:
                 ax.plot(epochs, [number(r["widths"].get(name)) if r else math.nan for r in records], marker=marker,
                         ms=3, lw=1, alpha=0.7, color=PART_COLORS.get(part, "0.5"))
             ax.set_yscale("log", base=2)
-            ax.yaxis.set_major_locator(LogLocator(base=2))
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(NullFormatter())
+            readable_log_axis(ax, "y", base=2)  # plain channel counts, at least two of them labelled
             legend_right(ax, handles=[Line2D([], [], color=PART_COLORS.get(p, "0.5"), lw=2,
                                              label=f"{p} ({c} group{'s' if c > 1 else ''})")
                                       for p, c in counts.items()])

@@ -1,0 +1,210 @@
+"""The benchmark's own machinery without nnU-Net: seeds (one run per seed in its own folder, resumable, mean ± spread
+per method and class), per-class Dice and notes in its table, and Ctrl-C reported as an interruption.
+
+The steps' commands are replaced inside the benchmark (:meth:`Benchmark.command` of a subclass runs a real, trivial
+subprocess and writes the files a finished step leaves); the rest is the benchmark's code as it runs. The runs
+through stock nnU-Net are in tests/test_benchmark.py (slow).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import sys
+
+import pytest
+
+from nnunet_prune import NnUNetPruneError
+from nnunet_prune.benchmark import Benchmark, BenchmarkSettings, MethodResult, aggregate_rows, method_spec
+from nnunet_prune.class_dice import class_notes, format_dice
+from nnunet_prune.cli.main import main
+
+#: a subprocess that Ctrl-C ends (SIGINT, as the terminal sends it to the whole process group)
+KILLED_BY_SIGINT = ("import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                    "os.kill(os.getpid(), signal.SIGINT)")
+
+
+class FakeSteps(Benchmark):
+    """A benchmark whose steps run ``python -c pass`` (logged, in commands.sh, with the step's environment) and
+    leave a finished fold behind; ``interrupt`` = (method, step) is ended by SIGINT instead. Measuring gives fixed
+    numbers: Dice of 'organ' 0.8 + 0.02 * seed (+ 0.05 per method index), 'lesion' 0."""
+
+    interrupt: tuple[str, str] | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple] = []
+
+    def check(self) -> None:
+        self.dataset_json = {"labels": {"background": 0, "organ": 1, "lesion": 2}, "file_ending": ".nii.gz"}
+
+    def plan(self) -> None:
+        pass
+
+    def command(self, method, step, cmd, extra_env=None) -> None:
+        env = self.env(extra_env)
+        self.calls.append((self.seed, method, step, env["NNUNET_PRUNE_SEED"], env["nnUNet_results"]))
+        code = KILLED_BY_SIGINT if (method, step) == self.interrupt else "pass"
+        super().command(method, step, [sys.executable, "-c", code], extra_env)
+        if step.startswith("train_fold_"):
+            fold = self.model_folder(method_spec(method)) / f"fold_{step[len('train_fold_'):]}"
+            (fold / "validation").mkdir(parents=True, exist_ok=True)
+            (fold / "checkpoint_final.pth").write_bytes(b"")
+            (fold / "validation" / "summary.json").write_text("{}")
+
+    def measure(self, m) -> None:
+        row = self.rows[m.name]
+        k = [x.name for x in self.methods].index(m.name)
+        row.parameters = row.macs = 1e6 * (3 - k)
+        row.dice_per_class = {"organ": 0.8 + 0.02 * self.seed + 0.05 * k, "lesion": 0.0}
+        row.dice = statistics.fmean(row.dice_per_class.values())
+        row.dice_source = "validation"
+
+
+def bench(tmp_path, seeds: int = 1, log: list | None = None, cls=FakeSteps, methods=("dense", "lunet8", "l2")):
+    settings = BenchmarkSettings(dataset="Dataset990_Fake", configuration="2d", folds=[0], methods=list(methods),
+                                 epochs=1, iterations=1, val_iterations=1, seed=0, seeds=seeds, runtimes=[])
+    return cls(settings, tmp_path / "bench", log=(log.append if log is not None else lambda line: None))
+
+
+def read_csv(out) -> dict[str, dict]:
+    return {r["method"]: r for r in csv.DictReader(open(out / "benchmark.csv"))}
+
+
+def test_seeds_run_in_their_own_folders_and_the_table_gives_mean_and_spread(tmp_path):
+    b = bench(tmp_path, seeds=2)
+    md = b.run().read_text()
+    out = b.out
+    # every step of seed S ran with NNUNET_PRUNE_SEED=S into OUT/seed_S/nnUNet_results
+    assert {(seed, s, r) for seed, _, _, s, r in b.calls} == {
+        (seed, str(seed), str(out / f"seed_{seed}" / "nnUNet_results")) for seed in (0, 1)}
+    assert (out / "seed_1" / "nnUNet_results" / "Dataset990_Fake" / "nnUNetTrainerBudget__nnUNetPlans__2d" / "fold_0"
+            / "checkpoint_final.pth").is_file()
+    assert (out / "seed_0" / "logs" / "dense.train_fold_0.log").is_file()
+    assert "NNUNET_PRUNE_SEED=1" in (out / "commands.sh").read_text()
+    rows = read_csv(out)
+    dense = rows["dense"]
+    organ = [0.8, 0.82]
+    means = [statistics.fmean([o, 0.0]) for o in organ]
+    assert float(dense["dice"]) == pytest.approx(statistics.fmean(means))
+    assert float(dense["dice_spread"]) == pytest.approx(statistics.stdev(means))
+    assert float(dense["dice_organ"]) == pytest.approx(0.81)
+    assert float(dense["dice_organ_spread"]) == pytest.approx(statistics.stdev(organ))
+    assert float(dense["dice_lesion_spread"]) == 0.0
+    assert dense["seeds"] == "0 1" and dense["dice_per_seed"].startswith("0:0.4")
+    # the table: mean ± standard deviation per method and class, said so, and the class nobody learnt in words
+    assert "mean ± sample standard deviation over 2 seeds (0-1" in md
+    assert f"| {format_dice(statistics.fmean(means), statistics.stdev(means))} | 0.810 ± 0.014 | 0.000 ± 0.000 |" \
+        in md  # the classes in the dataset's order
+    assert "No model learnt 'lesion'" in md
+    state = json.loads((out / "benchmark_state.json").read_text())
+    assert set(state["runs"]) == {"0", "1"} and state["settings"]["seed"] == 0
+    assert state["rows"]["dense"]["dice_spread"] == pytest.approx(statistics.stdev(means))
+    assert "seed 1: dense train fold 0" in state["steps"]
+
+
+def test_more_seeds_on_a_rerun_add_runs_and_reuse_the_finished_ones(tmp_path, monkeypatch):
+    bench(tmp_path, seeds=2).run()
+    log: list[str] = []
+    b = bench(tmp_path, seeds=3, log=log)
+    b.run()
+    assert {seed for seed, *_ in b.calls} == {2}  # seeds 0 and 1 were reused, not trained again
+    assert sum("already trained (reused)" in line for line in log) == 2 * 3
+    assert read_csv(b.out)["lunet8"]["seeds"] == "0 1 2"
+    fake_raw(tmp_path, monkeypatch)
+    other = BenchmarkSettings(dataset="Dataset990_Fake", configuration="2d", folds=[0], methods=["dense"], epochs=1,
+                              iterations=1, val_iterations=1, seed=5, seeds=3, runtimes=[])
+    with pytest.raises(NnUNetPruneError, match="seed: 0 there, 5 now"):
+        Benchmark(other, b.out).check()  # another first seed is another benchmark: the real check refuses it
+
+
+def test_one_seed_gives_plain_cells_and_says_which_seed(tmp_path):
+    md = bench(tmp_path, seeds=1).run().read_text()
+    assert "; seed 0 (--seeds N repeats every method" in md and "±" not in md.split("## Notes")[0].split("|---|")[1]
+    assert read_csv(tmp_path / "bench")["dense"]["dice_spread"] == ""
+
+
+class InterruptDense(FakeSteps):
+    interrupt = ("dense", "train_fold_0")
+
+
+def test_ctrl_c_is_an_interruption_not_a_failure_and_the_rerun_continues(tmp_path):
+    log: list[str] = []
+    b = bench(tmp_path, log=log, cls=InterruptDense)
+    with pytest.raises(KeyboardInterrupt):
+        b.run()
+    text = "\n".join(log)
+    assert "dense: interrupted" in text and "interrupted; rerun the same command to continue" in text
+    assert "FAILED" not in text
+    state = json.loads((b.out / "benchmark_state.json").read_text())
+    statuses = {k: r["status"] for k, r in state["runs"]["0"].items()}
+    assert statuses["dense"] == "interrupted" and "failed" not in statuses.values(), statuses
+    assert state["interrupted"] and "seed 0: dense train fold 0" in state["steps"]  # the time so far, for --c
+    assert not (b.out / "benchmark.md").exists()
+    # the same command again: continues, no leftovers of the interruption
+    again = bench(tmp_path)
+    again.run()
+    assert {r["status"] for r in read_csv(again.out).values()} == {"ok"}
+    assert "interrupted" not in json.loads((again.out / "benchmark_state.json").read_text())
+
+
+def fake_raw(tmp_path, monkeypatch) -> None:
+    """nnU-Net's raw and preprocessed folders with an empty Dataset990_Fake (what the benchmark's checks look at)."""
+    raw = tmp_path / "raw"
+    (raw / "Dataset990_Fake").mkdir(parents=True)
+    (raw / "Dataset990_Fake" / "dataset.json").write_text("{}")
+    (tmp_path / "pre").mkdir()
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+
+
+def test_ctrl_c_makes_the_command_exit_130_with_one_line(tmp_path, monkeypatch, capsys):
+    import nnunet_prune.benchmark
+
+    fake_raw(tmp_path, monkeypatch)
+    monkeypatch.setattr(nnunet_prune.benchmark, "Benchmark", InterruptDense)
+    code = main(["benchmark", "-d", "Dataset990_Fake", "-c", "2d", "-o", str(tmp_path / "bench"), "--methods",
+                 "dense", "lunet8", "--device", "cpu", "--runtimes", "none"])
+    out = capsys.readouterr()
+    assert code == 130
+    assert "interrupted; rerun the same command to continue" in out.out and "FAILED" not in out.out + out.err
+
+
+@pytest.mark.parametrize("args, words", [(["--seeds", "0"], "--seeds 0: give at least 1"),
+                                         (["--seed", "-1"], "--seed=-1: a seed is a whole number")])
+def test_bad_seed_options_stop_before_any_work(tmp_path, capsys, args, words):
+    out = tmp_path / "bench"
+    assert main(["benchmark", "-d", "Dataset990_Fake", "-c", "2d", "-o", str(out), *args]) == 2
+    assert words in capsys.readouterr().err and not out.exists()
+
+
+def row(seed: int, dice: float | None, status: str = "ok", **kw) -> MethodResult:
+    return MethodResult("sauron", "Sauron", "nnUNetTrainerSauron", "nnUNetPlans", status=status, seed=seed, dice=dice,
+                        dice_per_class={"organ": dice} if dice is not None else {}, **kw)
+
+
+def test_aggregate_rows_means_spreads_and_failed_seeds():
+    agg = aggregate_rows({0: row(0, 0.5, macs=2.0, train_seconds=10.0, notes=["n"]),
+                          1: row(1, 0.7, macs=4.0, train_seconds=20.0),
+                          2: row(2, None, status="failed", error="boom")})
+    assert agg.status == "ok" and agg.seeds == [0, 1] and agg.seed is None
+    assert agg.dice == pytest.approx(0.6) and agg.dice_spread == pytest.approx(statistics.stdev([0.5, 0.7]))
+    assert agg.dice_per_class_spread["organ"] == pytest.approx(agg.dice_spread)
+    assert agg.macs == 3.0 and agg.train_seconds == 15.0 and agg.dice_per_seed == {0: 0.5, 1: 0.7}
+    assert agg.notes == ["seed 0: n", "seed 2 failed: boom"]
+    one = aggregate_rows({4: row(4, 0.5)})
+    assert one.dice == 0.5 and one.dice_spread is None and one.dice_per_class_spread == {} and one.seeds == [4]
+    failed = aggregate_rows({0: row(0, None, status="failed", error="boom")})
+    assert failed.status == "failed" and failed.error == "boom"
+
+
+def test_class_notes_say_what_a_foreground_mean_hides():
+    notes = class_notes({"nnU-Net default": {"organ": 0.9, "lesion": 0.0, "vessel": 0.05},
+                         "LUnet": {"organ": 0.7, "lesion": 0.87, "vessel": 0.02}}, reference="nnU-Net default")
+    assert any(n.startswith("nnU-Net default did not learn 'lesion' (Dice 0.00; LUnet reaches 0.87)") for n in notes)
+    assert any(n.startswith("No model learnt 'vessel'") for n in notes)
+    assert any(n.startswith("LUnet reaches Dice 0.70 on 'organ' against 0.90 for nnU-Net default") for n in notes)
+    assert class_notes({"a": {"organ": 0.9}, "b": {"organ": 0.88}}, reference="a") == []
+    assert class_notes({"a": {"organ": None}}) == []
+    assert format_dice(0.61234) == "0.612" and format_dice(0.6, 0.02) == "0.600 ± 0.020" and format_dice(None) == "-"
