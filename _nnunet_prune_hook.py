@@ -54,7 +54,7 @@ class _PatchingLoader:
     def exec_module(self, module):
         self._loader.exec_module(module)
         try:
-            from nnunet_prune.integration.patches import patch_module
+            from nnunet_prune.nnunet.integration.patches import patch_module
 
             patch_module(module)
         except Exception as e:  # never break nnU-Net because of us

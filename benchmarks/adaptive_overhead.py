@@ -35,7 +35,7 @@ try:
 except ImportError:  # run as a script: benchmarks/ is on sys.path
     import common
 
-from nnunet_prune.stats import count_parameters, inference_outputs
+from nnunet_prune.core.stats import count_parameters, inference_outputs
 from nnunet_prune.surgery import build_channel_graph
 
 

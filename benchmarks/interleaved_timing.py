@@ -1,4 +1,4 @@
-"""Speed-ups of a pruned U-Net, timed the old way and the way every tool times now (``nnunet_prune/timing.py``).
+"""Speed-ups of a pruned U-Net, timed the old way and the way every tool times now (``nnunet_prune/core/timing.py``).
 
 Old: the unpruned network timed once, then each pruned network, 10 runs each, one after the other (how the
 structured sweep timed before). New: each pruned network timed interleaved with the unpruned one, rounds until the
@@ -20,10 +20,10 @@ import copy
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-from nnunet_prune.metrics import measure_latencies, measure_latency_stats
-from nnunet_prune.stats import count_macs
+from nnunet_prune.core.latency import measure_latencies, measure_latency_stats
+from nnunet_prune.core.stats import count_macs
+from nnunet_prune.core.timing import FixedLoad, TimingPolicy
 from nnunet_prune.surgery import build_channel_graph
-from nnunet_prune.timing import FixedLoad, TimingPolicy
 
 
 def network() -> torch.nn.Module:

@@ -25,7 +25,7 @@ import types
 import common
 import torch
 
-from nnunet_prune.stats import count_macs, count_parameters
+from nnunet_prune.core.stats import count_macs, count_parameters
 
 
 def build(plans: dict, configuration: str, dataset_json: dict) -> tuple[torch.nn.Module, dict]:
@@ -58,8 +58,8 @@ class Step:
         from sauron_step import nnunet_loss
 
         from nnunet_prune.methods.pspseg import PSPSegMethod, PSPSegSettings
+        from nnunet_prune.nnunet.trainers.base import LossWithExtraTerm
         from nnunet_prune.surgery import build_channel_graph
-        from nnunet_prune.trainers.base import LossWithExtraTerm
 
         self.net, self.x, self.targets = net, x, targets
         self.optimizer = common.nnunet_sgd(net)

@@ -37,8 +37,8 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
     import common
     from width_latency import slimmed
 
-from nnunet_prune.runtimes import RuntimeNetwork, available_runtimes
-from nnunet_prune.stats import count_macs, count_parameters, inference_outputs
+from nnunet_prune.core.stats import count_macs, count_parameters, inference_outputs
+from nnunet_prune.networks.runtime import RuntimeNetwork, available_runtimes
 
 
 def stock_copy(net: torch.nn.Module) -> torch.nn.Module:
@@ -137,7 +137,7 @@ def main(argv=None) -> str:
         nets = [(f"{100 * w:g} %", slimmed(dense, w, args.seed)) for w in args.widths]
         measure(name, nets, patch, runtimes, args, rows, records)
     if args.folders:
-        from nnunet_prune.modelfolder import ModelFolder
+        from nnunet_prune.nnunet.modelfolder import ModelFolder
 
         folders = [ModelFolder.open(f, [args.fold]) for f in args.folders]
         nets = [(mf.path.name, mf.load_network(mf.folds[0])) for mf in folders]

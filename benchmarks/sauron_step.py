@@ -47,10 +47,10 @@ try:
 except ImportError:  # run as a script: benchmarks/ is on sys.path
     import common
 
+from nnunet_prune.core.stats import count_parameters
 from nnunet_prune.methods.sauron import SauronObserver
-from nnunet_prune.stats import count_parameters
+from nnunet_prune.nnunet.trainers.base import LossWithExtraTerm
 from nnunet_prune.surgery import build_channel_graph
-from nnunet_prune.trainers.base import LossWithExtraTerm
 
 VARIANTS = ("nnU-Net", "Sauron", "Sauron collecting")
 

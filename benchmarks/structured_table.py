@@ -26,7 +26,7 @@ def network_at(fold: Path, widths: dict | None):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_prune.networks import set_channel_widths
-    from nnunet_prune.trainers.base import nnUNetTrainerPruning
+    from nnunet_prune.nnunet.trainers.base import nnUNetTrainerPruning
 
     model = fold.parent
     pm = PlansManager(json.loads((model / "plans.json").read_text()))
@@ -42,7 +42,7 @@ def held_out_dice(pred: Path, labels: Path) -> float:
     """Mean over the test cases of the foreground-mean Dice (liver, tumour), nnU-Net's reader."""
     from nnunetv2.imageio.nibabel_reader_writer import NibabelIO
 
-    from nnunet_prune.metrics import dice_per_case, foreground_mean
+    from nnunet_prune.tools.dice import dice_per_case, foreground_mean
 
     rw = NibabelIO()
     cases = sorted(p.name[:-7] for p in pred.glob("*.nii.gz"))
@@ -61,8 +61,8 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, default=None)
     args = parser.parse_args()
 
-    from nnunet_prune.metrics import measure_latency
-    from nnunet_prune.stats import count_macs, count_parameters
+    from nnunet_prune.core.latency import measure_latency
+    from nnunet_prune.core.stats import count_macs, count_parameters
     from nnunet_prune.surgery import build_channel_graph
 
     rows = []

@@ -15,7 +15,7 @@ widths alike; ratios are medians of per-round ratios vs 100 %):
 
 ``--batch-size`` (default 1, as nnU-Net's sliding-window predictor) changes the batch; latency is per call.
 
-Columns: params, GMACs (exact, ``nnunet_prune.stats.count_macs``), MAC ratio vs 100 %, median latency and its
+Columns: params, GMACs (exact, ``nnunet_prune.core.stats.count_macs``), MAC ratio vs 100 %, median latency and its
 min-max, latency ratio vs 100 %, speed-up (1 / latency ratio) and the ideal speed-up (1 / MAC ratio): on a CPU the
 speed-up lags the ideal because normalisation, activation, concatenation and upsampling scale only linearly
 with the width, and at small widths per-layer overhead dominates.
@@ -50,7 +50,7 @@ try:
 except ImportError:  # run as a script: benchmarks/ is on sys.path
     import common
 
-from nnunet_prune.stats import count_macs, count_parameters
+from nnunet_prune.core.stats import count_macs, count_parameters
 from nnunet_prune.surgery import build_channel_graph
 
 

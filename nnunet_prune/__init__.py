@@ -5,9 +5,9 @@ touches nnU-Net. The public entry points live in submodules:
 
 * :mod:`nnunet_prune.surgery` -- coupling groups of a network and in-place channel removal,
 * :mod:`nnunet_prune.networks` -- network classes that adapt their widths to the state dict they load,
-* :mod:`nnunet_prune.export` -- slim, standard nnU-Net model folders,
-* :mod:`nnunet_prune.report` -- parameters, MACs, latency, memory and Dice side by side,
-* :mod:`nnunet_prune.trainers` / :mod:`nnunet_prune.planners` -- the nnU-Net classes (``-tr`` / ``-pl``).
+* :mod:`nnunet_prune.tools.export.folder` -- slim, standard nnU-Net model folders,
+* :mod:`nnunet_prune.tools.report.efficiency` -- parameters, MACs, latency, memory and Dice side by side,
+* :mod:`nnunet_prune.nnunet.trainers` / :mod:`nnunet_prune.nnunet.planners` -- the nnU-Net classes (``-tr`` / ``-pl``).
 """
 
 import sys

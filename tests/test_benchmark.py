@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from nnunet_prune.benchmark import METHOD_NAMES, pareto_front
 from nnunet_prune.cli.main import main
+from nnunet_prune.tools.benchmark.benchmark import METHOD_NAMES, pareto_front
 from tests.conftest import DATASET_2D
 
 #: schedules compressed so that every method removes something in 2 epochs of 2 iterations

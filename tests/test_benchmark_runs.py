@@ -16,9 +16,15 @@ import sys
 import pytest
 
 from nnunet_prune import NnUNetPruneError
-from nnunet_prune.benchmark import Benchmark, BenchmarkSettings, MethodResult, aggregate_rows, method_spec
-from nnunet_prune.class_dice import class_notes, format_dice
 from nnunet_prune.cli.main import main
+from nnunet_prune.tools.benchmark.benchmark import (
+    Benchmark,
+    BenchmarkSettings,
+    MethodResult,
+    aggregate_rows,
+    method_spec,
+)
+from nnunet_prune.tools.class_dice import class_notes, format_dice
 
 #: a subprocess that Ctrl-C ends (SIGINT, as the terminal sends it to the whole process group)
 KILLED_BY_SIGINT = ("import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); "
@@ -160,10 +166,10 @@ def fake_raw(tmp_path, monkeypatch) -> None:
 
 
 def test_ctrl_c_makes_the_command_exit_130_with_one_line(tmp_path, monkeypatch, capsys):
-    import nnunet_prune.benchmark
+    import nnunet_prune.tools.benchmark.benchmark
 
     fake_raw(tmp_path, monkeypatch)
-    monkeypatch.setattr(nnunet_prune.benchmark, "Benchmark", InterruptDense)
+    monkeypatch.setattr(nnunet_prune.tools.benchmark.benchmark, "Benchmark", InterruptDense)
     code = main(["benchmark", "-d", "Dataset990_Fake", "-c", "2d", "-o", str(tmp_path / "bench"), "--methods",
                  "dense", "lunet8", "--device", "cpu", "--runtimes", "none"])
     out = capsys.readouterr()

@@ -17,10 +17,10 @@ import pytest
 
 from nnunet_prune import NnUNetPruneError
 from nnunet_prune.cli.main import main
-from nnunet_prune.datasets import common, lits117
-from nnunet_prune.datasets.common import RawCase, write_raw_dataset
-from nnunet_prune.datasets.lits117 import MEMBERS, create_lits117_dataset, fetch_wheel, load_volume, read_mrc
-from nnunet_prune.datasets.synthetic import LABELS, create_synthetic_dataset, make_case
+from nnunet_prune.tools.datasets import common, lits117
+from nnunet_prune.tools.datasets.common import RawCase, write_raw_dataset
+from nnunet_prune.tools.datasets.lits117 import MEMBERS, create_lits117_dataset, fetch_wheel, load_volume, read_mrc
+from nnunet_prune.tools.datasets.synthetic import LABELS, create_synthetic_dataset, make_case
 
 
 @pytest.fixture

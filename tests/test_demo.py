@@ -39,7 +39,7 @@ def test_demo_runs_end_to_end_and_refuses_foreign_folders(tmp_path):
     assert sum("it/s]" in line for line in run.stdout.splitlines()) < 10
 
     # every file of the working folder is recorded as the demo's own (what a rerun may delete) ...
-    from nnunet_prune.outputs import foreign_entries
+    from nnunet_prune.core.outputs import foreign_entries
 
     assert foreign_entries(workdir, "demo") == []
     # ... and a file the user adds there stops the rerun before anything is deleted

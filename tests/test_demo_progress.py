@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nnunet_prune.demo import DEFAULT_SEED, Demo, ModelRow
-from nnunet_prune.demo_progress import (
+from nnunet_prune.tools.benchmark.demo import DEFAULT_SEED, Demo, ModelRow
+from nnunet_prune.tools.benchmark.progress import (
     MEASURED_BUDGET,
     MEASURED_MINUTES,
     MEASURED_ON,
@@ -29,7 +29,7 @@ MODELS = ["nnU-Net default", "LUnet", "Sauron"]
 def test_one_duration_figure_everywhere():
     """The README, `nnunet-prune --help` and the step estimates all say the measured figure."""
     from nnunet_prune.cli.main import build_parser
-    from nnunet_prune.demo import DemoBudget
+    from nnunet_prune.tools.benchmark.demo import DemoBudget
 
     steps = plan_steps(MODELS, ["Sauron"], sweep=True)
     assert sum(s.prior for s in steps) / 60 == pytest.approx(MEASURED_MINUTES, abs=0.01)
@@ -131,10 +131,10 @@ class InterruptedDemo(Demo):
 
 
 def test_ctrl_c_in_the_demo_is_said_in_one_line_and_exits_130(tmp_path, monkeypatch, capsys):
-    import nnunet_prune.demo
+    import nnunet_prune.tools.benchmark.demo
     from nnunet_prune.cli.main import main
 
-    monkeypatch.setattr(nnunet_prune.demo, "Demo", InterruptedDemo)
+    monkeypatch.setattr(nnunet_prune.tools.benchmark.demo, "Demo", InterruptedDemo)
     assert main(["demo", "--workdir", str(tmp_path / "demo")]) == 130
     out = capsys.readouterr()
     assert "[step 1 of 12, " in out.out and "Interrupted in step 'dataset'" in out.out

@@ -12,9 +12,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunet_prune.stats import unwrap
+from nnunet_prune.core.stats import unwrap
+from nnunet_prune.nnunet.trainers.base import broadcast_decision
 from nnunet_prune.surgery import build_channel_graph
-from nnunet_prune.trainers.base import broadcast_decision
 from tests.helpers import make_network
 
 

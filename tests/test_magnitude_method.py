@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd, _ConvTransposeNd
 
-from nnunet_prune.compact import decode, decode_state_dict, encode, encode_state_dict, is_compact
+from nnunet_prune.core.compact import decode, decode_state_dict, encode, encode_state_dict, is_compact
 from nnunet_prune.criteria.magnitude import thresholds
 from nnunet_prune.methods.magnitude import (
     PAPER_GRID,
@@ -29,7 +29,7 @@ from nnunet_prune.surgery.layout import stage_labels as stage_order
 from nnunet_prune.surgery.masks import hold_masks as reapply_masks
 from nnunet_prune.surgery.masks import prunable_convs
 from nnunet_prune.surgery.masks import zero_pattern as weight_masks
-from nnunet_prune.transforms import magnitude_prune as apply_magnitude_pruning
+from nnunet_prune.tools.export.transforms import magnitude_prune as apply_magnitude_pruning
 from tests.helpers import as_list, make_network, randomize_norms
 
 
@@ -563,7 +563,7 @@ def test_extension_tau_continues_the_grid_until_the_proxy_dice_falls():
 def test_proxy_summary_is_not_dominated_by_a_nearly_absent_class():
     """An undertrained model: class 2 has 3 reference voxels in one case and a few stray ones elsewhere; its
     per-case Dice flips between 0 and 1 and drags the paper's mean down while the pooled summary leaves it out."""
-    from nnunet_prune.sweep import ProxySummary
+    from nnunet_prune.tools.sweep.magnitude import ProxySummary
 
     counts = {  # case -> class -> (TP, FP, FN)
         "a": {"1": (980, 10, 10), "2": (0, 2, 3)},

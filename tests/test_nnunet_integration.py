@@ -27,7 +27,7 @@ def test_doctor_sees_every_class(nnunet):
     assert "All good" in out
     assert "ok  nnUNetTrainerSauron" in out and "ok  LUnetPlanner" in out
     assert "NO " not in out
-    from nnunet_prune.variables import all_variables
+    from nnunet_prune.nnunet.settings import all_variables
 
     assert all(var in out for var in all_variables())  # every variable the package reads
     assert re.search(r"ok  nnunetv2\.run\.run_training\.get_trainer_from_args +patched", out)

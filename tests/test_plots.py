@@ -12,9 +12,9 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-from nnunet_prune.report import FoldEfficiency, plot_dice_vs_macs
-from nnunet_prune.sweep import plot_sweep
-from nnunet_prune.trainers.logging import RECORD_KEY, plot_pruning_progress, plot_widths
+from nnunet_prune.nnunet.trainers.logging import RECORD_KEY, plot_pruning_progress, plot_widths
+from nnunet_prune.tools.report.efficiency import FoldEfficiency, plot_dice_vs_macs
+from nnunet_prune.tools.sweep.magnitude import plot_sweep
 
 INITIAL = {"enc0.conv0": 32, "enc0.conv1": 32, "enc1.conv0": 64, "enc1.conv1": 64, "bottleneck.conv0": 128,
            "bottleneck.conv1": 128, "up1": 64, "dec1.conv0": 64, "dec1.conv1": 64, "up0": 32, "dec0.conv0": 32,
@@ -215,7 +215,7 @@ def assert_no_overlap(boxes) -> None:
 
 
 def test_plot_dice_vs_macs_does_not_blow_up_noise(tmp_path, figures):
-    from nnunet_prune.plotting import MIN_DICE_SPAN
+    from nnunet_prune.core.plotting import MIN_DICE_SPAN
 
     def row(model, gmacs, dice):
         return FoldEfficiency(model=model, fold=0, trainer="t", configuration="2d", patch_size=[64, 64],
@@ -235,7 +235,7 @@ def test_plot_dice_vs_macs_does_not_blow_up_noise(tmp_path, figures):
 
 def lits_benchmark_rows():
     """The 13 methods of docs/benchmark.md's LiTS-117 table (parameters M, GMAC, fastest ms, Dice)."""
-    from nnunet_prune.benchmark import MethodResult
+    from nnunet_prune.tools.benchmark.benchmark import MethodResult
 
     table = [("LUnet 8", 0.017, 0.056, 4.1, 0.576), ("LUnet 16", 0.067, 0.222, 4.4, 0.640),
              ("network slimming (iterative)", 0.413, 0.270, 9.3, 0.379), ("PSP-Seg-S", 1.604, 0.636, 8.9, 0.639),
@@ -252,7 +252,7 @@ def lits_benchmark_rows():
 
 
 def test_pareto_labels_do_not_collide_and_ticks_are_plain(tmp_path, nnunet_style, figures):
-    from nnunet_prune.benchmark import plot_pareto
+    from nnunet_prune.tools.benchmark.benchmark import plot_pareto
 
     assert plot_pareto(lits_benchmark_rows(), tmp_path / "pareto.png")
     assert_unchanged(nnunet_style)
@@ -271,8 +271,8 @@ def test_pareto_labels_do_not_collide_and_ticks_are_plain(tmp_path, nnunet_style
 
 
 def test_pareto_front_takes_no_step_within_the_noise(tmp_path, figures):
-    from nnunet_prune.benchmark import MethodResult, plot_pareto
-    from nnunet_prune.plotting import MIN_DICE_SPAN
+    from nnunet_prune.core.plotting import MIN_DICE_SPAN
+    from nnunet_prune.tools.benchmark.benchmark import MethodResult, plot_pareto
 
     rows_ = [MethodResult("a", "a", "t", "p", status="ok", parameters=1e5, macs=1e8, cpu_ms=5, dice=0.605),
              MethodResult("b", "b", "t", "p", status="ok", parameters=1e6, macs=1e9, cpu_ms=20, dice=0.608)]

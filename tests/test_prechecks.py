@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nnunet_prune import NnUNetPruneError
-from nnunet_prune.prechecks import dataset_listing, existing_datasets, model_folder_folds, resolve_dataset
+from nnunet_prune.nnunet.prechecks import dataset_listing, existing_datasets, model_folder_folds, resolve_dataset
 
 HEAVY = ("torch", "nnunetv2", "onnxruntime", "openvino")
 
@@ -74,7 +74,7 @@ def test_two_datasets_with_one_id_are_named(folders, tmp_path):
 
 def test_stock_training_of_an_unknown_dataset_names_those_that_exist(folders, monkeypatch):
     """The patch of nnUNetv2_train's trainer lookup resolves the dataset the same way (one line, no traceback)."""
-    from nnunet_prune.integration.patches import check_plans
+    from nnunet_prune.nnunet.integration.patches import check_plans
 
     for var, value in folders.items():
         monkeypatch.setenv(var, value)
@@ -161,8 +161,9 @@ def test_every_command_fails_fast_without_importing_torch_nnunet_or_a_runtime(fo
 
 
 def test_each_module_the_checks_use_imports_no_heavy_package():
-    code = ("import sys\nimport nnunet_prune.prechecks, nnunet_prune.runtime_specs, nnunet_prune.variables, "
-            "nnunet_prune.quiet, nnunet_prune.cli.main\nfrom nnunet_prune.cli.main import build_parser\n"
+    code = ("import sys\nimport nnunet_prune.nnunet.prechecks, nnunet_prune.core.runtime_specs, "
+            "nnunet_prune.nnunet.settings, "
+            "nnunet_prune.tools.quiet, nnunet_prune.cli.main\nfrom nnunet_prune.cli.main import build_parser\n"
             f"build_parser()\nprint([m for m in {HEAVY!r} + ('numpy',) if m in sys.modules])\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from nnunet_prune import NnUNetPruneError
-from nnunet_prune.integration.prediction import check_checkpoints, check_device
+from nnunet_prune.nnunet.integration.prediction import check_checkpoints, check_device
 from tests.conftest import read_json
 from tests.helpers import segmentations
 
@@ -22,7 +22,7 @@ no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine w
 def model_folder(tmp_path, runtime: str | None = None, exported: bool = False):
     """A model folder's files as the checks read them: plans.json (a runtime folder's architecture entry if asked),
     fold_0 with checkpoint_final.pth only."""
-    arch = {"network_class_name": "nnunet_prune.runtimes.RuntimeNetwork", "arch_kwargs": {"runtime": runtime}} \
+    arch = {"network_class_name": "nnunet_prune.networks.runtime.RuntimeNetwork", "arch_kwargs": {"runtime": runtime}} \
         if runtime else {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet"}
     (tmp_path / "plans.json").write_text(json.dumps({"configurations": {"2d": {"architecture": arch}}}))
     (tmp_path / "fold_0").mkdir()

@@ -17,7 +17,7 @@ from nnunet_prune.methods.pspseg import (
     region_localisation_loss,
     target_representation_loss,
 )
-from nnunet_prune.pspseg_network import PSPSegUNet, branch_kernel_set
+from nnunet_prune.networks.pspseg import PSPSegUNet, branch_kernel_set
 from nnunet_prune.surgery import architectures, build_channel_graph
 from nnunet_prune.surgery.branches import (
     branch_states,
@@ -273,7 +273,7 @@ def test_a_module_with_every_branch_deleted_loads_in_any_fold_order():
     assert branch_states(fresh) == branch_states(net)
     with torch.no_grad():
         assert (fresh(x)[0] - expected).abs().max() == 0
-    from nnunet_prune.checkpoints import check_state_dict
+    from nnunet_prune.networks.checkpoints import check_state_dict
 
     check_state_dict(tiny(2, seed=9), sd, "test", (16, 16))
 

@@ -41,7 +41,7 @@ def test_plans_and_bad_pairings(nnunet, dataset2d, psp_plans):
     cfg = read_json(pre / f"{PLANS}.json")["configurations"]["2d"]
     default = read_json(pre / "nnUNetPlans.json")["configurations"]["2d"]
     arch = cfg["architecture"]
-    assert arch["network_class_name"] == "nnunet_prune.pspseg_network.PSPSegUNet"
+    assert arch["network_class_name"] == "nnunet_prune.networks.pspseg.PSPSegUNet"
     n = min(5, default["architecture"]["arch_kwargs"]["n_stages"])  # S: 5 stages where nnU-Net's plan has them
     assert arch["arch_kwargs"]["features_per_stage"] == [16, 32, 64, 128, 256][:n]
     assert len(arch["arch_kwargs"]["branch_kernels"][0]) == 4

@@ -12,8 +12,10 @@ import textwrap
 import pytest
 
 import _nnunet_prune_hook
-from nnunet_prune import NnUNetPruneError, registry
-from nnunet_prune.integration.patches import all_subclasses
+import nnunet_prune
+from nnunet_prune import NnUNetPruneError
+from nnunet_prune.nnunet import names as registry
+from nnunet_prune.nnunet.integration.patches import all_subclasses
 
 SHIM = _nnunet_prune_hook.shim_folder()
 
@@ -22,9 +24,10 @@ SHIM = _nnunet_prune_hook.shim_folder()
 def test_trainer_registry_matches_defined_classes():
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    import nnunet_prune.trainers as trainers
+    import nnunet_prune.nnunet.trainers as trainers
 
-    defined = {c.__name__: c for c in all_subclasses(nnUNetTrainer) if c.__module__.startswith("nnunet_prune.trainers")}
+    defined = {c.__name__: c for c in all_subclasses(nnUNetTrainer)
+               if c.__module__.startswith("nnunet_prune.nnunet.trainers")}
     assert set(registry.TRAINERS) == set(defined)
     assert set(trainers.__all__) == set(registry.TRAINERS)
     for name, module in registry.TRAINERS.items():
@@ -49,10 +52,10 @@ def test_magnitude_variants_carry_their_tau():
 def test_planner_registry_matches_defined_classes():
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
-    import nnunet_prune.planners as planners
+    import nnunet_prune.nnunet.planners as planners
 
     defined = {c.__name__: c for c in all_subclasses(ExperimentPlanner)
-               if c.__module__.startswith("nnunet_prune.planners")}
+               if c.__module__.startswith("nnunet_prune.nnunet.planners")}
     assert set(registry.PLANNERS) == set(defined)
     assert set(planners.__all__) == set(registry.PLANNERS)
     for name, module in registry.PLANNERS.items():
@@ -80,7 +83,7 @@ def test_shim_folder_holds_only_the_shim():
     # regular install, this process may import the checkout's copy instead: both must hold the same shim.
     package = os.path.dirname(SHIM)
     assert os.path.basename(package) == "nnunet_prune" and os.path.isfile(os.path.join(package, "__init__.py"))
-    ours = os.path.join(os.path.dirname(registry.__file__), "_ext_trainers", "nnunet_prune_trainers.py")
+    ours = os.path.join(os.path.dirname(nnunet_prune.__file__), "_ext_trainers", "nnunet_prune_trainers.py")
     with open(os.path.join(SHIM, "nnunet_prune_trainers.py")) as a, open(ours) as b:
         assert a.read() == b.read()
 
@@ -192,7 +195,7 @@ def test_hook_survives_a_changed_nnunet(empty_dir, tmp_path, module, missing):
 
 
 def test_start_up_stays_cheap(empty_dir):
-    code = ("import sys; import nnunet_prune.registry; "
+    code = ("import sys; import nnunet_prune.nnunet.names; "
             "print('_nnunet_prune_hook' in sys.modules, 'torch' in sys.modules, 'nnunetv2' in sys.modules)")
     proc = python(code, empty_dir)
     assert proc.returncode == 0, proc.stderr
@@ -206,7 +209,7 @@ def test_planner_lookup_finds_ours_and_explains_unknown_names():
     import nnunetv2
     import nnunetv2.experiment_planning.plan_and_preprocess_api as api
 
-    from nnunet_prune.planners import LUnetPlanner, LUnetResEncPlanner_16
+    from nnunet_prune.nnunet.planners import LUnetPlanner, LUnetResEncPlanner_16
 
     assert getattr(api, "_nnunet_prune_patched", False), "the start-up hook did not patch nnU-Net in this process"
     folder = os.path.join(nnunetv2.__path__[0], "experiment_planning")
@@ -250,7 +253,7 @@ def test_trainer_lookup_finds_ours_and_explains_unknown_names(monkeypatch, capsy
 def test_patches_are_applied_once():
     import nnunetv2.utilities.find_objects as find_objects
 
-    from nnunet_prune.integration.patches import patch_module
+    from nnunet_prune.nnunet.integration.patches import patch_module
 
     wrapped = find_objects.recursive_find_trainer_class_by_name
     patch_module(find_objects)
@@ -271,7 +274,7 @@ def test_patches_apply_all_or_none_when_nnunet_changes(monkeypatch, capsys):
     (one warning line), and doctor's status names the reason."""
     import types
 
-    from nnunet_prune.integration import patches
+    from nnunet_prune.nnunet.integration import patches
 
     fake = types.ModuleType("fake_nnunet_module")
 

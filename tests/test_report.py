@@ -14,9 +14,12 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunet_prune import NnUNetPruneError
 from nnunet_prune.cli.main import main
-from nnunet_prune.modelfolder import ModelFolder
-from nnunet_prune.outputs import MANIFEST
-from nnunet_prune.report import (
+from nnunet_prune.core.outputs import MANIFEST
+from nnunet_prune.core.stats import count_macs, count_parameters
+from nnunet_prune.core.timing import FixedLoad, TimingPolicy
+from nnunet_prune.nnunet.modelfolder import ModelFolder
+from nnunet_prune.surgery import build_channel_graph
+from nnunet_prune.tools.report.efficiency import (
     FoldEfficiency,
     format_markdown,
     format_table,
@@ -25,9 +28,6 @@ from nnunet_prune.report import (
     open_model_folders,
     write_report,
 )
-from nnunet_prune.stats import count_macs, count_parameters
-from nnunet_prune.surgery import build_channel_graph
-from nnunet_prune.timing import FixedLoad, TimingPolicy
 from tests.helpers import make_network
 
 PATCH = [32, 32]
@@ -249,7 +249,7 @@ def test_write_report_files_and_relative_columns(tmp_path):
 
 
 def test_changes_read_as_users_quote_them():
-    from nnunet_prune.report import _latency, _ratio
+    from nnunet_prune.tools.report.efficiency import _latency, _ratio
 
     assert _ratio(100_000, 7_800_000) == "78x fewer (-98.7 %)"
     assert _ratio(50, 95, "faster", "slower") == "1.9x faster (-47.4 %)"
@@ -258,7 +258,7 @@ def test_changes_read_as_users_quote_them():
 
 
 def test_latency_stats_quartiles_and_busy_machine():
-    from nnunet_prune.report import LatencyStats, busy_machine_warning
+    from nnunet_prune.tools.report.efficiency import LatencyStats, busy_machine_warning
 
     stats = LatencyStats.of([0.010, 0.011, 0.012, 0.013, 0.100])
     assert stats.median_ms == pytest.approx(12.0) and stats.min_ms == pytest.approx(10.0)
@@ -368,7 +368,7 @@ def test_runtimes_are_timed_side_by_side_and_the_fastest_is_named(tmp_path):
 def test_runtime_folder_is_measured_as_its_pytorch_network(tmp_path):
     """A folder written by `export --runtime` reads as the PyTorch folder it came from (report, export)."""
     pytest.importorskip("openvino")
-    from nnunet_prune.export import export_model_folder
+    from nnunet_prune.tools.export.folder import export_model_folder
 
     folder, nets = make_model_folder(tmp_path, folds=(0,), pruned_folds=(0,))
     out = tmp_path / "ov"
@@ -382,7 +382,7 @@ def test_runtime_folder_is_measured_as_its_pytorch_network(tmp_path):
 
 
 def test_bad_runtime_choice_is_a_clear_error(monkeypatch):
-    from nnunet_prune.report import check_runtimes
+    from nnunet_prune.tools.report.efficiency import check_runtimes
 
     with pytest.raises(NnUNetPruneError, match="unknown; choose among onnxruntime, openvino"):
         check_runtimes(["tensorrt"])
@@ -435,7 +435,7 @@ def test_every_table_has_a_column_per_class_and_says_which_class_was_not_learned
     assert "| Dice | Dice liver | Dice lesion |" in md and "| 0.6083 | 0.9000 | 0.0000 |" in md
     assert "pruned fold 0 did not learn 'lesion' (Dice 0.00; dense fold 0 reaches 0.31)" in md
     assert "hides" in md and "dense fold 0 did not learn" not in md
-    from nnunet_prune.report import class_notes
+    from nnunet_prune.tools.report.efficiency import class_notes
 
     everyone = [row("a", 0, 0.45, {"liver": 0.9, "lesion": 0.0}), row("b", 0, 0.45, {"liver": 0.9, "lesion": 0.0})]
     notes = class_notes(everyone)

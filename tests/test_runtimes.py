@@ -1,4 +1,4 @@
-"""Runtimes behind nnU-Net's stock predictor (nnunet_prune.runtimes), in process: each runtime gives the PyTorch
+"""Runtimes behind nnU-Net's stock predictor (nnunet_prune.networks.runtime), in process: each runtime gives the PyTorch
 logits of pruned 2D and 3D U-Nets; one RuntimeNetwork built as nnU-Net builds it runs folds of different widths one
 after the other (an ensemble); bad names, options and missing packages are clear errors; slim 3D convolutions on the
 CPU take oneDNN instead of ATen's slow kernel, with the same results."""
@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from nnunet_prune import NnUNetPruneError
-from nnunet_prune.runtimes import (
+from nnunet_prune.networks.runtime import (
     RUNTIME_CLASS,
     RUNTIME_KEY,
     RuntimeNetwork,
@@ -198,7 +198,7 @@ def test_slim_3d_convolutions_take_onednn_with_the_same_results():
 
 
 def test_export_notes_say_what_this_machine_cannot_run():
-    from nnunet_prune.runtimes import deployment_notes
+    from nnunet_prune.networks.runtime import deployment_notes
 
     assert deployment_notes("openvino", {"threads": 2}) == [] and deployment_notes("onnxruntime", {}) == []
     gpu_note = [n for n in deployment_notes("torch-compile", {}) if "meant for GPUs" in n]

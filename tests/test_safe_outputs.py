@@ -14,11 +14,8 @@ import torch
 import torch.nn.utils.prune as torch_prune
 
 from nnunet_prune import NnUNetPruneError
-from nnunet_prune.checkpoints import check_state_dict, normalise_state_dict
 from nnunet_prune.cli.main import main
-from nnunet_prune.modelfolder import ModelFolder
-from nnunet_prune.networks import AdaptivePlainConvUNet
-from nnunet_prune.outputs import (
+from nnunet_prune.core.outputs import (
     MANIFEST,
     check_replaceable,
     check_writable_files,
@@ -28,6 +25,9 @@ from nnunet_prune.outputs import (
     record_files,
     remove_owned,
 )
+from nnunet_prune.networks import AdaptivePlainConvUNet
+from nnunet_prune.networks.checkpoints import check_state_dict, normalise_state_dict
+from nnunet_prune.nnunet.modelfolder import ModelFolder
 from tests.helpers import make_network
 from tests.test_report import make_model_folder, make_trained_network
 
@@ -267,7 +267,7 @@ def test_sweep_checks_paths_before_loading_anything(tmp_path, capsys):
 
 
 def test_sweep_labels_folder_as_images_says_which_files_it_expected(tmp_path):
-    from nnunet_prune.sweep import list_cases
+    from nnunet_prune.tools.sweep.magnitude import list_cases
 
     labels = tmp_path / "labelsTs"
     labels.mkdir()
@@ -308,7 +308,7 @@ def test_benchmark_out_never_overwrites_a_users_file(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ trainers
 def test_budget_variables_validated_before_anything_is_written(monkeypatch):
-    from nnunet_prune.trainers.budget import read_budget_overrides
+    from nnunet_prune.nnunet.trainers.budget import read_budget_overrides
 
     assert read_budget_overrides({"NNUNET_PRUNE_EPOCHS": "3"}) == {"num_epochs": 3}
     for bad in ("abc", "0", "-2", "1.5"):
@@ -317,7 +317,7 @@ def test_budget_variables_validated_before_anything_is_written(monkeypatch):
 
 
 def test_trained_model_folders_lists_finished_folds_by_plans_and_configuration(tmp_path):
-    from nnunet_prune.modelfolder import trained_model_folders
+    from nnunet_prune.nnunet.modelfolder import trained_model_folders
 
     for name, fold in (("nnUNetTrainerBudget__nnUNetPlans__2d", 0), ("nnUNetTrainerSauron__nnUNetPlans__2d", 1),
                        ("nnUNetTrainer__nnUNetLUnetPlans__2d", 0), ("nnUNetTrainer__nnUNetPlans__3d_fullres", 0)):

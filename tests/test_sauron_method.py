@@ -594,7 +594,7 @@ def test_the_method_never_reads_the_environment_itself(monkeypatch):
     assert SauronConfig.resolve(environ={ENV_VAR: "kappa=4"}).kappa == 4
     import inspect
 
-    from nnunet_prune.trainers.sauron import nnUNetTrainerSauron
+    from nnunet_prune.nnunet.trainers.sauron import nnUNetTrainerSauron
 
     assert "environ=os.environ" in inspect.getsource(nnUNetTrainerSauron.resolve_settings)
 
@@ -694,6 +694,6 @@ def test_a_variant_fixes_what_its_name_says():
         SauronConfig.resolve(environ={ENV_VAR: "lambda=1"}, fixed={"lambda": 0.0})
     with pytest.raises(NnUNetPruneError, match="plans.*lambda=2 contradicts"):
         SauronConfig.resolve({"nnunet_prune": {"sauron": {"lambda": 2}}}, fixed={"lambda": 0.0})
-    from nnunet_prune.trainers.sauron import nnUNetTrainerSauron_lambda1
+    from nnunet_prune.nnunet.trainers.sauron import nnUNetTrainerSauron_lambda1
 
     assert nnUNetTrainerSauron_lambda1.method_defaults == {"lambda": 1.0}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from nnunet_prune import NnUNetPruneError
-from nnunet_prune.seeding import (
+from nnunet_prune.nnunet.seeding import (
     SEED_VAR,
     check_seed,
     derived_seeds,
@@ -69,8 +69,8 @@ def test_derived_seeds_are_repeatable_and_differ_per_stream_rank_and_seed():
 
 
 def test_trainer_seed_reads_the_variable_else_the_class_attribute(monkeypatch):
-    from nnunet_prune.trainers import nnUNetTrainerBudget, nnUNetTrainerSauron
-    from nnunet_prune.trainers.budget import trainer_seed
+    from nnunet_prune.nnunet.trainers import nnUNetTrainerBudget, nnUNetTrainerSauron
+    from nnunet_prune.nnunet.trainers.budget import trainer_seed
 
     class nnUNetTrainerBudget_seed3(nnUNetTrainerBudget):
         seed = 3
@@ -86,7 +86,7 @@ def test_trainer_seed_reads_the_variable_else_the_class_attribute(monkeypatch):
 
 
 def test_the_methods_generator_comes_from_the_seed_unless_the_settings_have_their_own():
-    from nnunet_prune.trainers.base import nnUNetTrainerPruning
+    from nnunet_prune.nnunet.trainers.base import nnUNetTrainerPruning
 
     def rng(seed, settings):
         return nnUNetTrainerPruning.method_rng(SimpleNamespace(seed=seed, method_settings=settings, local_rank=0))
@@ -97,7 +97,7 @@ def test_the_methods_generator_comes_from_the_seed_unless_the_settings_have_thei
 
 
 def test_budget_trainer_records_budget_and_seed_and_appends_a_resume(tmp_path):
-    from nnunet_prune.trainers.budget import write_plain_config
+    from nnunet_prune.nnunet.trainers.budget import write_plain_config
 
     trainer = SimpleNamespace(output_folder=str(tmp_path), num_epochs=2, num_iterations_per_epoch=4,
                               num_val_iterations_per_epoch=1, current_epoch=0, seed=7)
@@ -220,7 +220,7 @@ def test_another_seed_gives_another_training(nnunet, dataset2d, tmp_path):
 def test_a_bad_seed_stops_the_trainer_before_nnunet_starts(monkeypatch, trainer):
     """Constructed as nnUNetv2_train constructs it (plans that nnU-Net's __init__ could not even read): the seed is
     refused first, before nnU-Net's __init__ creates the fold folder."""
-    from nnunet_prune import trainers
+    from nnunet_prune.nnunet import trainers
 
     monkeypatch.setenv(SEED_VAR, "seven")
     with pytest.raises(NnUNetPruneError, match="NNUNET_PRUNE_SEED='seven'"):

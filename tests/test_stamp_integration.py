@@ -82,7 +82,7 @@ def test_resume_mid_schedule_restores_widths_dropout_and_position(nnunet, stamp_
 def test_variant_settings_are_fixed_and_recorded():
     from nnunet_prune import NnUNetPruneError
     from nnunet_prune.methods.stamp import StampWidestBlockMethod
-    from nnunet_prune.trainers import nnUNetTrainerSTAMP_noDropout, nnUNetTrainerSTAMP_widestBlock
+    from nnunet_prune.nnunet.trainers import nnUNetTrainerSTAMP_noDropout, nnUNetTrainerSTAMP_widestBlock
 
     cls = nnUNetTrainerSTAMP_noDropout
     assert cls.method_class.settings_class.resolve(fixed=cls.method_defaults).p_base == 0

@@ -66,7 +66,7 @@ def test_iterative_l2_reaches_its_target_on_schedule_and_fine_tunes(structured_m
 #: nnUNetv2_train killed after epoch 1 (after its checkpoint_latest.pth, which nnU-Net deletes at a normal end)
 KILLED_AFTER_EPOCH_1 = f"""
 import os, sys
-from nnunet_prune.trainers.structured import {TRAINER} as T
+from nnunet_prune.nnunet.trainers.structured import {TRAINER} as T
 end = T.on_epoch_end
 def on_epoch_end(self):
     end(self)
@@ -126,7 +126,7 @@ def test_runtime_export_of_differently_pruned_folds_predicts_like_pytorch(nnunet
     nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "export", structured_model, "-o", out, "--runtime",
                runtime, "--threads", 1)
     arch = read_json(out / "plans.json")["configurations"]["2d"]["architecture"]
-    assert arch["network_class_name"] == "nnunet_prune.runtimes.RuntimeNetwork"
+    assert arch["network_class_name"] == "nnunet_prune.networks.runtime.RuntimeNetwork"
     assert arch["arch_kwargs"]["runtime"] == runtime
     summary = read_json(out / "export_summary.json")
     assert [f["runtime_argmax_agreement"] for f in summary["folds"]] == [1.0, 1.0]

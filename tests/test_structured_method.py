@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from nnunet_prune import NnUNetPruneError
+from nnunet_prune.core.stats import count_macs, count_parameters
 from nnunet_prune.criteria.structured import filter_norms, gamma_l1, slimming_scores
 from nnunet_prune.methods.base import TrainingProgress
 from nnunet_prune.methods.structured import (
@@ -23,7 +24,6 @@ from nnunet_prune.methods.structured import (
     StructuredMethod,
     StructuredSettings,
 )
-from nnunet_prune.stats import count_macs, count_parameters
 from nnunet_prune.surgery import build_channel_graph
 from nnunet_prune.surgery.removal import apply_removal
 from nnunet_prune.surgery.size import SizeModel
@@ -139,7 +139,7 @@ def test_unreachable_target_names_the_caps():
         with pytest.raises(NnUNetPruneError, match="NNUNET_PRUNE_STRUCTURED"):
             StructuredSettings.resolve(environ={"NNUNET_PRUNE_STRUCTURED": bad})
     # a variant's name fixes criterion and schedule (the trainers pass these as fixed values)
-    from nnunet_prune.trainers.structured import nnUNetTrainerStructuredL1_oneshot as variant
+    from nnunet_prune.nnunet.trainers.structured import nnUNetTrainerStructuredL1_oneshot as variant
 
     with pytest.raises(NnUNetPruneError, match="this trainer variant fixes"):
         StructuredSettings.resolve(environ={"NNUNET_PRUNE_STRUCTURED": "criterion=l2"}, fixed=variant.method_defaults)

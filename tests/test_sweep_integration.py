@@ -46,7 +46,7 @@ def test_sweep_proxy_dice_sparsity_resume_and_export(nnunet, dataset2d, dense_mo
     assert "Per-stage sparsity" in (out / "summary.md").read_text() or report["critical_point"] is None
 
     # every file the sweep wrote is recorded as its own; --restart deletes them, but never a file of the user's
-    from nnunet_prune.outputs import foreign_entries
+    from nnunet_prune.core.outputs import foreign_entries
 
     assert foreign_entries(out, "sweep") == []
     (out / "my_notes.txt").write_text("keep me")

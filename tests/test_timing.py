@@ -1,4 +1,4 @@
-"""One latency measurement for every tool (nnunet_prune/timing.py): repeats until the median is known, interleaved
+"""One latency measurement for every tool (nnunet_prune/core/timing.py): repeats until the median is known, interleaved
 candidates, a load check, and a "not comparable" verdict that replaces ratios, speed-ups and "fastest" choices in
 the report, the structured sweep and the benchmark. A simulated busy machine (a load source reading more cores in
 use than the machine has free) and a noisy timer (a clock with random jumps) make the verdict deterministic."""
@@ -14,11 +14,8 @@ import time
 import pytest
 import torch
 
-from nnunet_prune.benchmark import Benchmark, BenchmarkSettings, MethodResult, plot_pareto
-from nnunet_prune.metrics import measure_latencies, measure_latency_stats
-from nnunet_prune.report import format_markdown, format_table, measure_model_folder, write_report
-from nnunet_prune.structured_sweep import write_outputs
-from nnunet_prune.timing import (
+from nnunet_prune.core.latency import measure_latencies, measure_latency_stats
+from nnunet_prune.core.timing import (
     NOT_COMPARABLE,
     FixedLoad,
     SystemLoad,
@@ -26,6 +23,9 @@ from nnunet_prune.timing import (
     busy_reason,
     time_interleaved,
 )
+from nnunet_prune.tools.benchmark.benchmark import Benchmark, BenchmarkSettings, MethodResult, plot_pareto
+from nnunet_prune.tools.report.efficiency import format_markdown, format_table, measure_model_folder, write_report
+from nnunet_prune.tools.sweep.structured import write_outputs
 from tests.helpers import make_network
 from tests.test_report import make_model_folder
 
@@ -197,7 +197,7 @@ def test_report_of_a_busy_machine_gives_no_ratio_and_no_fastest(tmp_path):
 
 
 def test_report_names_no_fastest_runtime_from_timings_that_do_not_count(tmp_path):
-    from nnunet_prune.report import FoldEfficiency
+    from nnunet_prune.tools.report.efficiency import FoldEfficiency
 
     row = FoldEfficiency(model="m", fold=0, trainer="t", configuration="2d", patch_size=[32, 32], parameters=10**6,
                          macs=10**9, checkpoint_bytes=10**6, cpu_ms_eager=5361.0, cpu_ms_eager_iqr=3168.0,
@@ -304,7 +304,7 @@ def test_pareto_latency_panel_marks_and_skips_timings_that_do_not_count(tmp_path
 
 
 def test_end_to_end_runs_on_a_busy_machine_give_no_ratio_and_no_fastest():
-    from nnunet_prune.end_to_end import EndToEnd, format_end_to_end
+    from nnunet_prune.tools.report.end_to_end import EndToEnd, format_end_to_end
 
     def run(runtime, seconds, why=None):
         return EndToEnd("m", runtime, 4, [0], True, 0.5, "cpu", seconds, not_comparable=why)

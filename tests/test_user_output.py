@@ -25,7 +25,7 @@ def sweep_report(best, folds=("0",), plans="nnUNetPlans", criterion="l2") -> dic
 
 
 def test_the_hint_names_the_fraction_found_and_the_one_shot_trainer():
-    from nnunet_prune.structured_sweep import finetune_hint
+    from nnunet_prune.tools.sweep.structured import finetune_hint
 
     hint = finetune_hint(sweep_report(0.6))
     assert "<fraction>" not in hint
@@ -40,8 +40,8 @@ def test_the_hint_names_the_fraction_found_and_the_one_shot_trainer():
 
 def test_the_command_of_the_hint_is_accepted_by_the_trainer():
     """The settings the hint writes are valid for the one-shot trainer it names (parsed as nnUNetv2_train would)."""
-    from nnunet_prune import trainers
-    from nnunet_prune.structured_sweep import finetune_hint
+    from nnunet_prune.nnunet import trainers
+    from nnunet_prune.tools.sweep.structured import finetune_hint
 
     command = finetune_hint(sweep_report(0.6, criterion="l1")).splitlines()[1]
     value = command.split("NNUNET_PRUNE_STRUCTURED='", 1)[1].split("'", 1)[0]
@@ -52,7 +52,7 @@ def test_the_command_of_the_hint_is_accepted_by_the_trainer():
 
 
 def test_without_a_fraction_at_the_threshold_the_hint_starts_at_the_smallest():
-    from nnunet_prune.structured_sweep import finetune_hint
+    from nnunet_prune.tools.sweep.structured import finetune_hint
 
     hint = finetune_hint(sweep_report(None, folds=("0", "1"), plans="nnUNetResEncUNetMPlans", criterion="slimming"))
     assert hint.startswith("Every fraction needs fine-tuning; to start at the smallest, 0.3:")
@@ -97,7 +97,7 @@ def test_the_readme_shows_the_cpu_only_install():
 
 # ---------------------------------------------------------------------------------- noise that is not the user's
 def test_timms_jit_interface_warning_is_filtered_and_nothing_else():
-    from nnunet_prune.quiet import filter_warnings
+    from nnunet_prune.tools.quiet import filter_warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -123,7 +123,7 @@ def jit_interface_warnings(quiet: bool) -> list[str]:
     CLI's filter."""
     import torch
 
-    from nnunet_prune.quiet import filter_warnings
+    from nnunet_prune.tools.quiet import filter_warnings
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -139,7 +139,7 @@ def test_commands_and_their_subprocesses_do_not_show_the_jit_warning():
     if not jit_interface_warnings(quiet=False):
         pytest.skip("this PyTorch does not warn about torch.jit.interface")
     assert jit_interface_warnings(quiet=True) == []
-    from nnunet_prune.quiet import quiet_environment
+    from nnunet_prune.tools.quiet import quiet_environment
 
     env = quiet_environment({**os.environ, "PYTHONWARNINGS": "default::DeprecationWarning"})
     assert env["PYTHONWARNINGS"].startswith("default::DeprecationWarning,ignore:")  # the user's entries kept first
@@ -149,7 +149,7 @@ def test_commands_and_their_subprocesses_do_not_show_the_jit_warning():
 
 
 def test_nnunets_banners_are_left_out_of_the_demo_stream():
-    from nnunet_prune.quiet import is_banner_line
+    from nnunet_prune.tools.quiet import is_banner_line
 
     rule = "#" * 71
     banner = [rule, "INFO: You are using the old nnU-Net default plans. We have updated our recommendations. Please "

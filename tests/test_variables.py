@@ -10,8 +10,8 @@ import time
 import pytest
 
 from nnunet_prune import NnUNetPruneError
-from nnunet_prune.registry import PLANNERS
-from nnunet_prune.variables import (
+from nnunet_prune.nnunet.names import PLANNERS
+from nnunet_prune.nnunet.settings import (
     METHOD_VARIABLE_NAMES,
     PACKAGE_VARIABLES,
     RENAMED_VARIABLES,
@@ -27,7 +27,7 @@ CLOSEST = "NNUNET_PRUNE_EPOCHS"
 # ------------------------------------------------------------------------------------------------ the function
 def test_the_static_method_table_matches_the_methods_settings_classes():
     """The check imports no trainer (no torch): its table of method variables must equal the derived one."""
-    from nnunet_prune.variables import method_variables
+    from nnunet_prune.nnunet.settings import method_variables
 
     assert set(METHOD_VARIABLE_NAMES) == set(method_variables())
 
@@ -76,14 +76,14 @@ def test_renamed_variables_keep_their_message():
 
 # -------------------------------------------------------------------------------------------- every trainer
 def trainer_classes() -> list[type]:
-    from nnunet_prune import trainers
+    from nnunet_prune.nnunet import trainers
 
     return [getattr(trainers, name) for name in trainers.__all__]
 
 
 @pytest.mark.parametrize("name", PLANNERS)
 def test_every_planner_refuses_an_unknown_variable_first(name, monkeypatch):
-    from nnunet_prune import planners
+    from nnunet_prune.nnunet import planners
 
     monkeypatch.setenv("NNUNET_PRUNE_NO_REUS", "1")
     with pytest.raises(NnUNetPruneError, match="NNUNET_PRUNE_NO_REUS is not a variable of this package "

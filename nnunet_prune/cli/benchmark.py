@@ -1,4 +1,5 @@
-"""``nnunet-prune benchmark``: every method on one dataset, one budget, one table (:mod:`nnunet_prune.benchmark`)."""
+"""``nnunet-prune benchmark``: every method on one dataset, one budget, one table
+(:mod:`nnunet_prune.tools.benchmark.benchmark`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from nnunet_prune import NnUNetPruneError
 
 def add_parser(sub) -> None:
     """Register the ``nnunet-prune benchmark`` subcommand on ``sub`` (an argparse subparsers object)."""
-    from nnunet_prune.benchmark import METHOD_NAMES
+    from nnunet_prune.tools.benchmark.benchmark import METHOD_NAMES
 
     p = sub.add_parser(
         "benchmark", help="train every pruning method with the same budget and compare them in one table",
@@ -61,8 +62,8 @@ def run(args) -> int:
 
     Raises:
         NnUNetPruneError: a bad input (checked before any work), or planning failed."""
-    from nnunet_prune.benchmark import Benchmark, BenchmarkSettings
-    from nnunet_prune.seeding import check_seed
+    from nnunet_prune.nnunet.seeding import check_seed
+    from nnunet_prune.tools.benchmark.benchmark import Benchmark, BenchmarkSettings
 
     if args.seeds < 1:
         raise NnUNetPruneError(f"--seeds {args.seeds}: give at least 1 (the number of trainings per method).")
@@ -70,12 +71,12 @@ def run(args) -> int:
     if not (os.environ.get("nnUNet_raw") and os.environ.get("nnUNet_preprocessed")):
         raise NnUNetPruneError("nnUNet_raw and nnUNet_preprocessed must be set (the benchmark plans and trains with "
                                "nnU-Net's folders; its models go to OUT/seed_<S>/nnUNet_results).")
-    from nnunet_prune.prechecks import gpu_driver_present, resolve_dataset
+    from nnunet_prune.nnunet.prechecks import gpu_driver_present, resolve_dataset
 
     dataset = resolve_dataset(args.dataset)  # without importing nnU-Net; lists the datasets that exist
     if len(set(args.methods)) != len(args.methods):
         raise NnUNetPruneError("--methods names a method twice.")
-    from nnunet_prune.benchmark import METHOD_NAMES, method_spec
+    from nnunet_prune.tools.benchmark.benchmark import METHOD_NAMES, method_spec
 
     for name in args.methods:
         method_spec(name)

@@ -40,7 +40,7 @@ def run_synthetic(args) -> int:
         NnUNetPruneError: an invalid ``--dim``, ``--cases``, ``--test-cases``, ``--size`` or dataset ID, an ID already
             in use, no ``--raw`` and no ``$nnUNet_raw``, or a raw folder that cannot be written to.
     """
-    from nnunet_prune.datasets.synthetic import create_synthetic_dataset
+    from nnunet_prune.tools.datasets.synthetic import create_synthetic_dataset
 
     folder = create_synthetic_dataset(args.dataset_id, dim=args.dim, cases=args.cases, test_cases=args.test_cases,
                                       seed=args.seed, size=args.size, raw=args.raw)
@@ -51,7 +51,8 @@ def run_synthetic(args) -> int:
 def run_lits(args) -> int:
     """Write the LiTS-117 slab dataset into nnUNet_raw (``nnunet-prune dataset lits117``) and print its folder.
 
-    The data wheel is taken from ``--wheel``, the cache, or downloaded from PyPI (:mod:`nnunet_prune.datasets.lits117`).
+    The data wheel is taken from ``--wheel``, the cache, or downloaded from PyPI
+    (:mod:`nnunet_prune.tools.datasets.lits117`).
 
     Returns:
         the exit code (0 ok; errors raise instead).
@@ -61,7 +62,7 @@ def run_lits(args) -> int:
             wheel that is not the expected one, an invalid or used dataset ID, no ``--raw`` and no ``$nnUNet_raw``, or
             a raw folder that cannot be written to.
     """
-    from nnunet_prune.datasets.lits117 import create_lits117_dataset
+    from nnunet_prune.tools.datasets.lits117 import create_lits117_dataset
 
     folder = create_lits117_dataset(args.dataset_id, slab=args.slab, test_every=args.test_every, wheel=args.wheel,
                                     raw=args.raw)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 def add_parser(sub) -> None:
     """Register the ``nnunet-prune demo`` subcommand on ``sub`` (an argparse subparsers object)."""
-    from nnunet_prune.demo import DEFAULT_SEED
-    from nnunet_prune.demo_progress import MEASURED_MINUTES, MEASURED_ON
+    from nnunet_prune.tools.benchmark.demo import DEFAULT_SEED
+    from nnunet_prune.tools.benchmark.progress import MEASURED_MINUTES, MEASURED_ON
 
     p = sub.add_parser(
         "demo", help=f"run everything on the embedded demo data ({MEASURED_MINUTES} minutes on {MEASURED_ON})",
@@ -32,9 +32,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    """Run the whole demo (:meth:`nnunet_prune.demo.Demo.run_all`) in ``--workdir`` and print where the results are.
+    """Run the whole demo (:meth:`nnunet_prune.tools.benchmark.demo.Demo.run_all`) in ``--workdir`` and print where the
+    results are.
 
-    ``--epochs`` / ``--iterations`` that are unset (or 0) keep the :class:`~nnunet_prune.demo.DemoBudget` defaults.
+    ``--epochs`` / ``--iterations`` that are unset (or 0) keep the
+    :class:`~nnunet_prune.tools.benchmark.demo.DemoBudget` defaults.
 
     Returns:
         the exit code (0 ok, 130 after Ctrl-C, which the demo has reported; errors raise instead).
@@ -44,7 +46,7 @@ def run(args) -> int:
             a step's command failed (the message shows the command and its last output), or ``--seed`` is not a
             whole number from 0 to 2**32 - 1.
     """
-    from nnunet_prune.demo import Demo, DemoBudget
+    from nnunet_prune.tools.benchmark.demo import Demo, DemoBudget
 
     budget = DemoBudget()
     if args.epochs:

@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-from nnunet_prune.prechecks import gpu_driver_present
-from nnunet_prune.variables import NNUNET_VARIABLES, all_variables, variable_problems
+from nnunet_prune.nnunet.prechecks import gpu_driver_present
+from nnunet_prune.nnunet.settings import NNUNET_VARIABLES, all_variables, variable_problems
 
 #: PyTorch's wheel index of CPU-only builds (README: "CPU-only servers")
 CPU_WHEEL_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -17,13 +17,13 @@ _PROBE = r"""
 import json, os, sys
 out = {"hook": "_nnunet_prune_hook" in sys.modules,
        "extTrainer": os.environ.get("nnUNet_extTrainer", "")}
-from nnunet_prune import registry
+from nnunet_prune.nnunet import names as class_names
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 import nnunetv2.experiment_planning.plan_and_preprocess_api as api
 import nnunetv2.run.run_training
 import io, contextlib
 trainers = {}
-for name in registry.TRAINERS:
+for name in class_names.TRAINERS:
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             cls = recursive_find_trainer_class_by_name(name)
@@ -33,7 +33,7 @@ for name in registry.TRAINERS:
 planners = {}
 import nnunetv2
 from os.path import join
-for name in registry.PLANNERS:
+for name in class_names.PLANNERS:
     try:
         cls = api.recursive_find_python_class(join(nnunetv2.__path__[0], "experiment_planning"), name,
                                               current_module="nnunetv2.experiment_planning")
@@ -42,7 +42,7 @@ for name in registry.PLANNERS:
         planners[name] = "NOT FOUND: " + type(e).__name__
 out["trainers"], out["planners"] = trainers, planners
 try:
-    from nnunet_prune.integration.patches import patch_status
+    from nnunet_prune.nnunet.integration.patches import patch_status
     out["patches"] = patch_status()
 except Exception as e:
     out["patches"] = [{"target": "?", "purpose": "", "state": "could not check: " + type(e).__name__}]
@@ -117,7 +117,7 @@ def torch_build_lines() -> list[str]:
 
 def _print_variables() -> list[str]:
     """Print nnU-Net's and this package's variables with their values; returns the problems of the
-    ``NNUNET_PRUNE_*`` names that are set (:func:`nnunet_prune.variables.variable_problems`)."""
+    ``NNUNET_PRUNE_*`` names that are set (:func:`nnunet_prune.nnunet.settings.variable_problems`)."""
     for title, table in (("nnU-Net's variables", NNUNET_VARIABLES),
                          ("Variables of this package (every one it reads)", all_variables())):
         print(f"\n{title}:")
@@ -149,7 +149,7 @@ def run(args) -> int:
     for dist in ("nnunetv2", "torch", "dynamic-network-architectures", "batchgenerators"):
         print(f"  {dist:<30} {_version(dist)}")
     print("\n".join(torch_build_lines()))
-    from nnunet_prune.runtimes import RUNTIMES, is_available
+    from nnunet_prune.networks.runtime import RUNTIMES, is_available
 
     print("\nDeployment runtimes (nnunet-prune export --runtime; optional: pip install \"nnunet-prune[deploy]\"):")
     for name, spec in RUNTIMES.items():

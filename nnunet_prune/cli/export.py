@@ -43,16 +43,17 @@ def add_parser(sub) -> None:
 
 
 def check_inputs(args, options: dict) -> None:
-    """What the user can get wrong, checked on the file system alone (:mod:`nnunet_prune.prechecks`,
-    :mod:`nnunet_prune.runtime_specs`: no torch, nnU-Net or runtime import): the source is a model folder (not a fold
+    """What the user can get wrong, checked on the file system alone (:mod:`nnunet_prune.nnunet.prechecks`,
+    :mod:`nnunet_prune.core.runtime_specs`: no torch, nnU-Net or runtime import): the source is a model folder (not a
+    fold
     folder) whose chosen folds have the first checkpoint of ``-chk``, the output, ``--magnitude-tau``, the runtime and
-    its ``options``. :func:`nnunet_prune.export.export_model_folder` checks all of it again, and the rest.
+    its ``options``. :func:`nnunet_prune.tools.export.folder.export_model_folder` checks all of it again, and the rest.
 
     Raises:
         NnUNetPruneError: as :func:`run` does for these.
     """
-    from nnunet_prune.prechecks import check_export_output, check_magnitude_tau, model_folder_folds
-    from nnunet_prune.runtime_specs import check_runtime_choice
+    from nnunet_prune.core.runtime_specs import check_runtime_choice
+    from nnunet_prune.nnunet.prechecks import check_export_output, check_magnitude_tau, model_folder_folds
 
     first = (getattr(args, "checkpoints", None) or ["checkpoint_final.pth"])[0]
     if first.endswith(".pth") and Path(first).name == first:  # (other names: the export's own message)
@@ -63,7 +64,8 @@ def check_inputs(args, options: dict) -> None:
 
 
 def run(args) -> int:
-    """Write a slim model folder (:func:`nnunet_prune.export.export_model_folder`) and print its per-fold summary.
+    """Write a slim model folder (:func:`nnunet_prune.tools.export.folder.export_model_folder`) and print its per-fold
+    summary.
 
     Returns:
         the exit code (0 ok; errors raise instead).
@@ -76,7 +78,7 @@ def run(args) -> int:
     """
     options = {k: v for k, v in (("threads", args.threads), ("precision", args.precision)) if v is not None}
     check_inputs(args, options)  # before torch, nnU-Net and the runtime are imported
-    from nnunet_prune.export import export_model_folder
+    from nnunet_prune.tools.export.folder import export_model_folder
 
     result = export_model_folder(args.model_folder, args.output, folds=args.folds, fp16=args.fp16,
                                  magnitude_tau=args.magnitude_tau, prune_bias=args.prune_bias,

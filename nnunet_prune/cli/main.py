@@ -8,8 +8,8 @@ import os
 import sys
 
 from nnunet_prune import NnUNetPruneError, __version__
-from nnunet_prune.quiet import filter_warnings
-from nnunet_prune.variables import check_variables
+from nnunet_prune.nnunet.settings import check_variables
+from nnunet_prune.tools.quiet import filter_warnings
 
 #: subcommand -> module that defines ``add_parser(subparsers)`` and ``run(args)``
 SUBCOMMANDS = {
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``nnunet-prune`` with ``argv`` (default: ``sys.argv[1:]``).
 
     Unknown or renamed ``NNUNET_PRUNE_*`` variables stop every subcommand but ``doctor`` before any work
-    (:func:`nnunet_prune.variables.check_variables`). An :class:`~nnunet_prune.NnUNetPruneError` is printed as one
+    (:func:`nnunet_prune.nnunet.settings.check_variables`). An :class:`~nnunet_prune.NnUNetPruneError` is printed as one
     ``ERROR:`` line on stderr without a traceback (set ``NNUNET_PRUNE_TRACEBACK`` to re-raise it instead). Invalid
     arguments and ``--version`` exit through argparse's ``SystemExit`` (2 and 0).
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    filter_warnings()  # third-party warnings that are not the user's business (nnunet_prune.quiet), by message
+    filter_warnings()  # third-party warnings that are not the user's business (nnunet_prune.tools.quiet), by message
     try:
         if args.command != "doctor":  # doctor lists such problems instead of stopping at them
             check_variables()  # a misspelt NNUNET_PRUNE_* name would be ignored: refused before any work

@@ -21,15 +21,15 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    """Write the plans (:func:`nnunet_prune.plans_from_model.plans_from_model`) and print what was written.
+    """Write the plans (:func:`nnunet_prune.tools.plans_from_model.plans_from_model`) and print what was written.
 
     Returns:
         the exit code (0 ok; errors raise instead).
 
     Raises:
-        NnUNetPruneError: see :func:`~nnunet_prune.plans_from_model.plans_from_model`.
+        NnUNetPruneError: see :func:`~nnunet_prune.tools.plans_from_model.plans_from_model`.
     """
-    from nnunet_prune.plans_from_model import plans_from_model
+    from nnunet_prune.tools.plans_from_model import plans_from_model
 
     result = plans_from_model(args.model_folder, args.fold, args.plans_name, checkpoint_name=args.checkpoint,
                               overwrite=args.overwrite)

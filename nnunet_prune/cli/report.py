@@ -60,8 +60,8 @@ def _duration(seconds: float) -> str:
 
 
 def _summary(row) -> str:
-    from nnunet_prune.report import _latency, _num
-    from nnunet_prune.timing import NOT_COMPARABLE
+    from nnunet_prune.core.timing import NOT_COMPARABLE
+    from nnunet_prune.tools.report.efficiency import _latency, _num
 
     def timed(prefix: str) -> tuple:
         return getattr(row, prefix), getattr(row, prefix + "_iqr"), row.not_comparable(prefix)
@@ -84,14 +84,14 @@ def _summary(row) -> str:
 
 def check_inputs(args) -> None:
     """What the user can get wrong, checked without importing torch, nnU-Net or a runtime: the numbers, the runtimes
-    of ``--runtimes`` (:func:`~nnunet_prune.runtime_specs.check_timed_runtimes`), every model folder and its folds
-    on the file system (:func:`~nnunet_prune.prechecks.model_folder_folds`), ``--predict`` and ``--step-size``.
+    of ``--runtimes`` (:func:`~nnunet_prune.core.runtime_specs.check_timed_runtimes`), every model folder and its folds
+    on the file system (:func:`~nnunet_prune.nnunet.prechecks.model_folder_folds`), ``--predict`` and ``--step-size``.
 
     Raises:
         NnUNetPruneError: naming the option and what to give.
     """
-    from nnunet_prune.prechecks import check_image_folder, model_folder_folds
-    from nnunet_prune.runtime_specs import check_timed_runtimes
+    from nnunet_prune.core.runtime_specs import check_timed_runtimes
+    from nnunet_prune.nnunet.prechecks import check_image_folder, model_folder_folds
 
     if args.repeats < 1 or args.warmup < 0:
         raise NnUNetPruneError(f"--repeats must be at least 1 and --warmup at least 0 (got {args.repeats}, "
@@ -126,8 +126,8 @@ def run(args) -> int:
     check_inputs(args)  # before torch, nnU-Net and the runtimes are imported
     import torch
 
-    from nnunet_prune.outputs import check_writable_files
-    from nnunet_prune.report import (
+    from nnunet_prune.core.outputs import check_writable_files
+    from nnunet_prune.tools.report.efficiency import (
         OUTPUT_FILES,
         TOOL,
         busy_machine_warning,
@@ -149,7 +149,7 @@ def run(args) -> int:
     folders = open_model_folders(args.model_folders, args.folds)
     labels = model_labels([mf.path for mf in folders])
     if args.predict is not None:
-        from nnunet_prune.end_to_end import image_cases
+        from nnunet_prune.tools.report.end_to_end import image_cases
 
         for mf in folders:
             image_cases(args.predict, mf.dataset_json.get("file_ending", ".nii.gz"))
@@ -194,7 +194,7 @@ def run(args) -> int:
 
     end_to_end = []
     if args.predict is not None:
-        from nnunet_prune.end_to_end import measure_end_to_end
+        from nnunet_prune.tools.report.end_to_end import measure_end_to_end
 
         e2e_device = "cuda" if device.type == "cuda" else "cpu"
         # on a GPU, compiled PyTorch (CUDA graphs + bf16) is the runtime that matters

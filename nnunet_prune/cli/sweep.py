@@ -108,13 +108,13 @@ def check_arguments(args) -> None:
 
 def check_inputs(args) -> Path:
     """The model folder (given, or -d/-c/-tr/-p resolved), its folds and the image and label folders checked on the
-    file system alone (:mod:`nnunet_prune.prechecks`: no torch, no nnU-Net); returns the model folder.
+    file system alone (:mod:`nnunet_prune.nnunet.prechecks`: no torch, no nnU-Net); returns the model folder.
 
     Raises:
         NnUNetPruneError: an unknown dataset (listing those that exist), a missing model folder, a fold folder given
             as the model folder, missing folds, or a missing image or label folder.
     """
-    from nnunet_prune.prechecks import check_image_folder, model_folder_folds, resolve_model_folder
+    from nnunet_prune.nnunet.prechecks import check_image_folder, model_folder_folds, resolve_model_folder
 
     folder = resolve_model_folder(args.model_folder, args.dataset, args.configuration, args.trainer, args.plans)
     folder, _ = model_folder_folds(folder, args.folds)
@@ -125,9 +125,11 @@ def check_inputs(args) -> Path:
 
 
 def run(args) -> int:
-    """Run (or resume) the magnitude-pruning sweep (:class:`nnunet_prune.sweep.MagnitudeSweep`; print the critical
+    """Run (or resume) the magnitude-pruning sweep (:class:`nnunet_prune.tools.sweep.magnitude.MagnitudeSweep`; print
+    the critical
     point with the proxy Dice per class) or, with ``--criterion l1|l2|slimming``, the structured sweep
-    (:class:`nnunet_prune.structured_sweep.StructuredSweep`; print the largest fraction at the threshold), and where
+    (:class:`nnunet_prune.tools.sweep.structured.StructuredSweep`; print the largest fraction at the threshold), and
+    where
     the results are.
 
     Returns:
@@ -142,8 +144,8 @@ def run(args) -> int:
     """
     check_arguments(args)
     folder = check_inputs(args)  # before torch and nnU-Net are imported: a wrong -d fails in a fraction of a second
-    from nnunet_prune.modelfolder import ModelFolder
-    from nnunet_prune.sweep import MagnitudeSweep, SweepSettings
+    from nnunet_prune.nnunet.modelfolder import ModelFolder
+    from nnunet_prune.tools.sweep.magnitude import MagnitudeSweep, SweepSettings
 
     model = ModelFolder.open(folder, args.folds)
     structured = args.criterion != "magnitude"
@@ -159,7 +161,7 @@ def run(args) -> int:
                              distribution=args.distribution, max_ratio=args.max_ratio,
                              max_ratio_coupled=args.max_ratio_coupled)
     if structured:
-        from nnunet_prune.structured_sweep import StructuredSweep, finetune_hint
+        from nnunet_prune.tools.sweep.structured import StructuredSweep, finetune_hint
 
         sweep = StructuredSweep(model, args.images, output, args.labels, settings, restart=args.restart)
         print(f"Structured sweep ({args.criterion}) of {model.path.name} (folds {', '.join(map(str, model.folds))}) "

@@ -1,7 +1,7 @@
 """The method protocol: what every pruning method of this package is, whatever its paper.
 
 A method is a :class:`PruningMethod` subclass with a :class:`MethodSettings` dataclass. The trainers' generic driver
-(:class:`nnunet_prune.trainers.base.nnUNetTrainerPruning`) calls it at fixed points and applies what it returns
+(:class:`nnunet_prune.nnunet.trainers.base.nnUNetTrainerPruning`) calls it at fixed points and applies what it returns
 with :func:`nnunet_prune.surgery.removal.apply_removal`; a method never slices a tensor and never reads the
 environment or nnU-Net's plans (the glue passes them in)::
 

@@ -6,7 +6,7 @@ optionally fine-tune with the zero pattern held). For each tau of a sweep every 
 (no retraining); the pruned ensemble predicts the same images as the unpruned one and the proxy Dice between the
 two tells how much was lost. This module also holds the sweep's schedule: the tau grid, its refinement around the
 critical point, tau values for target sparsities, and the critical point itself. Inference and files are in
-:mod:`nnunet_prune.sweep`.
+:mod:`nnunet_prune.tools.sweep.magnitude`.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from nnunet_prune.stats import unwrap
+from nnunet_prune.core.stats import unwrap
 from nnunet_prune.surgery.blocks import removable_blocks, remove_blocks
 from nnunet_prune.surgery.graph import ChannelGraph, UnsupportedNetworkError
 from nnunet_prune.surgery.resize import match_block_counts, resize_to_state_dict
@@ -78,21 +78,25 @@ def _find(name: str) -> Architecture | None:
 
 
 def for_class_name(name: str) -> Architecture:
-    """The entry whose stock or adaptive class is ``name`` (a dotted path; a module not imported yet is imported,
-    so that architectures defined elsewhere register themselves).
+    """The entry of the class a plans file names: ``name`` (a dotted path) is the stock or adaptive class of an
+    entry, or a class (imported, so that architectures defined elsewhere register themselves) whose nearest
+    registered base class is; names of earlier versions kept as aliases of moved classes resolve too.
 
     Raises:
         UnsupportedNetworkError: no such architecture, naming the supported ones.
     """
-    for _ in range(2):
-        found = _find(name)
+    found = _find(name)
+    if found is not None:
+        return found
+    module, _, class_name = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), class_name, None) if module else None
+    except ImportError:
+        cls = None
+    for base in cls.__mro__ if isinstance(cls, type) else ():
+        found = _find(_dotted(base))
         if found is not None:
             return found
-        module = name.rpartition(".")[0]
-        try:
-            importlib.import_module(module) if module else None
-        except ImportError:
-            break
     raise UnsupportedNetworkError(
         f"Architecture {name} is not supported by nnunet-prune (supported: "
         f"{', '.join(a.stock_class for a in ARCHITECTURES)}). Plan the dataset with a planner that builds one of "

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from nnunet_prune.core.optim import drop_parameters
-from nnunet_prune.stats import count_parameters, unwrap
+from nnunet_prune.core.stats import count_parameters, unwrap
 from nnunet_prune.surgery.graph import UnsupportedNetworkError
 from nnunet_prune.surgery.tensors import sync_attributes
 

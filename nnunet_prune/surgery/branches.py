@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from nnunet_prune.core.optim import drop_parameters
-from nnunet_prune.stats import count_parameters, unwrap
+from nnunet_prune.core.stats import count_parameters, unwrap
 from nnunet_prune.surgery.blocks import BlockRemovalResult
 from nnunet_prune.surgery.graph import ChannelGraph, UnsupportedNetworkError
 

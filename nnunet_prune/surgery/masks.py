@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from nnunet_prune.stats import count_parameters, unwrap
+from nnunet_prune.core.stats import count_parameters, unwrap
 from nnunet_prune.surgery.architectures import build_channel_graph
 from nnunet_prune.surgery.graph import ChannelGraph
 from nnunet_prune.surgery.layout import conv_stages, number_of_levels, stage_labels

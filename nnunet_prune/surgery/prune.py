@@ -17,7 +17,7 @@ from torch import nn
 
 from nnunet_prune.core.conv import in_axis, out_axis
 from nnunet_prune.core.optim import optimizers_of
-from nnunet_prune.stats import count_parameters
+from nnunet_prune.core.stats import count_parameters
 from nnunet_prune.surgery.graph import ChannelGraph, ChannelGroup, External
 from nnunet_prune.surgery.tensors import set_tensor, sync_attributes
 

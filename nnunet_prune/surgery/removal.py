@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from nnunet_prune.stats import unwrap
+from nnunet_prune.core.stats import unwrap
 from nnunet_prune.surgery.architectures import build_channel_graph, of
 from nnunet_prune.surgery.blocks import BlockRemovalResult
 from nnunet_prune.surgery.graph import ChannelGraph, UnsupportedNetworkError

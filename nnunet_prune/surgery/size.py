@@ -6,7 +6,8 @@ out x in x kernel x the voxels it is evaluated at (the output voxels; a transpos
 ``torch.utils.flop_counter`` counts it), and ``out`` and ``in`` are sums of group widths (:class:`ChannelGraph`
 layouts). So :class:`SizeModel` measures each convolution's voxels once (one forward pass on the meta device:
 nothing is computed) and then evaluates any width assignment in microseconds, exactly as
-:func:`nnunet_prune.stats.count_parameters` and :func:`nnunet_prune.stats.count_macs` would count the pruned network.
+:func:`nnunet_prune.core.stats.count_parameters` and :func:`nnunet_prune.core.stats.count_macs` would count the pruned
+network.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from nnunet_prune.core.conv import in_axis, is_transposed, out_axis
-from nnunet_prune.stats import count_parameters, inference_outputs, input_channels, on_meta_device
+from nnunet_prune.core.stats import count_parameters, inference_outputs, input_channels, on_meta_device
 from nnunet_prune.surgery.graph import ChannelGraph, External
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.conv import _ConvNd
 
-from nnunet_prune.stats import unwrap
+from nnunet_prune.core.stats import unwrap
 from nnunet_prune.surgery.graph import ChannelGraph, ChannelGroup, External, UnsupportedNetworkError
 
 

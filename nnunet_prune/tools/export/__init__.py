@@ -1,0 +1,2 @@
+"""Slim and runtime exports of model folders: load -> transform -> write -> verify (:mod:`.folder`), the weight
+transforms (:mod:`.transforms`)."""
