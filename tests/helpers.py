@@ -12,6 +12,9 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet, Resi
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD, BottleneckD
 from torch import nn
 
+#: the repository root (README.md, benchmarks/, the package)
+REPO = Path(__file__).resolve().parent.parent
+
 NORMS = {("instance", 2): nn.InstanceNorm2d, ("instance", 3): nn.InstanceNorm3d,
          ("batch", 2): nn.BatchNorm2d, ("batch", 3): nn.BatchNorm3d}
 

@@ -2,7 +2,7 @@
 
 Configuration goes nnU-Net's way first (a trainer variant class sets attributes, or a plans entry
 ``plans['nnunet_prune'][<method>]``); a variable per method is for experiments. Only the glue (trainers, planners,
-tools) reads these; surgery, criteria and methods never read the environment (``tests/test_layers.py``).
+tools) reads these; surgery, criteria and methods never read the environment (``tests/contract/test_layers.py``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ PACKAGE_VARIABLES: dict[str, str] = {
 }
 
 #: each method's one variable, named here too so that :func:`check_variables` needs no import of the trainers (torch,
-#: nnU-Net); ``tests/test_variables.py`` checks it against :func:`method_variables`, which derives them
+#: nnU-Net); ``tests/unit/nnunet/test_variables.py`` checks it against :func:`method_variables`, which derives them
 METHOD_VARIABLE_NAMES: tuple[str, ...] = (
     "NNUNET_PRUNE_MAGNITUDE", "NNUNET_PRUNE_PSPSEG", "NNUNET_PRUNE_SAURON", "NNUNET_PRUNE_SLIMMING",
     "NNUNET_PRUNE_STAMP", "NNUNET_PRUNE_STRUCTURED",

@@ -2,7 +2,8 @@
 widths match, taken out of its stack (parameters dropped from the optimizer, not just sliced).
 
 Removing such a block replaces it by the identity: the network's output equals the unpruned network's output with
-that block's forward replaced by ``x -> x`` (the oracle in ``tests/test_surgery.py``). The first block of a stack
+that block's forward replaced by ``x -> x`` (the oracle in ``tests/unit/surgery/test_surgery.py``). The first block of
+a stack
 (which may change the width or stride) is never removable, so every stack keeps at least one block. After a
 removal the coupling graph must be rebuilt (:func:`~nnunet_prune.surgery.architectures.build_channel_graph`):
 groups that a removed block separated or joined change.

@@ -9,7 +9,8 @@ kept after deletions), e.g. ``encoder.stages.2.prm.branches.5``. Three states:
   gradient reaches them, so the optimizer skips them) -- a restore puts back exactly what was masked;
 * deleted (:func:`remove_branches`): gone from the module and from the optimizer's param groups and state.
 
-Oracle (``tests/test_pspseg.py``): the network with a set of branches masked equals the network with them deleted
+Oracle (``tests/unit/methods/test_pspseg.py``): the network with a set of branches masked equals the network with them
+deleted
 (max abs diff <= 1e-5, float32). Networks are duck-typed (a module holding ``ALL_BRANCHES`` is a PRM), so this module
 does not import the architecture.
 """

@@ -4,9 +4,10 @@ and the paper section where they apply: docs/methods.md, docs/architecture.md)."
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "nnunet_prune"
+from tests.helpers import REPO
+
+PACKAGE = REPO / "nnunet_prune"
 
 
 def undocumented(node: ast.AST, where: str, prefix: str = "") -> list[str]:

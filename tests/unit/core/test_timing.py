@@ -27,7 +27,7 @@ from nnunet_prune.tools.benchmark.benchmark import Benchmark, BenchmarkSettings,
 from nnunet_prune.tools.report.efficiency import format_markdown, format_table, measure_model_folder, write_report
 from nnunet_prune.tools.sweep.structured import write_outputs
 from tests.helpers import make_network
-from tests.test_report import make_model_folder
+from tests.unit.tools.test_report import make_model_folder
 
 #: a machine with 2 cores on which other processes use 3 (a load average above the cores) / none
 BUSY, QUIET = FixedLoad(3.0, cores=2), FixedLoad(0.0, cores=2)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "nnunet_prune"
+from tests.helpers import REPO
+
+PACKAGE = REPO / "nnunet_prune"
 #: the layers, bottom up: a module may import from its own layer and those before it
 LAYERS = ("core", "surgery", "networks", "criteria", "methods", "nnunet", "tools", "cli")
 #: the first layer allowed to import nnunetv2 or read the environment

@@ -28,8 +28,8 @@ from nnunet_prune.core.outputs import (
 from nnunet_prune.networks import AdaptivePlainConvUNet
 from nnunet_prune.networks.checkpoints import check_state_dict, normalise_state_dict
 from nnunet_prune.nnunet.modelfolder import ModelFolder
-from tests.helpers import make_network
-from tests.test_report import make_model_folder, make_trained_network
+from tests.helpers import REPO, make_network
+from tests.unit.tools.test_report import make_model_folder, make_trained_network
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -291,7 +291,7 @@ def test_sweep_labels_folder_as_images_says_which_files_it_expected(tmp_path):
 
 
 def test_benchmark_out_never_overwrites_a_users_file(tmp_path):
-    sys.path.insert(0, str(os.path.join(os.path.dirname(__file__), "..", "benchmarks")))
+    sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         import common
     finally:

@@ -1,6 +1,6 @@
 """`nnunet-prune demo` without nnU-Net: its one duration figure, the step plan and the time-left estimate, the
 advice on a slow machine, the per-class notes of its table, its seed, and Ctrl-C (the end-to-end run is in
-tests/test_demo.py, slow)."""
+tests/e2e/test_demo.py, slow)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from nnunet_prune.tools.benchmark.progress import (
     format_minutes,
     plan_steps,
 )
+from tests.helpers import REPO
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = REPO / "README.md"
 MODELS = ["nnU-Net default", "LUnet", "Sauron"]
 
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import BIN
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = REPO / "README.md"
 MARKER = "<!-- usage-block:"
 
 

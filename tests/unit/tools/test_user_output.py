@@ -7,11 +7,12 @@ import os
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO
+
+ROOT = REPO
 
 
 # ------------------------------------------------------------------------------------- the sweep's closing hint

@@ -3,7 +3,7 @@ per method and class), per-class Dice and notes in its table, and Ctrl-C reporte
 
 The steps' commands are replaced inside the benchmark (:meth:`Benchmark.command` of a subclass runs a real, trivial
 subprocess and writes the files a finished step leaves); the rest is the benchmark's code as it runs. The runs
-through stock nnU-Net are in tests/test_benchmark.py (slow).
+through stock nnU-Net are in tests/e2e/test_benchmark.py (slow).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import DATASET_2D, read_json
-from tests.test_nnunet_integration import segmentations
+from tests.integration.test_nnunet_integration import segmentations
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,8 @@ from nnunet_prune.tools.report.efficiency import (
 from tests.helpers import make_network
 
 PATCH = [32, 32]
-#: a quiet machine and runs that always count: tests of what is measured, not of the verdict (tests/test_timing.py)
+#: a quiet machine and runs that always count: tests of what is measured, not of the verdict
+#: (tests/unit/core/test_timing.py)
 QUIET = dict(load=FixedLoad(0.0), policy=TimingPolicy(repeats=2, max_repeats=2, precision=1e6))
 FAST = dict(compile=False, repeats=2, warmup=0, threads=1, device="cpu", runtimes=[], **QUIET)
 

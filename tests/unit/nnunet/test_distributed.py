@@ -79,7 +79,7 @@ def _psp_worker(rank: int, world: int, port: int, result_dir: str) -> None:
     find_unused_parameters while branches are masked, then rank 0's deletion."""
     from nnunet_prune.surgery.branches import removable_branches
     from nnunet_prune.surgery.removal import Removal, apply_removal
-    from tests.test_pspseg import tiny
+    from tests.unit.methods.test_pspseg import tiny
 
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     dist.init_process_group("gloo", rank=rank, world_size=world)
