@@ -1,12 +1,15 @@
 """The method protocol: what every pruning method of this package is, whatever its paper.
 
 A method is a :class:`PruningMethod` subclass with a :class:`MethodSettings` dataclass. The trainers' generic driver
-(:class:`nnunet_prune.nnunet.trainers.base.nnUNetTrainerPruning`) calls it at fixed points and applies what it returns
-with :func:`nnunet_prune.surgery.removal.apply_removal`; a method never slices a tensor and never reads the
-environment or nnU-Net's plans (the glue passes them in)::
+(:class:`nnunet_prune.nnunet.trainers.driver.SurgeryDriver`, run by the trainers) calls it at fixed points and applies
+what it returns with :func:`nnunet_prune.surgery.removal.apply_removal`; a method never slices a tensor and never
+reads the environment or nnU-Net's plans: the glue passes them in, the settings at construction and everything else
+about the training in one :class:`TrainingContext` (:meth:`PruningMethod.attach`), never as attributes set from
+outside::
 
     settings = SauronConfig.resolve(plans, environ, fixed=variant_values)   # validated
     method = SauronMethod(settings)                                         # (rng=... for reproducible draws)
+    method.attach(TrainingContext(...))        # once: ignore label, regions, rank, calibration batches, ...
     method.bind(graph)                         # start; again after every surgery and after --c
     removal = method.start(network, graph, progress)  # once, after the weights are loaded (one-shot: decide here)
     for each epoch:
@@ -28,7 +31,7 @@ environment or nnU-Net's plans (the glue passes them in)::
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -207,6 +210,39 @@ class TrainingProgress:
     patch_size: tuple[int, ...] | None = None
 
 
+@dataclass(frozen=True)
+class TrainingContext:
+    """What a method may know about the training it runs in, given once by the driver before the first
+    :meth:`PruningMethod.bind` (:meth:`PruningMethod.attach`); the defaults describe a single process without nnU-Net
+    (tests, benchmarks).
+
+    * ``ignore_label``: nnU-Net's ignore label (None: none); targets carry it where the voxels are not annotated;
+    * ``has_regions``: nnU-Net's region-based training (targets are 0/1 region channels, with an ignore label the
+      ignore mask is the last channel); ``foreground_regions``: the regions (labels or tuples of labels) of the
+      channels, in order (None without regions);
+    * ``rank`` / ``world_size`` / ``is_ddp``: the DDP process (rank 0 decides; every rank applies its decision);
+    * ``calibration_batches``: () -> an iterator of input batches (B, C, *patch) drawn from nnU-Net's training loader
+      (with its augmentation), as many as the method takes (None: none available); draw only on rank 0 unless every
+      rank must;
+    * ``patch_size``: the patch (voxels per axis); ``device``: where the network trains.
+    """
+
+    ignore_label: int | None = None
+    has_regions: bool = False
+    foreground_regions: tuple | None = None
+    rank: int = 0
+    world_size: int = 1
+    is_ddp: bool = False
+    calibration_batches: Callable[[], Iterable[torch.Tensor]] | None = None
+    patch_size: tuple[int, ...] | None = None
+    device: torch.device | None = None
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process decides (rank 0; the only one without DDP)."""
+        return self.rank == 0
+
+
 class PruningMethod:
     """One paper's algorithm behind the protocol of the module docstring. Every hook has a no-op default.
 
@@ -232,9 +268,15 @@ class PruningMethod:
         seed from the settings, for reproducible draws)."""
         self.settings = settings
         self.rng = rng if rng is not None else np.random.default_rng()
+        self.context = TrainingContext()
         self._pending_lines: list[str] = []
 
     # -- structure --------------------------------------------------------------------------------------
+    def attach(self, context: TrainingContext) -> None:
+        """The training this method runs in (once, before the first :meth:`bind`); kept as ``self.context``.
+        Methods that need more than the context read it from there; overrides call ``super()``."""
+        self.context = context
+
     def bind(self, graph: ChannelGraph) -> None:
         """The network's structure is ``graph`` now (at the start, after a surgery, after loading a checkpoint):
         (re-)attach taps, size per-group state."""

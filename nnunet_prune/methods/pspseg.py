@@ -22,17 +22,19 @@ Read next to the paper:
   ``patience=0`` makes every epoch a convergence (a forced schedule for tests and short demos).
 
 Defaults: the paper's k = 1 (S, B; the L planner's plans entry sets 2), patience 10, tolerance 0.01, 100 calibration
-patches; stop at 40 % of the epochs and FD weights 0.1 from the authors' code (METHODS.md). The glue gives the
-method its calibration batches (``calibration``) and nnU-Net's ignore label (``ignore_label``); the method runs
-forwards but never changes a tensor's shape: it answers with a :class:`~nnunet_prune.surgery.removal.Removal`
-(``mask_blocks``, ``restore_blocks``, ``blocks``).
+patches; stop at 40 % of the epochs and FD weights 0.1 from the authors' code (METHODS.md). Everything the method
+needs from the training comes through the protocol's :class:`~nnunet_prune.methods.base.TrainingContext`: its
+calibration batches (``calibration_batches``, drawn on rank 0 only: the other DDP ranks take rank 0's decision),
+nnU-Net's ignore label and whether targets are regions; the calibration's per-module inputs come from
+:class:`~nnunet_prune.surgery.taps.ModuleInputTap`. The method runs forwards but never changes a tensor's shape: it
+answers with a :class:`~nnunet_prune.surgery.removal.Removal` (``mask_blocks``, ``restore_blocks``, ``blocks``).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from time import time
 from typing import Any, ClassVar
@@ -46,6 +48,7 @@ from nnunet_prune.methods.base import MethodSettings, PruningMethod, TrainingPro
 from nnunet_prune.surgery.branches import ACTIVE, DELETED, MASKED, block_states, branch_states, prm_modules
 from nnunet_prune.surgery.graph import ChannelGraph
 from nnunet_prune.surgery.removal import Removal, SurgeryResult
+from nnunet_prune.surgery.taps import ModuleInputTap
 
 ENV_VAR = "NNUNET_PRUNE_PSPSEG"
 
@@ -137,12 +140,6 @@ class PSPSegMethod(PruningMethod):
         self.best_fd = math.inf  # lowest FD loss before the current mask
         self.masked: list[str] = []  # branch paths masked at the last event, not yet settled
         self.events: list[dict] = []
-        #: () -> iterable of input batches (B, C, *patch); set by the glue
-        self.calibration: Callable[[], Iterable[torch.Tensor]] | None = None
-        self.ignore_label: int | None = None
-        self.regions = False  # nnU-Net's region-based training (targets are region channels)
-        #: False on DDP ranks other than 0: they skip the calibration (rank 0's decision and state are used)
-        self.is_main = True
         self.network: nn.Module | None = None
         self._sums = [0.0, 0.0, 0]
         self._batch: tuple[torch.Tensor, Any] | None = None
@@ -189,12 +186,13 @@ class PSPSegMethod(PruningMethod):
         targets = list(target) if isinstance(target, (list, tuple)) else [target]
         device = net.bottleneck.device
         targets = [t.to(device, non_blocking=True) for t in targets]
-        fg, _ = binarised_foreground(targets[0], self.ignore_label, self.regions)
+        ignore, regions = self.context.ignore_label, self.context.has_regions
+        fg, _ = binarised_foreground(targets[0], ignore, regions)
         with torch.no_grad():
             masked = net.encoder(data.to(device, non_blocking=True) * fg)[-1]
         tr = target_representation_loss(net.bottleneck, masked)
         # stage outputs and targets are both highest resolution first (one target without deep supervision)
-        rl = region_localisation_loss(net.decoder.features, targets, self.ignore_label, self.regions)
+        rl = region_localisation_loss(net.decoder.features, targets, ignore, regions)
         self._sums[0] += float(tr.detach())
         self._sums[1] += float(rl.detach())
         self._sums[2] += 1
@@ -268,7 +266,7 @@ class PSPSegMethod(PruningMethod):
             return removal
         else:
             self.best_fd = min(best, current)
-        if stopped or not self.is_main:
+        if stopped or not self.context.is_main:
             return removal  # pruning has stopped (or another rank decides)
         start = time()
         chosen = self.least_important_branches(self.k)  # (branches being deleted are masked: not candidates)
@@ -281,14 +279,15 @@ class PSPSegMethod(PruningMethod):
 
     def least_important_branches(self, k: int) -> list[str]:
         """Per PRM, the subset of ``min(k, active)`` active branches whose masking changes the module's output least
-        over ``calibration_patches`` patches (Eq. 6), as branch paths. Streamed: each module scores its subsets in a
-        forward pre-hook while the batch passes, then drops its branch outputs.
+        over ``calibration_patches`` patches (Eq. 6), as branch paths. Streamed: each module scores its subsets when
+        its input passes (a :class:`~nnunet_prune.surgery.taps.ModuleInputTap`), then drops its branch outputs.
 
         Raises:
-            RuntimeError: no calibration source was given.
+            RuntimeError: the training context gives no calibration batches.
         """
-        if self.calibration is None:
-            raise RuntimeError("PSP-Seg needs calibration batches (the trainer sets `calibration`)")
+        calibration = self.context.calibration_batches
+        if calibration is None:
+            raise RuntimeError("PSP-Seg needs calibration batches (TrainingContext.calibration_batches)")
         net = self.network
         candidates: dict[str, list[tuple[str, ...]]] = {}
         for path, prm in prm_modules(net).items():
@@ -298,30 +297,26 @@ class PSPSegMethod(PruningMethod):
         errors: dict[str, dict[tuple[str, ...], float]] = {p: dict.fromkeys(c, 0.0) for p, c in candidates.items()}
         prms = prm_modules(net)
 
-        def hook_for(path: str):
-            def hook(module, args):
-                x = args[0]
-                outs = {i: module.branches[i](x) for i in {i for c in candidates[path] for i in c} |
-                        {i for i, b in module.branches.items() if b.is_active}}
-                for subset, e in subset_discrepancies(x, outs, module.act, candidates[path]).items():
-                    errors[path][subset] += e
-            return hook
+        def score(path: str, module: nn.Module, x: torch.Tensor) -> None:
+            outs = {i: module.branches[i](x) for i in {i for c in candidates[path] for i in c} |
+                    {i for i, b in module.branches.items() if b.is_active}}
+            for subset, e in subset_discrepancies(x, outs, module.act, candidates[path]).items():
+                errors[path][subset] += e
 
-        handles = [prms[p].register_forward_pre_hook(hook_for(p)) for p in candidates]
+        tap = ModuleInputTap(score).attach({p: prms[p] for p in candidates})
         was_training = net.training
         device = next(net.parameters()).device
         net.eval()
         try:
             seen = 0
             with torch.no_grad():
-                for data in self.calibration():
+                for data in calibration():
                     net(data.to(device))
                     seen += data.shape[0]
                     if seen >= self.settings.calibration_patches:
                         break
         finally:
-            for h in handles:
-                h.remove()
+            tap.detach()
             net.train(was_training)
         return [f"{p}.branches.{i}" for p in candidates for i in least_important_subset(errors[p])]
 

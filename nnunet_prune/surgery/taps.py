@@ -6,6 +6,8 @@
   point); re-indexed after a surgery so that a window may span it.
 * :class:`ChannelMasks` -- multiply a group's output channels by a fixed mask and/or drop them at random with
   per-channel probabilities in training (targeted channel dropout). Re-indexed after a surgery.
+* :class:`ModuleInputTap` -- forward pre-hooks on named modules (e.g. PSP-Seg's Parallel Redundant Modules, which
+  belong to no coupling group): a callback with each module's input, in training and eval mode alike.
 
 Mechanics only: which statistic, which mask and which probabilities are the methods' decisions.
 """
@@ -65,6 +67,39 @@ class ActivationTap:
         if not module.training or output.device.type == "meta":
             return
         self.callback(group, point, output)
+
+
+#: callback(module path, module, the module's first input (B, C, *spatial))
+InputCallback = Callable[[str, nn.Module, torch.Tensor], None]
+
+
+class ModuleInputTap:
+    """Forward pre-hooks on named modules: the callback sees each module's first positional input before every
+    forward, in training and eval mode (a calibration pass runs in eval mode). The inputs are not changed."""
+
+    def __init__(self, callback: InputCallback):
+        self.callback = callback
+        self._hooks: list = []
+
+    def attach(self, modules: Mapping[str, nn.Module]) -> ModuleInputTap:
+        """Hook ``modules`` ({path: module}, hooked in this order; earlier hooks are removed first)."""
+        self.detach()
+        self._hooks = [m.register_forward_pre_hook(partial(self._observe, path)) for path, m in modules.items()]
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    @property
+    def attached(self) -> bool:
+        """Whether hooks are registered."""
+        return bool(self._hooks)
+
+    def _observe(self, path: str, module: nn.Module, args) -> None:
+        self.callback(path, module, args[0])
 
 
 class ChannelStatistics:

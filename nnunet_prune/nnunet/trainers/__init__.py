@@ -12,7 +12,7 @@ import pkgutil as _pkgutil
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer as _nnUNetTrainer
 
 #: modules of this package that hold no trainer
-_HELPERS = {"dense", "logging"}
+_HELPERS = {"dense", "driver", "logging", "plots", "preflight", "records"}
 
 
 def _discover() -> dict[str, type]:

@@ -18,7 +18,6 @@ records them in the fold's ``pruning_config.json`` (method none), as the pruning
 
 from __future__ import annotations
 
-import json
 import os
 from datetime import datetime
 
@@ -36,9 +35,8 @@ from nnunet_prune.nnunet.seeding import (
     seed_everything,
 )
 from nnunet_prune.nnunet.settings import check_variables
+from nnunet_prune.nnunet.trainers.records import CONFIG_FILE, FoldRecords  # noqa: F401 (CONFIG_FILE: re-exported)
 
-#: the record of what a fold was started with (the pruning trainers' and nnUNetTrainerBudget's)
-CONFIG_FILE = "pruning_config.json"
 BUDGET_VARS = {
     "NNUNET_PRUNE_EPOCHS": "num_epochs",
     "NNUNET_PRUNE_ITERS_PER_EPOCH": "num_iterations_per_epoch",
@@ -129,26 +127,15 @@ def training_record(trainer: nnUNetTrainer, overrides: dict[str, int]) -> dict:
 
 def write_plain_config(trainer: nnUNetTrainer, overrides: dict[str, int]) -> str:
     """``pruning_config.json`` of a fold trained without pruning (method none): trainer, budget, seed, start time;
-    a run continued with ``--c`` (current epoch > 0) is appended under "resumes". Returns the file's path."""
-    path = os.path.join(trainer.output_folder, CONFIG_FILE)
+    a run continued with ``--c`` (current epoch > 0) is appended under "resumes" (:class:`FoldRecords`). Returns the
+    file's path."""
     now = datetime.now().astimezone().isoformat(timespec="seconds")
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, ValueError):
-        config = None
     record = training_record(trainer, overrides)
-    if isinstance(config, dict) and trainer.current_epoch > 0:
-        config.setdefault("resumes", []).append({"time": now, "epoch": trainer.current_epoch,
-                                                 "trainer": type(trainer).__name__, **record})
-    else:
-        config = {"trainer": type(trainer).__name__, "method": {}, "method_class": None,
-                  "start": {"from": "random initialisation"}, **record, "started": now, "resumes": []}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(config, f, indent=2)
-    os.replace(tmp, path)
-    return path
+    resume = ({"time": now, "epoch": trainer.current_epoch, "trainer": type(trainer).__name__, **record}
+              if trainer.current_epoch > 0 else None)
+    start = {"trainer": type(trainer).__name__, "method": {}, "method_class": None,
+             "start": {"from": "random initialisation"}, **record, "started": now, "resumes": []}
+    return FoldRecords(trainer.output_folder).start_or_resume(start, resume, resumes_if=None)
 
 
 class nnUNetTrainerBudget(nnUNetTrainer):

@@ -4,9 +4,10 @@ The algorithm is :mod:`nnunet_prune.methods.pspseg`; the network :mod:`nnunet_pr
 ``-pl PSPSegPlanner_S`` / ``_B`` / ``_L`` (plans ``nnUNetPSPSegPlans_S`` ...). Settings: the defaults of
 :class:`~nnunet_prune.methods.pspseg.PSPSegSettings`, then ``plans['nnunet_prune']['pspseg']`` (the L planner writes
 k=2), then ``NNUNET_PRUNE_PSPSEG='k=1,patience=10,tolerance=0.01,stop_fraction=0.4,calibration_patches=100'``; the
-values used are written to ``pruning_config.json``. This glue gives the method its calibration batches (training
-patches from nnU-Net's training loader, with its augmentation), the dataset's ignore label and region setting, and
-under DDP makes rank 0 the one that calibrates; it draws ``branch_map.png`` at the end. ``-pretrained_weights``
+values used are written to ``pruning_config.json``. The base trainer's
+:class:`~nnunet_prune.methods.base.TrainingContext` gives the method its calibration batches (training patches from
+nnU-Net's training loader, with its augmentation), the dataset's ignore label and region setting, and the DDP rank
+(rank 0 calibrates); this trainer draws ``branch_map.png`` at the end. ``-pretrained_weights``
 works as in nnU-Net from an unpruned PSP-Seg checkpoint of the same plans (the paper pre-trains on
 TotalSegmentator; see docs/pspseg.md).
 """
@@ -14,13 +15,11 @@ TotalSegmentator; see docs/pspseg.md).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-
-import torch
 
 from nnunet_prune.methods.pspseg import PSPSegMethod
 from nnunet_prune.nnunet.trainers.base import nnUNetTrainerPruning
-from nnunet_prune.nnunet.trainers.logging import RECORD_KEY, plot_branch_map
+from nnunet_prune.nnunet.trainers.plots import plot_branch_map
+from nnunet_prune.nnunet.trainers.records import RECORD_KEY
 from nnunet_prune.surgery.branches import ALL_BRANCHES, prm_modules
 
 
@@ -29,19 +28,6 @@ class nnUNetTrainerPSPSeg(nnUNetTrainerPruning):
     of every PRM, then delete or restore them at the next convergence."""
 
     method_class = PSPSegMethod
-
-    def on_train_start(self):
-        """The base start, then the method's calibration source and ignore label."""
-        super().on_train_start()
-        self.method.calibration = self.calibration_batches
-        self.method.ignore_label = self.label_manager.ignore_label
-        self.method.regions = self.label_manager.has_regions
-        self.method.is_main = self.local_rank == 0
-
-    def calibration_batches(self) -> Iterator[torch.Tensor]:
-        """Input batches (B, C, *patch) drawn from nnU-Net's training loader, as long as the method asks."""
-        while True:
-            yield next(self.dataloader_train)["data"]
 
     def on_train_end(self):
         """The base end, then ``branch_map.png``."""

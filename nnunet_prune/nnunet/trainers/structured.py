@@ -70,10 +70,10 @@ class nnUNetTrainerStructuredSlimming_oneshot(nnUNetTrainerStructured):
     def load_dense_weights(self) -> None:
         """The dense start, with a warning when its gammas were not trained sparse."""
         super().load_dense_weights()
-        if "SlimmingSparsity" not in str(self._dense_path):
+        if "SlimmingSparsity" not in str(self.dense_path):
             self.print_to_log_file(
                 "WARNING: network slimming ranks |gamma| trained with an L1 penalty, but the dense fold "
-                f"{self._dense_path} was not trained by nnUNetTrainerSlimmingSparsity: the ranking is that of an "
+                f"{self.dense_path} was not trained by nnUNetTrainerSlimmingSparsity: the ranking is that of an "
                 "ordinary model.")
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from nnunet_prune.criteria.pspseg import least_important_subset, subset_discrepancies
-from nnunet_prune.methods.base import TrainingProgress
+from nnunet_prune.methods.base import TrainingContext, TrainingProgress
 from nnunet_prune.methods.pspseg import (
     PSPSegMethod,
     PSPSegSettings,
@@ -181,8 +181,9 @@ def test_fd_losses():
 def run_method(method, net, fd_per_epoch, num_epochs, calibration):
     """Drive the method's decisions with given per-epoch TR=RL values; apply what it returns."""
     graph = build_channel_graph(net)
+    if method.context.calibration_batches is None:  # (a test may attach its own context first)
+        method.attach(TrainingContext(calibration_batches=calibration))
     method.bind(graph)
-    method.calibration = calibration
     events = []
     for epoch, value in enumerate(fd_per_epoch):
         method.epoch_start(epoch, graph)
@@ -234,7 +235,7 @@ def test_method_scores_subsets_of_modules_with_fewer_active_branches_than_k():
     remove_branches(net, [p for p in paths if p.startswith(prm + ".")][:3])  # one branch left in that module
     method = PSPSegMethod(PSPSegSettings(k=2, calibration_patches=2))
     method.bind(build_channel_graph(net))
-    method.calibration = lambda: iter([torch.randn(2, 1, 16, 16)])
+    method.attach(TrainingContext(calibration_batches=lambda: iter([torch.randn(2, 1, 16, 16)])))
     chosen = method.least_important_branches(2)
     assert sum(c.startswith(prm + ".") for c in chosen) == 1
     assert len(chosen) == 1 + 2 * (len(prm_modules(net)) - 1)
@@ -312,3 +313,40 @@ def test_extra_loss_runs_on_a_recorded_step_and_fresh_starts_restore_masked_bran
     set_branches_active(net, removable_branches(net)[:2], False)
     removal = PSPSegMethod(PSPSegSettings()).start(net, graph)
     assert removal.restore_blocks == removable_branches(net)[:2]
+
+
+def test_the_training_context_says_who_calibrates_and_what_is_ignored():
+    """Everything the method needs from the training comes through the protocol's TrainingContext: a rank other
+    than 0 never draws calibration batches (rank 0's decision is used), no calibration source is an error, and the
+    ignore label shapes the FD loss."""
+    def never():
+        raise AssertionError("a rank other than 0 drew calibration batches")
+
+    fd = [1.0, 0.8, 0.8, 0.8, 0.8]
+    settings = PSPSegSettings(k=1, patience=2, stop_fraction=1.0, calibration_patches=2)
+    method = PSPSegMethod(settings)
+    method.attach(TrainingContext(rank=1, world_size=2, is_ddp=True, calibration_batches=never))
+    assert run_method(method, tiny(2), fd, 20, never) == []
+    calib = lambda: iter([torch.randn(2, 1, 16, 16)] * 2)  # noqa: E731
+    assert run_method(PSPSegMethod(settings), tiny(2), fd, 20, calib) == [(3, "mask")]  # rank 0 masks there
+    with pytest.raises(RuntimeError, match="calibration batches"):
+        PSPSegMethod(settings).least_important_branches(1)
+
+    net = tiny(2).train()
+    x = torch.randn(2, 1, 16, 16)
+    targets = [torch.randint(0, 3, (2, 1, 16, 16)).float(), torch.randint(0, 3, (2, 1, 8, 8)).float()]
+
+    def fd_loss(context):
+        m = PSPSegMethod(PSPSegSettings())
+        m.attach(context)
+        m.bind(build_channel_graph(net))
+        m.batch_start(x, targets)
+        torch.manual_seed(0)
+        net(x)
+        try:
+            return float(m.extra_loss())
+        finally:
+            m.step_end()
+
+    assert fd_loss(TrainingContext()) == fd_loss(TrainingContext(ignore_label=None))
+    assert fd_loss(TrainingContext(ignore_label=2)) != fd_loss(TrainingContext())
