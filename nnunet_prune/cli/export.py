@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nnunet_prune.tools.export.writers import WRITERS  # (no torch: the runtimes' writers, by name)
+
 
 def add_parser(sub) -> None:
     """Register the ``nnunet-prune export`` subcommand on ``sub`` (an argparse subparsers object)."""
@@ -28,7 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--prune-bias", action="store_true", help="with --magnitude-tau: zero small biases too")
     p.add_argument("--per-layer-normalised", action="store_true",
                    help="with --magnitude-tau: threshold T x RMS(weights) per tensor instead of T")
-    p.add_argument("--runtime", choices=("pytorch", "onnxruntime", "openvino", "torch-compile"), default="pytorch",
+    p.add_argument("--runtime", choices=tuple(WRITERS), default="pytorch",
                    help="what stock nnUNetv2_predict runs the exported folds with (default: pytorch). onnxruntime and "
                         "openvino need the optional extra: pip install \"nnunet-prune[deploy]\"; torch-compile uses "
                         "CUDA graphs and bf16 on a GPU. The runtime's segmentation is checked against PyTorch's")
@@ -47,20 +49,21 @@ def check_inputs(args, options: dict) -> None:
     :mod:`nnunet_prune.core.runtime_specs`: no torch, nnU-Net or runtime import): the source is a model folder (not a
     fold
     folder) whose chosen folds have the first checkpoint of ``-chk``, the output, ``--magnitude-tau``, the runtime and
-    its ``options``. :func:`nnunet_prune.tools.export.folder.export_model_folder` checks all of it again, and the rest.
+    its ``options`` (its writer's :meth:`~nnunet_prune.tools.export.writers.FoldWriter.check_options`).
+    :func:`nnunet_prune.tools.export.folder.export_model_folder` checks all of it again, and the rest.
 
     Raises:
         NnUNetPruneError: as :func:`run` does for these.
     """
-    from nnunet_prune.core.runtime_specs import check_runtime_choice
     from nnunet_prune.nnunet.prechecks import check_export_output, check_magnitude_tau, model_folder_folds
+    from nnunet_prune.tools.export.writers import writer_class
 
     first = (getattr(args, "checkpoints", None) or ["checkpoint_final.pth"])[0]
     if first.endswith(".pth") and Path(first).name == first:  # (other names: the export's own message)
         model_folder_folds(args.model_folder, args.folds, first)
     check_export_output(args.model_folder, args.output, args.overwrite)
     check_magnitude_tau(args.magnitude_tau)
-    check_runtime_choice(args.runtime, options)
+    writer_class(args.runtime).check_options(options)
 
 
 def run(args) -> int:
@@ -78,12 +81,11 @@ def run(args) -> int:
     """
     options = {k: v for k, v in (("threads", args.threads), ("precision", args.precision)) if v is not None}
     check_inputs(args, options)  # before torch, nnU-Net and the runtime are imported
-    from nnunet_prune.tools.export.folder import export_model_folder
+    from nnunet_prune.tools.export.folder import ExportOptions, export_model_folder
 
-    result = export_model_folder(args.model_folder, args.output, folds=args.folds, fp16=args.fp16,
-                                 magnitude_tau=args.magnitude_tau, prune_bias=args.prune_bias,
-                                 per_layer_normalised=args.per_layer_normalised, overwrite=args.overwrite,
-                                 verify=not args.no_verify, runtime=args.runtime, runtime_options=options,
-                                 checkpoints=args.checkpoints)
+    result = export_model_folder(args.model_folder, args.output, ExportOptions(
+        folds=args.folds, fp16=args.fp16, magnitude_tau=args.magnitude_tau, prune_bias=args.prune_bias,
+        per_layer_normalised=args.per_layer_normalised, overwrite=args.overwrite, verify=not args.no_verify,
+        runtime=args.runtime, runtime_options=options, checkpoints=args.checkpoints))
     print(result.summary())
     return 0

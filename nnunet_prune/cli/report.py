@@ -5,9 +5,16 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nnunet_prune import NnUNetPruneError
+
+if TYPE_CHECKING:
+    import torch
+
+    from nnunet_prune.nnunet.modelfolder import ModelFolder
 
 
 def add_parser(sub) -> None:
@@ -124,52 +131,96 @@ def run(args) -> int:
             model folder that is not valid or has an unsupported architecture.
     """
     check_inputs(args)  # before torch, nnU-Net and the runtimes are imported
-    import torch
+    from nnunet_prune.tools.report.efficiency import class_notes, format_table, write_report
 
+    plan = _plan(args)
+    _announce(args, plan)
+    rows = _measure(args, plan)
+    end_to_end = _end_to_end(args, plan) if args.predict is not None else []
+    print()
+    print(format_table(rows))
+    for note in class_notes(rows):
+        print(f"Note: {note}")
+    written = write_report(rows, plan.out, end_to_end)
+    print()
+    print("Wrote " + ", ".join(str(p) for p in written.values()) + ".")
+    if "plot" not in written:
+        print("No Dice-vs-MACs plot: no fold has fold_k/validation/summary.json (run nnUNetv2_train ... --val).")
+    return 0
+
+
+@dataclass
+class _Plan:
+    """What a report measures, checked before the first measurement: the device, the runtimes, the output folder
+    and the model folders (opened) with their labels."""
+
+    device: torch.device
+    runtimes: list[str]
+    out: Path
+    folders: list[ModelFolder]
+    labels: list[str]
+
+
+def _plan(args) -> _Plan:
+    """Everything the user can get wrong, checked before the first (possibly long) measurement: the device, the
+    runtimes, an output that would overwrite a user's file, every model folder, the images of ``--predict``.
+
+    Raises:
+        NnUNetPruneError: naming what is wrong.
+    """
     from nnunet_prune.core.outputs import check_writable_files
     from nnunet_prune.tools.report.efficiency import (
         OUTPUT_FILES,
         TOOL,
-        busy_machine_warning,
         check_runtimes,
-        class_notes,
-        format_table,
-        load_average,
-        measure_model_folder,
         open_model_folders,
         resolve_device,
-        write_report,
     )
 
-    # everything the user can get wrong is checked before the first (possibly long) measurement
     device = resolve_device(args.device)
     runtimes = check_runtimes([] if args.runtimes == ["none"] else args.runtimes)
     out = Path(args.out).expanduser()
     check_writable_files(out, OUTPUT_FILES, TOOL)  # before any measurement: never overwrite a user's file
     folders = open_model_folders(args.model_folders, args.folds)
-    labels = model_labels([mf.path for mf in folders])
     if args.predict is not None:
         from nnunet_prune.tools.report.end_to_end import image_cases
 
         for mf in folders:
             image_cases(args.predict, mf.dataset_json.get("file_ending", ".nii.gz"))
+    return _Plan(device, runtimes, out, folders, model_labels([mf.path for mf in folders]))
 
-    total = sum(len(mf.folds) for mf in folders)
+
+def _announce(args, plan: _Plan) -> None:
+    """One line saying what is measured, how and on what machine; a warning when the machine is busy."""
+    import torch
+
+    from nnunet_prune.tools.report.efficiency import busy_machine_warning, load_average
+
+    total = sum(len(mf.folds) for mf in plan.folders)
     threads = args.threads or torch.get_num_threads()
     load = load_average()
-    print(f"Measuring {total} fold(s) of {len(folders)} model folder(s) on {device.type}"
+    device = plan.device
+    print(f"Measuring {total} fold(s) of {len(plan.folders)} model folder(s) on {device.type}"
           f"{'' if args.no_compile else ', eager and compiled'}"
-          + (f", {', '.join(runtimes)}" if runtimes and (device.type == "cpu" or not args.no_cpu) else "")
+          + (f", {', '.join(plan.runtimes)}" if plan.runtimes and (device.type == "cpu" or not args.no_cpu) else "")
           + f" ({args.repeats} repeats, batch 1, one patch; CPU "
           f"with {threads} thread(s) on {os.cpu_count()} cores"
           + (f", load average {load:.2f}" if load is not None else "") + ").", flush=True)
     busy = busy_machine_warning(threads, load)
     if busy:
         print(f"WARNING: {busy}", file=sys.stderr, flush=True)
+
+
+def _measure(args, plan: _Plan) -> list:
+    """Every chosen fold measured, one progress line each (its summary, then its warnings). After Ctrl-C the folds
+    measured so far are written before the interrupt propagates."""
+    from nnunet_prune.tools.report.efficiency import measure_model_folder, write_report
+
+    total = sum(len(mf.folds) for mf in plan.folders)
     rows, i = [], 0
     start = time.perf_counter()
     try:
-        for mf, label in zip(folders, labels, strict=True):
+        for mf, label in zip(plan.folders, plan.labels, strict=True):
             for fold in mf.folds:
                 i += 1
                 elapsed = time.perf_counter() - start
@@ -177,47 +228,41 @@ def run(args) -> int:
                 print(f"[{i}/{total}] {label} fold {fold}: (patch {'x'.join(map(str, mf.patch_size))}{eta}) ",
                       end="", flush=True)
                 pending: list[str] = []
-                row, = measure_model_folder(mf, [fold], device=device.type, repeats=args.repeats,
+                row, = measure_model_folder(mf, [fold], device=plan.device.type, repeats=args.repeats,
                                             warmup=args.warmup, threads=args.threads, compile=not args.no_compile,
-                                            cpu=not args.no_cpu or device.type == "cpu", label=label,
-                                            warn=pending.append, runtimes=runtimes)
+                                            cpu=not args.no_cpu or plan.device.type == "cpu", label=label,
+                                            warn=pending.append, runtimes=plan.runtimes)
                 print(_summary(row), flush=True)
                 for message in pending:
                     print(f"WARNING: {message}", file=sys.stderr, flush=True)
                 rows.append(row)
     except KeyboardInterrupt:
         if rows:  # keep what was measured: a long run should not be lost to Ctrl-C
-            written = write_report(rows, out)
+            written = write_report(rows, plan.out)
             print(f"\nInterrupted: wrote the {len(rows)} fold(s) measured so far to {written['markdown'].parent}.",
                   file=sys.stderr)
         raise
+    return rows
 
-    end_to_end = []
-    if args.predict is not None:
-        from nnunet_prune.tools.report.end_to_end import measure_end_to_end
 
-        e2e_device = "cuda" if device.type == "cuda" else "cpu"
-        # on a GPU, compiled PyTorch (CUDA graphs + bf16) is the runtime that matters
-        e2e_runtimes = [*runtimes, *(["torch-compile"] if e2e_device == "cuda" and not args.no_compile else [])]
-        for mf, label in zip(folders, labels, strict=True):
-            runs = measure_end_to_end(mf, args.predict, e2e_runtimes, device=e2e_device, step_size=args.step_size,
-                                      tta=not args.disable_tta, label=label, threads=args.threads,
-                                      progress=lambda m: print(m, flush=True))
-            for r in runs:
-                print(f"  {r.runtime}: " + (f"failed ({r.error})" if r.error else
-                      f"{r.seconds:.1f} s ({r.seconds_per_image:.2f} s per image)"
-                      + ("" if r.peak_rss_mb is None else f", peak RSS {r.peak_rss_mb:.0f} MB")
-                      + ("" if r.voxels_differing is None else f", {r.voxels_differing} voxels differ from PyTorch")
-                      + ("" if r.not_comparable is None else f"; not comparable: {r.not_comparable}")),
-                      flush=True)
-            end_to_end += runs
-    print()
-    print(format_table(rows))
-    for note in class_notes(rows):
-        print(f"Note: {note}")
-    written = write_report(rows, out, end_to_end)
-    print()
-    print("Wrote " + ", ".join(str(p) for p in written.values()) + ".")
-    if "plot" not in written:
-        print("No Dice-vs-MACs plot: no fold has fold_k/validation/summary.json (run nnUNetv2_train ... --val).")
-    return 0
+def _end_to_end(args, plan: _Plan) -> list:
+    """``--predict``: stock prediction timed end to end per model folder and runtime, one line per run."""
+    from nnunet_prune.tools.report.end_to_end import measure_end_to_end
+
+    e2e_device = "cuda" if plan.device.type == "cuda" else "cpu"
+    # on a GPU, compiled PyTorch (CUDA graphs + bf16) is the runtime that matters
+    e2e_runtimes = [*plan.runtimes, *(["torch-compile"] if e2e_device == "cuda" and not args.no_compile else [])]
+    out = []
+    for mf, label in zip(plan.folders, plan.labels, strict=True):
+        runs = measure_end_to_end(mf, args.predict, e2e_runtimes, device=e2e_device, step_size=args.step_size,
+                                  tta=not args.disable_tta, label=label, threads=args.threads,
+                                  progress=lambda m: print(m, flush=True))
+        for r in runs:
+            print(f"  {r.runtime}: " + (f"failed ({r.error})" if r.error else
+                  f"{r.seconds:.1f} s ({r.seconds_per_image:.2f} s per image)"
+                  + ("" if r.peak_rss_mb is None else f", peak RSS {r.peak_rss_mb:.0f} MB")
+                  + ("" if r.voxels_differing is None else f", {r.voxels_differing} voxels differ from PyTorch")
+                  + ("" if r.not_comparable is None else f"; not comparable: {r.not_comparable}")),
+                  flush=True)
+        out += runs
+    return out

@@ -125,12 +125,11 @@ def check_inputs(args) -> Path:
 
 
 def run(args) -> int:
-    """Run (or resume) the magnitude-pruning sweep (:class:`nnunet_prune.tools.sweep.magnitude.MagnitudeSweep`; print
-    the critical
-    point with the proxy Dice per class) or, with ``--criterion l1|l2|slimming``, the structured sweep
-    (:class:`nnunet_prune.tools.sweep.structured.StructuredSweep`; print the largest fraction at the threshold), and
-    where
-    the results are.
+    """Run (or resume) the magnitude-pruning sweep (the sweep engine along the tau axis,
+    :class:`nnunet_prune.tools.sweep.magnitude.TauAxis`; print the critical point with the proxy Dice per class) or,
+    with ``--criterion l1|l2|slimming``, the structured sweep (the fraction axis,
+    :class:`nnunet_prune.tools.sweep.structured.FractionAxis`; print the largest fraction at the threshold), and
+    where the results are.
 
     Returns:
         the exit code (0 ok, also when no tau keeps the proxy Dice at the threshold; errors raise instead).
@@ -145,42 +144,59 @@ def run(args) -> int:
     check_arguments(args)
     folder = check_inputs(args)  # before torch and nnU-Net are imported: a wrong -d fails in a fraction of a second
     from nnunet_prune.nnunet.modelfolder import ModelFolder
-    from nnunet_prune.tools.sweep.magnitude import MagnitudeSweep, SweepSettings
+    from nnunet_prune.tools.sweep.engine import SweepEngine, SweepSettings
 
     model = ModelFolder.open(folder, args.folds)
     structured = args.criterion != "magnitude"
     default = f"structured_sweep_{args.criterion}_{model.path.name}" if structured \
         else f"magnitude_sweep_{model.path.name}"
     output = Path(args.output or default).expanduser().resolve()
-    settings = SweepSettings(taus=args.taus, target_sparsities=args.sparsities, threshold=args.threshold,
-                             refine_steps=args.refine, prune_bias=args.prune_bias,
-                             per_layer_normalised=args.per_layer_normalised, use_mirroring=not args.disable_tta,
+    settings = SweepSettings(threshold=args.threshold, use_mirroring=not args.disable_tta,
                              tile_step_size=args.step_size, device=args.device,
-                             save_predictions=args.save_predictions, proxy_summary=args.proxy_summary,
-                             criterion=args.criterion, fractions=args.fractions, ratio_of=args.ratio_of,
-                             distribution=args.distribution, max_ratio=args.max_ratio,
-                             max_ratio_coupled=args.max_ratio_coupled)
+                             save_predictions=args.save_predictions, proxy_summary=args.proxy_summary)
+    sweep = SweepEngine(model, args.images, output, args.labels, settings, _axis(args), restart=args.restart)
+    folds = ", ".join(map(str, model.folds))
     if structured:
-        from nnunet_prune.tools.sweep.structured import StructuredSweep, finetune_hint
+        print(f"Structured sweep ({args.criterion}) of {model.path.name} (folds {folds}) on {len(sweep.cases)} "
+              f"images -> {output}")
+        _print_structured(sweep.run(), output)
+    else:
+        print(f"Sweep of {model.path.name} (folds {folds}) on {len(sweep.cases)} images -> {output}")
+        _print_magnitude(sweep.run(), output, args.proxy_summary)
+    return 0
 
-        sweep = StructuredSweep(model, args.images, output, args.labels, settings, restart=args.restart)
-        print(f"Structured sweep ({args.criterion}) of {model.path.name} (folds {', '.join(map(str, model.folds))}) "
-              f"on {len(sweep.cases)} images -> {output}")
-        report = sweep.run()
-        best = report["largest_fraction_at_threshold"]
-        print(f"Largest fraction with proxy Dice >= {report['threshold']}: {best:g}" if best is not None else
-              f"No fraction keeps proxy Dice >= {report['threshold']} without fine-tuning.")
-        print(f"Results: {output / 'summary.md'}, sweep.csv, sweep.json, dice_vs_fraction.png.")
-        print(finetune_hint(report))
-        return 0
-    sweep = MagnitudeSweep(model, args.images, output, args.labels, settings, restart=args.restart)
-    print(f"Sweep of {model.path.name} (folds {', '.join(map(str, model.folds))}) on {len(sweep.cases)} images "
-          f"-> {output}")
-    report = sweep.run()
+
+def _axis(args):
+    """The sweep's axis: tau (magnitude pruning) or, with a structured criterion, the fraction of filters removed."""
+    if args.criterion == "magnitude":
+        from nnunet_prune.tools.sweep.magnitude import TauAxis, TauSettings
+
+        return TauAxis(TauSettings(taus=args.taus, target_sparsities=args.sparsities, refine_steps=args.refine,
+                                   prune_bias=args.prune_bias, per_layer_normalised=args.per_layer_normalised))
+    from nnunet_prune.tools.sweep.structured import FractionAxis, FractionSettings
+
+    return FractionAxis(FractionSettings(criterion=args.criterion, fractions=args.fractions, ratio_of=args.ratio_of,
+                                         distribution=args.distribution, max_ratio=args.max_ratio,
+                                         max_ratio_coupled=args.max_ratio_coupled))
+
+
+def _print_structured(report: dict, output: Path) -> None:
+    """The largest fraction at the threshold, where the results are and the command that fine-tunes."""
+    from nnunet_prune.tools.sweep.structured import finetune_hint
+
+    best = report["largest_fraction_at_threshold"]
+    print(f"Largest fraction with proxy Dice >= {report['threshold']}: {best:g}" if best is not None else
+          f"No fraction keeps proxy Dice >= {report['threshold']} without fine-tuning.")
+    print(f"Results: {output / 'summary.md'}, sweep.csv, sweep.json, dice_vs_fraction.png.")
+    print(finetune_hint(report))
+
+
+def _print_magnitude(report: dict, output: Path, proxy_summary: str) -> None:
+    """The critical point with the proxy Dice per class, and where the results are."""
     crit = report["critical_point"]
     if crit:
         print(f"Critical point: tau={crit['tau']:.6g}, sparsity {crit['sparsity']:.1%} at proxy Dice "
-              f"{crit['proxy_dice']:.4f} (threshold {report['threshold']}, {args.proxy_summary} summary).")
+              f"{crit['proxy_dice']:.4f} (threshold {report['threshold']}, {proxy_summary} summary).")
         at = next(r for r in report["results"] if r["tau"] == crit["tau"])
         names = report.get("label_names", {})
         small = set(at.get("small_classes") or [])
@@ -192,4 +208,3 @@ def run(args) -> int:
     else:
         print(f"No tau kept the proxy Dice >= {report['threshold']}.")
     print(f"Results: {output / 'summary.md'}, sweep.csv, sweep.json, dice_vs_sparsity.png, stage_sparsity.png")
-    return 0

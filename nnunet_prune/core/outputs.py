@@ -1,12 +1,14 @@
 """Folders and files the package's tools write: ordinary permissions, and deletion only of what is provably ours.
 
-Every tool that may later replace or delete an output (``export --overwrite``, ``sweep --restart``, the demo's
-working folder, ``report``'s files) records what it wrote in a manifest, ``.nnunet_prune_manifest.json``, next to
-the files: the tool's name and every file it wrote, by path relative to the folder, with its size in bytes. A
-file counts as the tool's own only if it is listed there with the size it has now; anything else (a file the user
-put there, a file the user changed, a folder without a manifest) makes the folder *foreign*, and a foreign folder
-is never deleted or replaced: the tool stops with an :class:`~nnunet_prune.NnUNetPruneError` naming the entries
-before doing any work.
+This is the package's one answer to "is this file ours?". Every tool that may later replace or delete an output
+(``export --overwrite``, ``sweep --restart``, the demo's working folder, ``report``'s files, ``plans-from-model
+--overwrite``) records what it wrote in a manifest, ``.nnunet_prune_manifest.json``, next to the files: the tool's
+name and every file it wrote, by path relative to the folder, with its size in bytes (and, for a small file a user
+may edit in place without changing its size, e.g. a plans file, its SHA-256 under ``sha256``). A file counts as the
+tool's own only if it is listed there with the size (and digest) it has now; anything else (a file the user put
+there, a file the user changed, a folder without a manifest) makes the folder *foreign*, and a foreign folder is
+never deleted or replaced: the tool stops with an :class:`~nnunet_prune.NnUNetPruneError` naming the entries before
+doing any work.
 
 Temporary folders are created with :func:`tempfile.mkdtemp` (mode 0700) and then given the mode any ``mkdir``
 would have (``0777 & ~umask``), so a renamed-into-place export is readable by colleagues and services.
@@ -14,6 +16,7 @@ would have (``0777 & ~umask``), so a renamed-into-place export is readable by co
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -72,21 +75,44 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
     return data
 
 
-def record_files(folder: str | os.PathLike, tool: str, files: Iterable[str | os.PathLike] | None = None) -> None:
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _matches(manifest: dict, rel: str, path: Path) -> bool:
+    """Whether the file ``path`` is as ``manifest`` lists ``rel``: a regular file of the recorded size (and SHA-256,
+    where one is recorded)."""
+    if path.is_symlink() or not path.is_file() or manifest["files"].get(rel) != path.stat().st_size:
+        return False
+    digest = (manifest.get("sha256") or {}).get(rel)
+    return digest is None or digest == _sha256(path)
+
+
+def record_files(folder: str | os.PathLike, tool: str, files: Iterable[str | os.PathLike] | None = None,
+                 digest: bool = False) -> None:
     """Add ``files`` (paths inside ``folder``; None: every file now under ``folder``) to the folder's manifest as
-    written by ``tool``, with their current sizes. Files that do not exist are dropped from the manifest."""
+    written by ``tool``, with their current sizes (bytes) and, with ``digest``, their SHA-256 (for small files a user
+    may edit in place without changing the size). Files that do not exist are dropped from the manifest."""
     folder = Path(folder)
     manifest = read_manifest(folder) or {"tool": tool, "version": __version__, "files": {}}
     listed: dict = manifest["files"]
+    digests: dict = manifest.get("sha256") or {}
     paths = _files_under(folder) if files is None else [folder / f for f in files]
     for path in paths:
         rel = path.relative_to(folder).as_posix()
         if rel in (MANIFEST, MANIFEST + ".tmp"):
             continue
+        digests.pop(rel, None)
         if path.is_file():
             listed[rel] = path.stat().st_size
+            if digest:
+                digests[rel] = _sha256(path)
         else:
             listed.pop(rel, None)
+    if digests:
+        manifest["sha256"] = digests
+    else:
+        manifest.pop("sha256", None)
     manifest["tool"], manifest["version"] = tool, __version__
     tmp = folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
@@ -104,15 +130,21 @@ def foreign_entries(folder: str | os.PathLike, tool: str | None = None) -> list[
     manifest = read_manifest(folder)
     if manifest is None or (tool is not None and manifest.get("tool") != tool):
         return sorted(p.name for p in folder.iterdir())
-    listed = manifest["files"]
     out = []
     for p in _files_under(folder):
         rel = p.relative_to(folder).as_posix()
         if rel in (MANIFEST, MANIFEST + ".tmp"):
             continue
-        if p.is_symlink() or listed.get(rel) != p.stat().st_size:
+        if not _matches(manifest, rel, p):
             out.append(rel)
     return out
+
+
+def is_own_file(folder: str | os.PathLike, name: str, tool: str) -> bool:
+    """Whether the file ``folder/name`` exists and ``tool`` provably wrote it: listed in the folder's manifest of
+    ``tool`` with the size (and SHA-256, where recorded) it has now. A folder's other files do not matter."""
+    manifest = read_manifest(folder)
+    return manifest is not None and manifest.get("tool") == tool and _matches(manifest, name, Path(folder) / name)
 
 
 def _describe(entries: list[str], limit: int = 5) -> str:
@@ -187,8 +219,8 @@ def check_writable_files(folder: str | os.PathLike, names: Iterable[str], tool: 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise NnUNetPruneError(f"{option} {folder} exists and is not a folder: choose another output folder.")
-    listed = (read_manifest(folder) or {}).get("files", {}) if folder.is_dir() else {}
-    clash = [n for n in names if (folder / n).exists() and listed.get(n) != (folder / n).stat().st_size]
+    manifest = (read_manifest(folder) if folder.is_dir() else None) or {"files": {}}
+    clash = [n for n in names if (folder / n).exists() and not _matches(manifest, n, folder / n)]
     if clash:
         raise NnUNetPruneError(f"{option} {folder} already holds {_describe(clash)}, not written by `nnunet-prune "
                                f"{tool}` (or changed since); it would be overwritten. Nothing was written: choose "

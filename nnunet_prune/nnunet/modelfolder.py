@@ -1,7 +1,8 @@
 """Reading trained nnU-Net model folders (``<trainer>__<plans>__<configuration>`` with fold_k subfolders).
 
 Validates up front -- missing files, missing folds, checkpoints that are not nnU-Net's -- so that commands fail
-with a clear message before doing any work, and builds networks the way nnU-Net's predictor does.
+with a clear message before doing any work, and builds networks the way nnU-Net's predictor does: :func:`build_network`
+is the package's one network builder (every tool builds through it).
 """
 
 from __future__ import annotations
@@ -101,38 +102,44 @@ def read_checkpoint(file: str | os.PathLike, keep_training_state: bool = False) 
     return ckpt
 
 
-def build_adaptive_network(plans_manager, configuration_manager, dataset_json: dict,
-                           deep_supervision: bool = False) -> nn.Module:
-    """The configuration's network as its width-adaptive class (every supported architecture), not initialised."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+def _adaptive_configuration(configuration_manager):
+    """A copy of ``configuration_manager`` whose architecture names the width-adaptive class of its network (the
+    class pruned widths load into; every other entry unchanged).
+
+    Raises:
+        NnUNetPruneError: an architecture the registry does not support.
+    """
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
     from nnunet_prune.networks import adaptive_class_name
 
-    cm = configuration_manager
-    return get_network_from_plans(adaptive_class_name(cm.network_arch_class_name), cm.network_arch_init_kwargs,
-                                  cm.network_arch_init_kwargs_req_import,
-                                  determine_num_input_channels(plans_manager, cm, dataset_json),
-                                  plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
-                                  allow_init=False, deep_supervision=deep_supervision)
+    configuration = dict(configuration_manager.configuration)
+    architecture = dict(configuration["architecture"])
+    architecture["network_class_name"] = adaptive_class_name(architecture["network_class_name"])
+    configuration["architecture"] = architecture
+    return ConfigurationManager(configuration)
 
 
-def build_network_like_predictor(plans_manager, configuration_manager, dataset_json: dict, trainer_name: str,
-                                 deep_supervision: bool = False) -> nn.Module:
-    """The network exactly as ``nnUNetPredictor`` builds it for a model folder: the checkpoint's trainer class
-    (found where nnU-Net looks, this package's trainers included), its ``build_network_architecture`` (both of
-    nnU-Net's signatures). A pruning trainer returns its width-adaptive network; a stock trainer returns the
-    plans' class, which is the adaptive one in an exported folder.
+def build_network(plans_manager, configuration_manager, dataset_json: dict, trainer_name: str = "nnUNetTrainer",
+                  deep_supervision: bool = False, adaptive: bool = False) -> nn.Module:
+    """THE network builder of this package: the network exactly as ``nnUNetPredictor`` builds it for a model folder
+    (and ``nnUNetv2_train`` for a plans file): the trainer class ``trainer_name`` (found where nnU-Net looks, this
+    package's trainers included), its ``build_network_architecture`` (both of nnU-Net's signatures), randomly
+    initialised. A pruning trainer returns its width-adaptive network; a stock trainer returns the plans' class, which
+    is the adaptive one in an exported folder. ``trainer_name``: the checkpoint's (a model folder), or the stock
+    ``nnUNetTrainer`` that trains plans by default. ``adaptive``: the plans' architecture named by its
+    width-adaptive class first (:func:`nnunet_prune.networks.adaptive_class_name`), for a tool that changes widths
+    (the structured sweep) or loads a pruned fold into a network of the plans.
 
     Raises:
-        NnUNetPruneError: nnU-Net does not know the checkpoint's trainer.
+        NnUNetPruneError: nnU-Net does not know the trainer; with ``adaptive``, an unsupported architecture.
     """
     import inspect
 
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
-    cm = configuration_manager
+    cm = _adaptive_configuration(configuration_manager) if adaptive else configuration_manager
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search (several lines per lookup)
             trainer_class = recursive_find_trainer_class_by_name(trainer_name)
@@ -173,7 +180,8 @@ def check_trained_fold(file: str | os.PathLike, plans: dict, configuration: str,
             f"plans (-p) and configuration.")
     pm = PlansManager(plans)
     cm = pm.get_configuration(configuration)
-    network = build_adaptive_network(pm, cm, dataset_json)
+    with torch.random.fork_rng(devices=[]):  # a check draws nothing from a seeded training's generator
+        network = build_network(pm, cm, dataset_json, adaptive=True)  # the network the trainer loads it into
     ckpt["network_weights"] = check_state_dict(network, ckpt["network_weights"], str(file), cm.patch_size)
     return ckpt
 
@@ -337,9 +345,10 @@ class ModelFolder:
         return _read_json(file) if file.is_file() else None
 
     # ---------------------------------------------------------------- networks
-    def build_network(self, deep_supervision: bool = False) -> nn.Module:
-        """The network as ``nnUNetv2_predict`` builds it (:func:`build_network_like_predictor`), randomly
-        initialised; its architecture must be registered (:mod:`nnunet_prune.surgery.architectures`).
+    def build_network(self, deep_supervision: bool = False, adaptive: bool = False) -> nn.Module:
+        """The network as ``nnUNetv2_predict`` builds it (:func:`build_network` with the checkpoint's trainer),
+        randomly initialised; its architecture must be registered (:mod:`nnunet_prune.surgery.architectures`).
+        ``adaptive``: as the width-adaptive class whatever trainer made the folder (see :func:`build_network`).
 
         Raises:
             NnUNetPruneError: the trainer is unknown, or the architecture is not supported.
@@ -347,8 +356,8 @@ class ModelFolder:
         from nnunet_prune.networks import adaptive_class_name
 
         adaptive_class_name(self.configuration_manager.network_arch_class_name)  # supported, or a clear error
-        return build_network_like_predictor(self.plans_manager, self.configuration_manager, self.dataset_json,
-                                            self.trainer_name, deep_supervision)
+        return build_network(self.plans_manager, self.configuration_manager, self.dataset_json, self.trainer_name,
+                             deep_supervision, adaptive)
 
     def load_network(self, fold, deep_supervision: bool = False) -> nn.Module:
         """The fold's trained network (widths and blocks from its checkpoint), in eval mode on the CPU."""

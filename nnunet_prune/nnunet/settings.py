@@ -61,6 +61,20 @@ NNUNET_VARIABLES: dict[str, str] = {
 }
 
 
+def nnunet_folders() -> dict[str, str | None]:
+    """nnU-Net's three folders as nnU-Net itself reads them (``nnunetv2.paths``): ``nnUNet_raw``,
+    ``nnUNet_preprocessed`` and ``nnUNet_results`` -> the path, or None where it is not set (or empty). The one place
+    the tools read them (:mod:`nnunet_prune.nnunet.prechecks`, which must not import nnU-Net, reads the environment
+    itself)."""
+    from nnunetv2 import paths
+
+    out = {}
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        value = getattr(paths, name, None)
+        out[name] = (str(value) or None) if value else None
+    return out
+
+
 def method_variables() -> dict[str, str]:
     """Each method's one variable (``MethodSettings.ENV_VAR``), found through the method classes of this package's
     trainers, with an example value: a new method's variable is listed without an edit here."""

@@ -16,6 +16,11 @@ runtime;
 each checkpoint keeps its PyTorch weights and, for the ONNX runtimes, its ONNX model, and the runtime's logits are
 checked against PyTorch's before the folder is written.
 
+The pipeline (:func:`export_model_folder`, options in :class:`ExportOptions`): **load** every fold (the network as
+``nnUNetv2_predict`` builds it) -> **transform** (:mod:`nnunet_prune.tools.export.transforms`) -> **write** (the
+runtime's writer, :mod:`nnunet_prune.tools.export.writers`: one per runtime, a new runtime is one new entry there)
+-> **verify** (loaded back from the written folder as nnU-Net loads it; then the writer's own check).
+
 The source folder is never written to; an existing output is replaced only with ``overwrite=True``.
 """
 
@@ -26,23 +31,62 @@ import json
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from nnunet_prune import NnUNetPruneError
 from nnunet_prune.core.compact import encode_state_dict
 from nnunet_prune.core.outputs import make_temp_dir, record_files, remove_owned
-from nnunet_prune.core.runtime_specs import check_runtime_choice
 from nnunet_prune.core.stats import count_parameters
 from nnunet_prune.networks import adaptive_class_name
 from nnunet_prune.nnunet.modelfolder import CHECKPOINT, ModelFolder
 from nnunet_prune.nnunet.prechecks import check_export_output, check_magnitude_tau
 from nnunet_prune.tools.export.transforms import magnitude_prune, remove_dead_channels, remove_masked_blocks
+from nnunet_prune.tools.export.writers import (  # noqa: F401 (re-exported: the checks' limits)
+    MAX_RELATIVE_DIFFERENCE,
+    MIN_AGREEMENT,
+    WRITERS,
+    FoldWork,
+    FoldWriter,
+    writer_class,
+)
 
 SUMMARY_FILE = "export_summary.json"
 TOOL = "export"
+
+
+@dataclass
+class ExportOptions:
+    """What :func:`export_model_folder` does (``nnunet-prune export``'s options).
+
+    ``folds``: the folds to export (None: every fold that has the first checkpoint); ``fp16``: weights stored in
+    float16; ``magnitude_tau``: zero the weights with |w| <= tau first (``prune_bias``: small biases too;
+    ``per_layer_normalised``: threshold tau x RMS per tensor); ``overwrite``: replace an earlier export;
+    ``verify``: compare the written folds' logits with the networks they were written from; ``compact``: store
+    sparse tensors as bit mask + non-zeros (None: on with ``magnitude_tau``); ``runtime``: what stock
+    ``nnUNetv2_predict`` runs the folds with (a key of :data:`nnunet_prune.tools.export.writers.WRITERS`) with
+    ``runtime_options``; ``checkpoints``: the checkpoint files exported in every fold (nnU-Net's ``-chk`` names).
+    """
+
+    folds: Sequence | None = None
+    fp16: bool = False
+    magnitude_tau: float | None = None
+    prune_bias: bool = False
+    per_layer_normalised: bool = False
+    overwrite: bool = False
+    verify: bool = True
+    compact: bool | None = None
+    runtime: str = "pytorch"
+    runtime_options: dict | None = None
+    checkpoints: Sequence[str] = (CHECKPOINT,)
+
+    @property
+    def compact_storage(self) -> bool:
+        """Whether sparse tensors are stored compactly: ``compact``, by default on with ``magnitude_tau``."""
+        return (self.magnitude_tau is not None) if self.compact is None else self.compact
 
 
 @dataclass
@@ -123,10 +167,9 @@ class ExportResult:
                 line += (f"; {self.runtime} vs PyTorch: max |logit diff| {f.runtime_max_abs_difference:.2e}, "
                          f"{f.runtime_argmax_agreement:.4%} of voxels segmented alike")
             lines.append(line)
-        if self.runtime != "pytorch":
-            lines.append("  (each checkpoint holds the fold's PyTorch weights" + (
-                " and its ONNX model" if self.runtime != "torch-compile" else "") + "; the source's also held the "
-                "optimizer state)")
+        holds = getattr(WRITERS.get(self.runtime), "holds", None)
+        if holds:
+            lines.append(f"  (each checkpoint holds {holds}; the source's also held the optimizer state)")
         lines += [f"NOTE: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -170,50 +213,6 @@ def _random_patch(mf: ModelFolder) -> torch.Tensor:
     return torch.randn(1, mf.num_input_channels, *mf.patch_size, generator=g)
 
 
-@dataclass
-class _FoldWork:
-    """One fold on its way through the export: loaded, transformed, with the logits it must reproduce."""
-
-    fold: int | str
-    checkpoint: dict
-    network: torch.nn.Module
-    parameters_before: int
-    checkpoint_name: str = CHECKPOINT
-    sparsity: dict | None = None
-    dead_channels: int = 0
-    masked_blocks: int = 0
-    reference: torch.Tensor | None = None  # logits of the transformed network (what the written fold must give)
-    source_output: torch.Tensor | None = None  # logits before magnitude zeroing (with magnitude_tau)
-
-
-def write_nnunet_fold(fold_dir: Path, work: _FoldWork, state: dict, plans: dict, export_info: dict) -> Path:
-    """The nnU-Net writer: ``fold_dir/<checkpoint name>`` as nnU-Net's predictor reads it (weights only, the
-    trainer name, init args with the export's plans, mirroring axes), plus the export's own record. Returns the file.
-
-    Writers for other formats (e.g. ONNX next to the checkpoint) are siblings of this function taking the same
-    fold work item.
-    """
-    init_args = dict(work.checkpoint["init_args"])
-    if isinstance(init_args.get("plans"), dict):
-        init_args["plans"] = plans
-    slim = {
-        "network_weights": state,
-        "trainer_name": work.checkpoint["trainer_name"],
-        "init_args": init_args,
-        "inference_allowed_mirroring_axes": work.checkpoint.get("inference_allowed_mirroring_axes"),
-        "current_epoch": work.checkpoint.get("current_epoch"),
-        "nnunet_prune_export": export_info,
-    }
-    target = fold_dir / work.checkpoint_name
-    torch.save(slim, target)
-    return target
-
-
-def _load(mf: ModelFolder, fold) -> _FoldWork:
-    net = mf.load_network(fold)
-    return _FoldWork(fold, mf.load_checkpoint(fold), net, count_parameters(net), mf.checkpoint_name)
-
-
 def _open_checkpoints(source: str | os.PathLike, folds: Sequence | None,
                       checkpoints: Sequence[str]) -> list[ModelFolder]:
     """The source opened once per checkpoint name (validated): the first name's folds (all that have it, or
@@ -241,23 +240,49 @@ def _unexported_checkpoints(mf: ModelFolder, exported: Sequence[str]) -> list[st
             f"{' '.join([*exported, *other])} to predict with -chk {other[0]} from the export)"]
 
 
-def _transform(work: _FoldWork, x: torch.Tensor | None, magnitude_tau: float | None, prune_bias: bool,
-               per_layer_normalised: bool) -> None:
-    """Magnitude zeroing (if asked), then removal of dead channels (exact); the logits before and after zeroing are
-    kept for the verification."""
+# ---------------------------------------------------------------------------------------------------- the steps
+def _load(mf: ModelFolder, fold) -> FoldWork:
+    """Load: the fold's checkpoint and its network as ``nnUNetv2_predict`` builds it."""
+    net = mf.load_network(fold)
+    return FoldWork(fold, mf.load_checkpoint(fold), net, count_parameters(net), mf.checkpoint_name, mf.patch_size)
+
+
+def _transform(work: FoldWork, x: torch.Tensor | None, options: ExportOptions) -> FoldWork:
+    """Transform: magnitude zeroing (if asked), then removal of dead channels and masked blocks (exact); the logits
+    before and after zeroing are kept for the verification. Returns ``work``."""
     with torch.no_grad():
-        if magnitude_tau is not None:
+        if options.magnitude_tau is not None:
             if x is not None:
                 work.source_output = work.network(x)
-            work.sparsity = magnitude_prune(work.network, magnitude_tau, prune_bias, per_layer_normalised).as_dict()
+            work.sparsity = magnitude_prune(work.network, options.magnitude_tau, options.prune_bias,
+                                            options.per_layer_normalised).as_dict()
         if x is not None:
             work.reference = work.network(x)
     work.dead_channels = remove_dead_channels(work.network)
     work.masked_blocks = remove_masked_blocks(work.network)
+    return work
 
 
-def _verify(folder: Path, work: _FoldWork, x: torch.Tensor | None, record: FoldExport) -> None:
-    """Load the written fold as nnU-Net would (from the written folder) and compare its logits."""
+def _export_plans(mf: ModelFolder, work: Sequence[FoldWork], options: ExportOptions, writer: FoldWriter) -> dict:
+    """The written folder's plans: the source's, whose network is named by its width-adaptive class when a fold's
+    widths changed (or with compact storage), then as the writer's runtime runs it (every fold must be transformed
+    first: the plans hold one architecture for all)."""
+    plans = copy.deepcopy(mf.plans)
+    dense = {k: v.shape for k, v in mf.build_network().state_dict().items()}
+    arch = _architecture_entry(plans, mf.configuration_name)
+    if options.compact_storage or any(w.network.state_dict().keys() != dense.keys() or
+                                      any(v.shape != dense[k] for k, v in w.network.state_dict().items())
+                                      for w in work):
+        arch["network_class_name"] = adaptive_class_name(arch["network_class_name"])
+    runtime_arch = writer.architecture(arch)
+    if runtime_arch is not arch:
+        arch.clear()
+        arch.update(runtime_arch)
+    return plans
+
+
+def _verify(folder: Path, work: FoldWork, x: torch.Tensor | None, record: FoldExport) -> None:
+    """Verify: load the written fold as nnU-Net would (from the written folder) and compare its logits."""
     net = ModelFolder.open(folder, [work.fold], checkpoint_name=work.checkpoint_name).load_network(work.fold)
     record.parameters_after = count_parameters(net)
     if x is not None:
@@ -268,147 +293,88 @@ def _verify(folder: Path, work: _FoldWork, x: torch.Tensor | None, record: FoldE
             record.max_abs_difference_to_source = float((exported_output - work.source_output).abs().max())
 
 
-#: least fraction of voxels whose segmentation a runtime must reproduce at float32 (and at reduced precision)
-MIN_AGREEMENT = {"fp32": 0.999, "reduced": 0.98}
-#: largest max |logit difference| to PyTorch, relative to the largest |logit|, at float32 (and reduced precision):
-#: nnU-Net averages logits over mirrors and folds, so the logits must match, not only their argmax
-MAX_RELATIVE_DIFFERENCE = {"fp32": 2e-3, "reduced": 5e-2}
+def _write_fold(tmp: Path, mf: ModelFolder, work: FoldWork, plans: dict, x: torch.Tensor | None,
+                options: ExportOptions, writer: FoldWriter) -> FoldExport:
+    """Write one fold into the folder ``tmp`` with ``writer`` (its folder's other files copied first), then verify
+    it (as PyTorch, then the writer's own check); returns its record."""
+    fold_dir = tmp / f"fold_{work.fold}"
+    # After magnitude zeroing the source's validation results no longer describe the model; copied, they would let
+    # find_best_configuration rank the pruned model by the dense model's Dice.
+    if not fold_dir.exists():
+        _copy_without_checkpoints(mf.fold_path(work.fold), fold_dir,
+                                  skip=("validation",) if options.magnitude_tau is not None else ())
+    source = mf.fold_path(work.fold) / work.checkpoint_name
+    state = _storable_state_dict(work.network.state_dict(), options.fp16, options.compact_storage)
+    info = {"source": str(source), "magnitude_tau": options.magnitude_tau, "fp16": options.fp16,
+            "compact": options.compact_storage, "checkpoint": work.checkpoint_name, **writer.record(mf.trainer_name)}
+    target = writer.write(fold_dir, work, state, plans, info)
+    record = FoldExport(work.fold, work.parameters_before, 0, work.dead_channels, source.stat().st_size,
+                        target.stat().st_size, checkpoint=work.checkpoint_name, sparsity=work.sparsity,
+                        masked_blocks_removed=work.masked_blocks)
+    _verify(tmp, work, x, record)
+    if x is not None:
+        for name, value in writer.verify(tmp, work, x).items():
+            setattr(record, name, value)
+    return record
 
 
-def _verify_runtime(folder: Path, work: _FoldWork, x: torch.Tensor, record: FoldExport, reduced: bool) -> None:
-    """Build the written fold as nnU-Net's predictor does (plans -> RuntimeNetwork, the checkpoint's weights as
-    they are stored) and compare the runtime's logits and segmentation with the PyTorch network's.
-
-    Raises:
-        NnUNetPruneError: the runtime segments fewer than :data:`MIN_AGREEMENT` of the voxels alike, or its logits
-            differ by more than :data:`MAX_RELATIVE_DIFFERENCE` of the largest logit.
-    """
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    from nnunet_prune.nnunet.modelfolder import build_network_like_predictor
-
-    plans = json.loads((folder / "plans.json").read_text())
-    dataset_json = json.loads((folder / "dataset.json").read_text())
-    pm = PlansManager(plans)
-    cm = pm.get_configuration(work.checkpoint["init_args"]["configuration"])
-    net = build_network_like_predictor(pm, cm, dataset_json, "nnUNetTrainer")
-    ckpt = torch.load(folder / f"fold_{work.fold}" / work.checkpoint_name, map_location="cpu", weights_only=False)
-    net.load_state_dict(ckpt["network_weights"])
-    with torch.no_grad():
-        out = net.eval()(x)
-    record.runtime_max_abs_difference = float((out - work.reference).abs().max())
-    record.runtime_argmax_agreement = float((out.argmax(1) == work.reference.argmax(1)).float().mean())
-    level = "reduced" if reduced else "fp32"
-    largest = max(float(work.reference.abs().max()), 1.0)
-    if (record.runtime_argmax_agreement < MIN_AGREEMENT[level]
-            or record.runtime_max_abs_difference > MAX_RELATIVE_DIFFERENCE[level] * largest):
-        raise NnUNetPruneError(
-            f"fold {work.fold} ({work.checkpoint_name}): the {net.runtime} model does not reproduce PyTorch on a test "
-            f"patch: "
-            f"{record.runtime_argmax_agreement:.3%} of the voxels segmented alike (needed: "
-            f"{MIN_AGREEMENT[level]:.1%}), max |logit diff| {record.runtime_max_abs_difference:.3g} (allowed: "
-            f"{MAX_RELATIVE_DIFFERENCE[level] * largest:.3g}); nothing was written. Use another --runtime (or float32 "
-            f"precision).")
+def _copy_folder_files(mf: ModelFolder, tmp: Path) -> None:
+    """The source's files and folders outside the folds (dataset.json, the fingerprint, ...), without checkpoints."""
+    for item in mf.path.iterdir():
+        if item.name.startswith("fold_"):
+            continue
+        if item.is_dir():
+            _copy_without_checkpoints(item, tmp / item.name)
+        elif item.suffix != ".pth":
+            shutil.copy2(item, tmp / item.name)
 
 
-def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, folds: Sequence | None = None,
-                        fp16: bool = False, magnitude_tau: float | None = None, prune_bias: bool = False,
-                        per_layer_normalised: bool = False, overwrite: bool = False,
-                        verify: bool = True, compact: bool | None = None, runtime: str = "pytorch",
-                        runtime_options: dict | None = None,
-                        checkpoints: Sequence[str] = (CHECKPOINT,)) -> ExportResult:
+def _put_in_place(tmp: Path, output: Path, result: ExportResult) -> None:
+    """The summary written, every file recorded as the export's own (what ``--overwrite`` may replace later), an
+    earlier export at ``output`` removed (only its own files) and ``tmp`` renamed into its place."""
+    (tmp / SUMMARY_FILE).write_text(json.dumps(asdict(result), indent=2, default=str))
+    record_files(tmp, TOOL)
+    remove_owned(output, TOOL)  # checked again: only the earlier export's own files go (an empty folder too)
+    tmp.rename(output)
+
+
+def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, options: ExportOptions | None = None,
+                        **changes: Any) -> ExportResult:
     """Write the slim model folder (see the module docstring): load -> transform -> write -> verify, per fold, into
     a temporary folder renamed into place at the end. Returns per-fold statistics.
 
-    ``compact`` (default: on when ``magnitude_tau`` is given) stores sparse tensors as bit mask + non-zeros.
-    ``runtime`` (``pytorch`` or a key of :data:`nnunet_prune.networks.runtime.RUNTIMES`) with ``runtime_options``
-    (:func:`nnunet_prune.networks.runtime.check_options`): what stock ``nnUNetv2_predict`` runs the folds with.
-    ``checkpoints``: the checkpoint files exported in every fold (nnU-Net's ``-chk`` names; each is transformed,
-    written and verified on its own; the summary notes those the source holds that were not asked for).
+    ``options`` (:class:`ExportOptions`; default: its defaults) with ``changes`` applied, e.g.
+    ``export_model_folder(src, out, magnitude_tau=0.01, runtime="openvino")``. Every checkpoint of
+    ``options.checkpoints`` is transformed, written and verified on its own; the summary notes those the source holds
+    that were not asked for.
 
     Raises:
         NnUNetPruneError: a bad source or output folder, an invalid ``magnitude_tau``, an unknown or missing runtime,
             bad runtime options, a checkpoint a fold lacks (all before any work); a runtime that does not reproduce
             PyTorch's segmentation.
+        TypeError: a keyword that is not a field of :class:`ExportOptions`.
     """
-    from nnunet_prune.networks import runtime as runtimes
-
+    options = replace(options or ExportOptions(), **changes)
     output = Path(output).expanduser().resolve()
-    check_export_output(source, output, overwrite)
-    check_magnitude_tau(magnitude_tau)
-    runtime_options = check_runtime_choice(runtime, runtime_options)
-    if runtime != "pytorch":
-        runtimes.require_runtime(runtime)  # a missing or broken optional runtime stops here, before any work
-    sources = _open_checkpoints(source, folds, checkpoints)
+    check_export_output(source, output, options.overwrite)
+    check_magnitude_tau(options.magnitude_tau)
+    writer = writer_class(options.runtime)(options.runtime_options)
+    writer.require()  # a missing or broken optional runtime stops here, before any work
+    sources = _open_checkpoints(source, options.folds, options.checkpoints)
     mf = sources[0]
-    compact = (magnitude_tau is not None) if compact is None else compact
     tmp = make_temp_dir(output.parent, prefix=f".{output.name}.")
-    result = ExportResult(str(mf.path), str(output), magnitude_tau, fp16, runtime=runtime,
-                          runtime_options=dict(runtime_options or {}),
-                          checkpoints=[m.checkpoint_name for m in sources])
-    onnx = runtime != "pytorch" and runtimes.RUNTIMES[runtime].onnx
+    result = ExportResult(str(mf.path), str(output), options.magnitude_tau, options.fp16, runtime=options.runtime,
+                          runtime_options=dict(writer.options), checkpoints=[m.checkpoint_name for m in sources])
     try:
-        plans = copy.deepcopy(mf.plans)
-        for item in mf.path.iterdir():
-            if item.name.startswith("fold_"):
-                continue
-            if item.is_dir():
-                _copy_without_checkpoints(item, tmp / item.name)
-            elif item.suffix != ".pth":
-                shutil.copy2(item, tmp / item.name)
-        x = _random_patch(mf) if verify else None
-        dense_shapes = {k: v.shape for k, v in mf.build_network().state_dict().items()}
-        work = []
-        for folder in sources:  # load and transform every fold first: the plans must say whether widths changed
-            for fold in folder.folds:
-                w = _load(folder, fold)
-                _transform(w, x, magnitude_tau, prune_bias, per_layer_normalised)
-                work.append(w)
-        if compact or any(w.network.state_dict().keys() != dense_shapes.keys() or
-                          any(v.shape != dense_shapes[k] for k, v in w.network.state_dict().items()) for w in work):
-            arch = _architecture_entry(plans, mf.configuration_name)
-            arch["network_class_name"] = adaptive_class_name(arch["network_class_name"])
-        if runtime != "pytorch":  # the runtime runs the width-adaptive network (folds may differ)
-            arch = _architecture_entry(plans, mf.configuration_name)
-            new = runtimes.runtime_architecture(arch, runtime, runtime_options,
-                                                adaptive_class_name(arch["network_class_name"]))
-            arch.clear()
-            arch.update(new)
+        _copy_folder_files(mf, tmp)
+        x = _random_patch(mf) if options.verify else None
+        # load and transform every fold first: the plans must say whether widths changed
+        work = [_transform(_load(folder, fold), x, options) for folder in sources for fold in folder.folds]
+        plans = _export_plans(mf, work, options, writer)
         (tmp / "plans.json").write_text(json.dumps(plans, indent=4))
-
-        for w in work:
-            fold_dir = tmp / f"fold_{w.fold}"
-            # After magnitude zeroing the source's validation results no longer describe the model; copied, they
-            # would let find_best_configuration rank the pruned model by the dense model's Dice.
-            if not fold_dir.exists():
-                _copy_without_checkpoints(mf.fold_path(w.fold), fold_dir,
-                                          skip=("validation",) if magnitude_tau is not None else ())
-            state = _storable_state_dict(w.network.state_dict(), fp16, compact)
-            info = {"source": str(mf.fold_path(w.fold) / w.checkpoint_name), "magnitude_tau": magnitude_tau,
-                    "fp16": fp16, "compact": compact, "checkpoint": w.checkpoint_name}
-            if runtime != "pytorch":
-                if onnx:
-                    state.update(runtimes.onnx_entries(runtimes.to_onnx(w.network, mf.patch_size)))
-                # nnU-Net's own trainer builds the plans' RuntimeNetwork (a pruning trainer would build a U-Net)
-                w.checkpoint = {**w.checkpoint, "trainer_name": "nnUNetTrainer"}
-                info.update(runtime=runtime, runtime_options=runtime_options, source_trainer=mf.trainer_name)
-            target = write_nnunet_fold(fold_dir, w, state, plans, info)
-            record = FoldExport(w.fold, w.parameters_before, 0, w.dead_channels,
-                                (mf.fold_path(w.fold) / w.checkpoint_name).stat().st_size, target.stat().st_size,
-                                checkpoint=w.checkpoint_name, sparsity=w.sparsity,
-                                masked_blocks_removed=w.masked_blocks)
-            _verify(tmp, w, x, record)
-            if runtime != "pytorch" and x is not None:
-                # (torch-compile lowers precision on CUDA only; the check runs on the CPU)
-                reduced = runtime != "torch-compile" and runtime_options.get("precision", "fp32") != "fp32"
-                _verify_runtime(tmp, w, x, record, reduced)
-            result.folds.append(record)
-        result.notes += runtimes.deployment_notes(runtime, runtime_options) + \
-            _unexported_checkpoints(mf, result.checkpoints)
-        (tmp / SUMMARY_FILE).write_text(json.dumps(asdict(result), indent=2, default=str))
-        record_files(tmp, TOOL)  # everything in tmp is the export's own: what --overwrite may replace later
-        remove_owned(output, TOOL)  # checked again: only the earlier export's own files go (an empty folder too)
-        tmp.rename(output)
+        result.folds = [_write_fold(tmp, mf, w, plans, x, options, writer) for w in work]
+        result.notes += writer.notes() + _unexported_checkpoints(mf, result.checkpoints)
+        _put_in_place(tmp, output, result)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -235,6 +235,77 @@ def open_model_folders(paths: Sequence[str | os.PathLike], folds: Sequence | Non
     return folders
 
 
+@dataclass
+class _Timing:
+    """How every latency of one measurement is taken (the arguments of :func:`measure_model_folder`)."""
+
+    repeats: int
+    warmup: int
+    threads: int | None
+    warn: Callable[[str], None] | None
+    label: str
+    #: policy, load source and clock of :func:`~nnunet_prune.core.latency.measure_latency_stats`
+    policy: dict
+
+
+def _cost_row(mf: ModelFolder, fold, net: torch.nn.Module, t: _Timing) -> FoldEfficiency:
+    """The fold's row with what needs no timing: parameters, MACs per patch, non-zero parameters, checkpoint bytes and
+    the validation Dice."""
+    dice, per_class = read_dice(mf, fold)
+    patch = mf.patch_size
+    return FoldEfficiency(
+        model=t.label, fold=fold, trainer=mf.trainer_name, configuration=mf.configuration_name,
+        patch_size=list(patch), parameters=count_parameters(net), macs=count_macs(net, patch),
+        nonzero_parameters=sum(int(torch.count_nonzero(p)) for p in net.parameters()),
+        checkpoint_bytes=mf.checkpoint_bytes(fold), dice=dice, dice_per_class=per_class, repeats=t.repeats,
+        path=str(mf.path))
+
+
+def _put(row: FoldEfficiency, prefix: str, stats: LatencyStats | None) -> None:
+    """A latency's median and IQR (ms) into ``row``'s fields ``prefix`` and ``prefix_iqr``, with its verdict."""
+    setattr(row, prefix, None if stats is None else stats.median_ms)
+    setattr(row, prefix + "_iqr", None if stats is None else stats.iqr_ms)
+    _verdict(row, prefix, stats)
+
+
+def _compiled(row: FoldEfficiency, net: torch.nn.Module, patch: Sequence[int], where: torch.device, bf16: bool,
+              t: _Timing) -> LatencyStats | None:
+    """The ``torch.compile`` latency on ``where``; None plus a note (and a warning) if compiling fails."""
+    try:
+        return measure_latency_stats(net, patch, where, t.repeats, t.warmup, runtime="compile", bf16=bf16,
+                                     threads=t.threads if where.type == "cpu" else None, **t.policy)
+    except Exception as e:  # inductor needs a C++ compiler / Triton; eager numbers are still worth having
+        note = f"torch.compile on {where.type} failed for {t.label} fold {row.fold} ({_first_line(e)})"
+        row.notes.append(note)
+        if t.warn is not None:
+            t.warn(note + "; compiled latency left empty.")
+        return None
+
+
+def _time_on_cpu(row: FoldEfficiency, net: torch.nn.Module, patch: Sequence[int], compile: bool,
+                 runtimes: Sequence[str], t: _Timing) -> None:
+    """The CPU latencies of ``row``: eager, compiled (with ``compile``) and through each deployment runtime."""
+    cpu = torch.device("cpu")
+    row.threads = t.threads or torch.get_num_threads()
+    _put(row, "cpu_ms_eager", measure_latency_stats(net, patch, cpu, t.repeats, t.warmup, threads=t.threads,
+                                                    **t.policy))
+    _put(row, "cpu_ms_compiled", _compiled(row, net, patch, cpu, False, t) if compile else None)
+    for name in runtimes:
+        stats = _runtime_ms(net, name, patch, t.repeats, t.warmup, row.threads, row, t.warn, t.policy)
+        if stats is not None:
+            row.cpu_ms_runtimes[name], row.cpu_ms_runtimes_iqr[name] = stats.median_ms, stats.iqr_ms
+            _verdict(row, name, stats)
+
+
+def _time_on_gpu(row: FoldEfficiency, net: torch.nn.Module, patch: Sequence[int], dev: torch.device, compile: bool,
+                 bf16: bool, t: _Timing) -> None:
+    """The GPU latencies of ``row`` (eager in float32; compiled with ``compile``) and its memory peak (MB)."""
+    row.gpu_name = torch.cuda.get_device_name(dev)
+    _put(row, "gpu_ms_eager", measure_latency_stats(net, patch, dev, t.repeats, t.warmup, **t.policy))  # float32
+    _put(row, "gpu_ms_compiled", _compiled(row, net, patch, dev, bf16, t) if compile else None)
+    row.gpu_peak_mb = peak_gpu_memory_mb(net, patch, dev, bf16=bf16)
+
+
 def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence | None = None, *,
                          device: str = "cpu", repeats: int = 10, warmup: int = 2, threads: int | None = None,
                          compile: bool = True, cpu: bool = True, bf16: bool = True, label: str | None = None,
@@ -264,52 +335,17 @@ def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence 
     if threads is not None and threads < 1:
         raise NnUNetPruneError(f"--threads must be at least 1 (got {threads}).")
     mf, chosen = _folder_and_folds(path, folds)
-    label = label or mf.path.name
-    patch = mf.patch_size
-    timing = {"policy": policy or TimingPolicy(repeats=repeats), "load": load, "clock": clock}
+    t = _Timing(repeats, warmup, threads, warn, label or mf.path.name,
+                {"policy": policy or TimingPolicy(repeats=repeats), "load": load, "clock": clock})
     rows = []
     for fold in chosen:
         net = mf.load_network(fold)
-        dice, per_class = read_dice(mf, fold)
-        row = FoldEfficiency(
-            model=label, fold=fold, trainer=mf.trainer_name, configuration=mf.configuration_name,
-            patch_size=list(patch), parameters=count_parameters(net), macs=count_macs(net, patch),
-            nonzero_parameters=sum(int(torch.count_nonzero(p)) for p in net.parameters()),
-            checkpoint_bytes=mf.checkpoint_bytes(fold), dice=dice, dice_per_class=per_class, repeats=repeats,
-            path=str(mf.path))
-
-        def compiled_ms(where: torch.device, use_bf16: bool, row=row, net=net, fold=fold) -> LatencyStats | None:
-            try:
-                return measure_latency_stats(net, patch, where, repeats, warmup, runtime="compile", bf16=use_bf16,
-                                             threads=threads if where.type == "cpu" else None, **timing)
-            except Exception as e:  # inductor needs a C++ compiler / Triton; eager numbers are still worth having
-                note = f"torch.compile on {where.type} failed for {label} fold {fold} ({_first_line(e)})"
-                row.notes.append(note)
-                if warn is not None:
-                    warn(note + "; compiled latency left empty.")
-                return None
-
-        def put(prefix: str, stats: LatencyStats | None, row=row) -> None:
-            setattr(row, prefix, None if stats is None else stats.median_ms)
-            setattr(row, prefix + "_iqr", None if stats is None else stats.iqr_ms)
-            _verdict(row, prefix, stats)
-
+        row = _cost_row(mf, fold, net, t)
         row.load_average = load_average()
         if cpu or dev.type == "cpu":
-            cpu_dev = torch.device("cpu")
-            row.threads = threads or torch.get_num_threads()
-            put("cpu_ms_eager", measure_latency_stats(net, patch, cpu_dev, repeats, warmup, threads=threads, **timing))
-            put("cpu_ms_compiled", compiled_ms(cpu_dev, False) if compile else None)
-            for name in runtimes:
-                stats = _runtime_ms(net, name, patch, repeats, warmup, row.threads, row, warn, timing)
-                if stats is not None:
-                    row.cpu_ms_runtimes[name], row.cpu_ms_runtimes_iqr[name] = stats.median_ms, stats.iqr_ms
-                    _verdict(row, name, stats)
+            _time_on_cpu(row, net, mf.patch_size, compile, runtimes, t)
         if dev.type == "cuda":
-            row.gpu_name = torch.cuda.get_device_name(dev)
-            put("gpu_ms_eager", measure_latency_stats(net, patch, dev, repeats, warmup, **timing))  # float32
-            put("gpu_ms_compiled", compiled_ms(dev, bf16) if compile else None)
-            row.gpu_peak_mb = peak_gpu_memory_mb(net, patch, dev, bf16=bf16)
+            _time_on_gpu(row, net, mf.patch_size, dev, compile, bf16, t)
         for message in timing_warnings(row) if warn is not None else []:
             warn(message)
         rows.append(row)

@@ -159,7 +159,7 @@ def measure_end_to_end(model: ModelFolder, images: str | os.PathLike, runtimes: 
         NnUNetPruneError: no images, or a step size outside (0, 1].
     """
     from nnunet_prune.networks.runtime import RUNTIMES
-    from nnunet_prune.tools.export.folder import export_model_folder
+    from nnunet_prune.tools.export.folder import ExportOptions, export_model_folder
 
     if not 0 < step_size <= 1:
         raise NnUNetPruneError(f"--step-size must be in (0, 1] (nnU-Net's default 0.5); got {step_size}.")
@@ -180,9 +180,9 @@ def measure_end_to_end(model: ModelFolder, images: str | os.PathLike, runtimes: 
                 if runtime != "pytorch" or model.runtime is not None:  # (a runtime folder's PyTorch baseline too)
                     folder = tmp / f"model_{runtime}"
                     takes_threads = runtime != "pytorch" and "threads" in RUNTIMES[runtime].options
-                    export_model_folder(model.path, folder, folds=model.folds, runtime=runtime,
-                                        runtime_options={"threads": threads} if threads and takes_threads else None,
-                                        checkpoints=[model.checkpoint_name])
+                    export_model_folder(model.path, folder, ExportOptions(
+                        folds=model.folds, runtime=runtime, checkpoints=[model.checkpoint_name],
+                        runtime_options={"threads": threads} if threads and takes_threads else None))
             except Exception as e:  # e.g. an operator the ONNX exporter lacks: a row, not the end of the report
                 row.error = f"export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 rows.append(row)

@@ -1,2 +1,2 @@
-"""Sweeps of a trained model before fine-tuning: magnitude thresholds (:mod:`.magnitude`) and structured pruning
-fractions (:mod:`.structured`)."""
+"""Sweeps of a trained model before fine-tuning: one engine (:mod:`.engine`) along a magnitude-threshold axis
+(:mod:`.magnitude`) or a structured-pruning fraction axis (:mod:`.structured`)."""

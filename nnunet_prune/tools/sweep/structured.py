@@ -1,12 +1,12 @@
 """The post-training sweep for structured pruning: how far a filter criterion goes before fine-tuning is needed.
 
-``nnunet-prune sweep MODEL -i IMAGES --criterion l2 --fractions 0.25 0.5 0.75 0.9``: for each fraction every fold is
-pruned once with the criterion (:class:`~nnunet_prune.methods.structured.StructuredMethod`, one-shot, the same
-distribution and caps as the ``nnUNetTrainerStructured*`` trainers), its filters removed physically, no fine-tuning;
-the pruned ensemble predicts the images through nnU-Net's inference (as :mod:`nnunet_prune.tools.sweep.magnitude`,
-whose inputs,
-reference predictions, proxy Dice and resumable state it reuses), and each fraction reports proxy and real Dice,
-filters / parameters / MACs removed and the measured latency of one patch against the unpruned network.
+``nnunet-prune sweep MODEL -i IMAGES --criterion l2 --fractions 0.25 0.5 0.75 0.9``: the fraction axis of the sweep
+engine (:mod:`nnunet_prune.tools.sweep.engine`: inputs, reference predictions, proxy Dice and resumable state). For
+each fraction every fold is pruned once with the criterion (:class:`~nnunet_prune.methods.structured.StructuredMethod`,
+one-shot, the same distribution and caps as the ``nnUNetTrainerStructured*`` trainers), its filters removed
+physically, no fine-tuning; the pruned ensemble predicts the images through nnU-Net's inference, and each fraction
+reports proxy and real Dice, filters / parameters / MACs removed and the measured latency of one patch against the
+unpruned network.
 
 Latency: fold 0's pruned network and a copy of the unpruned one are timed interleaved (:mod:`nnunet_prune.core.timing`:
 one pass of each per round, the order alternating, rounds until both medians are known), so drift of the machine
@@ -35,11 +35,37 @@ from nnunet_prune.methods.base import TrainingProgress
 from nnunet_prune.methods.structured import StructuredMethod, StructuredSettings
 from nnunet_prune.surgery import build_channel_graph
 from nnunet_prune.surgery.removal import apply_removal
-from nnunet_prune.tools.dice import class_counts, dice_per_case, foreground_mean
-from nnunet_prune.tools.sweep.magnitude import STATE_FILE, TOOL, MagnitudeSweep, ProxySummary
+from nnunet_prune.tools.dice import class_counts
+from nnunet_prune.tools.sweep.engine import TOOL, Axis, ProxySummary, SweepEngine
 
 #: the default fractions of the filters removed
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.75, 0.9)
+
+
+@dataclass
+class FractionSettings:
+    """The fraction axis's options (what ``nnunet-prune sweep --criterion`` passes on).
+
+    ``criterion``: "l1", "l2" or "slimming"; ``fractions`` in (0, 1) to remove (None: :data:`DEFAULT_FRACTIONS`,
+    less those the caps make unreachable), counted in ``ratio_of`` ("filters", "params", "macs"); ``distribution``:
+    one normalised ranking of all filters ("global") or the same fraction of every coupling group ("uniform");
+    ``max_ratio`` / ``max_ratio_coupled``: the most a coupling group (a skip or residual group) may lose.
+    """
+
+    criterion: str = "l2"
+    fractions: list[float] | None = None
+    ratio_of: str = "filters"
+    distribution: str = "global"
+    max_ratio: float = 0.95
+    max_ratio_coupled: float = 0.8
+
+    def fingerprint(self) -> dict:
+        """The settings that change the numbers (not the fractions: more can always be added). ``prune_bias`` and
+        ``per_layer_normalised`` (magnitude options, always off here) are part of it as in the state of earlier
+        versions, so their sweeps resume."""
+        return {"prune_bias": False, "per_layer_normalised": False, "criterion": self.criterion,
+                "ratio_of": self.ratio_of, "distribution": self.distribution, "max_ratio": self.max_ratio,
+                "max_ratio_coupled": self.max_ratio_coupled}
 
 
 @dataclass
@@ -72,22 +98,25 @@ class FractionResult:
     latency_not_comparable: str | None = None
 
 
-class StructuredSweep(MagnitudeSweep):
-    """A sweep over fractions of filters removed with a structured criterion (module docstring). ``settings`` is a
-    :class:`~nnunet_prune.tools.sweep.magnitude.SweepSettings` with ``criterion`` set ('l1', 'l2', 'slimming')."""
+class FractionAxis(Axis):
+    """Fractions of filters removed with a structured criterion (module docstring); the engine's network is the
+    width-adaptive one, so the pruned folds load into it and it returns to the unpruned widths."""
 
-    def _build_network(self) -> torch.nn.Module:
-        """The width-adaptive network, whatever trainer made the folder: the pruned folds load into it."""
-        from nnunet_prune.nnunet.trainers.base import nnUNetTrainerPruning
+    noun = "fractions"
+    unit = "fraction"
+    adaptive = True
 
-        m = self.model
-        return nnUNetTrainerPruning.build_network_architecture(
-            m.plans_manager, m.configuration_manager, m.num_input_channels, m.label_manager.num_segmentation_heads,
-            enable_deep_supervision=False)
+    def __init__(self, settings: FractionSettings | None = None):
+        self.settings = settings or FractionSettings()
+        self._reachable: list[float] | None = None
 
-    def _prepare(self):
-        super()._prepare()
-        self.patch_size = tuple(self.model.configuration_manager.patch_size)
+    def fingerprint(self) -> dict:
+        """:meth:`FractionSettings.fingerprint`."""
+        return self.settings.fingerprint()
+
+    def recorded(self) -> dict:
+        """The fraction settings."""
+        return asdict(self.settings)
 
     def method_settings(self, fraction: float) -> StructuredSettings:
         """The one-shot settings of one fraction."""
@@ -97,7 +126,7 @@ class StructuredSweep(MagnitudeSweep):
                                                  "distribution": s.distribution, "max_ratio": s.max_ratio,
                                                  "max_ratio_coupled": s.max_ratio_coupled})
 
-    def check_reachable(self) -> None:
+    def check(self, engine: SweepEngine) -> None:
         """Every fraction must be reachable under the caps on every fold (checked before any inference). Of the
         default fractions the unreachable ones are left out with a note; a fraction the user asked for stops the
         sweep.
@@ -105,14 +134,15 @@ class StructuredSweep(MagnitudeSweep):
         Raises:
             NnUNetPruneError: naming the fraction and what limits it.
         """
-        self._fractions = None
+        self._reachable = None
         reachable = []
-        for fraction in self.grid():
+        for fraction in self.grid(engine):
             problems = []
-            for dense in self.dense_states:
-                self.network.load_state_dict(dense)
+            for dense in engine.dense_states:
+                engine.network.load_state_dict(dense)
                 method = StructuredMethod(self.method_settings(fraction))
-                problems = method.network_problems(self.network, build_channel_graph(self.network), self.patch_size)
+                problems = method.network_problems(engine.network, build_channel_graph(engine.network),
+                                                   engine.patch_size)
                 if problems:
                     break
             if not problems:
@@ -123,19 +153,32 @@ class StructuredSweep(MagnitudeSweep):
                 print(f"Left out {fraction:g} (a default fraction): {_for_the_sweep(problems)}")
         if not reachable:
             raise NnUNetPruneError("No default fraction is reachable under the caps: give --fractions.")
-        self._fractions = reachable
+        self._reachable = reachable
 
-    def grid(self) -> list[float]:
+    def grid(self, engine: SweepEngine) -> list[float]:
         """The fractions, sorted (default :data:`DEFAULT_FRACTIONS`, less those the caps make unreachable)."""
-        if getattr(self, "_fractions", None):
-            return list(self._fractions)
+        if self._reachable:
+            return list(self._reachable)
         return sorted(set(self.settings.fractions or DEFAULT_FRACTIONS))
 
-    def _latency(self, dense: torch.nn.Module | None = None) -> tuple[float, float | None, float | None, str | None]:
-        """(ms of the current network, ms of ``dense``, speed-up, why not comparable): the two timed interleaved
-        (:mod:`nnunet_prune.core.timing`); without ``dense`` the current network alone."""
-        nets = {"pruned": self.network, **({"dense": dense} if dense is not None else {})}
-        timings = measure_latencies(nets, self.patch_size, self.predictor.device, repeats=10, warmup=2,
+    def start(self, engine: SweepEngine) -> None:
+        """The unpruned network's latency, once per sweep (kept in the state)."""
+        if engine.state.get("dense_latency_ms") is None:
+            engine.network.load_state_dict(engine.dense_states[0])
+            ms, _, _, why = self.latency(engine)
+            engine.state["dense_latency_ms"], engine.state["dense_latency_not_comparable"] = ms, why
+
+    def after_reference(self, engine: SweepEngine, reference: dict, real: dict | None) -> None:
+        """The unpruned ensemble's own real Dice (with labels, once per sweep)."""
+        if real is not None and engine.state.get("dense_real_dice") is None:
+            engine.state["dense_real_dice"] = engine.real_dice(real, reference)[0]
+
+    def latency(self, engine: SweepEngine, dense: torch.nn.Module | None = None
+                ) -> tuple[float, float | None, float | None, str | None]:
+        """(ms of the engine's network, ms of ``dense``, speed-up, why not comparable): the two timed interleaved
+        (:mod:`nnunet_prune.core.timing`); without ``dense`` the engine's network alone."""
+        nets = {"pruned": engine.network, **({"dense": dense} if dense is not None else {})}
+        timings = measure_latencies(nets, engine.patch_size, engine.predictor.device, repeats=10, warmup=2,
                                     threads=torch.get_num_threads())
         pruned = timings.stats["pruned"]
         if dense is None:
@@ -144,95 +187,73 @@ class StructuredSweep(MagnitudeSweep):
         return (round(pruned.median_ms, 3), round(timings.stats["dense"].median_ms, 3),
                 None if why else speed_up, why)
 
-    def evaluate(self, fraction: float, reference, real) -> FractionResult:
+    def _prune(self, engine: SweepEngine, fraction: float) -> list[float]:
+        """Prune the engine's network (a fold's unpruned weights loaded) one-shot at ``fraction``; returns the
+        fractions of filters, parameters and MACs removed and the filters, parameters and MACs left."""
+        graph = build_channel_graph(engine.network)
+        method = StructuredMethod(self.method_settings(fraction))
+        removal = method.start(engine.network, graph,
+                               TrainingProgress(0, 0, [], [], patch_size=engine.patch_size))
+        apply_removal(engine.network, removal, graph=graph)
+        # the unpruned sizes are what start() recorded; the pruned ones come from its exact size model
+        sch, widths = method.schedule, graph.widths()
+        before = (sum(sch.initial_widths.values()), sch.initial_parameters, sch.initial_macs)
+        after = (sum(widths.values()), method.size.parameters(widths), method.size.macs(widths))
+        return [1 - a / b for a, b in zip(after, before)] + list(after)
+
+    def evaluate(self, engine: SweepEngine, fraction: float, reference: dict, real: dict | None) -> FractionResult:
         """Prune every fold one-shot at ``fraction``, measure fold 0's pruned network, predict with the pruned
         ensemble, compare with ``reference`` and ``real``."""
         start = time.perf_counter()
         params, stats, latency = [], [], None
-        for i, dense in enumerate(self.dense_states):
-            self.network.load_state_dict(dense)  # back to the unpruned widths
-            unpruned = copy.deepcopy(self.network) if i == 0 else None  # timed next to the pruned one
-            graph = build_channel_graph(self.network)
-            method = StructuredMethod(self.method_settings(fraction))
-            removal = method.start(self.network, graph, TrainingProgress(0, 0, [], [], patch_size=self.patch_size))
-            apply_removal(self.network, removal, graph=graph)
-            # the unpruned sizes are what start() recorded; the pruned ones come from its exact size model
-            sch, widths = method.schedule, graph.widths()
-            before = (sum(sch.initial_widths.values()), sch.initial_parameters, sch.initial_macs)
-            after = (sum(widths.values()), method.size.parameters(widths), method.size.macs(widths))
-            stats.append([1 - a / b for a, b in zip(after, before)] + list(after))
+        for i, dense in enumerate(engine.dense_states):
+            engine.network.load_state_dict(dense)  # back to the unpruned widths
+            unpruned = copy.deepcopy(engine.network) if i == 0 else None  # timed next to the pruned one
+            stats.append(self._prune(engine, fraction))
             if i == 0:
-                latency = self._latency(unpruned)
+                latency = self.latency(engine, unpruned)
                 del unpruned
-            params.append({k: v.detach().clone() for k, v in self.network.state_dict().items()})
-        pred = self._predict(params)
-        proxy = ProxySummary.of(class_counts(reference, pred, self.label_list, self.ignore_label))
+            params.append(engine.network_parameters())
+        pred = engine.predict(params)
+        proxy = ProxySummary.of(class_counts(reference, pred, engine.label_list, engine.ignore_label))
         mean = np.mean(stats, axis=0)
         result = FractionResult(fraction, float(mean[0]), float(mean[1]), float(mean[2]), float(mean[4]),
-                                float(mean[5]), latency[0], proxy.value(self.settings.proxy_summary), proxy.pooled,
-                                proxy_dice_pooled=proxy.pooled_mean, proxy_dice_paper_mean=proxy.paper_mean,
-                                reference_voxels=proxy.reference_voxels, small_classes=proxy.small_classes,
-                                per_fold_filters=[int(s[3]) for s in stats], dense_latency_ms=latency[1],
-                                speed_up=latency[2], latency_not_comparable=latency[3])
+                                float(mean[5]), latency[0], proxy.value(engine.settings.proxy_summary),
+                                proxy.pooled, proxy_dice_pooled=proxy.pooled_mean,
+                                proxy_dice_paper_mean=proxy.paper_mean, reference_voxels=proxy.reference_voxels,
+                                small_classes=proxy.small_classes, per_fold_filters=[int(s[3]) for s in stats],
+                                dense_latency_ms=latency[1], speed_up=latency[2], latency_not_comparable=latency[3])
         if real is not None:
-            result.real_dice, result.real_dice_per_class = foreground_mean(
-                dice_per_case(real, pred, self.label_list, self.ignore_label))
+            result.real_dice, result.real_dice_per_class = engine.real_dice(real, pred)
         result.seconds = round(time.perf_counter() - start, 3)
         return result
 
-    def run(self, progress: bool = True) -> dict:
-        """Run (or finish) the sweep; returns the report (also written to the output folder)."""
-        start = time.perf_counter()
-        self._prepare()
-        self.check_reachable()  # before anything is written
-        self.output.mkdir(parents=True, exist_ok=True)
-        self._apply_summary()
-        if self.state.get("dense_latency_ms") is None:
-            self.network.load_state_dict(self.dense_states[0])
-            ms, _, _, why = self._latency()
-            self.state["dense_latency_ms"], self.state["dense_latency_not_comparable"] = ms, why
-        reference = self._reference(progress)
-        real = self._real_labels()
-        if real is not None and self.state.get("dense_real_dice") is None:  # the unpruned ensemble's own real Dice
-            self.state["dense_real_dice"] = foreground_mean(dice_per_case(real, reference, self.label_list,
-                                                                          self.ignore_label))[0]
-        results = self.state["results"]
-        done = [f for f in self.grid() if f"{f:.9g}" in results]
-        if done and progress:
-            print(f"Reusing {len(done)} finished fractions from {self.output / STATE_FILE}.")
-        for fraction in self.grid():
-            if f"{fraction:.9g}" in results:
-                continue
-            r = self.evaluate(fraction, reference, real)
-            results[f"{fraction:.9g}"] = asdict(r)
-            self._save_state()
-            if progress:
-                speed = f"{NOT_COMPARABLE} ({r.latency_not_comparable})" if r.latency_not_comparable \
-                    else f"{r.speed_up:.2f}x"
-                print(f"  {fraction:.0%} of the {self.settings.ratio_of}: filters -{r.filters_removed:.1%}, "
-                      f"parameters -{r.parameters_removed:.1%}, MACs -{r.macs_removed:.1%}, "
-                      f"{r.latency_ms:.1f} ms/patch (speed-up {speed}), proxy Dice {r.proxy_dice:.4f}"
-                      + (f", real Dice {r.real_dice:.4f}" if r.real_dice is not None else "")
-                      + f" ({r.seconds:.1f} s)", flush=True)
-        self.state["last_run_seconds"] = round(time.perf_counter() - start, 3)
-        self._save_state()
-        report = self.report()
-        write_outputs(report, self.output)
-        return report
+    def progress_line(self, result: FractionResult) -> str:
+        """What was removed, the latency and speed-up, proxy (and real) Dice and the time it took."""
+        r = result
+        speed = f"{NOT_COMPARABLE} ({r.latency_not_comparable})" if r.latency_not_comparable \
+            else f"{r.speed_up:.2f}x"
+        return (f"  {r.fraction:.0%} of the {self.settings.ratio_of}: filters -{r.filters_removed:.1%}, "
+                f"parameters -{r.parameters_removed:.1%}, MACs -{r.macs_removed:.1%}, "
+                f"{r.latency_ms:.1f} ms/patch (speed-up {speed}), proxy Dice {r.proxy_dice:.4f}"
+                + (f", real Dice {r.real_dice:.4f}" if r.real_dice is not None else "") + f" ({r.seconds:.1f} s)")
 
-    def report(self) -> dict:
+    def report(self, engine: SweepEngine) -> dict:
         """Model, settings, the unpruned latency, the largest fraction whose proxy Dice stays at the threshold, and
         every fraction's result."""
-        rows = sorted(self.state["results"].values(), key=lambda r: r["fraction"])
-        ok = [r for r in rows if r["proxy_dice"] >= self.settings.threshold]
-        return {"model": str(self.model.path), "trainer": self.model.trainer_name,
-                "configuration": self.model.configuration_name, "folds": [str(f) for f in self.model.folds],
-                "cases": list(self.cases), "settings": self.settings.used(), "threshold": self.settings.threshold,
-                "dense_latency_ms": self.state.get("dense_latency_ms"),
-                "dense_latency_not_comparable": self.state.get("dense_latency_not_comparable"),
-                "dense_real_dice": self.state.get("dense_real_dice"),
-                "reference_seconds": self.state.get("reference_seconds"),
+        rows = sorted(engine.state["results"].values(), key=lambda r: r["fraction"])
+        threshold = engine.settings.threshold
+        ok = [r for r in rows if r["proxy_dice"] >= threshold]
+        return {**engine.report_header(), "settings": engine.recorded_settings(), "threshold": threshold,
+                "dense_latency_ms": engine.state.get("dense_latency_ms"),
+                "dense_latency_not_comparable": engine.state.get("dense_latency_not_comparable"),
+                "dense_real_dice": engine.state.get("dense_real_dice"),
+                "reference_seconds": engine.state.get("reference_seconds"),
                 "largest_fraction_at_threshold": ok[-1]["fraction"] if ok else None, "results": rows}
+
+    def write_outputs(self, report: dict, output: Path) -> dict[str, Path]:
+        """:func:`write_outputs`."""
+        return write_outputs(report, output)
 
 
 def _for_the_sweep(problems: list[str]) -> str:
@@ -358,7 +379,7 @@ TRAINER_NAMES = {"l1": "L1", "l2": "L2", "slimming": "Slimming"}
 
 
 def finetune_hint(report: dict) -> str:
-    """The closing hint of a structured sweep (``report``: :meth:`StructuredSweep.report`): the stock command that
+    """The closing hint of a structured sweep (``report``: :meth:`FractionAxis.report`): the stock command that
     prunes the swept model one-shot at the largest fraction found (without one: the smallest fraction tried, which
     needs fine-tuning like all others) with the sweep's criterion, distribution and caps, and fine-tunes it.
 
