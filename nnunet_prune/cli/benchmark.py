@@ -1,5 +1,5 @@
 """``nnunet-prune benchmark``: every method on one dataset, one budget, one table
-(:mod:`nnunet_prune.tools.benchmark.benchmark`)."""
+(:mod:`nnunet_prune.tools.benchmark.benchmark`; its methods: :mod:`nnunet_prune.tools.benchmark.methods`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from nnunet_prune import NnUNetPruneError
 
 def add_parser(sub) -> None:
     """Register the ``nnunet-prune benchmark`` subcommand on ``sub`` (an argparse subparsers object)."""
-    from nnunet_prune.tools.benchmark.benchmark import METHOD_NAMES
+    from nnunet_prune.tools.benchmark.methods import METHOD_NAMES
 
     p = sub.add_parser(
         "benchmark", help="train every pruning method with the same budget and compare them in one table",
@@ -76,7 +76,7 @@ def run(args) -> int:
     dataset = resolve_dataset(args.dataset)  # without importing nnU-Net; lists the datasets that exist
     if len(set(args.methods)) != len(args.methods):
         raise NnUNetPruneError("--methods names a method twice.")
-    from nnunet_prune.tools.benchmark.benchmark import METHOD_NAMES, method_spec
+    from nnunet_prune.tools.benchmark.methods import METHOD_NAMES, method_spec
 
     for name in args.methods:
         method_spec(name)

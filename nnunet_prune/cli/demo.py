@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
         "demo", help=f"run everything on the embedded demo data ({MEASURED_MINUTES} minutes on {MEASURED_ON})",
         description="Create a demo dataset, plan it with nnU-Net's default planner and LUnetPlanner, train the "
                     "default network, LUnet and Sauron briefly on the CPU, export, predict the held-out images with "
-                    "stock nnU-Net, run the magnitude-pruning sweep, and print a table of parameters, MACs, "
+                    "stock nnU-Net and score them with nnUNetv2_evaluate_folder (the benchmark's steps), run the "
+                    "magnitude-pruning sweep, and print a table of parameters, MACs, "
                     "held-out Dice per class and wall times. nnU-Net's folders live in the working folder. It took "
                     f"{MEASURED_MINUTES} minutes on {MEASURED_ON}; each step says how long is left, and a slow "
                     "machine gets a suggestion for --epochs / --iterations.")

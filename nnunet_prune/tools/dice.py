@@ -1,7 +1,6 @@
 """nnU-Net's Dice in process: per case and class (label or region) from TP/FP/FN voxel counts, exactly as nnU-Net's
-evaluation (``compute_tp_fp_fn_tn``); used by the sweeps (proxy and real Dice) and the demo's in-memory tables.
-Dice of predicted folders comes from nnU-Net's own ``nnUNetv2_evaluate_folder`` (the benchmark and the report read
-its ``summary.json``).
+evaluation (``compute_tp_fp_fn_tn``); used by the sweeps (proxy and real Dice). Dice of predicted folders comes
+from nnU-Net's own ``nnUNetv2_evaluate_folder`` (the benchmark, the demo and the report read its ``summary.json``).
 """
 
 from __future__ import annotations

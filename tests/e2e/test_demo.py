@@ -26,6 +26,11 @@ def test_demo_runs_end_to_end_and_refuses_foreign_folders(tmp_path):
     assert rows["LUnet"]["parameters"] * 30 < rows["nnU-Net default"]["parameters"]
     assert rows["LUnet"]["macs"] < rows["nnU-Net default"]["macs"]
     assert all(0 <= r["dice"] <= 1 for r in rows.values())
+    # one Dice source, as in the benchmark: nnU-Net's own evaluation of each model's predictions
+    for name, r in rows.items():
+        summary = json.loads((workdir / "predictions" / name / "summary.json").read_text())
+        assert abs(r["dice"] - summary["foreground_mean"]["Dice"]) < 1e-9, name
+    assert rows["Sauron"]["model_folder"].startswith(str(workdir / "exported"))  # measured and predicted exported
     assert "| model | parameters | GMAC/patch" in (workdir / "demo_results.md").read_text()
     assert (workdir / "magnitude_sweep" / "summary.md").is_file()
     # a class no model learnt within the (here tiny) budget is said in words, not left as a silent 0.00

@@ -48,9 +48,10 @@ def budget_scale(epochs: int, iterations: int, val_iterations: int) -> float:
 
 def plan_steps(models: Sequence[str], exported: Sequence[str] = (), sweep: bool = True,
                scale: float = 1.0) -> list[Step]:
-    """The demo's steps in order for the models trained (labels as in :data:`TRAIN_SECONDS`; another label is
-    estimated like the default network), those exported, with or without the sweep; ``scale``: the budget's
-    :func:`budget_scale`."""
+    """The demo's steps in the order the benchmark's pipeline runs them (each model trained, exported where it is,
+    then predicted and evaluated, before the next one) for the models trained (labels as in
+    :data:`TRAIN_SECONDS`; another label is estimated like the default network), those exported, with or without
+    the sweep; ``scale``: the budget's :func:`budget_scale`."""
     n = len(models)
     fixed_default, per_default = TRAIN_SECONDS["nnU-Net default"]
     steps = [Step("dataset", STEP_SECONDS["dataset"]), Step("plan default", STEP_SECONDS["plan default"]),
@@ -58,8 +59,9 @@ def plan_steps(models: Sequence[str], exported: Sequence[str] = (), sweep: bool 
     for k, name in enumerate(models, 1):
         fixed, per = TRAIN_SECONDS.get(name, (fixed_default, per_default))
         steps.append(Step(f"train {name}", fixed + per * scale, (k, n)))
-    steps += [Step(f"export {name}", STEP_SECONDS["export"]) for name in exported]
-    steps += [Step(f"predict {name}", STEP_SECONDS["predict"], (k, n)) for k, name in enumerate(models, 1)]
+        if name in exported:
+            steps.append(Step(f"export {name}", STEP_SECONDS["export"]))
+        steps.append(Step(f"predict {name}", STEP_SECONDS["predict"], (k, n)))
     if sweep:
         steps.append(Step("sweep", STEP_SECONDS["sweep"]))
     steps.append(Step("measure", STEP_SECONDS["measure"]))

@@ -1,17 +1,20 @@
 """The benchmark's own machinery without nnU-Net: seeds (one run per seed in its own folder, resumable, mean ± spread
 per method and class), per-class Dice and notes in its table, and Ctrl-C reported as an interruption.
 
-The steps' commands are replaced inside the benchmark (:meth:`Benchmark.command` of a subclass runs a real, trivial
-subprocess and writes the files a finished step leaves); the rest is the benchmark's code as it runs. The runs
-through stock nnU-Net are in tests/e2e/test_benchmark.py (slow).
+The steps' commands are replaced inside the benchmark's one runner (:class:`FakeRunner`, a
+:class:`~nnunet_prune.tools.benchmark.runner.StepRunner` that runs a real, trivial subprocess and writes the files a
+finished step leaves); the rest is the benchmark's code as it runs. The runs through stock nnU-Net are in
+tests/e2e/test_benchmark.py (slow).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import shlex
 import statistics
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +27,7 @@ from nnunet_prune.tools.benchmark.benchmark import (
     aggregate_rows,
     method_spec,
 )
+from nnunet_prune.tools.benchmark.runner import StepRunner
 from nnunet_prune.tools.class_dice import class_notes, format_dice
 
 #: a subprocess that Ctrl-C ends (SIGINT, as the terminal sends it to the whole process group)
@@ -31,33 +35,46 @@ KILLED_BY_SIGINT = ("import os, signal; signal.signal(signal.SIGINT, signal.SIG_
                     "os.kill(os.getpid(), signal.SIGINT)")
 
 
+class FakeRunner(StepRunner):
+    """The benchmark's runner with every command replaced by ``python -c pass`` (logged, in commands.sh, with the
+    step's environment), leaving a finished fold behind; ``interrupt`` = (method, step) is ended by SIGINT instead.
+    ``calls`` (shared by every runner of a benchmark) records (seed, method, step, NNUNET_PRUNE_SEED,
+    nnUNet_results) of each step."""
+
+    interrupt: tuple[str, str] | None = None
+    calls: list[tuple] = []
+
+    def run(self, method, step, cmd, extra_env=None) -> None:
+        env = self.environment(extra_env)
+        seed = int(env["NNUNET_PRUNE_SEED"])
+        self.calls.append((seed, method, step, env["NNUNET_PRUNE_SEED"], env["nnUNet_results"]))
+        code = KILLED_BY_SIGINT if (method, step) == self.interrupt else "pass"
+        super().run(method, step, [sys.executable, "-c", code], extra_env)
+        if step.startswith("train_fold_"):
+            m = method_spec(method)
+            fold = (Path(env["nnUNet_results"]) / "Dataset990_Fake" / f"{m.trainer}__{m.plans}__2d"
+                    / f"fold_{step[len('train_fold_'):]}")
+            (fold / "validation").mkdir(parents=True, exist_ok=True)
+            (fold / "checkpoint_final.pth").write_bytes(b"")
+            (fold / "validation" / "summary.json").write_text("{}")
+
+
 class FakeSteps(Benchmark):
-    """A benchmark whose steps run ``python -c pass`` (logged, in commands.sh, with the step's environment) and
-    leave a finished fold behind; ``interrupt`` = (method, step) is ended by SIGINT instead. Measuring gives fixed
-    numbers: Dice of 'organ' 0.8 + 0.02 * seed (+ 0.05 per method index), 'lesion' 0."""
+    """A benchmark whose steps run through :class:`FakeRunner`. Measuring gives fixed numbers: Dice of 'organ'
+    0.8 + 0.02 * seed (+ 0.05 per method index), 'lesion' 0."""
 
     interrupt: tuple[str, str] | None = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.calls: list[tuple] = []
+        self.runner_class = type("Runner", (FakeRunner,), {"interrupt": self.interrupt, "calls": self.calls})
 
     def check(self) -> None:
         self.dataset_json = {"labels": {"background": 0, "organ": 1, "lesion": 2}, "file_ending": ".nii.gz"}
 
     def plan(self) -> None:
         pass
-
-    def command(self, method, step, cmd, extra_env=None) -> None:
-        env = self.env(extra_env)
-        self.calls.append((self.seed, method, step, env["NNUNET_PRUNE_SEED"], env["nnUNet_results"]))
-        code = KILLED_BY_SIGINT if (method, step) == self.interrupt else "pass"
-        super().command(method, step, [sys.executable, "-c", code], extra_env)
-        if step.startswith("train_fold_"):
-            fold = self.model_folder(method_spec(method)) / f"fold_{step[len('train_fold_'):]}"
-            (fold / "validation").mkdir(parents=True, exist_ok=True)
-            (fold / "checkpoint_final.pth").write_bytes(b"")
-            (fold / "validation" / "summary.json").write_text("{}")
 
     def measure(self, m) -> None:
         row = self.rows[m.name]
@@ -214,3 +231,43 @@ def test_class_notes_say_what_a_foreground_mean_hides():
     assert class_notes({"a": {"organ": 0.9}, "b": {"organ": 0.88}}, reference="a") == []
     assert class_notes({"a": {"organ": None}}) == []
     assert format_dice(0.61234) == "0.612" and format_dice(0.6, 0.02) == "0.600 ± 0.020" and format_dice(None) == "-"
+
+
+def test_the_magnitude_method_trains_at_the_sweeps_tau_with_the_users_other_settings(tmp_path):
+    """The user's NNUNET_PRUNE_MAGNITUDE is parsed and only its tau replaced (never edited as a string); the dense
+    model it starts from is named; the sweep's report is reused."""
+    from nnunet_prune.tools.benchmark.pipeline import Layout, Narrator, Pipeline
+    from nnunet_prune.tools.benchmark.state import RunState
+
+    s = BenchmarkSettings(dataset="Dataset990_Fake", configuration="2d", folds=[0], methods=["dense", "magnitude"])
+    layout = Layout(tmp_path, tmp_path / "seed_0", s.dataset, s.configuration)
+    layout.sweep.mkdir(parents=True)
+    (layout.sweep / "sweep.json").write_text(json.dumps({"critical_point": {"tau": 0.0042}}))
+    runner = StepRunner({"NNUNET_PRUNE_MAGNITUDE": "tau=0.5; prune_bias=1"}, tmp_path)
+    rows = {"magnitude": MethodResult("magnitude", "m", "t", "p")}
+    pipeline = Pipeline(s, layout, runner, RunState(), Narrator(lambda line: None, s), rows, {})
+    env = pipeline.method_env(method_spec("magnitude"))
+    assert env == {"NNUNET_PRUNE_DENSE_MODEL": str(layout.model_folder(method_spec("dense"))),
+                   "NNUNET_PRUNE_MAGNITUDE": "tau=0.0042,prune_bias=1"}
+    assert rows["magnitude"].tau == 0.0042
+
+
+def test_the_runner_logs_streams_records_and_says_why_a_step_failed(tmp_path):
+    from nnunet_prune.tools.benchmark.runner import StepFailed
+
+    code = ("import sys; print('Please cite the following paper when using nnU-Net'); print('50%\\r100%'); "
+            "print('ERROR: no such plans'); sys.exit(3)")
+    logged = StepRunner({"NNUNET_PRUNE_EPOCHS": "2", "HOME": "/x"}, tmp_path, log_dir=tmp_path / "logs",
+                        commands=tmp_path / "commands.sh", note_prefix="seed 0, ")
+    with pytest.raises(StepFailed, match=r"train_fold_0 failed \(exit code 3; log: .*dense.train_fold_0.log\): "
+                                         r"ERROR: no such plans"):
+        logged.run("dense", "train_fold_0", [sys.executable, "-c", code], {"NNUNET_PRUNE_SEED": "4"})
+    assert "100%" in (tmp_path / "logs" / "dense.train_fold_0.log").read_text()
+    assert (tmp_path / "commands.sh").read_text().splitlines() == [
+        "# seed 0, dense: train_fold_0",
+        f"NNUNET_PRUNE_EPOCHS=2 NNUNET_PRUNE_SEED=4 python -c {shlex.quote(code)}"]
+    shown: list[str] = []
+    streamed = StepRunner({}, tmp_path, echo=shown.append)
+    with pytest.raises(StepFailed, match=r"(?s)`python -c .*` failed \(exit code 3\). Last output:\n.*ERROR: no such"):
+        streamed.run("dense", "train_fold_0", [sys.executable, "-c", code])
+    assert shown[0].startswith("    $ python -c ") and shown[1:] == ["    | 100%", "    | ERROR: no such plans"]
