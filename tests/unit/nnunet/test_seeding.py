@@ -179,10 +179,8 @@ def fold_record(results, folder) -> tuple[dict, str, dict, str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("trainer, env", [
     ("nnUNetTrainerBudget", {}),
-    # prunes while it trains; draws its reference channels from the method's generator
-    ("nnUNetTrainerSauron", {"NNUNET_PRUNE_EPOCHS": "3",
-                             "NNUNET_PRUNE_SAURON": "tau_init=0.6,tau_max=0.9,kappa=2,rho=1,stat_batches=2"}),
-    # random channels of the criterion's groups, and targeted dropout (PyTorch's generator)
+    # prunes while it trains: random channels of the criterion's groups from the method's generator (as Sauron's
+    # reference channels), and targeted dropout (PyTorch's generator)
     ("nnUNetTrainerSTAMP_randomInBlock", {"NNUNET_PRUNE_STAMP": "per_step=0.2,start_fraction=0,stop_fraction=1,"
                                                                 "max_dice_drop=0"}),
 ])
