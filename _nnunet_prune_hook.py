@@ -83,7 +83,9 @@ class _NnUNetImportHook:
 
 def install():
     """Install the hook (idempotent)."""
-    if os.environ.get("NNUNET_PRUNE_DISABLE_HOOK", "").lower() in ("1", "true", "t", "yes"):
+    from nnunet_prune.core.flags import parse_flag
+
+    if parse_flag(os.environ.get("NNUNET_PRUNE_DISABLE_HOOK")):
         return
     _add_trainer_search_path()
     if not any(isinstance(f, _NnUNetImportHook) for f in sys.meta_path):

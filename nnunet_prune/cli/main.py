@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from nnunet_prune import NnUNetPruneError, __version__
-from nnunet_prune.nnunet.settings import check_variables
+from nnunet_prune.nnunet.settings import check_variables, flag
 from nnunet_prune.tools.quiet import filter_warnings
 
 #: subcommand -> module that defines ``add_parser(subparsers)`` and ``run(args)``
@@ -61,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             check_variables()  # a misspelt NNUNET_PRUNE_* name would be ignored: refused before any work
         result = args.func(args)
     except NnUNetPruneError as e:
-        if os.environ.get("NNUNET_PRUNE_TRACEBACK"):
+        if flag("NNUNET_PRUNE_TRACEBACK"):
             raise
         print(f"ERROR: {e}", file=sys.stderr)
         return 2

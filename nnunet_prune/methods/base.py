@@ -40,10 +40,9 @@ import torch
 from torch import nn
 
 from nnunet_prune import NnUNetPruneError
+from nnunet_prune.core.flags import parse_flag
 from nnunet_prune.surgery.graph import ChannelGraph
 from nnunet_prune.surgery.removal import Removal, SurgeryResult
-
-_TRUE, _FALSE = ("1", "true", "t", "yes", "y", "on"), ("0", "false", "f", "no", "n", "off", "")
 
 
 @dataclass
@@ -168,11 +167,9 @@ def _convert(origin: str, key: str, value: Any, type_name: str, choices: tuple[s
             raise NnUNetPruneError(f"{origin}: {key}={value!r} must be one of {', '.join(choices)}.")
         return text
     if "bool" in type_name:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
+        flag = parse_flag(value)
+        if flag is not None:
+            return flag
         raise NnUNetPruneError(f"{origin}: {key}={value!r} must be true or false (1/0).")
     try:
         number = float(value)

@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 
 from nnunet_prune import NnUNetPruneError
+from nnunet_prune.core.flags import parse_flag
 
 #: name -> what it does, for the variables that belong to no method (each method's one variable comes from its
 #: settings class: :func:`method_variables`); the documentation and `doctor` print them
@@ -59,6 +60,13 @@ NNUNET_VARIABLES: dict[str, str] = {
     "nnUNet_n_proc_DA": "nnU-Net's data-augmentation processes (0 on a CPU)",
     "nnUNet_def_n_proc": "nnU-Net's default number of processes",
 }
+
+
+def flag(name: str, environ: Mapping[str, str] | None = None) -> bool:
+    """An on/off variable of this package (``NNUNET_PRUNE_NO_REUSE``, ``NNUNET_PRUNE_TRACEBACK``, ...): true for the
+    words of :data:`nnunet_prune.core.flags.TRUE_WORDS` (1, true, yes, on, ...), false when unset or anything else.
+    The one reader of such switches (the start-up hook parses ``NNUNET_PRUNE_DISABLE_HOOK`` with the same words)."""
+    return bool(parse_flag((os.environ if environ is None else environ).get(name)))
 
 
 def nnunet_folders() -> dict[str, str | None]:

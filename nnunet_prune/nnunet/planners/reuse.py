@@ -14,6 +14,7 @@ import os
 from os.path import isdir, isfile, join
 
 from nnunet_prune.nnunet import names
+from nnunet_prune.nnunet.settings import flag
 
 #: configuration keys that determine the preprocessed data (everything else is about the network or training)
 PREPROCESSING_KEYS = (
@@ -104,7 +105,7 @@ def wrap_preprocess_dataset(original):
         nproc = list(num_processes) if isinstance(num_processes, (list, tuple)) else [num_processes]
         if len(nproc) == 1:
             nproc = nproc * len(configurations)
-        if os.environ.get("NNUNET_PRUNE_NO_REUSE", "").lower() not in ("1", "true", "t", "yes") \
+        if not flag("NNUNET_PRUNE_NO_REUSE") \
                 and len(nproc) == len(configurations):
             try:
                 from nnunetv2.paths import nnUNet_preprocessed
