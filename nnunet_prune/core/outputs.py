@@ -75,6 +75,13 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
     return data
 
 
+def made_by(folder: str | os.PathLike, tool: str) -> bool:
+    """Whether ``folder``'s manifest says ``tool`` made it (the one way a tool recognises its own output or working
+    folder; which of its files are its own the manifest's file list says)."""
+    manifest = read_manifest(folder)
+    return manifest is not None and manifest.get("tool") == tool
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

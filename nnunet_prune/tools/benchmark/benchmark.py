@@ -44,11 +44,11 @@ from nnunet_prune.tools.benchmark.pareto import dice_noise, pareto_front, plot_p
 from nnunet_prune.tools.benchmark.pipeline import Layout, Narrator, Pipeline, run_environment
 from nnunet_prune.tools.benchmark.rows import MEAN_FIELDS, MethodResult, aggregate_rows
 from nnunet_prune.tools.benchmark.runner import INTERRUPTED_CODES, StepFailed, StepInterrupted, StepRunner
-from nnunet_prune.tools.benchmark.settings import MARKER, STATE, TOOL, BenchmarkSettings, check_inputs
+from nnunet_prune.tools.benchmark.settings import STATE, TOOL, BenchmarkSettings, check_inputs
 from nnunet_prune.tools.benchmark.state import RunState
 
 #: the names this module has always offered (the benchmark's pieces now live in the modules beside it)
-__all__ = ["DENSE", "INTERRUPTED_CODES", "MARKER", "MEAN_FIELDS", "METHODS", "METHOD_NAMES", "STATE", "TOOL",
+__all__ = ["DENSE", "INTERRUPTED_CODES", "MEAN_FIELDS", "METHODS", "METHOD_NAMES", "STATE", "TOOL",
            "Benchmark", "BenchmarkSettings", "MethodResult", "MethodSpec", "StepFailed", "StepInterrupted",
            "aggregate_rows", "dice_noise", "method_spec", "pareto_front", "plot_pareto"]
 
@@ -142,7 +142,7 @@ class Benchmark:
 
         self.check()
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / MARKER).write_text("output folder of `nnunet-prune benchmark`\n")
+        record_files(self.out, TOOL, [])  # the manifest at once: from now on the folder is recognisably a benchmark
         self.state.load()
         self.state.data["settings"] = json.loads(json.dumps(self.s.identity()))
         self.state.data.setdefault("steps", {})

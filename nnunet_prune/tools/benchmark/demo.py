@@ -40,7 +40,6 @@ from nnunet_prune.tools.benchmark.settings import BenchmarkSettings
 from nnunet_prune.tools.benchmark.state import RunState
 from nnunet_prune.tools.commands import package_command
 
-MARKER = ".nnunet_prune_demo"
 TOOL = "demo"
 DATASET_ID = 990
 #: the seed of every demo training unless --seed says otherwise
@@ -165,23 +164,19 @@ class Demo:
         """Create the working folder with its marker and nnU-Net folders, after removing an earlier demo's files.
 
         Raises:
-            NnUNetPruneError: the folder is not empty and was not made by the demo, an earlier demo there was killed
-                before it recorded its files, or it holds files the earlier demo did not record.
+            NnUNetPruneError: the folder is not empty and was not made by the demo (its manifest says who made it),
+                or it holds files the earlier demo did not record.
         """
-        from nnunet_prune.core.outputs import read_manifest, remove_owned
+        from nnunet_prune.core.outputs import made_by, remove_owned
 
         if self.workdir.exists() and any(self.workdir.iterdir()):
-            if not (self.workdir / MARKER).is_file():
-                raise NnUNetPruneError(f"{self.workdir} exists, is not empty and was not made by the demo; "
-                                       f"choose another --workdir (nothing was touched).")
-            if read_manifest(self.workdir) is None:
-                raise NnUNetPruneError(f"{self.workdir} is the working folder of a demo run that was killed before "
-                                       f"it recorded its files, so the demo cannot prove everything in it is its "
-                                       f"own. Nothing was touched: delete it yourself, or choose another --workdir.")
+            if not made_by(self.workdir, TOOL):
+                raise NnUNetPruneError(f"{self.workdir} exists, is not empty and was not made by the demo (no "
+                                       f"manifest of the demo there); choose another --workdir (nothing was "
+                                       f"touched).")
             remove_owned(self.workdir, TOOL)  # only files the earlier demo recorded; anything else stops it
         self.workdir.mkdir(parents=True, exist_ok=True)
-        (self.workdir / MARKER).write_text("working folder of `nnunet-prune demo`; safe to delete\n")
-        self.record()
+        self.record()  # the manifest, at once: from now on the folder is recognisably the demo's
         for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
             Path(self.env[k]).mkdir()
 

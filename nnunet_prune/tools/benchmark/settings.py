@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_prune import NnUNetPruneError
+from nnunet_prune.core.outputs import made_by
 from nnunet_prune.nnunet.seeding import check_seed
 from nnunet_prune.tools.benchmark.methods import DENSE, MethodSpec
 from nnunet_prune.tools.benchmark.state import RunState
 
 #: the manifest's name of the benchmark's files, its output folder's marker and its state file
 TOOL = "benchmark"
-MARKER = ".nnunet_prune_benchmark"
 STATE = "benchmark_state.json"
 
 
@@ -166,7 +166,7 @@ def _check_output(s: BenchmarkSettings, out: Path) -> None:
         raise NnUNetPruneError(f"-o {out} is a file; give a folder.")
     if not (out.is_dir() and any(out.iterdir())):
         return
-    if not (out / MARKER).is_file():
+    if not made_by(out, TOOL):
         raise NnUNetPruneError(f"-o {out} is not empty and holds no benchmark; choose a new or empty folder "
                                f"(nothing was touched).")
     old = RunState(out / STATE).load().get("settings", {})
