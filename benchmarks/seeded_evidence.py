@@ -110,8 +110,10 @@ def main() -> None:
     if not (work / "preprocessed" / "Dataset601_Synthetic2D" / "nnUNetPSPSegPlans_S.json").is_file():
         run([shutil_which("nnUNetv2_plan_and_preprocess"), "-d", "601", "-c", "2d", "-pl", "PSPSegPlanner_S",
              "-np", "2", "-npfp", "2"], env)
+    # the trainers seed themselves too (after nnU-Net's __init__, so what a version draws before training, e.g. a
+    # network built to check a dense start, does not shift the training's random stream)
     env.update(nnUNet_n_proc_DA="0", NNUNET_PRUNE_EPOCHS="3", NNUNET_PRUNE_ITERS_PER_EPOCH="4",
-               NNUNET_PRUNE_VAL_ITERS="2")
+               NNUNET_PRUNE_VAL_ITERS="2", NNUNET_PRUNE_SEED="0")
     os.environ.clear()
     os.environ.update(env)
     digest: dict = {}

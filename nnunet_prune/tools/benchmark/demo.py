@@ -161,7 +161,7 @@ class Demo:
 
     # ------------------------------------------------------------------ the working folder
     def prepare_workdir(self) -> None:
-        """Create the working folder with its marker and nnU-Net folders, after removing an earlier demo's files.
+        """Create the working folder with its manifest and nnU-Net folders, after removing an earlier demo's files.
 
         Raises:
             NnUNetPruneError: the folder is not empty and was not made by the demo (its manifest says who made it),
