@@ -26,7 +26,24 @@ from nnunet_prune.surgery.graph import ChannelGraph, ChannelGroup
 TapCallback = Callable[[ChannelGroup, int, torch.Tensor], None]
 
 
-class ActivationTap:
+class _Hooks:
+    """The hook handles a tap registered: removed together."""
+
+    _hooks: list
+
+    def detach(self) -> None:
+        """Remove every hook."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    @property
+    def attached(self) -> bool:
+        """Whether hooks are registered."""
+        return bool(self._hooks)
+
+
+class ActivationTap(_Hooks):
     """Forward hooks on the output points of a channel graph's groups.
 
     The callback sees every training-mode forward output (B, C, *spatial) of every hooked point; outputs in eval
@@ -52,16 +69,6 @@ class ActivationTap:
                        for j, m in enumerate(getattr(g, self.points))]
         return self
 
-    def detach(self) -> None:
-        """Remove every hook."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-
-    @property
-    def attached(self) -> bool:
-        """Whether hooks are registered."""
-        return bool(self._hooks)
 
     def _observe(self, group: ChannelGroup, point: int, module: nn.Module, inputs, output) -> None:
         if not module.training or output.device.type == "meta":
@@ -73,7 +80,7 @@ class ActivationTap:
 InputCallback = Callable[[str, nn.Module, torch.Tensor], None]
 
 
-class ModuleInputTap:
+class ModuleInputTap(_Hooks):
     """Forward pre-hooks on named modules: the callback sees each module's first positional input before every
     forward, in training and eval mode (a calibration pass runs in eval mode). The inputs are not changed."""
 
@@ -87,16 +94,6 @@ class ModuleInputTap:
         self._hooks = [m.register_forward_pre_hook(partial(self._observe, path)) for path, m in modules.items()]
         return self
 
-    def detach(self) -> None:
-        """Remove every hook."""
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
-
-    @property
-    def attached(self) -> bool:
-        """Whether hooks are registered."""
-        return bool(self._hooks)
 
     def _observe(self, path: str, module: nn.Module, args) -> None:
         self.callback(path, module, args[0])
