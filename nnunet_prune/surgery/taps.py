@@ -94,7 +94,6 @@ class ModuleInputTap(_Hooks):
         self._hooks = [m.register_forward_pre_hook(partial(self._observe, path)) for path, m in modules.items()]
         return self
 
-
     def _observe(self, path: str, module: nn.Module, args) -> None:
         self.callback(path, module, args[0])
 
