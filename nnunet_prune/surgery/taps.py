@@ -69,7 +69,6 @@ class ActivationTap(_Hooks):
                        for j, m in enumerate(getattr(g, self.points))]
         return self
 
-
     def _observe(self, group: ChannelGroup, point: int, module: nn.Module, inputs, output) -> None:
         if not module.training or output.device.type == "meta":
             return
