@@ -19,6 +19,20 @@ def magnitude_trainer_name(tau_milli: int, finetune: bool = False) -> str:
     return f"nnUNetTrainerMagnitude_tau{tau_milli:03d}" + ("_ft" if finetune else "")
 
 
+#: the suffix of a distilled variant, and the distilled counterpart of nnUNetTrainerBudget (the dense student)
+DISTILL_SUFFIX = "_distill"
+DISTILL_TRAINER = "nnUNetTrainerDistill"
+#: the bases that have no ``_distill`` variant (:data:`DISTILL_TRAINER` is their distilled counterpart)
+NOT_DISTILL_VARIANTS = ("nnUNetTrainerBudget", "nnUNetTrainerPruning")
+
+
+def distilled_trainer_name(trainer: str) -> str:
+    """The distilled counterpart of a trainer of this package: ``nnUNetTrainerBudget`` / ``nnUNetTrainerPruning``
+    (dense students of any plans) -> ``nnUNetTrainerDistill``; every other trainer ``T`` -> ``T_distill``
+    (:mod:`nnunet_prune.nnunet.trainers.distill` defines them)."""
+    return DISTILL_TRAINER if trainer in NOT_DISTILL_VARIANTS else trainer + DISTILL_SUFFIX
+
+
 PLANNERS: dict[str, str] = {
     "LUnetPlanner": "nnunet_prune.nnunet.planners.lunet",
     "LUnetPlanner_16": "nnunet_prune.nnunet.planners.lunet",

@@ -20,6 +20,12 @@ PACKAGE_VARIABLES: dict[str, str] = {
     "NNUNET_PRUNE_DENSE_MODEL": "model folder a dense start reads fold_F/checkpoint_final.pth from (default: the "
                                 "stock nnUNetTrainer folder, else nnUNetTrainerBudget; the slimming trainers look "
                                 "for nnUNetTrainerSlimmingSparsity first)",
+    "NNUNET_PRUNE_DISTILL": "distillation for every trainer of this package: 1 / 0, or key=value,... (keys: enabled, "
+                            "weight, temperature, folds), e.g. 'weight=0.3,temperature=3,folds=0+1+2+3+4'; "
+                            "docs/distillation.md",
+    "NNUNET_PRUNE_TEACHER": "model folder of the distillation teacher (default: NNUNET_PRUNE_DENSE_MODEL, else the "
+                            "stock nnUNetTrainer / nnUNetTrainerBudget folder of the student's plans, then of "
+                            "nnUNetPlans)",
     "NNUNET_PRUNE_EPOCHS": "number of epochs of every trainer of this package (a short budget)",
     "NNUNET_PRUNE_ITERS_PER_EPOCH": "training iterations per epoch",
     "NNUNET_PRUNE_VAL_ITERS": "validation iterations per epoch",

@@ -12,7 +12,7 @@ import pkgutil as _pkgutil
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer as _nnUNetTrainer
 
 #: modules of this package that hold no trainer
-_HELPERS = {"dense", "driver", "logging", "plots", "preflight", "records"}
+_HELPERS = {"dense", "driver", "logging", "plots", "preflight", "records", "teaching"}
 
 
 def _discover() -> dict[str, type]:

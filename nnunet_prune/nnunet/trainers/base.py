@@ -73,6 +73,7 @@ from nnunet_prune.nnunet.trainers.records import (  # noqa: F401 (CONFIG_FILE, H
     FoldRecords,
     history_epochs,
 )
+from nnunet_prune.nnunet.trainers.teaching import TeacherMixin
 from nnunet_prune.surgery.removal import SurgeryResult
 
 
@@ -106,7 +107,7 @@ def _input_batches(trainer: nnUNetTrainer) -> Iterator[torch.Tensor]:
         yield next(trainer.dataloader_train)["data"]
 
 
-class nnUNetTrainerPruning(nnUNetTrainer):
+class nnUNetTrainerPruning(TeacherMixin, nnUNetTrainer):
     """nnU-Net's trainer plus the generic driver of a pruning method (see the module docstring)."""
 
     #: the method this trainer runs (None: the dense network, no pruning)

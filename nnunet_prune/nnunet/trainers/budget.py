@@ -36,6 +36,7 @@ from nnunet_prune.nnunet.seeding import (
 )
 from nnunet_prune.nnunet.settings import check_variables
 from nnunet_prune.nnunet.trainers.records import CONFIG_FILE, FoldRecords  # noqa: F401 (CONFIG_FILE: re-exported)
+from nnunet_prune.nnunet.trainers.teaching import TeacherMixin
 
 BUDGET_VARS = {
     "NNUNET_PRUNE_EPOCHS": "num_epochs",
@@ -122,7 +123,8 @@ def training_record(trainer: nnUNetTrainer, overrides: dict[str, int]) -> dict:
     return {"budget": {"num_epochs": trainer.num_epochs, "num_iterations_per_epoch": trainer.num_iterations_per_epoch,
                        "num_val_iterations_per_epoch": trainer.num_val_iterations_per_epoch,
                        "overridden_by_environment": overrides},
-            "seed": getattr(trainer, "seed", None)}
+            "seed": getattr(trainer, "seed", None),
+            "distillation": trainer.distillation_record() if hasattr(trainer, "distillation_record") else None}
 
 
 def write_plain_config(trainer: nnUNetTrainer, overrides: dict[str, int]) -> str:
@@ -138,7 +140,7 @@ def write_plain_config(trainer: nnUNetTrainer, overrides: dict[str, int]) -> str
     return FoldRecords(trainer.output_folder).start_or_resume(start, resume, resumes_if=None)
 
 
-class nnUNetTrainerBudget(nnUNetTrainer):
+class nnUNetTrainerBudget(TeacherMixin, nnUNetTrainer):
     """Stock ``nnUNetTrainer`` whose epoch and iteration counts and seed can be set with NNUNET_PRUNE_* variables
     (see the module); budget and seed are recorded in the fold's ``pruning_config.json``."""
 
