@@ -10,7 +10,7 @@ from nnunet_prune import NnUNetPruneError
 
 def add_parser(sub) -> None:
     """Register the ``nnunet-prune benchmark`` subcommand on ``sub`` (an argparse subparsers object)."""
-    from nnunet_prune.tools.benchmark.methods import METHOD_NAMES
+    from nnunet_prune.tools.benchmark.methods import METHOD_NAMES, NOT_DISTILLED
 
     p = sub.add_parser(
         "benchmark", help="train every pruning method with the same budget and compare them in one table",
@@ -21,14 +21,22 @@ def add_parser(sub) -> None:
                     "test set: the folds' validation), measure parameters, MACs, checkpoint size and latency, and "
                     "write benchmark.md / .csv and Pareto plots. Rerun the same command to continue or reuse (also "
                     "after Ctrl-C). Methods: "
-                    + ", ".join(METHOD_NAMES) + ". Method settings come from your environment as for "
-                    "nnUNetv2_train (e.g. NNUNET_PRUNE_SAURON, NNUNET_PRUNE_STRUCTURED).")
+                    + ", ".join(METHOD_NAMES) + "; each but " + " and ".join(NOT_DISTILLED) + " also distilled "
+                    "as <method>_distill (--distill). Method settings come from your environment as for "
+                    "nnUNetv2_train (e.g. NNUNET_PRUNE_SAURON, NNUNET_PRUNE_STRUCTURED, NNUNET_PRUNE_DISTILL).")
     p.add_argument("-d", "--dataset", required=True, help="dataset name or ID")
     p.add_argument("-c", "--configuration", required=True, help="configuration, e.g. 2d or 3d_fullres")
     p.add_argument("-f", "--folds", nargs="+", default=["0"], help="folds to train (default: 0)")
     p.add_argument("-o", "--output", required=True, help="output folder (new, empty, or an earlier benchmark's)")
     p.add_argument("--methods", nargs="+", default=list(METHOD_NAMES), metavar="METHOD",
-                   help="methods to run (default: all): " + " ".join(METHOD_NAMES))
+                   help="methods to run, separated by spaces or commas (default: all): " + " ".join(METHOD_NAMES)
+                        + "; a distilled row by its name, e.g. lunet16_distill stamp_distill (needs dense)")
+    p.add_argument("--distill", action="store_true",
+                   help="also train every chosen method but dense and magnitude with distillation (a row "
+                        "<method>_distill right after it, same budget and seeds): its teacher is the benchmark's "
+                        "dense model of the same seed (NNUNET_PRUNE_TEACHER), its settings your NNUNET_PRUNE_DISTILL "
+                        "(e.g. 'weight=0.3,temperature=3'). Magnitude validates the dense fold at the sweep's tau "
+                        "without training, so a teacher has nothing to teach it; dense is the teacher itself")
     p.add_argument("--epochs", type=int, default=20, help="epochs of every training (default 20)")
     p.add_argument("--iters-per-epoch", type=int, default=20, help="training iterations per epoch (default 20)")
     p.add_argument("--val-iters", type=int, default=5, help="validation iterations per epoch (default 5)")
@@ -74,12 +82,12 @@ def run(args) -> int:
     from nnunet_prune.nnunet.prechecks import gpu_driver_present, resolve_dataset
 
     dataset = resolve_dataset(args.dataset)  # without importing nnU-Net; lists the datasets that exist
-    if len(set(args.methods)) != len(args.methods):
+    names = [n for arg in args.methods for n in arg.split(",") if n]
+    if len(set(names)) != len(names):
         raise NnUNetPruneError("--methods names a method twice.")
-    from nnunet_prune.tools.benchmark.methods import METHOD_NAMES, method_spec
+    from nnunet_prune.tools.benchmark.methods import table_order
 
-    for name in args.methods:
-        method_spec(name)
+    methods = table_order(names, distill=args.distill)  # every name checked; the distilled rows added
     device = args.device
     if device is None and not gpu_driver_present():
         device = "cpu"  # no GPU driver: no need to import torch to know (the benchmark checks its inputs first)
@@ -89,7 +97,7 @@ def run(args) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     settings = BenchmarkSettings(
         dataset=dataset, configuration=args.configuration, folds=list(args.folds),
-        methods=[n for n in METHOD_NAMES if n in args.methods], epochs=args.epochs, iterations=args.iters_per_epoch,
+        methods=methods, epochs=args.epochs, iterations=args.iters_per_epoch,
         val_iterations=args.val_iters, test_images=args.test_images, test_labels=args.test_labels, device=device,
         sweep_taus=args.sweep_taus, jobs=args.jobs, repeats=args.repeats,
         runtimes=[] if args.runtimes == ["none"] else args.runtimes, seed=args.seed, seeds=args.seeds)

@@ -11,7 +11,8 @@ scored with nnU-Net's ``nnUNetv2_evaluate_folder`` (without a test set: the fold
 and :func:`nnunet_prune.tools.report.efficiency.measure_model_folder` measures it (parameters, MACs per patch,
 checkpoint size, CPU latency in PyTorch and every installed deployment runtime; GPU latency and memory on CUDA).
 
-The methods are those registered (:mod:`.methods`, derived from :data:`nnunet_prune.nnunet.benchmarked.BENCHMARKED`);
+The methods are those registered (:mod:`.methods`, derived from :data:`nnunet_prune.nnunet.benchmarked.BENCHMARKED`)
+and their distilled rows (``<method>_distill``: the same method learning from the dense model of the seed);
 their steps are the shared :class:`~nnunet_prune.tools.benchmark.pipeline.Pipeline` (the demo is a preset of it),
 every command through one :class:`~nnunet_prune.tools.benchmark.runner.StepRunner`; this module orchestrates the
 seeds, the parallel methods, failures and Ctrl-C, and the outputs (:mod:`.tables`, :mod:`.pareto`).
@@ -39,7 +40,7 @@ from pathlib import Path
 from nnunet_prune import NnUNetPruneError
 from nnunet_prune.tools.benchmark import tables
 from nnunet_prune.tools.benchmark.measure import measure_method
-from nnunet_prune.tools.benchmark.methods import DENSE, METHOD_NAMES, METHODS, MethodSpec, method_spec
+from nnunet_prune.tools.benchmark.methods import DENSE, METHOD_NAMES, METHODS, MethodSpec, method_spec, table_order
 from nnunet_prune.tools.benchmark.pareto import dice_noise, pareto_front, plot_pareto
 from nnunet_prune.tools.benchmark.pipeline import Layout, Narrator, Pipeline, run_environment
 from nnunet_prune.tools.benchmark.rows import MEAN_FIELDS, MethodResult, aggregate_rows
@@ -68,7 +69,7 @@ class Benchmark:
         self.s = settings
         self.out = Path(output).expanduser().resolve()
         self.log = log or (lambda line: print(line, flush=True))
-        self.methods = [method_spec(n) for n in settings.methods]
+        self.methods = [method_spec(n) for n in table_order(settings.methods)]  # the dense model first
         self.user_env = dict(os.environ)
         self.seed = settings.seed  # the seed whose run is trained now (run_seed)
         #: the rows of the current seed (the table's rows, aggregated over the seeds, after the last run)
@@ -85,7 +86,8 @@ class Benchmark:
 
     def new_rows(self, seed: int) -> dict[str, MethodResult]:
         """Empty rows of every method for the run with seed ``seed``."""
-        return {m.name: MethodResult(m.name, m.label, m.trainer, m.plans, seed=seed) for m in self.methods}
+        return {m.name: MethodResult(m.name, m.label, m.trainer, m.plans, seed=seed, distilled=m.distilled,
+                                     student_of=m.student_of) for m in self.methods}
 
     def layout(self, seed: int) -> Layout:
         """Where the run with seed ``seed`` puts its files: ``OUT/seed_<S>`` (its nnUNet_results, predictions,
@@ -178,8 +180,8 @@ class Benchmark:
 
     def run_seed(self, seed: int) -> None:
         """The run of every method with seed ``seed`` in ``OUT/seed_<seed>``: train (``jobs`` methods at a time;
-        the dense model first, the methods that start from it wait for it), export, predict and evaluate, then
-        measure one at a time; its rows go to :attr:`runs`.
+        the dense model first, the methods that start or learn from it wait for it), export, predict and evaluate,
+        then measure one at a time; its rows go to :attr:`runs`.
 
         Raises:
             KeyboardInterrupt: Ctrl-C (the steps that were running end as "interrupted")."""
@@ -217,7 +219,7 @@ class Benchmark:
         try:
             if self._stop.is_set():
                 raise StepInterrupted(f"{m.name}: not started (interrupted)")
-            if m.from_dense:
+            if m.needs_dense:  # starts from it or learns from it
                 self._dense_done.wait()
                 if self._stop.is_set():
                     raise StepInterrupted(f"{m.name}: not started (interrupted)")
@@ -258,10 +260,19 @@ class Benchmark:
 
     # ------------------------------------------------------------------ outputs
     def sorted_rows(self) -> list[MethodResult]:
-        """Rows that worked sorted by MACs (then parameters), failed ones last."""
-        ok = sorted((r for r in self.rows.values() if r.status == "ok" and r.macs is not None),
-                    key=lambda r: (r.macs, r.parameters or 0))
-        return ok + [r for r in self.rows.values() if r not in ok]
+        """Rows that worked sorted by MACs (then parameters), failed ones last; a distilled row right after its
+        student method's row when both worked or both did not (each student shown with and without its teacher),
+        else in its own place."""
+        ok = [r for r in self.rows.values() if r.status == "ok" and r.macs is not None]
+        rest = [r for r in self.rows.values() if r not in ok]
+        out = []
+        for group in (sorted(ok, key=lambda r: (r.macs, r.parameters or 0)), rest):
+            names = {r.name for r in group}
+            follow = {r.student_of: r for r in group if r.student_of in names}  # one distilled row per student
+            for r in group:
+                if r not in follow.values():
+                    out += [r] + ([follow[r.name]] if r.name in follow else [])
+        return out
 
     def write(self) -> Path:
         """``benchmark.csv``, ``benchmark.md`` (:mod:`.tables`) and ``pareto.png`` (:mod:`.pareto`); returns the

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_prune.nnunet.seeding import SEED_VAR
-from nnunet_prune.tools.benchmark.methods import DENSE, MethodSpec, method_spec
+from nnunet_prune.tools.benchmark.methods import DENSE, DISTILL_VAR, TEACHER_VAR, MethodSpec, method_spec
 from nnunet_prune.tools.benchmark.rows import MethodResult
 from nnunet_prune.tools.benchmark.runner import StepFailed, StepRunner
 from nnunet_prune.tools.benchmark.settings import BenchmarkSettings
@@ -178,10 +178,18 @@ class Pipeline:
 
     def method_env(self, m: MethodSpec) -> dict[str, str]:
         """The variables ``m``'s trainings get on top of the run's: its spec's, the dense model it starts from,
-        the sweep's tau for the magnitude method (the user's other magnitude settings kept)."""
+        the dense model as the teacher of a distilled row (``NNUNET_PRUNE_TEACHER``; the user's
+        ``NNUNET_PRUNE_DISTILL``, in the run's environment, gives its settings), distillation switched off for every
+        other row where the user set ``NNUNET_PRUNE_DISTILL`` (which would switch it on for every trainer), the
+        sweep's tau for the magnitude method (the user's other magnitude settings kept)."""
         extra = dict(m.env)
+        dense = str(self.layout.model_folder(method_spec(DENSE)))
         if m.from_dense:
-            extra["NNUNET_PRUNE_DENSE_MODEL"] = str(self.layout.model_folder(method_spec(DENSE)))
+            extra["NNUNET_PRUNE_DENSE_MODEL"] = dense
+        if m.distilled:
+            extra[TEACHER_VAR] = dense
+        elif self.env.get(DISTILL_VAR, "").strip() and DISTILL_VAR not in extra:
+            extra[DISTILL_VAR] = "0"  # the row's name promises no teacher
         if m.magnitude:  # the user's variable parsed, its tau replaced; the rest kept
             from nnunet_prune.methods.magnitude import MagnitudeSettings as Magnitude
 

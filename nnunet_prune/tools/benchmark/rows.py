@@ -16,7 +16,8 @@ class MethodResult:
     folds). A row of one seed has ``seed``; the table's row of several seeds (:func:`aggregate_rows`) has the mean
     over ``seeds`` of every number, ``dice_spread`` / ``dice_per_class_spread`` the sample standard deviation of
     the Dice over them (None with one seed) and ``dice_per_seed`` each seed's Dice. ``status``: "pending", "ok",
-    "failed" (``error`` says why) or "interrupted" (Ctrl-C; a rerun continues it)."""
+    "failed" (``error`` says why) or "interrupted" (Ctrl-C; a rerun continues it). ``distilled``: the method
+    learnt from the benchmark's dense model (a ``<method>_distill`` row), ``student_of`` its undistilled method."""
 
     name: str
     label: str
@@ -52,6 +53,8 @@ class MethodResult:
     dice_spread: float | None = None
     dice_per_class_spread: dict = field(default_factory=dict)
     dice_per_seed: dict = field(default_factory=dict)
+    distilled: bool = False
+    student_of: str | None = None
 
 
 #: fields of a row that are per-run numbers: the mean over the seeds in the table

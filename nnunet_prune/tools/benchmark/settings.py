@@ -11,7 +11,7 @@ from pathlib import Path
 from nnunet_prune import NnUNetPruneError
 from nnunet_prune.core.outputs import made_by
 from nnunet_prune.nnunet.seeding import check_seed
-from nnunet_prune.tools.benchmark.methods import DENSE, MethodSpec
+from nnunet_prune.tools.benchmark.methods import DENSE, DISTILL_VAR, MethodSpec
 from nnunet_prune.tools.benchmark.state import RunState
 
 #: the manifest's name of the benchmark's files, its output folder's marker and its state file
@@ -82,6 +82,7 @@ def check_inputs(s: BenchmarkSettings, methods: Sequence[MethodSpec], out: Path,
     if any(m.from_dense for m in methods) and DENSE not in s.methods:
         names = ", ".join(m.name for m in methods if m.from_dense)
         raise NnUNetPruneError(f"{names} start from the benchmark's dense model: add 'dense' to --methods.")
+    _check_distilled(s, methods, env)
     _check_plans(s, methods, Path(env["nnUNet_preprocessed"]) / s.dataset)
     _check_output(s, out)
     check_writable_files(out, ("benchmark.md", "benchmark.csv", "pareto.png"), TOOL)
@@ -147,6 +148,26 @@ def _check_folds_and_test_set(s: BenchmarkSettings, dataset_json: dict) -> None:
                                .replace("--labels", "--test-labels").replace("omit --test-labels",
                                                                               "omit both")) from None
     s.test_images, s.test_labels = str(images), str(labels)
+
+
+def _check_distilled(s: BenchmarkSettings, methods: Sequence[MethodSpec], env: Mapping[str, str]) -> None:
+    """The distilled rows need the dense model (their teacher) and a ``NNUNET_PRUNE_DISTILL`` they can use (their
+    trainers fix distillation on: ``0`` is refused, as is any bad key or value)."""
+    names = ", ".join(m.name for m in methods if m.distilled)
+    if not names:
+        return
+    if DENSE not in s.methods:
+        raise NnUNetPruneError(f"{names} learn from the benchmark's dense model (their teacher): add 'dense' to "
+                               f"--methods.")
+    if env.get(DISTILL_VAR, "").strip():
+        from nnunet_prune.nnunet.teacher import DistillSettings
+
+        try:
+            DistillSettings.resolve(environ={DISTILL_VAR: env[DISTILL_VAR]}, fixed={"enabled": True})
+        except NnUNetPruneError as e:
+            raise NnUNetPruneError(f"{names} cannot train with your {DISTILL_VAR}={env[DISTILL_VAR]!r}: {e} Change "
+                                   f"or unset it, or leave the distilled rows out (--distill, <method>_distill).") \
+                from None
 
 
 def _check_plans(s: BenchmarkSettings, methods: Sequence[MethodSpec], pre: Path) -> None:

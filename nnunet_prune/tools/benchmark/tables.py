@@ -7,7 +7,8 @@ import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from nnunet_prune.tools.benchmark.methods import DENSE, MethodSpec
+from nnunet_prune.nnunet.names import DISTILL_TRAINER
+from nnunet_prune.tools.benchmark.methods import DENSE, TEACHER_VAR, MethodSpec
 from nnunet_prune.tools.benchmark.rows import MethodResult
 from nnunet_prune.tools.benchmark.settings import BenchmarkSettings
 from nnunet_prune.tools.class_dice import class_notes, format_dice
@@ -16,7 +17,7 @@ CSV_HEAD = ("method", "label", "trainer", "plans", "status", "parameters", "init
             "macs_per_patch", "checkpoint_mb", "cpu_ms_pytorch", "fastest_runtime", "fastest_ms", "gpu_ms",
             "gpu_ms_compiled_bf16", "gpu_peak_mb", "dice", "dice_spread")
 CSV_TAIL = ("dice_source", "tau", "train_s", "predict_s", "seeds", "dice_per_seed", "error", "notes",
-            "latency_comparable", "latency_not_comparable")
+            "latency_comparable", "latency_not_comparable", "distilled", "student_of")
 
 
 def _fmt(value, pattern: str, missing: str = "") -> str:
@@ -29,7 +30,8 @@ def classes_of(rows: Sequence[MethodResult]) -> list[str]:
 
 
 def write_csv(rows: Sequence[MethodResult], classes: Sequence[str], file: Path) -> None:
-    """``benchmark.csv``: one line per row, every number unrounded; Dice per class and its spread per class."""
+    """``benchmark.csv``: one line per row, every number unrounded; Dice per class and its spread per class;
+    ``distilled`` (true / false) and ``student_of`` (a distilled row's undistilled method, else empty)."""
     with open(file, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([*CSV_HEAD, *[f"dice_{c}" for c in classes], *[f"dice_{c}_spread" for c in classes], *CSV_TAIL])
@@ -44,7 +46,7 @@ def write_csv(rows: Sequence[MethodResult], classes: Sequence[str], file: Path) 
                         _fmt(r.tau, "{}"), f"{r.train_seconds:.1f}", f"{r.predict_seconds:.1f}",
                         " ".join(map(str, r.seeds)), " ".join(f"{k}:{v}" for k, v in r.dice_per_seed.items()),
                         r.error or "", " | ".join(r.notes), r.latency_not_comparable is None,
-                        r.latency_not_comparable or ""])
+                        r.latency_not_comparable or "", "true" if r.distilled else "false", r.student_of or ""])
 
 
 def markdown(s: BenchmarkSettings, rows: Sequence[MethodResult], classes: Sequence[str],
@@ -55,7 +57,7 @@ def markdown(s: BenchmarkSettings, rows: Sequence[MethodResult], classes: Sequen
     lines = [f"# nnunet-prune benchmark: {s.dataset} {s.configuration}", "", _budget(s, rows), "",
              *_table(s, rows, classes, dense if dense is not None and dense.macs else None),
              "", "![Dice against MACs, latency and parameters](pareto.png)", ""]
-    notes = _notes(rows)
+    notes = _notes(rows) + _teacher_notes(s, rows)
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     claims = [f"- {m.label}: {m.claim}" for m in methods if m.claim and m.name != DENSE]
@@ -123,7 +125,8 @@ def _notes(rows: Sequence[MethodResult]) -> list[str]:
     notes = class_notes({r.label: r.dice_per_class for r in rows if r.status == "ok"},
                         advice="train longer (--epochs)")
     for r in rows:
-        if r.status == "ok" and r.initial_parameters and r.parameters and r.name != "magnitude" \
+        prunes = r.name != "magnitude" and r.trainer != DISTILL_TRAINER  # the dense student prunes nothing
+        if r.status == "ok" and r.initial_parameters and r.parameters and prunes \
                 and r.parameters >= r.initial_parameters:
             notes.append(f"{r.label}: nothing was removed within this budget (its schedule did not reach a pruning "
                          f"step); its row is the unpruned network.")
@@ -133,6 +136,21 @@ def _notes(rows: Sequence[MethodResult]) -> list[str]:
         notes += [f"{r.label}: {n}" for n in r.notes]
         if r.map_png:
             notes.append(f"{r.label}: map of what was pruned: [{r.map_png}]({r.map_png})")
+    return notes
+
+
+def _teacher_notes(s: BenchmarkSettings, rows: Sequence[MethodResult]) -> list[str]:
+    """Where the distilled rows' teacher came from; with several folds and no test set, that their validation Dice
+    is optimistic (the teacher averages every trained dense fold, so it saw each student fold's validation cases)."""
+    if not any(r.distilled for r in rows):
+        return []
+    notes = ["'+ distillation' rows: their method (CSV: student_of) trained with the same budget and seed, learning "
+             f"from the dense model of the same seed ({TEACHER_VAR} = its folder; by default its trained folds' logits "
+             "averaged)."]
+    if not s.test_images and len(s.folds) > 1:
+        notes.append("'+ distillation' rows are scored on the folds' validation cases, which the teacher's other "
+                     "folds trained on (when it averages them): their Dice may be optimistic; give --test-images / "
+                     "--test-labels to compare them fairly.")
     return notes
 
 

@@ -1,11 +1,24 @@
 """The benchmark's table of methods is derived from what is registered (nnunet_prune.nnunet.benchmarked, keyed by
 trainer name): the 13 rows keep their names, labels and order; every trainer and planner named there exists; a
-trainer class that describes itself (a ``benchmark`` class attribute) agrees with the table."""
+trainer class that describes itself (a ``benchmark`` class attribute) agrees with the table. Every method but dense
+and magnitude has a distilled row (``<method>_distill``), placed right after it."""
 
 from __future__ import annotations
 
+import pytest
+
+from nnunet_prune import NnUNetPruneError
 from nnunet_prune.nnunet.benchmarked import BENCHMARKED, Benchmarked, class_entries
-from nnunet_prune.tools.benchmark.methods import METHOD_NAMES, METHODS, MethodSpec
+from nnunet_prune.tools.benchmark.methods import (
+    DISTILLED,
+    DISTILLED_NAMES,
+    METHOD_NAMES,
+    METHODS,
+    MethodSpec,
+    distilled_spec,
+    method_spec,
+    table_order,
+)
 
 #: the table's rows as they were written by hand before they were derived (name, label, trainer)
 ROWS = [
@@ -67,3 +80,75 @@ def test_class_entries_reads_only_a_class_s_own_description():
     assert found == {"Base": (Base.benchmark,), "Pair": Pair.benchmark}
     spec = MethodSpec.of("Pair", Pair.benchmark[1])
     assert (spec.name, spec.trainer, spec.from_dense, spec.plans) == ("b", "Pair", True, "nnUNetPlans")
+
+
+#: the distilled rows' trainers: nnUNetTrainerDistill for the dense student (nnUNetTrainerBudget), else T_distill
+DISTILLED_TRAINERS = {
+    "lunet_distill": "nnUNetTrainerDistill",
+    "lunet16_distill": "nnUNetTrainerDistill",
+    "lunet8_distill": "nnUNetTrainerDistill",
+    "sauron_distill": "nnUNetTrainerSauron_distill",
+    "stamp_distill": "nnUNetTrainerSTAMP_distill",
+    "stamp_widestBlock_distill": "nnUNetTrainerSTAMP_widestBlock_distill",
+    "stamp_randomInBlock_distill": "nnUNetTrainerSTAMP_randomInBlock_distill",
+    "l1_distill": "nnUNetTrainerStructuredL1_iterative_distill",
+    "l2_distill": "nnUNetTrainerStructuredL2_iterative_distill",
+    "slimming_distill": "nnUNetTrainerStructuredSlimming_iterative_distill",
+    "pspseg_s_distill": "nnUNetTrainerPSPSeg_distill",
+}
+
+
+def test_every_student_method_has_a_distilled_row_with_its_plans_and_flags():
+    assert {m.name: m.trainer for m in DISTILLED} == DISTILLED_TRAINERS
+    assert DISTILLED_NAMES == tuple(DISTILLED_TRAINERS)  # the table's order
+    for d in DISTILLED:
+        m = method_spec(d.student_of)
+        assert d.name == m.name + "_distill" and d.label == m.label + " + distillation"
+        assert (d.plans, d.planner, d.from_dense, d.magnitude, d.export, d.env) == \
+            (m.plans, m.planner, m.from_dense, m.magnitude, m.export, m.env)
+        assert d.distilled and d.needs_dense and not m.distilled and d.claim == ""
+        assert method_spec(d.name) == d
+    lunet16 = method_spec("lunet16_distill")
+    assert (lunet16.trainer, lunet16.plans, lunet16.planner) == ("nnUNetTrainerDistill", "nnUNetLUnetPlans_16",
+                                                                 "LUnetPlanner_16")
+    assert method_spec("l2_distill").from_dense and method_spec("pspseg_s_distill").export
+    assert not set(DISTILLED_NAMES) & set(METHOD_NAMES)  # --methods' default stays the registered methods
+
+
+@pytest.mark.parametrize("name, words", [("magnitude_distill", "without training, so a teacher has nothing"),
+                                         ("dense_distill", "the teacher itself"),
+                                         ("lunet16_distill_distill", "Unknown benchmark method")])
+def test_dense_and_magnitude_have_no_distilled_row(name, words):
+    with pytest.raises(NnUNetPruneError, match=words):
+        method_spec(name)
+    student = method_spec(name[:-len("_distill")])
+    with pytest.raises(NnUNetPruneError, match="has no distilled row"):
+        distilled_spec(student)
+
+
+def test_distill_adds_a_row_after_each_student_and_never_doubles_dense_or_magnitude():
+    every = table_order(METHOD_NAMES, distill=True)
+    assert len(every) == len(METHOD_NAMES) + len(DISTILLED_NAMES) and len(set(every)) == len(every)
+    assert every[:4] == ["dense", "lunet", "lunet_distill", "lunet16"] and every[-3:] == \
+        ["pspseg_s", "pspseg_s_distill", "magnitude"]
+    for d in DISTILLED_NAMES:  # right after its student
+        assert every[every.index(d) - 1] == method_spec(d).student_of
+    assert table_order(["magnitude", "dense", "stamp"], distill=True) == ["dense", "stamp", "stamp_distill",
+                                                                           "magnitude"]
+    assert table_order(["dense", "magnitude"], distill=True) == ["dense", "magnitude"]
+    # explicit distilled names, with or without --distill, their students not required; duplicates count once
+    assert table_order(["stamp_distill", "lunet16_distill", "dense"]) == ["dense", "lunet16_distill",
+                                                                          "stamp_distill"]
+    assert table_order(["lunet16_distill", "lunet16", "dense"], distill=True) == ["dense", "lunet16",
+                                                                                 "lunet16_distill"]
+    assert table_order(["dense", "dense"]) == ["dense"]
+    with pytest.raises(NnUNetPruneError, match="Unknown benchmark method 'nope'"):
+        table_order(["dense", "nope"], distill=True)
+
+
+def test_every_distilled_trainer_is_registered():
+    from nnunet_prune.nnunet import trainers
+
+    if "nnUNetTrainerDistill" not in trainers.__all__:
+        pytest.skip("the distillation trainers (nnunet/trainers/distill.py) are not there yet")
+    assert set(DISTILLED_TRAINERS.values()) <= set(trainers.__all__)

@@ -14,6 +14,7 @@ import json
 import shlex
 import statistics
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -36,20 +37,23 @@ KILLED_BY_SIGINT = ("import os, signal; signal.signal(signal.SIGINT, signal.SIG_
 
 
 class FakeRunner(StepRunner):
-    """The benchmark's runner with every command replaced by ``python -c pass`` (logged, in commands.sh, with the
-    step's environment), leaving a finished fold behind; ``interrupt`` = (method, step) is ended by SIGINT instead.
-    ``calls`` (shared by every runner of a benchmark) records (seed, method, step, NNUNET_PRUNE_SEED,
-    nnUNet_results) of each step."""
+    """The benchmark's runner with every command executed as ``python -c pass`` (logged with the step's environment;
+    commands.sh records the real command), leaving a finished fold behind; ``interrupt`` = (method, step) is ended
+    by SIGINT instead. ``calls`` (shared by every runner of a benchmark) records (seed, method, step,
+    NNUNET_PRUNE_SEED, nnUNet_results) of each step, ``envs`` its whole environment by (seed, method, step)."""
 
     interrupt: tuple[str, str] | None = None
     calls: list[tuple] = []
+    envs: dict[tuple, dict] = {}
+    _code = threading.local()  # what the step running in this thread executes
 
     def run(self, method, step, cmd, extra_env=None) -> None:
         env = self.environment(extra_env)
         seed = int(env["NNUNET_PRUNE_SEED"])
         self.calls.append((seed, method, step, env["NNUNET_PRUNE_SEED"], env["nnUNet_results"]))
-        code = KILLED_BY_SIGINT if (method, step) == self.interrupt else "pass"
-        super().run(method, step, [sys.executable, "-c", code], extra_env)
+        self.envs[(seed, method, step)] = env
+        self._code.text = KILLED_BY_SIGINT if (method, step) == self.interrupt else "pass"
+        super().run(method, step, cmd, extra_env)
         if step.startswith("train_fold_"):
             m = method_spec(method)
             fold = (Path(env["nnUNet_results"]) / "Dataset990_Fake" / f"{m.trainer}__{m.plans}__2d"
@@ -57,6 +61,9 @@ class FakeRunner(StepRunner):
             (fold / "validation").mkdir(parents=True, exist_ok=True)
             (fold / "checkpoint_final.pth").write_bytes(b"")
             (fold / "validation" / "summary.json").write_text("{}")
+
+    def _execute(self, cmd, env, log, line):
+        return super()._execute([sys.executable, "-c", self._code.text], env, log, line)
 
 
 class FakeSteps(Benchmark):
@@ -68,7 +75,9 @@ class FakeSteps(Benchmark):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.calls: list[tuple] = []
-        self.runner_class = type("Runner", (FakeRunner,), {"interrupt": self.interrupt, "calls": self.calls})
+        self.envs: dict[tuple, dict] = {}
+        self.runner_class = type("Runner", (FakeRunner,), {"interrupt": self.interrupt, "calls": self.calls,
+                                                          "envs": self.envs})
 
     def check(self) -> None:
         self.dataset_json = {"labels": {"background": 0, "organ": 1, "lesion": 2}, "file_ending": ".nii.gz"}
@@ -271,3 +280,122 @@ def test_the_runner_logs_streams_records_and_says_why_a_step_failed(tmp_path):
     with pytest.raises(StepFailed, match=r"(?s)`python -c .*` failed \(exit code 3\). Last output:\n.*ERROR: no such"):
         streamed.run("dense", "train_fold_0", [sys.executable, "-c", code])
     assert shown[0].startswith("    $ python -c ") and shown[1:] == ["    | 100%", "    | ERROR: no such plans"]
+
+
+class DistillSteps(FakeSteps):
+    """MACs per method chosen so that a pruned student's distilled row is not its neighbour by MACs alone."""
+
+    MACS = {"dense": 3.0, "lunet8": 2.0, "lunet8_distill": 2.0, "l2": 1.0, "l2_distill": 2.5}
+
+    def measure(self, m) -> None:
+        super().measure(m)
+        row = self.rows[m.name]
+        row.macs = row.parameters = 1e6 * self.MACS[m.name]
+        row.initial_parameters = 1e6 * self.MACS["dense"] if m.trainer != "nnUNetTrainerDistill" else row.parameters
+
+
+def commands(out: Path) -> dict[str, str]:
+    """commands.sh as {comment: the command line under it} (the last of each)."""
+    lines = (out / "commands.sh").read_text().splitlines()
+    return {c[2:]: line for c, line in zip(lines, lines[1:]) if c.startswith("# ") and not line.startswith("#")}
+
+
+def test_distilled_rows_learn_from_the_dense_model_of_their_seed(tmp_path, monkeypatch):
+    """--distill's rows: trained after the dense model with NNUNET_PRUNE_TEACHER = that seed's dense folder and the
+    user's NNUNET_PRUNE_DISTILL (the other rows with distillation off), in commands.sh, right after their student in
+    the table and the CSV (distilled, student_of); a rerun reuses them."""
+    from nnunet_prune.tools.benchmark.methods import table_order
+
+    monkeypatch.setenv("NNUNET_PRUNE_DISTILL", "weight=0.5,temperature=2")
+    monkeypatch.setenv("NNUNET_PRUNE_TEACHER", "/not/this/one")
+    methods = table_order(["dense", "lunet8", "l2"], distill=True)
+    assert methods == ["dense", "lunet8", "lunet8_distill", "l2", "l2_distill"]
+    b = bench(tmp_path, seeds=2, cls=DistillSteps, methods=methods)
+    md = b.run().read_text()
+    out = b.out
+    for seed in (0, 1):
+        results = out / f"seed_{seed}" / "nnUNet_results" / "Dataset990_Fake"
+        dense = str(results / "nnUNetTrainerBudget__nnUNetPlans__2d")
+        trained = [m for s, m, step, *_ in b.calls if s == seed and step == "train_fold_0"]
+        assert trained == methods  # the dense model (the teacher) first
+        env = {m: b.envs[(seed, m, "train_fold_0")] for m in methods}
+        for m in ("lunet8_distill", "l2_distill"):
+            assert env[m]["NNUNET_PRUNE_TEACHER"] == dense and env[m]["NNUNET_PRUNE_DISTILL"] == \
+                "weight=0.5,temperature=2"
+        assert env["l2_distill"]["NNUNET_PRUNE_DENSE_MODEL"] == dense
+        assert {env[m]["NNUNET_PRUNE_DISTILL"] for m in ("dense", "lunet8", "l2")} == {"0"}  # no teacher there
+        assert (results / "nnUNetTrainerDistill__nnUNetLUnetPlans_8__2d" / "fold_0" / "checkpoint_final.pth").is_file()
+        assert (results / "nnUNetTrainerStructuredL2_iterative_distill__nnUNetPlans__2d" / "fold_0").is_dir()
+        line = commands(out)[f"seed {seed}, lunet8_distill: train_fold_0"]
+        assert f"NNUNET_PRUNE_TEACHER={dense} " in line and "NNUNET_PRUNE_DISTILL=weight=0.5,temperature=2 " in line
+        assert line.endswith("nnUNetv2_train 990 2d 0 -tr nnUNetTrainerDistill -p nnUNetLUnetPlans_8 -device cpu")
+        assert "NNUNET_PRUNE_DISTILL=0 " in commands(out)[f"seed {seed}, lunet8: train_fold_0"]
+        assert "-tr nnUNetTrainerStructuredL2_iterative_distill -p nnUNetPlans" in \
+            commands(out)[f"seed {seed}, l2_distill: train_fold_0"]
+    rows = read_csv(out)
+    assert list(rows) == ["l2", "l2_distill", "lunet8", "lunet8_distill", "dense"]  # by MACs, each student's after it
+    assert {m: (r["distilled"], r["student_of"]) for m, r in rows.items()} == {
+        "l2": ("false", ""), "l2_distill": ("true", "l2"), "lunet8": ("false", ""),
+        "lunet8_distill": ("true", "lunet8"), "dense": ("false", "")}
+    assert rows["lunet8_distill"]["label"] == "LUnet 8 + distillation" and rows["lunet8_distill"]["seeds"] == "0 1"
+    table = [line.split(" | ")[0] for line in md.split("![Dice")[0].splitlines() if line.startswith("| ")]
+    assert table[1:] == ["| structured L2 (iterative)", "| structured L2 (iterative) + distillation", "| LUnet 8",
+                         "| LUnet 8 + distillation", "| nnU-Net default"]
+    assert "'+ distillation' rows: their method (CSV: student_of) trained with the same budget" in md
+    assert "LUnet 8 + distillation: nothing was removed" not in md  # nnUNetTrainerDistill prunes nothing
+    again = bench(tmp_path, seeds=2, cls=DistillSteps, methods=methods)
+    again.run()
+    assert again.calls == []  # every training reused
+
+
+def test_the_distilled_environment_of_one_row(tmp_path):
+    """method_env: a distilled row gets the dense folder as its teacher (and as its start where it starts from it);
+    an undistilled row gets distillation off only where the user's NNUNET_PRUNE_DISTILL would switch it on."""
+    from nnunet_prune.tools.benchmark.pipeline import Layout, Narrator, Pipeline
+    from nnunet_prune.tools.benchmark.state import RunState
+
+    s = BenchmarkSettings(dataset="Dataset990_Fake", configuration="2d", folds=[0], methods=["dense"])
+    layout = Layout(tmp_path, tmp_path / "seed_3", s.dataset, s.configuration)
+    dense = str(layout.model_folder(method_spec("dense")))
+
+    def env(name, user):
+        pipeline = Pipeline(s, layout, StepRunner(user, tmp_path), RunState(), Narrator(lambda line: None, s), {}, {})
+        return pipeline.method_env(method_spec(name))
+
+    assert env("l2_distill", {}) == {"NNUNET_PRUNE_DENSE_MODEL": dense, "NNUNET_PRUNE_TEACHER": dense}
+    assert env("pspseg_s_distill", {"NNUNET_PRUNE_DISTILL": "1"}) == {"NNUNET_PRUNE_TEACHER": dense}
+    assert env("lunet16", {}) == {} and env("lunet16", {"NNUNET_PRUNE_DISTILL": " "}) == {}
+    assert env("lunet16", {"NNUNET_PRUNE_DISTILL": "weight=1"}) == {"NNUNET_PRUNE_DISTILL": "0"}
+    assert env("dense", {"NNUNET_PRUNE_DISTILL": "1"}) == {"NNUNET_PRUNE_DISTILL": "0"}
+
+
+@pytest.mark.parametrize("methods, user, words", [
+    (["lunet16_distill", "stamp_distill"], "", "lunet16_distill, stamp_distill learn from the benchmark's dense"),
+    (["dense", "lunet16_distill"], "0", "cannot train with your NNUNET_PRUNE_DISTILL='0'"),
+    (["dense", "lunet16_distill"], "temp=3", "unknown distill setting 'temp'"),
+])
+def test_distilled_rows_are_checked_before_any_work(methods, user, words):
+    from nnunet_prune.tools.benchmark.settings import _check_distilled
+
+    s = BenchmarkSettings(dataset="Dataset990_Fake", configuration="2d", folds=[0], methods=methods)
+    with pytest.raises(NnUNetPruneError, match=words):
+        _check_distilled(s, [method_spec(n) for n in methods], {"NNUNET_PRUNE_DISTILL": user})
+    _check_distilled(s, [method_spec("dense")], {"NNUNET_PRUNE_DISTILL": user})  # nothing distilled: not read
+
+
+def test_the_distill_option_and_explicit_distilled_names_on_the_command_line(tmp_path, monkeypatch, capsys):
+    import nnunet_prune.tools.benchmark.benchmark
+
+    fake_raw(tmp_path, monkeypatch)
+    monkeypatch.setattr(nnunet_prune.tools.benchmark.benchmark, "Benchmark", FakeSteps)
+    common = ["benchmark", "-d", "Dataset990_Fake", "-c", "2d", "--device", "cpu", "--runtimes", "none", "-o"]
+    assert main([*common, str(tmp_path / "a"), "--methods", "lunet8,dense", "--distill"]) == 0
+    # FakeSteps' MACs fall with the method's index: the distilled row is the cheapest, yet follows its student
+    assert list(read_csv(tmp_path / "a")) == ["lunet8", "lunet8_distill", "dense"]
+    assert main([*common, str(tmp_path / "b"), "--methods", "dense", "stamp_distill,lunet8_distill"]) == 0
+    assert set(read_csv(tmp_path / "b")) == {"dense", "lunet8_distill", "stamp_distill"}
+    capsys.readouterr()
+    assert main([*common, str(tmp_path / "c"), "--methods", "dense", "magnitude_distill"]) == 2
+    assert "magnitude has no distilled row" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    assert main([*common, str(tmp_path / "d"), "--methods", "dense,lunet8", "lunet8"]) == 2
+    assert "names a method twice" in capsys.readouterr().err
