@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "sweep": "nnunet_prune.cli.sweep",
     "plans-from-model": "nnunet_prune.cli.plans_from_model",
     "benchmark": "nnunet_prune.cli.benchmark",
+    "pseudo-label": "nnunet_prune.cli.pseudolabel",
 }
 
 

@@ -140,14 +140,18 @@ def teacher_folder(plans: Mapping, configuration: str, environ: Mapping[str, str
 
 
 def _preprocessing(plans: Mapping, configuration: str) -> dict:
-    """What decides the network's input: spacing, normalisation, transposition, intensity statistics."""
+    """What decides the network's input: spacing, normalisation schemes, transposition, and the dataset's intensity
+    statistics of the channels that CTNormalization normalises with them (clipping percentiles, mean, std)."""
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     pm = PlansManager(dict(plans))
     cm = pm.get_configuration(configuration)
+    properties = plans.get("foreground_intensity_properties_per_channel") or {}
+    ct = {str(i): properties.get(str(i)) for i, scheme in enumerate(cm.normalization_schemes)
+          if scheme == "CTNormalization"}  # the only scheme that uses the dataset's statistics
     return {"spacing": [float(s) for s in cm.spacing], "normalization_schemes": list(cm.normalization_schemes),
             "use_mask_for_norm": list(cm.use_mask_for_norm), "transpose_forward": list(pm.transpose_forward),
-            "foreground intensity properties": plans.get("foreground_intensity_properties_per_channel")}
+            "CT intensity statistics": ct}
 
 
 def fit_problems(teacher: ModelFolder, plans: Mapping, configuration: str, dataset_json: Mapping) -> list[str]:

@@ -104,6 +104,7 @@ class TeacherMixin:
         out = {**self.distill_settings.as_dict()}
         if self.teacher is not None:
             out["teacher"] = self.teacher.describe()
+            out["validation_sees_teacher_training_cases"] = any(f != self.fold for f in self.teacher.folds)
             out["loss"] = ("binary KL per region" if self.label_manager.has_regions else "softmax KL") + \
                 " at the full-resolution output, ignore label left out"
         return out
@@ -128,6 +129,12 @@ class TeacherMixin:
             f"{', '.join(map(str, self.teacher.folds))} (logits averaged; {len(self.teacher.folds)} forward passes per "
             f"step, {ckpt_macs / 1e9:.3f} GMAC per patch in all, no backward); loss = nnU-Net's loss + {s.weight} x "
             f"T^2 KL at T={s.temperature}")
+        others = [f for f in self.teacher.folds if f != self.fold]
+        if others and self.fold != "all":
+            self.print_to_log_file(
+                f"WARNING: teacher fold(s) {', '.join(map(str, others))} trained on this fold's validation cases: its "
+                f"validation Dice (validation/summary.json) is optimistic. Judge the student on a held-out test set, "
+                f"or use only fold {self.fold} of the teacher ({DistillSettings.ENV_VAR}='folds={self.fold}').")
         logger = self.logger.local_logger
         if hasattr(logger, "add_key"):
             logger.add_key(KL_KEY)

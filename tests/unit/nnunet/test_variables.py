@@ -121,6 +121,8 @@ def test_every_command_refuses_an_unknown_variable_before_any_work(monkeypatch, 
         "sweep": ["sweep", str(tmp_path), "-i", str(tmp_path), "-o", str(out)],
         "plans-from-model": ["plans-from-model", str(tmp_path), "-f", "0", "--plans-name", "x"],
         "benchmark": ["benchmark", "-d", "7", "-c", "2d", "-o", str(out)],
+        "pseudo-label": ["pseudo-label", "-d", "7", "-c", "2d", "-tr", "nnUNetTrainerBudget", "-i", str(tmp_path),
+                         "-o", "8"],
     }
     assert set(calls) == set(SUBCOMMANDS) - {"doctor"}
     for argv in calls.values():
