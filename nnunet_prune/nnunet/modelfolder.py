@@ -338,6 +338,14 @@ class ModelFolder:
             self._checkpoints[key] = read_checkpoint(self.fold_path(fold) / self.checkpoint_name)
         return self._checkpoints[key]
 
+    def release_checkpoints(self) -> None:
+        """Drop the cached checkpoints' weights (a long-lived folder whose weights now live in networks, e.g. a
+        distillation teacher, holds no second copy in host memory); names and init arguments stay readable, and a
+        later :meth:`load_checkpoint` reads the file again."""
+        first = self.first_checkpoint
+        self._checkpoints.clear()
+        self.__dict__["first_checkpoint"] = {k: v for k, v in first.items() if k != "network_weights"}
+
     def validation_summary(self, fold) -> dict | None:
         """The fold's ``validation/summary.json`` (nnU-Net's validation metrics), or None if the fold was not
         validated."""
@@ -364,7 +372,7 @@ class ModelFolder:
         from nnunet_prune.surgery.architectures import of
 
         net = self.build_network(deep_supervision)
-        ckpt = self.first_checkpoint if fold == self.folds[0] else self.load_checkpoint(fold)
+        ckpt = self.load_checkpoint(fold)
         of(net).resize(net, ckpt["network_weights"])  # also when a stock class was built (it does not resize)
         net.load_state_dict(ckpt["network_weights"])
         return net.eval()

@@ -28,7 +28,7 @@ from nnunet_prune.core.flags import parse_flag
 from nnunet_prune.core.stats import count_macs, count_parameters
 from nnunet_prune.methods.base import MethodSettings
 from nnunet_prune.nnunet.modelfolder import ModelFolder, trained_model_folders
-from nnunet_prune.nnunet.prechecks import parse_fold
+from nnunet_prune.nnunet.prechecks import model_folder_folds, parse_fold
 from nnunet_prune.nnunet.settings import nnunet_folders
 
 TEACHER_VAR = "NNUNET_PRUNE_TEACHER"
@@ -44,7 +44,8 @@ class DistillSettings(MethodSettings):
 
     ``enabled``: learn from the teacher; ``weight``: the KL term's factor in the loss (nnU-Net's loss + weight * KL);
     ``temperature``: T of the softened outputs (the KL is multiplied by T^2); ``folds``: the teacher's folds, ``+``
-    between them (e.g. ``0+1+2``, ``all`` for ``fold_all``; empty: every fold with ``checkpoint_final.pth``)."""
+    between them (e.g. ``0+1+2``, ``all`` for ``fold_all``; a list in the plans entry; empty: every numbered fold
+    with ``checkpoint_final.pth``, as ``nnUNetv2_predict``)."""
 
     NAME: ClassVar[str] = "distill"
     ENV_VAR: ClassVar[str] = "NNUNET_PRUNE_DISTILL"
@@ -99,43 +100,49 @@ class DistillSettings(MethodSettings):
             environ[cls.ENV_VAR] = f"enabled=1,{text}"
         entry = (plans or {}).get("nnunet_prune", {}) if isinstance(plans, Mapping) else {}
         entry = entry.get(cls.NAME) if isinstance(entry, Mapping) else None
-        if isinstance(entry, Mapping) and entry and "enabled" not in entry:
-            plans = {**plans, "nnunet_prune": {**plans["nnunet_prune"], cls.NAME: {"enabled": True, **entry}}}
+        if isinstance(entry, Mapping) and entry:
+            entry = {"enabled": True, **entry}
+            if isinstance(entry.get("folds"), (list, tuple)):  # the plans entry may list them: [0, 1]
+                entry["folds"] = "+".join(map(str, entry["folds"]))
+            plans = {**plans, "nnunet_prune": {**plans["nnunet_prune"], cls.NAME: entry}}
         return super().resolve(plans, environ, fixed, **defaults)
 
 
 def teacher_folder(plans: Mapping, configuration: str, environ: Mapping[str, str], student_folder: Path | None = None,
                    trainers: Sequence[str] = TEACHER_TRAINERS) -> Path:
-    """The teacher's model folder (see the module): the variables first, then the search.
+    """The teacher's model folder (see the module): the variables first, then the search, ``nnUNetPlans`` before the
+    student's own plans (a LUnet student's plans hold the small LUnet baseline, not the dense model); the student's
+    own folder is skipped.
 
     Raises:
         NnUNetPruneError: nothing found (naming the folders searched, the trained models of the dataset and the
-            variable to set), nnUNet_results unset without a variable, or the student's own folder.
+            variable to set), nnUNet_results unset without a variable, or a variable naming the student's own folder.
     """
+    own = Path(student_folder).expanduser().resolve() if student_folder is not None else None
     for var in (TEACHER_VAR, DENSE_VAR):
         if environ.get(var):
             folder = Path(environ[var]).expanduser().resolve()
-            break
-    else:
-        results = nnunet_folders()["nnUNet_results"]
-        if results is None:
-            raise NnUNetPruneError(f"nnUNet_results is not set: set it, or point {TEACHER_VAR} at the teacher's "
-                                   f"model folder. Nothing was written.")
-        dataset = Path(results) / plans["dataset_name"]
-        names = [f"{t}__{p}__{configuration}" for p in dict.fromkeys((plans["plans_name"], STOCK_PLANS))
-                 for t in trainers]
-        folder = next((dataset / n for n in names if any((dataset / n).glob("fold_*/checkpoint_final.pth"))), None)
-        if folder is None:
-            trained = [p.name for p in trained_model_folders(dataset) if p.name.endswith(f"__{configuration}")]
-            raise NnUNetPruneError(
-                f"Distillation needs a trained teacher, but none of {', '.join(names)} in {dataset} has a finished "
-                f"fold. Train the dense model first (nnUNetv2_train ... -tr nnUNetTrainer, or nnUNetTrainerBudget "
-                f"for a short run), or point {TEACHER_VAR} at a model folder"
-                + (f" (trained for {configuration}: {', '.join(trained)})" if trained else "") + ". Nothing was "
-                "written.")
-    if student_folder is not None and folder == Path(student_folder).resolve():
-        raise NnUNetPruneError(f"The teacher {folder} is the student's own model folder: point {TEACHER_VAR} at "
-                               f"another model. Nothing was written.")
+            if folder == own:
+                raise NnUNetPruneError(f"{var} names the student's own model folder {folder}: point {TEACHER_VAR} at "
+                                       f"the teacher. Nothing was written.")
+            return folder
+    results = nnunet_folders()["nnUNet_results"]
+    if results is None:
+        raise NnUNetPruneError(f"nnUNet_results is not set: set it, or point {TEACHER_VAR} at the teacher's "
+                               f"model folder. Nothing was written.")
+    dataset = Path(results).expanduser().resolve() / plans["dataset_name"]
+    names = [f"{t}__{p}__{configuration}" for p in dict.fromkeys((STOCK_PLANS, plans["plans_name"]))
+             for t in trainers]
+    folder = next((dataset / n for n in names if (dataset / n).resolve() != own
+                   and any((dataset / n).glob("fold_*/checkpoint_final.pth"))), None)
+    if folder is None:
+        trained = [p.name for p in trained_model_folders(dataset) if p.name.endswith(f"__{configuration}")]
+        raise NnUNetPruneError(
+            f"Distillation needs a trained teacher, but none of {', '.join(names)} in {dataset} has a finished "
+            f"fold. Train the dense model first (nnUNetv2_train ... -tr nnUNetTrainer, or nnUNetTrainerBudget "
+            f"for a short run), or point {TEACHER_VAR} at a model folder"
+            + (f" (trained for {configuration}: {', '.join(trained)})" if trained else "") + ". Nothing was "
+            "written.")
     return folder
 
 
@@ -154,34 +161,68 @@ def _preprocessing(plans: Mapping, configuration: str) -> dict:
             "CT intensity statistics": ct}
 
 
+def _labels(label_manager) -> dict:
+    """What the network's outputs mean, in channel order: regions or labels, and the ignore label."""
+    regions = label_manager.foreground_regions if label_manager.has_regions else None
+    return {"labels": [int(x) for x in label_manager.all_labels],
+            "regions": None if regions is None else [sorted(map(int, r)) if isinstance(r, (list, tuple))
+                                                     else [int(r)] for r in regions],
+            "ignore label": label_manager.ignore_label}
+
+
+def _channel_names(dataset_json: Mapping) -> list[str]:
+    """The input channels' names in order, case-insensitive (``channel_names``, or the older ``modality``)."""
+    names = dataset_json.get("channel_names", dataset_json.get("modality", {}))
+    return [str(v).lower() for _, v in sorted(names.items(), key=lambda kv: int(kv[0]))]
+
+
+def _total_strides(configuration_manager) -> list[int]:
+    """The product of the network's strides per axis (a patch the network runs on must be a multiple of it)."""
+    import numpy as np
+
+    strides = configuration_manager.network_arch_init_kwargs.get("strides") or []
+    dim = len(configuration_manager.patch_size)
+    total = np.ones(dim, dtype=int)
+    for s in strides:
+        total *= np.array([s] * dim if isinstance(s, int) else s, dtype=int)
+    return [int(t) for t in total]
+
+
 def fit_problems(teacher: ModelFolder, plans: Mapping, configuration: str, dataset_json: Mapping) -> list[str]:
     """What keeps ``teacher`` from teaching a student of ``plans`` / ``configuration`` / ``dataset_json``: other labels
-    or regions, another number of input channels, another patch size, or other preprocessing (spacing,
-    normalisation, transposition, intensity statistics: the teacher would see other inputs than it was trained on).
-    [] when it fits."""
+    or regions (in output-channel order) or ignore label, other input channels (number or names), a student patch
+    the teacher cannot run on (not a multiple of its total strides; another patch size that fits is allowed), or
+    other preprocessing (spacing, normalisation, transposition, CT intensity statistics: the teacher would see other
+    inputs than it was trained on). [] when it fits."""
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     out = []
-    if dict(teacher.dataset_json.get("labels", {})) != dict(dataset_json.get("labels", {})):
-        out.append(f"labels/regions {teacher.dataset_json.get('labels')} (teacher) vs {dataset_json.get('labels')} "
-                   f"(student)")
     pm = PlansManager(dict(plans))
     cm = pm.get_configuration(configuration)
+    mine_labels, their_labels = _labels(pm.get_label_manager(dict(dataset_json))), _labels(teacher.label_manager)
+    if mine_labels != their_labels:
+        out.append(f"labels/regions {their_labels} (teacher) vs {mine_labels} (student)")
     n_in = determine_num_input_channels(pm, cm, dict(dataset_json))
     if teacher.num_input_channels != n_in:
         out.append(f"{teacher.num_input_channels} input channels (teacher) vs {n_in} (student)")
-    if list(teacher.patch_size) != list(cm.patch_size):
-        out.append(f"patch size {teacher.patch_size} (teacher) vs {list(cm.patch_size)} (student)")
+    names = [_channel_names(d) for d in (teacher.dataset_json, dataset_json)]
+    if n_in == teacher.num_input_channels and names[0] != names[1]:
+        out.append(f"input channels {names[0]} (teacher) vs {names[1]} (student)")
+    strides = _total_strides(teacher.configuration_manager)
+    if any(p % s for p, s in zip(cm.patch_size, strides)):
+        out.append(f"patch size {list(cm.patch_size)} (student) is not a multiple of the teacher's total strides "
+                   f"{strides} (the teacher cannot run on it; its own patch size is {teacher.patch_size})")
     mine, theirs = _preprocessing(plans, configuration), _preprocessing(teacher.plans, teacher.configuration_name)
     out += [f"{k} {theirs[k]} (teacher) vs {mine[k]} (student)" for k in mine if mine[k] != theirs[k]]
     return out
 
 
 def open_teacher(trainer: str, plans: Mapping, configuration: str, dataset_json: Mapping,
-                 settings: DistillSettings, environ: Mapping[str, str], student_folder: Path | None = None
-                 ) -> ModelFolder:
-    """The teacher's model folder with the chosen folds, every checkpoint checked against its network, and checked to
+                 settings: DistillSettings, environ: Mapping[str, str], student_folder: Path | None = None,
+                 folds: Sequence | None = None) -> ModelFolder:
+    """The teacher's model folder with the chosen folds (``folds``, else the settings', else every numbered fold
+    with ``checkpoint_final.pth``), every checkpoint checked against its network, and checked to
     fit the student (:func:`fit_problems`). Called before the student's fold folder is written.
 
     Raises:
@@ -189,7 +230,11 @@ def open_teacher(trainer: str, plans: Mapping, configuration: str, dataset_json:
             mismatch named).
     """
     folder = teacher_folder(plans, configuration, environ, student_folder)
-    teacher = ModelFolder.open(folder, settings.fold_list())
+    chosen = list(folds) if folds is not None else settings.fold_list()
+    if chosen is None:  # as nnUNetv2_predict: the numbered folds (fold_all only when there is no other)
+        available = model_folder_folds(folder)[1]
+        chosen = [f for f in available if f != "all"] or available
+    teacher = ModelFolder.open(folder, chosen)
     problems = fit_problems(teacher, plans, configuration, dataset_json)
     if problems:
         raise NnUNetPruneError(f"{trainer}: the teacher {folder} does not fit the student: " + "; ".join(problems)
@@ -211,6 +256,8 @@ class Teacher:
         with torch.random.fork_rng(devices=[]):  # building draws initial weights: the student's draws stay the same
             self.networks: list[nn.Module] = [
                 folder.load_network(f).to(self.device).requires_grad_(False).eval() for f in self.folds]
+        self.trainer_name = folder.trainer_name
+        folder.release_checkpoints()  # the weights live in the networks: no second copy in host memory
         self.seconds = 0.0  # forward time summed since the last :meth:`take_seconds`
         self.calls = 0
 
@@ -249,5 +296,5 @@ class Teacher:
 
     def describe(self) -> dict:
         """What ``pruning_config.json`` records of the teacher: folder, trainer, folds, parameters, MACs."""
-        return {"folder": str(self.folder.path), "trainer": self.folder.trainer_name, "folds": self.folds,
+        return {"folder": str(self.folder.path), "trainer": self.trainer_name, "folds": self.folds,
                 "parameters_per_fold": self.parameters, "macs_per_patch_all_folds": self.macs_per_patch()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import sys
 
@@ -72,10 +73,19 @@ def test_every_method_end_to_end_then_a_rerun_reuses_everything(nnunet, dataset2
     out = tmp_path / "bench"
     cmd = [sys.executable, "-m", "nnunet_prune.cli.main", "benchmark", "-d", DATASET_2D, "-c", "2d", "-o", out,
            "--epochs", 2, "--iters-per-epoch", 2, "--val-iters", 1, "--sweep-taus", 0.001, 0.01, 0.05,
-           "--repeats", 2, "--runtimes", "none", "--jobs", 2]
+           "--repeats", 2, "--runtimes", "none", "--jobs", 2, "--methods", *METHOD_NAMES, "lunet8_distill"]
     first = nnunet.run(*cmd, env=env, timeout=1800)
     rows = {r["method"]: r for r in csv.DictReader(open(out / "benchmark.csv"))}
-    assert set(rows) == set(METHOD_NAMES)
+    assert set(rows) == {*METHOD_NAMES, "lunet8_distill"}
+    # the distilled row: right after its student, trained by nnUNetTrainerDistill from the seed's dense model
+    names = list(rows)
+    assert names.index("lunet8_distill") == names.index("lunet8") + 1
+    assert rows["lunet8_distill"]["distilled"] == "true" and rows["lunet8_distill"]["student_of"] == "lunet8"
+    assert rows["lunet8"]["distilled"] == "false"
+    distilled = json.loads(next(out.glob("seed_0/nnUNet_results/*/nnUNetTrainerDistill__nnUNetLUnetPlans_8__2d/"
+                                         "fold_0/pruning_config.json")).read_text())["distillation"]
+    dense_folder = next(out.glob("seed_0/nnUNet_results/*/nnUNetTrainerBudget__nnUNetPlans__2d"))
+    assert distilled["enabled"] and distilled["teacher"]["folder"] == str(dense_folder.resolve())
     failed = {k: r["error"] for k, r in rows.items() if r["status"] != "ok"}
     assert not failed, failed
     dense = rows["dense"]
@@ -105,15 +115,17 @@ def test_every_method_end_to_end_then_a_rerun_reuses_everything(nnunet, dataset2
     commands = (out / "commands.sh").read_text()
     assert "nnUNetv2_train" in commands and "NNUNET_PRUNE_EPOCHS=2" in commands and "NNUNET_PRUNE_PSPSEG=" in commands
     assert "NNUNET_PRUNE_SEED=0" in commands and "; seed 0 (--seeds N" in md
+    assert re.search(r"NNUNET_PRUNE_TEACHER=\S*seed_0/nnUNet_results/\S+/nnUNetTrainerBudget__nnUNetPlans__2d \S*"
+                     r".*-tr nnUNetTrainerDistill -p nnUNetLUnetPlans_8", commands)
     # every trained fold records the seed it was trained with (nnUNetTrainerBudget too)
     configs = list(out.glob("seed_0/nnUNet_results/*/*/fold_0/pruning_config.json"))
-    assert len(configs) == len(METHOD_NAMES)  # one model folder per method
+    assert len(configs) == len(METHOD_NAMES) + 1  # one model folder per method
     assert {json.loads(c.read_text())["seed"] for c in configs} == {0}
     # trained into the benchmark's own results folder, never into the user's nnUNet_results
     assert not any(p.name.startswith("nnUNetTrainerPSPSeg") for p in nnunet.results.rglob("*"))
 
     second = nnunet.run(*cmd, env=env, timeout=600)
-    assert second.stdout.count("already trained (reused)") == len(METHOD_NAMES)
+    assert second.stdout.count("already trained (reused)") == len(METHOD_NAMES) + 1
     assert "training fold" not in second.stdout and "sweep of the dense" not in second.stdout
     again = {r["method"]: r for r in csv.DictReader(open(out / "benchmark.csv"))}
     assert {k: r["dice"] for k, r in again.items()} == {k: r["dice"] for k, r in rows.items()}

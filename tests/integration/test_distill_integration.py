@@ -81,6 +81,14 @@ def test_distilled_lunet_trains_resumes_and_reports(nnunet, dense_model, lunet_s
         assert proc.returncode != 0 and "other distillation settings (weight: 0.3 at the start, 1.0 now)" in \
             proc.stdout + proc.stderr
         assert (fold / "checkpoint_final.pth").stat().st_mtime_ns == before
+        # another teacher on --c: refused, naming the one the fold was started with
+        other = nnunet.base / "another_teacher"
+        shutil.copytree(dense_model, other, ignore=shutil.ignore_patterns("validation", "*.png", "*.txt"))
+        proc = nnunet.run("nnUNetv2_train", DATASET_2D, "2d", 0, "-tr", "nnUNetTrainerDistill", "-p",
+                          "nnUNetLUnetPlans", "-device", "cpu", "--c", check=False,
+                          env={"nnUNet_n_proc_DA": "0", "NNUNET_PRUNE_EPOCHS": "4", "NNUNET_PRUNE_TEACHER": str(other)})
+        assert proc.returncode != 0 and f"was started with the teacher {dense_model}" in proc.stdout + proc.stderr
+        assert (fold / "checkpoint_final.pth").stat().st_mtime_ns == before
     out = nnunet.base / "distill_report"
     nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "report", lunet_student, "-f", 0, "-o", out,
                "--runtimes", "none")

@@ -22,8 +22,8 @@ from nnunet_prune.nnunet.trainers.base import nnUNetTrainerPruning
 
 #: the variant attribute that switches distillation on and fixes it
 ON = {"enabled": True}
-#: (and the fixed-tau magnitude variants: ``nnUNetTrainerMagnitude[_ft]_distill`` with ``NNUNET_PRUNE_MAGNITUDE`` is
-#: their distilled form)
+#: (nor the fixed-tau magnitude variants: ``nnUNetTrainerMagnitude_ft_distill`` with ``NNUNET_PRUNE_MAGNITUDE`` is
+#: their distilled form; nor a trainer that prunes a dense fold and trains no epoch, e.g. nnUNetTrainerMagnitude)
 #: modules of the trainers package that define no trainer to vary (and this one)
 SKIPPED_MODULES = ("distill", "dense", "driver", "logging", "plots", "preflight", "records", "teaching")
 
@@ -53,7 +53,8 @@ def _bases() -> list[type]:
         module = importlib.import_module(f"{_package.__name__}.{info.name}")
         found += [obj for name, obj in vars(module).items()
                   if isinstance(obj, type) and issubclass(obj, nnUNetTrainer) and obj.__module__ == module.__name__
-                  and name.startswith("nnUNetTrainer") and name not in NOT_DISTILL_VARIANTS and "_tau" not in name]
+                  and name.startswith("nnUNetTrainer") and name not in NOT_DISTILL_VARIANTS and "_tau" not in name
+                  and not (getattr(obj, "start_from_dense", False) and getattr(obj, "finetune_epochs", None) == 0)]
     return found
 
 

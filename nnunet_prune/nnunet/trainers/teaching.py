@@ -64,6 +64,21 @@ class DistillationLoss(nn.Module):
         return value + s.weight * kl
 
 
+def _check_same_teacher(trainer: str, fold, recorded: str | None, found) -> None:
+    """On ``--c``: the teacher found now is the one the fold was started with (the same folder, or a folder of the
+    same name: a moved results folder).
+
+    Raises:
+        NnUNetPruneError: naming both folders.
+    """
+    if recorded is None or os.path.realpath(recorded) == os.path.realpath(found) or \
+            os.path.basename(os.path.normpath(recorded)) == os.path.basename(os.path.normpath(found)):
+        return
+    raise NnUNetPruneError(f"{trainer} fold {fold} was started with the teacher {recorded}; now {found} would be "
+                           f"used. Point NNUNET_PRUNE_TEACHER at the teacher it was started with, or train a new fold "
+                           f"without --c.")
+
+
 class TeacherMixin:
     """Distillation for an ``nnUNetTrainer`` subclass (see the module); placed before ``nnUNetTrainer`` in the bases.
 
@@ -110,44 +125,60 @@ class TeacherMixin:
         return out
 
     def on_train_start(self):
-        """nnU-Net's start (and the base's), then the teacher: checked again on ``--c`` (the settings must be the
-        recorded ones), loaded, its cost said in the log."""
+        """On ``--c`` the recorded distillation settings are checked first (refused if different, on or off); then
+        nnU-Net's start (and the base's), then the teacher: found and checked again on ``--c`` (the recorded folder
+        and folds), loaded, its cost said in the log."""
+        recorded = self._check_resume_settings()
         super().on_train_start()
         if not self.distill_settings.enabled:
             return
-        self._check_resume_settings()
+        if self.num_epochs == 0 or self.current_epoch >= self.num_epochs:
+            self.print_to_log_file("nnunet-prune distillation: no training epoch in this run, so no teacher is loaded")
+            return
         me = type(self).__name__
-        if self._teacher_folder is None:  # --c: checked now
-            self._teacher_folder = open_teacher(me, self.plans_manager.plans, self.configuration_name,
-                                                self.dataset_json, self.distill_settings, os.environ,
-                                                os.path.dirname(self.output_folder))
+        if self._teacher_folder is None:  # --c: checked now, with the teacher the fold was started with
+            with torch.random.fork_rng(devices=[]):  # checking builds a network: the seeded draws stay the same
+                self._teacher_folder = open_teacher(
+                    me, self.plans_manager.plans, self.configuration_name, self.dataset_json, self.distill_settings,
+                    os.environ, os.path.dirname(self.output_folder), folds=recorded.get("folds"))
+            _check_same_teacher(me, self.fold, recorded.get("folder"), self._teacher_folder.path)
         self.teacher = Teacher(self._teacher_folder, self.device)
-        ckpt_macs = self.teacher.macs_per_patch()
-        s = self.distill_settings
+        self._say_teacher()
+
+    def _say_teacher(self) -> None:
+        """The teacher's folds and cost in the training log (a warning for a leaking or a small teacher)."""
+        teacher, s = self.teacher, self.distill_settings
+        from nnunet_prune.core.stats import count_parameters
+
         self.print_to_log_file(
-            f"nnunet-prune distillation: teacher {self.teacher.folder.path}, folds "
-            f"{', '.join(map(str, self.teacher.folds))} (logits averaged; {len(self.teacher.folds)} forward passes per "
-            f"step, {ckpt_macs / 1e9:.3f} GMAC per patch in all, no backward); loss = nnU-Net's loss + {s.weight} x "
-            f"T^2 KL at T={s.temperature}")
-        others = [f for f in self.teacher.folds if f != self.fold]
+            f"nnunet-prune distillation: teacher {teacher.folder.path}, folds "
+            f"{', '.join(map(str, teacher.folds))} (logits averaged; {len(teacher.folds)} forward passes per "
+            f"step, {teacher.macs_per_patch() / 1e9:.3f} GMAC per patch in all, no backward); loss = nnU-Net's loss "
+            f"+ {s.weight} x T^2 KL at T={s.temperature}")
+        others = [f for f in teacher.folds if f != self.fold]
         if others and self.fold != "all":
             self.print_to_log_file(
                 f"WARNING: teacher fold(s) {', '.join(map(str, others))} trained on this fold's validation cases: its "
                 f"validation Dice (validation/summary.json) is optimistic. Judge the student on a held-out test set, "
                 f"or use only fold {self.fold} of the teacher ({DistillSettings.ENV_VAR}='folds={self.fold}').")
+        student = count_parameters(self.network)
+        if teacher.parameters <= student:
+            self.print_to_log_file(f"WARNING: the teacher ({teacher.parameters:,} parameters per fold) is not larger "
+                                   f"than the student ({student:,}): is {teacher.folder.path} the dense model?")
         logger = self.logger.local_logger
         if hasattr(logger, "add_key"):
             logger.add_key(KL_KEY)
 
-    def _check_resume_settings(self) -> None:
-        """On ``--c``: refuse distillation settings other than the recorded ones."""
+    def _check_resume_settings(self) -> dict:
+        """On ``--c``: refuse distillation settings other than the recorded ones (switched on or off included), before
+        nnU-Net's start writes anything. Returns the recorded teacher ({"folder", "folds"}; {} when none)."""
         if self.current_epoch == 0:
-            return
+            return {}
         from nnunet_prune.nnunet.trainers.records import FoldRecords
 
         recorded = FoldRecords(self.output_folder).read_config().get("distillation")
         if not isinstance(recorded, dict):
-            return
+            return {}
         now = self.distill_settings.as_dict()
         changed = [f"{k}: {recorded[k]!r} at the start, {now[k]!r} now" for k in RESUME_KEYS
                    if k in recorded and recorded[k] != now[k]]
@@ -156,6 +187,8 @@ class TeacherMixin:
                 f"{type(self).__name__} fold {self.fold} was started with other distillation settings "
                 f"({'; '.join(changed)}). Continue (--c) with the settings it was started with "
                 f"({DistillSettings.ENV_VAR}, plans entry), or train a new fold without --c. Nothing was changed.")
+        teacher = recorded.get("teacher")
+        return teacher if isinstance(teacher, dict) else {}
 
     def train_step(self, batch: dict) -> dict:
         """The teacher's outputs on this batch (no gradient), then nnU-Net's step (whose loss adds the KL term)."""

@@ -65,12 +65,22 @@ def test_a_teacher_that_does_not_fit_is_refused_with_the_mismatch(tmp_path):
     assert any("input channels" in p for p in fit_problems(teacher, plans, teacher.configuration_name,
                                                            two_channels))
     cfg = teacher.configuration_name
+    # the same labels in another order fit (output channels follow the label values); other channel names do not
+    reordered = {**dataset, "labels": dict(reversed(list(dataset["labels"].items())))}
+    assert fit_problems(teacher, plans, cfg, reordered) == []
+    renamed = {**dataset, "channel_names": {"0": "T2"}}
+    assert any("input channels ['ct'] (teacher) vs ['t2'] (student)" in p
+               for p in fit_problems(teacher, plans, cfg, renamed))
+    # a larger patch the teacher runs on fits; one that is not a multiple of its strides does not
     other = json.loads(json.dumps(plans))
     other["configurations"][cfg]["patch_size"] = [2 * s for s in other["configurations"][cfg]["patch_size"]]
+    assert fit_problems(teacher, other, cfg, dataset) == []
+    other["configurations"][cfg]["patch_size"] = [s + 1 for s in other["configurations"][cfg]["patch_size"]]
     other["configurations"][cfg]["spacing"] = [2 * s for s in other["configurations"][cfg]["spacing"]]
     problems = fit_problems(teacher, other, cfg, dataset)
-    assert any("patch size" in p for p in problems) and any("spacing" in p for p in problems)
-    with pytest.raises(NnUNetPruneError, match="does not fit the student: .*patch size.*Nothing was written"):
+    assert any("not a multiple of the teacher's total strides" in p for p in problems)
+    assert any("spacing" in p for p in problems)
+    with pytest.raises(NnUNetPruneError, match="does not fit the student: .*strides.*Nothing was written"):
         open_teacher("nnUNetTrainerDistill", other, cfg, dataset, DistillSettings(enabled=True),
                      {"NNUNET_PRUNE_TEACHER": str(LEGACY / "sauron_fold")})
 
@@ -85,12 +95,15 @@ def test_teacher_folder_variables_and_search(tmp_path, monkeypatch):
     monkeypatch.setattr(nnunetv2.paths, "nnUNet_results", str(tmp_path))
     with pytest.raises(NnUNetPruneError, match="needs a trained teacher.*nnUNetTrainer__nnUNetLUnetPlans_16__2d"):
         teacher_folder(plans, "2d", {})
+    baseline = tmp_path / "Dataset001_X" / "nnUNetTrainer__nnUNetLUnetPlans_16__2d"  # the small LUnet baseline
     stock = tmp_path / "Dataset001_X" / "nnUNetTrainerBudget__nnUNetPlans__2d"
-    (stock / "fold_0").mkdir(parents=True)
-    (stock / "fold_0" / "checkpoint_final.pth").write_bytes(b"")
-    assert teacher_folder(plans, "2d", {}) == stock  # the LUnet student's teacher: the stock plans' dense model
+    for folder in (baseline, stock):
+        (folder / "fold_0").mkdir(parents=True)
+        (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"")
+    assert teacher_folder(plans, "2d", {}) == stock  # the dense model of the stock plans, not the LUnet baseline
+    assert teacher_folder(plans, "2d", {}, student_folder=stock) == baseline  # the student's own folder is skipped
     with pytest.raises(NnUNetPruneError, match="student's own model folder"):
-        teacher_folder(plans, "2d", {}, student_folder=stock)
+        teacher_folder(plans, "2d", {"NNUNET_PRUNE_TEACHER": str(stock)}, student_folder=stock)
 
 
 def test_settings_switch_on_with_the_variable_or_the_plans_entry_and_a_variant_fixes_them():
