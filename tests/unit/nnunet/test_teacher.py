@@ -123,3 +123,17 @@ def test_settings_switch_on_with_the_variable_or_the_plans_entry_and_a_variant_f
             DistillSettings.resolve({}, {"NNUNET_PRUNE_DISTILL": text})
     with pytest.raises(NnUNetPruneError, match="contradicts enabled"):
         DistillSettings.resolve({}, {"NNUNET_PRUNE_DISTILL": "0"}, fixed={"enabled": True})
+
+
+def test_default_folds_are_the_numbered_ones_and_a_plans_entry_may_list_them(tmp_path):
+    folder = tmp_path / "teacher"
+    shutil.copytree(LEGACY / "sauron_fold", folder)
+    shutil.copytree(folder / "fold_0", folder / "fold_all")
+    model = ModelFolder.open(folder)
+    env = {"NNUNET_PRUNE_TEACHER": str(folder)}
+    args = ("nnUNetTrainerDistill", model.plans, model.configuration_name, model.dataset_json)
+    assert open_teacher(*args, DistillSettings(enabled=True), env).folds == [0]  # as nnUNetv2_predict: not fold_all
+    assert open_teacher(*args, DistillSettings(enabled=True, folds="all"), env).folds == ["all"]
+    assert open_teacher(*args, DistillSettings(enabled=True), env, folds=["all"]).folds == ["all"]  # --c: recorded
+    listed = DistillSettings.resolve({"nnunet_prune": {"distill": {"folds": [0, "all"]}}}, {})
+    assert listed.enabled and listed.fold_list() == [0, "all"]
