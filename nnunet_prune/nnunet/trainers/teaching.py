@@ -162,7 +162,8 @@ class TeacherMixin:
                 f"validation Dice (validation/summary.json) is optimistic. Judge the student on a held-out test set, "
                 f"or use only fold {self.fold} of the teacher ({DistillSettings.ENV_VAR}='folds={self.fold}').")
         student = count_parameters(self.network)
-        if teacher.parameters <= student:
+        prunes = getattr(self, "method_class", None) is not None  # a pruning student starts as large as its teacher
+        if teacher.parameters < student or (teacher.parameters == student and not prunes):
             self.print_to_log_file(f"WARNING: the teacher ({teacher.parameters:,} parameters per fold) is not larger "
                                    f"than the student ({student:,}): is {teacher.folder.path} the dense model?")
         logger = self.logger.local_logger
