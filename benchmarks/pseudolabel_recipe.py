@@ -6,7 +6,7 @@ name order) serve as "unlabelled" (images only) and the other 4 as the test set.
 ``nnUNetTrainerBudget``, folds 0 and 1; ``nnunet-prune pseudo-label`` writes the new dataset; each student trains on
 fold ``all`` (every case) with seeds 0..N-1; Dice is ``nnUNetv2_evaluate_folder`` on the 4 test slabs.
 
-Usage (in an empty work folder; about 20 minutes on a 2-core CPU)::
+Usage (in an empty work folder; about 12 minutes on a 2-core CPU)::
 
     python benchmarks/pseudolabel_recipe.py --work /tmp/pseudo --seeds 3 --out docs_table.md
 """
