@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nnunet_prune import NnUNetPruneError
 from nnunet_prune.tools.export.writers import WRITERS  # (no torch: the runtimes' writers, by name)
 
 
@@ -39,6 +40,19 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                    help="with --runtime openvino: fp32 (default) or bf16; with torch-compile: the CUDA autocast "
                         "precision (bf16 default, fp16, fp32)")
+    p.add_argument("--int8", action="store_true",
+                   help="with --runtime openvino: INT8 post-training quantization with NNCF (pip "
+                        "install \"nnunet-prune[int8]\"), calibrated on sliding-window patches of each fold's training "
+                        "cases and checked by stock prediction + nnU-Net's evaluation on its validation cases against "
+                        "the float model (needs the dataset in nnUNet_raw / nnUNet_preprocessed); docs/deploy.md")
+    p.add_argument("--max-dice-drop", type=float, default=0.01, metavar="D",
+                   help="with --int8: the largest mean foreground Dice drop allowed in any fold (default 0.01); if "
+                        "quantizing everything drops more, the first convolution and the segmentation head stay in "
+                        "float; if that drops more too, the export is refused and nothing is written")
+    p.add_argument("--calibration-patches", type=int, default=100, metavar="N",
+                   help="with --int8: calibration patches per fold (default 100)")
+    p.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"),
+                   help="with --int8: the device of the Dice check's predictions (default cpu, where the runtimes run)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output made by this command")
     p.add_argument("--no-verify", action="store_true", help="skip comparing exported and source outputs")
     p.set_defaults(func=run)
@@ -80,12 +94,26 @@ def run(args) -> int:
             that does not reproduce PyTorch's segmentation.
     """
     options = {k: v for k, v in (("threads", args.threads), ("precision", args.precision)) if v is not None}
+    if getattr(args, "int8", False):
+        if args.precision is not None:
+            raise NnUNetPruneError("--int8 sets the precision: leave out --precision.")
+        if args.runtime != "openvino":
+            raise NnUNetPruneError(f"--int8 runs through OpenVINO: add --runtime openvino (got --runtime "
+                                   f"{args.runtime}).")
+        options["precision"] = "int8"
     check_inputs(args, options)  # before torch, nnU-Net and the runtime are imported
     from nnunet_prune.tools.export.folder import ExportOptions, export_model_folder
 
-    result = export_model_folder(args.model_folder, args.output, ExportOptions(
+    export = ExportOptions(
         folds=args.folds, fp16=args.fp16, magnitude_tau=args.magnitude_tau, prune_bias=args.prune_bias,
         per_layer_normalised=args.per_layer_normalised, overwrite=args.overwrite, verify=not args.no_verify,
-        runtime=args.runtime, runtime_options=options, checkpoints=args.checkpoints))
+        runtime=args.runtime, runtime_options=options, checkpoints=args.checkpoints)
+    if options.get("precision") == "int8":
+        from nnunet_prune.tools.export.int8 import Int8Options, export_int8
+
+        result = export_int8(args.model_folder, args.output, export, Int8Options(
+            args.max_dice_drop, args.calibration_patches, args.device))
+    else:
+        result = export_model_folder(args.model_folder, args.output, export)
     print(result.summary())
     return 0

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from nnunet_prune import NnUNetPruneError
 
 INSTALL_HINT = 'pip install "nnunet-prune[deploy]"'
+#: what INT8 export (NNCF) needs installed
+INT8_INSTALL_HINT = 'pip install "nnunet-prune[int8]"'
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class RuntimeSpec:
 RUNTIMES: dict[str, RuntimeSpec] = {
     "onnxruntime": RuntimeSpec("onnxruntime", "onnxruntime", True, {"threads": None},
                                "ONNX Runtime (CPU; CUDA/TensorRT providers with onnxruntime-gpu)"),
-    "openvino": RuntimeSpec("openvino", "openvino", True, {"threads": None, "precision": ("fp32", "bf16")},
+    "openvino": RuntimeSpec("openvino", "openvino", True, {"threads": None, "precision": ("fp32", "bf16", "int8")},
                             "OpenVINO, CPU"),
     "torch-compile": RuntimeSpec("torch-compile", "torch", False, {"precision": ("bf16", "fp16", "fp32")},
                                  "torch.compile (CUDA: CUDA graphs under bf16 autocast)", install=""),
@@ -96,6 +98,16 @@ def require_onnx_exporter() -> None:
                                f"{INSTALL_HINT}.")
 
 
+def require_nncf() -> None:
+    """Check that NNCF (INT8 post-training quantization) is installed, without importing it.
+
+    Raises:
+        NnUNetPruneError: it is not (one line: what to install).
+    """
+    if importlib.util.find_spec("nncf") is None:
+        raise NnUNetPruneError(f"INT8 export needs NNCF, which is not installed: {INT8_INSTALL_HINT}")
+
+
 def check_runtime_choice(runtime: str, options: Mapping | None) -> dict:
     """``runtime`` (``pytorch`` or a key of :data:`RUNTIMES`) and its ``options`` checked without importing anything:
     known, options it takes with valid values (:func:`check_options`), its package and, for the ONNX-based runtimes,
@@ -116,6 +128,8 @@ def check_runtime_choice(runtime: str, options: Mapping | None) -> dict:
                                f"installed: {spec.install or 'reinstall PyTorch'}.")
     if spec.onnx:
         require_onnx_exporter()
+    if out.get("precision") == "int8":
+        require_nncf()
     return out
 
 

@@ -33,6 +33,7 @@ import pydoc
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,6 +60,9 @@ RUNTIME_CLASS = "nnunet_prune.networks.runtime.RuntimeNetwork"
 RUNTIME_CLASSES = (RUNTIME_CLASS, "nnunet_prune.runtimes.RuntimeNetwork")
 #: ONNX opset of the exported models
 OPSET = 17
+#: the first bytes of an OpenVINO IR (its XML and weights, packed by :func:`pack_openvino_ir`) stored under
+#: :data:`RUNTIME_KEY` instead of an ONNX model: an INT8 fold (``nnunet-prune export --runtime openvino --int8``)
+IR_MAGIC = b"NNUNET_PRUNE_OPENVINO_IR_1"
 def require_runtime(name: str):
     """The imported package of runtime ``name``.
 
@@ -86,6 +90,12 @@ def deployment_notes(runtime: str, options: Mapping | None) -> list[str]:
             notes.append(f"this CPU has no bf16 support (OpenVINO offers {', '.join(capabilities)}): OpenVINO runs "
                          f"float32 here, and the check above compared float32. A CPU with AVX-512 BF16 or AMX runs "
                          f"bf16.")
+    if options.get("precision") == "int8" and runtime == "openvino":
+        ov = require_runtime("openvino")
+        capabilities = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if "INT8" not in capabilities:
+            notes.append(f"OpenVINO offers no INT8 on this CPU ({', '.join(capabilities)}): the INT8 model runs, "
+                         f"but not faster than float32.")
     if runtime == "torch-compile" and not torch.cuda.is_available():
         notes.append("no CUDA GPU here: torch-compile then compiles for the CPU, which was slower than PyTorch eager "
                      "and than openvino in our measurements (docs/deploy.md). It is meant for GPUs (CUDA graphs "
@@ -155,6 +165,9 @@ def onnx_digest(blob: bytes) -> torch.Tensor:
 
 
 def _onnxruntime(blob: bytes, device: torch.device, options: dict) -> Executor:
+    if is_openvino_ir(blob):
+        raise NnUNetPruneError("This fold holds an OpenVINO INT8 model, which ONNX Runtime cannot run: its plans must "
+                               "name the runtime openvino (export again with --runtime openvino --int8).")
     ort = require_runtime("onnxruntime")
     so = ort.SessionOptions()
     if options.get("threads"):
@@ -172,6 +185,36 @@ def _onnxruntime(blob: bytes, device: torch.device, options: dict) -> Executor:
     return run
 
 
+def pack_openvino_ir(model) -> bytes:
+    """An ``openvino.Model`` as one blob for :data:`RUNTIME_KEY`: :data:`IR_MAGIC`, the XML's length (8 bytes,
+    little-endian), the XML, the weights. :func:`read_openvino` reads it back."""
+    import tempfile
+
+    ov = require_runtime("openvino")
+    with tempfile.TemporaryDirectory(prefix="nnunet_prune_ir_") as tmp:
+        ov.save_model(model, f"{tmp}/model.xml", compress_to_fp16=False)
+        xml = Path(tmp, "model.xml").read_bytes()
+        weights = Path(tmp, "model.bin").read_bytes()
+    return IR_MAGIC + len(xml).to_bytes(8, "little") + xml + weights
+
+
+def is_openvino_ir(blob: bytes) -> bool:
+    """Whether a stored model blob is a packed OpenVINO IR (else an ONNX model)."""
+    return bytes(blob[:len(IR_MAGIC)]) == IR_MAGIC
+
+
+def read_openvino(blob: bytes):
+    """The ``openvino.Model`` of a stored blob: a packed IR (:func:`pack_openvino_ir`) or an ONNX model."""
+    ov = require_runtime("openvino")
+    core = ov.Core()
+    if not is_openvino_ir(blob):
+        return core.read_model(io.BytesIO(blob))
+    start = len(IR_MAGIC) + 8
+    end = start + int.from_bytes(blob[len(IR_MAGIC):start], "little")
+    weights = np.frombuffer(blob[end:], dtype=np.uint8).copy()
+    return core.read_model(blob[start:end].decode(), ov.Tensor(weights))
+
+
 def _openvino(blob: bytes, device: torch.device, options: dict) -> Executor:
     ov = require_runtime("openvino")
     core = ov.Core()
@@ -179,7 +222,7 @@ def _openvino(blob: bytes, device: torch.device, options: dict) -> Executor:
               "INFERENCE_PRECISION_HINT": "bf16" if options.get("precision") == "bf16" else "f32"}
     if options.get("threads"):
         config["INFERENCE_NUM_THREADS"] = options["threads"]
-    compiled = core.compile_model(core.read_model(io.BytesIO(blob)), "CPU", config)
+    compiled = core.compile_model(read_openvino(blob), "CPU", config)
     request = compiled.create_infer_request()
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -247,6 +290,9 @@ class RuntimeNetwork(nn.Module):
         Raises:
             NnUNetPruneError: unknown runtime, options, or a missing runtime package.
         """
+        if dict(options or {}).get("precision") == "int8":
+            raise NnUNetPruneError("An INT8 runtime needs calibration patches and a Dice check: nnunet-prune export "
+                                   "--runtime openvino --int8 writes one.")
         self = cls.__new__(cls)
         nn.Module.__init__(self)
         self._setup(runtime, options)

@@ -51,6 +51,7 @@ from nnunet_prune.tools.export.writers import (  # noqa: F401 (re-exported: the 
     WRITERS,
     FoldWork,
     FoldWriter,
+    Int8Setup,
     writer_class,
 )
 
@@ -82,6 +83,9 @@ class ExportOptions:
     runtime: str = "pytorch"
     runtime_options: dict | None = None
     checkpoints: Sequence[str] = (CHECKPOINT,)
+    #: INT8 (``runtime_options`` precision int8): the calibration patches and scope; set by
+    #: :func:`nnunet_prune.tools.export.int8.export_int8`, which also checks the Dice
+    int8: Int8Setup | None = None
 
     @property
     def compact_storage(self) -> bool:
@@ -138,6 +142,8 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
     #: the checkpoint files exported in every fold (``nnUNetv2_predict -chk`` picks one of them)
     checkpoints: list[str] = field(default_factory=lambda: [CHECKPOINT])
+    #: INT8 export: the Dice check (accepted scope, bound, per fold and scope the float and INT8 Dice); else None
+    int8: dict | None = None
 
     def summary(self) -> str:
         """Human-readable summary, one line per fold: parameters, checkpoint size (MB), dead channels removed, sparsity
@@ -168,10 +174,24 @@ class ExportResult:
                          f"{f.runtime_argmax_agreement:.4%} of voxels segmented alike")
             lines.append(line)
         holds = getattr(WRITERS.get(self.runtime), "holds", None)
+        if self.int8:
+            holds = "the fold's PyTorch weights and its OpenVINO INT8 model"
         if holds:
             lines.append(f"  (each checkpoint holds {holds}; the source's also held the optimizer state)")
+        lines += self._int8_lines()
         lines += [f"NOTE: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def _int8_lines(self) -> list[str]:
+        if not self.int8:
+            return []
+        lines = [f"INT8 check (nnU-Net's evaluation of each fold's validation cases, mean foreground Dice; bound: "
+                 f"drop <= {self.int8['max_dice_drop']}):"]
+        for c in self.int8["checks"]:
+            kept = " (kept)" if c["scope"] == self.int8["accepted_scope"] else ""
+            lines.append(f"  fold {c['fold']}, scope {c['scope']}{kept}: float {c['float_dice']:.4f}, INT8 "
+                         f"{c['int8_dice']:.4f}, drop {c['drop']:+.4f} ({len(c['cases'])} cases)")
+        return lines
 
 
 def _copy_without_checkpoints(src: Path, dst: Path, skip: Sequence[str] = ()) -> None:
@@ -241,10 +261,13 @@ def _unexported_checkpoints(mf: ModelFolder, exported: Sequence[str]) -> list[st
 
 
 # ---------------------------------------------------------------------------------------------------- the steps
-def _load(mf: ModelFolder, fold) -> FoldWork:
-    """Load: the fold's checkpoint and its network as ``nnUNetv2_predict`` builds it."""
+def _load(mf: ModelFolder, fold, options: ExportOptions) -> FoldWork:
+    """Load: the fold's checkpoint and its network as ``nnUNetv2_predict`` builds it (and its calibration patches
+    for INT8)."""
     net = mf.load_network(fold)
-    return FoldWork(fold, mf.load_checkpoint(fold), net, count_parameters(net), mf.checkpoint_name, mf.patch_size)
+    calibration = options.int8.patches.get(fold) if options.int8 is not None else None
+    return FoldWork(fold, mf.load_checkpoint(fold), net, count_parameters(net), mf.checkpoint_name, mf.patch_size,
+                    calibration=calibration)
 
 
 def _transform(work: FoldWork, x: torch.Tensor | None, options: ExportOptions) -> FoldWork:
@@ -329,7 +352,7 @@ def _copy_folder_files(mf: ModelFolder, tmp: Path) -> None:
             shutil.copy2(item, tmp / item.name)
 
 
-def _put_in_place(tmp: Path, output: Path, result: ExportResult) -> None:
+def put_in_place(tmp: Path, output: Path, result: ExportResult) -> None:
     """The summary written, every file recorded as the export's own (what ``--overwrite`` may replace later), an
     earlier export at ``output`` removed (only its own files) and ``tmp`` renamed into its place."""
     (tmp / SUMMARY_FILE).write_text(json.dumps(asdict(result), indent=2, default=str))
@@ -359,6 +382,7 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, op
     check_export_output(source, output, options.overwrite)
     check_magnitude_tau(options.magnitude_tau)
     writer = writer_class(options.runtime)(options.runtime_options)
+    writer.int8 = options.int8
     writer.require()  # a missing or broken optional runtime stops here, before any work
     sources = _open_checkpoints(source, options.folds, options.checkpoints)
     mf = sources[0]
@@ -369,12 +393,12 @@ def export_model_folder(source: str | os.PathLike, output: str | os.PathLike, op
         _copy_folder_files(mf, tmp)
         x = _random_patch(mf) if options.verify else None
         # load and transform every fold first: the plans must say whether widths changed
-        work = [_transform(_load(folder, fold), x, options) for folder in sources for fold in folder.folds]
+        work = [_transform(_load(folder, fold, options), x, options) for folder in sources for fold in folder.folds]
         plans = _export_plans(mf, work, options, writer)
         (tmp / "plans.json").write_text(json.dumps(plans, indent=4))
         result.folds = [_write_fold(tmp, mf, w, plans, x, options, writer) for w in work]
         result.notes += writer.notes() + _unexported_checkpoints(mf, result.checkpoints)
-        _put_in_place(tmp, output, result)
+        put_in_place(tmp, output, result)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

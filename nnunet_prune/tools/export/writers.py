@@ -76,6 +76,19 @@ class FoldWork:
     masked_blocks: int = 0
     reference: torch.Tensor | None = None
     source_output: torch.Tensor | None = None
+    #: INT8 export: the fold's calibration patches, each float32 (1, C, *patch) (None otherwise)
+    calibration: list | None = None
+
+
+@dataclass(frozen=True)
+class Int8Setup:
+    """How an INT8 export quantizes (``nnunet-prune export --int8``): each fold's calibration patches (fold ->
+    list of float32 ``(1, C, *patch)`` arrays) and the scope, a name of
+    :data:`nnunet_prune.tools.export.quantize.SCOPES` (``all``, or ``ends-in-float``: the first convolution and the
+    segmentation head kept in float)."""
+
+    patches: dict
+    scope: str = "all"
 
 
 def nnunet_checkpoint(fold: FoldWork, state: dict, plans: dict, info: dict, trainer_name: str | None = None) -> dict:
@@ -108,6 +121,9 @@ class FoldWriter:
     runtime: ClassVar[str] = ""
     #: what each written checkpoint holds, for the summary (None: the plain nnU-Net checkpoint, nothing to say)
     holds: ClassVar[str | None] = None
+
+    #: INT8 export: how the folds are quantized (set by the export before any fold is written; None: float)
+    int8: Int8Setup | None = None
 
     def __init__(self, options: Mapping | None = None):
         self.options = self.check_options(options)
@@ -225,8 +241,23 @@ class RuntimeNetworkWriter(FoldWriter):
                                     adaptive_class_name(architecture["network_class_name"]))
 
     def record(self, source_trainer: str) -> dict:
-        """The runtime, its options and the source's trainer."""
-        return {"runtime": self.runtime, "runtime_options": self.options, "source_trainer": source_trainer}
+        """The runtime, its options and the source's trainer; for INT8 how it was quantized."""
+        out = {"runtime": self.runtime, "runtime_options": self.options, "source_trainer": source_trainer}
+        if self.is_int8():
+            from nnunet_prune.tools.export.quantize import nncf_version
+
+            counts = sorted({len(p) for p in self.int8.patches.values()})
+            out["quantization"] = {
+                "tool": f"nncf {nncf_version()}",
+                "method": "post-training (OpenVINO backend), preset performance (symmetric int8 weights per channel, "
+                          "int8 activations), fast bias correction",
+                "scope": self.int8.scope, "calibration_patches": counts[-1],
+                "calibration": "sliding-window patches of the fold's preprocessed training cases"}
+        return out
+
+    def is_int8(self) -> bool:
+        """Whether the folds are written as INT8 models."""
+        return self.options.get("precision") == "int8"
 
     def trainer_name(self, fold: FoldWork) -> str:
         """``nnUNetTrainer``: nnU-Net's own trainer builds the plans' RuntimeNetwork."""
@@ -235,6 +266,17 @@ class RuntimeNetworkWriter(FoldWriter):
     def reduced_precision(self) -> bool:
         """Whether the runtime computes at reduced precision (the looser limits of :data:`MIN_AGREEMENT`)."""
         return self.options.get("precision", "fp32") != "fp32"
+
+    def _verify_int8(self, net, fold: FoldWork) -> dict:
+        """INT8: the runtime against PyTorch on a real calibration patch (a random one is outside the calibrated
+        ranges); recorded, not judged: the export's Dice check on the validation cases decides."""
+        import torch
+
+        x = torch.from_numpy(fold.calibration[0])
+        with torch.no_grad():
+            out, reference = net.eval()(x), fold.network.eval()(x)
+        return {"runtime_max_abs_difference": float((out - reference).abs().max()),
+                "runtime_argmax_agreement": float((out.argmax(1) == reference.argmax(1)).float().mean())}
 
     def verify(self, folder: Path, fold: FoldWork, x: torch.Tensor) -> dict:
         """Build the written fold as nnU-Net's predictor does (plans -> RuntimeNetwork, the checkpoint's weights as
@@ -255,6 +297,8 @@ class RuntimeNetworkWriter(FoldWriter):
         net = build_network(pm, cm, json.loads((folder / "dataset.json").read_text()), "nnUNetTrainer")
         ckpt = torch.load(folder / f"fold_{fold.fold}" / fold.checkpoint_name, map_location="cpu", weights_only=False)
         net.load_state_dict(ckpt["network_weights"])
+        if self.is_int8():
+            return self._verify_int8(net, fold)
         with torch.no_grad():
             out = net.eval()(x)
         difference = float((out - fold.reference).abs().max())
@@ -283,10 +327,25 @@ class OnnxWriter(RuntimeNetworkWriter):
     holds: ClassVar[str | None] = "the fold's PyTorch weights and its ONNX model"
 
     def weights(self, fold: FoldWork, state: dict) -> dict:
-        """``state`` plus the fold's ONNX model, traced with the configuration's patch size."""
+        """``state`` plus the fold's ONNX model, traced with the configuration's patch size; INT8: quantized on the
+        fold's calibration patches, stored as a packed OpenVINO IR
+        (:func:`nnunet_prune.tools.export.quantize.quantize_openvino`).
+
+        Raises:
+            NnUNetPruneError: INT8 without calibration patches (only ``export --int8`` provides them), or NNCF
+                failed.
+        """
         from nnunet_prune.networks.runtime import onnx_entries, to_onnx
 
-        return {**state, **onnx_entries(to_onnx(fold.network, fold.patch_size))}
+        blob = to_onnx(fold.network, fold.patch_size)
+        if self.is_int8():
+            from nnunet_prune.tools.export.quantize import quantize_openvino
+
+            if not fold.calibration or self.int8 is None:
+                raise NnUNetPruneError("precision int8 needs calibration patches: use nnunet-prune export --int8 "
+                                       "(nnunet_prune.tools.export.int8.export_int8).")
+            blob = quantize_openvino(blob, fold.calibration, self.int8.scope)
+        return {**state, **onnx_entries(blob)}
 
 
 class OnnxRuntimeWriter(OnnxWriter):

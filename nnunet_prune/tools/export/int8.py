@@ -1,0 +1,204 @@
+"""INT8 export behind stock prediction, with a Dice bound (``nnunet-prune export MODEL -o OUT --runtime openvino
+--int8``).
+
+The steps, all before anything is put at ``OUT``:
+
+1. **Check** (before any work): NNCF installed, the runtime (``openvino``), the output, the
+   dataset the model was trained on (preprocessed data, ``splits_final.json``, ``gt_segmentations``, the validation
+   cases' raw images: :mod:`nnunet_prune.nnunet.calibration`).
+2. **Calibrate**: per fold, sliding-window patches of its training cases.
+3. **Reference**: stock ``nnUNetv2_predict_from_modelfolder`` with the float source on each fold's validation cases
+   (nnU-Net's default settings: test-time mirroring, step 0.5), scored by stock ``nnUNetv2_evaluate_folder``
+   against ``gt_segmentations`` (mean foreground Dice).
+4. **Quantize and check**, scope by scope (:data:`nnunet_prune.tools.export.quantize.SCOPES`): everything in INT8,
+   then the first convolution and the segmentation head in float. The INT8 folder is exported to a temporary
+   folder (:func:`nnunet_prune.tools.export.folder.export_model_folder`), predicted and scored like the reference;
+   the first scope whose Dice drop (float Dice - INT8 Dice) is <= ``max_dice_drop`` in **every** fold is kept.
+5. **Put in place** with the check recorded in ``export_summary.json`` (``int8``: per fold and scope the float and
+   INT8 Dice, the drop, the bound, the validation cases) and how each fold was quantized in its checkpoint's
+   ``nnunet_prune_export`` record; or, when no scope holds the bound, a refusal naming the smallest drop reached,
+   with everything written removed (the temporary folder is the command's own; ``OUT`` is not touched).
+
+Stock ``nnUNetv2_predict_from_modelfolder`` runs the folder unchanged (the plans name
+:class:`nnunet_prune.networks.runtime.RuntimeNetwork` with ``precision: int8``); folds of different widths still
+ensemble. Source of the bound: NNCF's ``quantize_with_accuracy_control(max_drop=...)`` bounds a metric the same way;
+here the metric is nnU-Net's own Dice and the fallback is a fixed, named scope.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from nnunet_prune import NnUNetPruneError
+from nnunet_prune.core.outputs import make_temp_dir
+from nnunet_prune.core.runtime_specs import require_nncf
+from nnunet_prune.nnunet.calibration import (
+    DEFAULT_PATCHES,
+    FoldCases,
+    calibration_patches,
+    dataset_folders,
+    fold_cases,
+    link_images,
+)
+from nnunet_prune.nnunet.modelfolder import ModelFolder
+from nnunet_prune.nnunet.prechecks import check_export_output
+from nnunet_prune.tools.export.folder import (
+    SUMMARY_FILE,
+    ExportOptions,
+    ExportResult,
+    export_model_folder,
+    put_in_place,
+)
+from nnunet_prune.tools.export.quantize import SCOPES
+from nnunet_prune.tools.export.writers import Int8Setup
+
+#: the Dice drop an INT8 folder may show against the float one by default (``--max-dice-drop``)
+DEFAULT_MAX_DICE_DROP = 0.01
+#: the runtimes that run an INT8 (QDQ) ONNX model
+INT8_RUNTIMES = ("openvino",)
+
+
+@dataclass
+class Int8Options:
+    """``--int8``'s options: the bound on the Dice drop (float Dice - INT8 Dice, mean foreground Dice of nnU-Net's
+    evaluation on each fold's validation cases), calibration patches per fold, the device of the check's
+    predictions (the runtimes run on the CPU) and the tries (:data:`SCOPES`, in order)."""
+
+    max_dice_drop: float = DEFAULT_MAX_DICE_DROP
+    calibration_patches: int = DEFAULT_PATCHES
+    device: str = "cpu"
+    scopes: tuple = SCOPES
+
+
+@dataclass
+class Int8Check:
+    """One fold's Dice check of one scope: float and INT8 mean foreground Dice on its validation cases."""
+
+    fold: int | str
+    scope: str
+    float_dice: float
+    int8_dice: float
+    cases: list[str] = field(default_factory=list)
+
+    @property
+    def drop(self) -> float:
+        """float Dice - INT8 Dice (negative: INT8 scored higher)."""
+        return self.float_dice - self.int8_dice
+
+
+def check_int8_request(source, output, options: ExportOptions, int8: Int8Options) -> None:
+    """What can be checked on the file system and the installation, before any work.
+
+    Raises:
+        NnUNetPruneError: NNCF missing, a runtime that cannot run INT8, magnitude zeroing or float16 storage asked
+            together with INT8, a bound outside [0, 1), fewer than 1 calibration patch, a bad output.
+    """
+    require_nncf()
+    if options.runtime not in INT8_RUNTIMES:
+        raise NnUNetPruneError(f"--int8 runs through OpenVINO: add --runtime openvino (got --runtime "
+                               f"{options.runtime}).")
+    if not 0 <= int8.max_dice_drop < 1:
+        raise NnUNetPruneError(f"--max-dice-drop must be in [0, 1) (a Dice difference); got {int8.max_dice_drop}.")
+    if int8.calibration_patches < 1:
+        raise NnUNetPruneError(f"--calibration-patches must be >= 1; got {int8.calibration_patches}.")
+    if options.fp16:
+        raise NnUNetPruneError("--int8 and --fp16 exclude each other (the runtime reads the INT8 model; the "
+                               "PyTorch weights stay float32).")
+    if len(options.checkpoints) != 1:
+        raise NnUNetPruneError("--int8 exports one checkpoint (-chk NAME): each is calibrated and checked on its own;"
+                               " run the export once per checkpoint.")
+    check_export_output(source, output, options.overwrite)
+
+
+def _predict_and_score(model: Path, cases: FoldCases, work: Path, name: str, runner, reference: Path,
+                       device: str, checkpoint: str) -> float:
+    """Stock prediction of the fold's validation cases with ``model`` and nnU-Net's evaluation: mean foreground
+    Dice."""
+    from nnunet_prune.tools.commands import console_script
+
+    images = work / f"images_fold_{cases.fold}"
+    if not images.exists():
+        link_images(cases, images)
+    out = work / f"{name}_fold_{cases.fold}"
+    runner.run(name, f"predict_fold_{cases.fold}", [
+        console_script("nnUNetv2_predict_from_modelfolder"), "-i", str(images), "-o", str(out), "-m", str(model),
+        "-f", str(cases.fold), "-chk", checkpoint, "-device", device, "--disable_progress_bar"])
+    runner.run(name, f"evaluate_fold_{cases.fold}", [
+        console_script("nnUNetv2_evaluate_folder"), str(reference), str(out), "-djfile", str(model / "dataset.json"),
+        "-pfile", str(model / "plans.json"), "-np", "1", "--chill"])
+    return float(json.loads((out / "summary.json").read_text())["foreground_mean"]["Dice"])
+
+
+def _refusal(checks: list[Int8Check], bound: float) -> str:
+    worst = {}
+    for c in checks:
+        worst[c.scope] = max(worst.get(c.scope, float("-inf")), c.drop)
+    best = min(worst, key=worst.get)
+    tried = "; ".join(f"{s}: largest drop {d:.4f}" for s, d in worst.items())
+    return (f"INT8 refused: no quantization scope keeps the Dice drop <= --max-dice-drop {bound} in every fold "
+            f"({tried}); the smallest reached is {worst[best]:.4f} ({best}). Nothing was written. Allow a larger "
+            f"drop, give more --calibration-patches, or deploy the float runtime (--runtime openvino without "
+            f"--int8).")
+
+
+def export_int8(source, output, options: ExportOptions, int8: Int8Options | None = None,
+                echo: Callable[[str], None] | None = print) -> ExportResult:
+    """INT8 export with its Dice check (module docstring). ``options``: the export's options (runtime openvino; its
+    ``precision`` is set to int8 here). Returns the accepted export's result, with ``int8`` holding
+    the checks.
+
+    Raises:
+        NnUNetPruneError: any input :func:`check_int8_request` or :func:`~nnunet_prune.nnunet.calibration.fold_cases`
+            refuses (before any work); no scope holds ``max_dice_drop`` (nothing written); a prediction failed.
+    """
+    from nnunet_prune.tools.benchmark.runner import StepRunner
+
+    int8 = int8 or Int8Options()
+    output = Path(output).expanduser().resolve()
+    check_int8_request(source, output, options, int8)
+    model = ModelFolder.open(source, options.folds, checkpoint_name=options.checkpoints[0])
+    folders = dataset_folders(model)
+    folds = fold_cases(model, folders)
+    options = replace(options, folds=model.folds,
+                      runtime_options={**(options.runtime_options or {}), "precision": "int8"})
+    say = echo or (lambda _: None)
+    work = make_temp_dir(output.parent, prefix=f".{output.name}.int8.")
+    try:
+        runner = StepRunner({**os.environ, "nnUNet_compile": "f"}, work, log_dir=work / "logs")
+        patches = {}
+        for cases in folds:
+            patches[cases.fold] = calibration_patches(model, folders, cases, int8.calibration_patches)
+            say(f"fold {cases.fold}: {len(patches[cases.fold])} calibration patches from {len(cases.train)} training "
+                f"cases; {len(cases.validation)} validation cases for the Dice check")
+        reference = {c.fold: _predict_and_score(model.path, c, work, "float", runner, folders.reference,
+                                                int8.device, model.checkpoint_name) for c in folds}
+        checks: list[Int8Check] = []
+        for scope in int8.scopes:
+            candidate = work / f"int8_{scope}"
+            result = export_model_folder(model.path, candidate, replace(options, int8=Int8Setup(patches, scope)))
+            mine = [Int8Check(c.fold, scope, reference[c.fold],
+                              _predict_and_score(candidate, c, work, f"int8_{scope}", runner, folders.reference,
+                                                 int8.device, model.checkpoint_name), c.validation) for c in folds]
+            checks += mine
+            say(f"scope {scope}: " + ", ".join(f"fold {c.fold} Dice {c.float_dice:.4f} -> {c.int8_dice:.4f}"
+                                               for c in mine))
+            if all(c.drop <= int8.max_dice_drop for c in mine):
+                result.output = str(output)
+                result.int8 = {"accepted_scope": scope, "max_dice_drop": int8.max_dice_drop,
+                               "calibration_patches": int8.calibration_patches, "device": int8.device,
+                               "settings": "nnUNetv2_predict_from_modelfolder defaults (mirroring on, step 0.5)",
+                               "checks": [{**asdict(c), "drop": c.drop} for c in checks]}
+                (candidate / SUMMARY_FILE).unlink()
+                put_in_place(candidate, output, result)
+                return result
+            shutil.rmtree(candidate)
+        raise NnUNetPruneError(_refusal(checks, int8.max_dice_drop))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
