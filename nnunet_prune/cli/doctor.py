@@ -157,6 +157,9 @@ def run(args) -> int:
         if is_available(name):  # (onnxruntime-gpu provides the module onnxruntime)
             state = next((v for v in (_version(spec.package), _version(spec.package + "-gpu")) if v != state), "?")
         print(f"  {name:<30} {state}  ({spec.description})")
+    int8 = _version("nncf") if is_available("openvino") else "needs openvino"
+    print(f"  {'openvino --int8 (NNCF)':<30} {int8}  (INT8 export with a Dice bound; pip install "
+          f"\"nnunet-prune[int8]\")")
     problems = _print_variables()
     try:
         import _nnunet_prune_hook as hook
