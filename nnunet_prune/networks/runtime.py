@@ -62,7 +62,7 @@ RUNTIME_CLASSES = (RUNTIME_CLASS, "nnunet_prune.runtimes.RuntimeNetwork")
 OPSET = 17
 #: the first bytes of an OpenVINO IR (its XML and weights, packed by :func:`pack_openvino_ir`) stored under
 #: :data:`RUNTIME_KEY` instead of an ONNX model: an INT8 fold (``nnunet-prune export --runtime openvino --int8``)
-IR_MAGIC = b"NNUNET_PRUNE_OPENVINO_IR_1"
+IR_MAGIC = b"nnunet-prune:openvino-ir:1\n"
 def require_runtime(name: str):
     """The imported package of runtime ``name``.
 
