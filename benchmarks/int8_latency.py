@@ -34,7 +34,7 @@ except ImportError:  # run as a script: benchmarks/ is on sys.path
     import common
 
 from nnunet_prune.core.stats import count_macs, inference_outputs
-from nnunet_prune.networks.runtime import RuntimeNetwork, onnx_entries, to_onnx
+from nnunet_prune.networks.runtime import RuntimeNetwork, to_onnx
 from nnunet_prune.tools.export.quantize import quantize_openvino
 
 RUNTIMES = ("pytorch", "openvino fp32", "openvino int8")
@@ -42,12 +42,8 @@ RUNTIMES = ("pytorch", "openvino fp32", "openvino int8")
 
 def int8_network(net: torch.nn.Module, patch, patches, threads: int) -> RuntimeNetwork:
     """``net`` run by OpenVINO INT8 as an INT8 export's fold runs it."""
-    model = RuntimeNetwork.around(net, "openvino", patch, {"threads": threads})
-    state = dict(model.network.state_dict())
-    state.update(onnx_entries(quantize_openvino(to_onnx(model.network, patch), patches)))
-    model.options = {**model.options, "precision": "int8"}
-    model.load_state_dict(state)
-    return model.eval()
+    blob = quantize_openvino(to_onnx(net, patch), patches)
+    return RuntimeNetwork.from_stored(net, "openvino", {"threads": threads, "precision": "int8"}, blob)
 
 
 def runners(net: torch.nn.Module, patch, patches, threads: int) -> dict:

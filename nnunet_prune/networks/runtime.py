@@ -303,6 +303,23 @@ class RuntimeNetwork(nn.Module):
         self.load_state_dict(state)
         return self.eval()
 
+    @classmethod
+    def from_stored(cls, network: nn.Module, runtime: str, options: Mapping | None, blob) -> RuntimeNetwork:
+        """``network`` (a fold's PyTorch network; deep-copied) with the runtime model its runtime folder stores
+        (``blob``: the ``runtime_model`` of :func:`nnunet_prune.nnunet.modelfolder.read_checkpoint`, an ONNX model
+        or a packed OpenVINO IR), run by ``runtime`` with ``options`` exactly as stock prediction runs the folder
+        (an INT8 fold included). Eval mode.
+
+        Raises:
+            NnUNetPruneError: unknown runtime or options, or a missing runtime package.
+        """
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self._setup(runtime, options)
+        self.network = copy.deepcopy(unwrap(network)).cpu().eval()
+        self.load_state_dict({**self.network.state_dict(), **onnx_entries(_bytes(blob))})
+        return self.eval()
+
     def _setup(self, runtime: str, options: Mapping | None) -> None:
         try:
             self.spec = runtime_spec(runtime)

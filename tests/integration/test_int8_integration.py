@@ -67,6 +67,11 @@ def test_int8_folder_predicts_through_stock_predict_with_its_recorded_dice(nnune
     nnunet.run("nnUNetv2_evaluate_folder", gt, pred, "-djfile", out / "dataset.json", "-pfile", out / "plans.json",
                "-np", 1, "--chill")
     assert read_json(pred / "summary.json")["foreground_mean"]["Dice"] == pytest.approx(kept[0]["int8_dice"], abs=1e-9)
+    # the fold's validation folder is the INT8 model's (what find_best_configuration and report read), not the source's
+    validation = read_json(out / "fold_0" / "validation" / "summary.json")
+    assert validation["foreground_mean"]["Dice"] == pytest.approx(kept[0]["int8_dice"], abs=1e-9)
+    assert sorted(p.name for p in (out / "fold_0" / "validation").glob("*.nii.gz")) == \
+        sorted(f"{c}.nii.gz" for c in kept[0]["cases"])
 
 
 def test_a_drop_above_the_bound_is_refused_and_leaves_nothing(nnunet, dataset2d, dense_model):

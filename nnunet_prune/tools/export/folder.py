@@ -322,10 +322,11 @@ def _write_fold(tmp: Path, mf: ModelFolder, work: FoldWork, plans: dict, x: torc
     it (as PyTorch, then the writer's own check); returns its record."""
     fold_dir = tmp / f"fold_{work.fold}"
     # After magnitude zeroing the source's validation results no longer describe the model; copied, they would let
-    # find_best_configuration rank the pruned model by the dense model's Dice.
+    # find_best_configuration rank the pruned model by the dense model's Dice. (INT8: the export's Dice check writes
+    # the INT8 model's own validation folder.)
     if not fold_dir.exists():
         _copy_without_checkpoints(mf.fold_path(work.fold), fold_dir,
-                                  skip=("validation",) if options.magnitude_tau is not None else ())
+                                  skip=("validation",) if options.magnitude_tau is not None or options.int8 else ())
     source = mf.fold_path(work.fold) / work.checkpoint_name
     state = _storable_state_dict(work.network.state_dict(), options.fp16, options.compact_storage)
     info = {"source": str(source), "magnitude_tau": options.magnitude_tau, "fp16": options.fp16,

@@ -14,7 +14,9 @@ The steps, all before anything is put at ``OUT``:
    then the first convolution and the segmentation head in float. The INT8 folder is exported to a temporary
    folder (:func:`nnunet_prune.tools.export.folder.export_model_folder`), predicted and scored like the reference;
    the first scope whose Dice drop (float Dice - INT8 Dice) is <= ``max_dice_drop`` in **every** fold is kept.
-5. **Put in place** with the check recorded in ``export_summary.json`` (``int8``: per fold and scope the float and
+5. **Put in place**, each fold's ``validation`` folder holding the INT8 predictions and nnU-Net's ``summary.json``
+   of them (so ``nnUNetv2_find_best_configuration`` and ``nnunet-prune report`` see the INT8 model's Dice), with
+   the check recorded in ``export_summary.json`` (``int8``: per fold and scope the float and
    INT8 Dice, the drop, the bound, the validation cases) and how each fold was quantized in its checkpoint's
    ``nnunet_prune_export`` record; or, when no scope holds the bound, a refusal naming the smallest drop reached,
    with everything written removed (the temporary folder is the command's own; ``OUT`` is not touched).
@@ -134,6 +136,16 @@ def _predict_and_score(model: Path, cases: FoldCases, work: Path, name: str, run
     return float(json.loads((out / "summary.json").read_text())["foreground_mean"]["Dice"])
 
 
+def _validation_folder(predictions: Path, fold_dir: Path) -> None:
+    """``fold_dir/validation``: the checked INT8 predictions of the fold's validation cases and nnU-Net's
+    ``summary.json`` of them (what ``nnUNetv2_find_best_configuration`` and ``nnunet-prune report`` read; the
+    source's validation results describe the float model and are not copied)."""
+    target = fold_dir / "validation"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(predictions, target, ignore=lambda _, names: [
+        n for n in names if n.endswith(".json") and n != "summary.json"])
+
+
 def _refusal(checks: list[Int8Check], bound: float) -> str:
     worst = {}
     for c in checks:
@@ -194,6 +206,8 @@ def export_int8(source, output, options: ExportOptions, int8: Int8Options | None
                                "settings": "nnUNetv2_predict_from_modelfolder defaults (mirroring on, step 0.5)",
                                "checks": [{**asdict(c), "drop": c.drop} for c in checks]}
                 (candidate / SUMMARY_FILE).unlink()
+                for c in folds:  # the INT8 model's own validation results, as nnU-Net's validation writes them
+                    _validation_folder(work / f"int8_{scope}_fold_{c.fold}", candidate / f"fold_{c.fold}")
                 put_in_place(candidate, output, result)
                 return result
             shutil.rmtree(candidate)

@@ -283,8 +283,9 @@ def _compiled(row: FoldEfficiency, net: torch.nn.Module, patch: Sequence[int], w
 
 
 def _time_on_cpu(row: FoldEfficiency, net: torch.nn.Module, patch: Sequence[int], compile: bool,
-                 runtimes: Sequence[str], t: _Timing) -> None:
-    """The CPU latencies of ``row``: eager, compiled (with ``compile``) and through each deployment runtime."""
+                 runtimes: Sequence[str], t: _Timing, stored: tuple | None = None) -> None:
+    """The CPU latencies of ``row``: eager, compiled (with ``compile``), through each deployment runtime and, for an
+    INT8 folder, through its stored INT8 model (``stored``: (runtime, options, blob); column ``openvino int8``)."""
     cpu = torch.device("cpu")
     row.threads = t.threads or torch.get_num_threads()
     _put(row, "cpu_ms_eager", measure_latency_stats(net, patch, cpu, t.repeats, t.warmup, threads=t.threads,
@@ -295,6 +296,21 @@ def _time_on_cpu(row: FoldEfficiency, net: torch.nn.Module, patch: Sequence[int]
         if stats is not None:
             row.cpu_ms_runtimes[name], row.cpu_ms_runtimes_iqr[name] = stats.median_ms, stats.iqr_ms
             _verdict(row, name, stats)
+    if stored is not None:
+        name = f"{stored[0]} int8"
+        stats = _runtime_ms(net, stored[0], patch, t.repeats, t.warmup, row.threads, row, t.warn, t.policy,
+                            stored=stored)
+        if stats is not None:
+            row.cpu_ms_runtimes[name], row.cpu_ms_runtimes_iqr[name] = stats.median_ms, stats.iqr_ms
+            _verdict(row, name, stats)
+
+
+def _stored_int8(mf: ModelFolder, fold) -> tuple | None:
+    """(runtime, options, stored model) of an INT8 runtime folder's fold (``export --int8``), else None."""
+    runtime = mf.runtime
+    if runtime is None or runtime[1].get("precision") != "int8":
+        return None
+    return runtime[0], runtime[1], mf.load_checkpoint(fold).get("runtime_model")
 
 
 def _time_on_gpu(row: FoldEfficiency, net: torch.nn.Module, patch: Sequence[int], dev: torch.device, compile: bool,
@@ -343,7 +359,7 @@ def measure_model_folder(path: str | os.PathLike | ModelFolder, folds: Sequence 
         row = _cost_row(mf, fold, net, t)
         row.load_average = load_average()
         if cpu or dev.type == "cpu":
-            _time_on_cpu(row, net, mf.patch_size, compile, runtimes, t)
+            _time_on_cpu(row, net, mf.patch_size, compile, runtimes, t, _stored_int8(mf, fold))
         if dev.type == "cuda":
             _time_on_gpu(row, net, mf.patch_size, dev, compile, bf16, t)
         for message in timing_warnings(row) if warn is not None else []:
@@ -393,13 +409,17 @@ def _verdict(row: FoldEfficiency, key: str, stats: LatencyStats | None) -> None:
 
 def _runtime_ms(net: torch.nn.Module, name: str, patch: Sequence[int], repeats: int, warmup: int, threads: int,
                 row: FoldEfficiency, warn: Callable[[str], None] | None,
-                timing: dict | None = None) -> LatencyStats | None:
+                timing: dict | None = None, stored: tuple | None = None) -> LatencyStats | None:
     """CPU latency of ``net`` run by runtime ``name`` with ``threads`` threads (``timing``: policy, load and clock
-    of :func:`measure_latency_stats`); None plus a note if it fails."""
+    of :func:`measure_latency_stats`; ``stored``: (runtime, options, blob) of a fold's stored model, run as its folder
+    runs it); None plus a note if it fails."""
     from nnunet_prune.networks.runtime import RuntimeNetwork, clear_executors
 
     try:
-        wrapped = RuntimeNetwork.around(net, name, patch, {"threads": threads})
+        if stored is not None:
+            wrapped = RuntimeNetwork.from_stored(net, name, {**stored[1], "threads": threads}, stored[2])
+        else:
+            wrapped = RuntimeNetwork.around(net, name, patch, {"threads": threads})
         return measure_latency_stats(wrapped, patch, torch.device("cpu"), repeats, warmup, threads=threads,
                                      **(timing or {}))
     except Exception as e:  # an operator the runtime lacks must not cost the other numbers
