@@ -45,13 +45,13 @@ def add_parser(sub) -> None:
                         "install \"nnunet-prune[int8]\"), calibrated on sliding-window patches of each fold's training "
                         "cases and checked by stock prediction + nnU-Net's evaluation on its validation cases against "
                         "the float model (needs the dataset in nnUNet_raw / nnUNet_preprocessed); docs/deploy.md")
-    p.add_argument("--max-dice-drop", type=float, default=0.01, metavar="D",
+    p.add_argument("--max-dice-drop", type=float, default=None, metavar="D",
                    help="with --int8: the largest mean foreground Dice drop allowed in any fold (default 0.01); if "
                         "quantizing everything drops more, the first convolution and the segmentation head stay in "
                         "float; if that drops more too, the export is refused and nothing is written")
-    p.add_argument("--calibration-patches", type=int, default=100, metavar="N",
+    p.add_argument("--calibration-patches", type=int, default=None, metavar="N",
                    help="with --int8: calibration patches per fold (default 100)")
-    p.add_argument("-device", default="cpu", choices=("cpu", "cuda", "mps"),
+    p.add_argument("-device", default=None, choices=("cpu", "cuda", "mps"),
                    help="with --int8: the device of the Dice check's predictions (default cpu, where the runtimes run)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output made by this command")
     p.add_argument("--no-verify", action="store_true", help="skip comparing exported and source outputs")
@@ -94,6 +94,11 @@ def run(args) -> int:
             that does not reproduce PyTorch's segmentation.
     """
     options = {k: v for k, v in (("threads", args.threads), ("precision", args.precision)) if v is not None}
+    int8_only = [o for o, v in (("--max-dice-drop", getattr(args, "max_dice_drop", None)),
+                                ("--calibration-patches", getattr(args, "calibration_patches", None)),
+                                ("-device", getattr(args, "device", None))) if v is not None]
+    if int8_only and not getattr(args, "int8", False):
+        raise NnUNetPruneError(f"{', '.join(int8_only)} belong to --int8 (INT8 export); add --int8 or leave them out.")
     if getattr(args, "int8", False):
         if args.precision is not None:
             raise NnUNetPruneError("--int8 sets the precision: leave out --precision.")
@@ -111,8 +116,11 @@ def run(args) -> int:
     if options.get("precision") == "int8":
         from nnunet_prune.tools.export.int8 import Int8Options, export_int8
 
+        defaults = Int8Options()
         result = export_int8(args.model_folder, args.output, export, Int8Options(
-            args.max_dice_drop, args.calibration_patches, args.device))
+            defaults.max_dice_drop if args.max_dice_drop is None else args.max_dice_drop,
+            defaults.calibration_patches if args.calibration_patches is None else args.calibration_patches,
+            args.device or defaults.device))
     else:
         result = export_model_folder(args.model_folder, args.output, export)
     print(result.summary())

@@ -74,14 +74,15 @@ def dataset_folders(model: ModelFolder) -> DatasetFolders:
     out = DatasetFolders(pre / model.configuration_manager.data_identifier, pre / "splits_final.json",
                          pre / "gt_segmentations", Path(folders["nnUNet_raw"]) / name / "imagesTr",
                          model.dataset_json.get("file_ending", ".nii.gz"))
-    for path, what in ((out.data, f"the preprocessed data of configuration {model.configuration_name}"),
-                       (out.splits, "the fold split nnU-Net wrote when it trained"),
-                       (out.reference, "the reference segmentations nnU-Net's preprocessing wrote"),
-                       (out.images, "the raw training images")):
+    plan = f"nnUNetv2_plan_and_preprocess -d {name} with the model's plans"
+    for path, what in ((out.data, f"the preprocessed data of configuration {model.configuration_name}: {plan}"),
+                       (out.splits, "the fold split nnUNetv2_train wrote when the model was trained: copy it from "
+                                    "where it was trained"),
+                       (out.reference, f"the reference segmentations nnU-Net's preprocessing writes: {plan}"),
+                       (out.images, "the raw training images of the dataset (nnU-Net's dataset conversion)")):
         if not path.exists():
-            raise NnUNetPruneError(f"{path} is missing ({what}): INT8 calibration and its Dice check need the dataset "
-                                   f"the model was trained on (nnUNetv2_plan_and_preprocess -d {name} with the "
-                                   f"model's plans).")
+            raise NnUNetPruneError(f"{path} is missing ({what}). INT8 calibration and its Dice check need the dataset "
+                                   f"the model was trained on.")
     return out
 
 
@@ -93,7 +94,12 @@ def fold_cases(model: ModelFolder, folders: DatasetFolders, folds: Sequence | No
         NnUNetPruneError: fold ``all`` (no validation case to check on), a fold the split does not have, no training
             or no validation case, or a validation image missing from ``imagesTr``.
     """
-    splits = json.loads(folders.splits.read_text())
+    try:
+        splits = json.loads(folders.splits.read_text())
+        splits = [{"train": list(s["train"]), "val": list(s["val"])} for s in splits]
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise NnUNetPruneError(f"{folders.splits} is not nnU-Net's fold split (a list of {{'train': [...], 'val': "
+                               f"[...]}}; {type(e).__name__}: {e}).") from None
     channels = len(model.dataset_json.get("channel_names", model.dataset_json.get("modality", {"0": ""})))
     out = []
     for fold in model.folds if folds is None else folds:
@@ -113,6 +119,9 @@ def fold_cases(model: ModelFolder, folders: DatasetFolders, folds: Sequence | No
             if absent:
                 raise NnUNetPruneError(f"fold {fold}: validation case {case} has no {', '.join(absent)} in "
                                        f"{folders.images}.")
+            if not (folders.reference / f"{case}{folders.file_ending}").is_file():
+                raise NnUNetPruneError(f"fold {fold}: validation case {case} has no reference segmentation "
+                                       f"{case}{folders.file_ending} in {folders.reference}.")
             cases.images[case] = files
         out.append(cases)
     return out
@@ -148,7 +157,11 @@ def calibration_patches(model: ModelFolder, folders: DatasetFolders, cases: Fold
     if n < 1:
         raise NnUNetPruneError(f"--calibration-patches must be >= 1; got {n}.")
     patch = list(model.patch_size)
-    dataset = infer_dataset_class(str(folders.data))(str(folders.data), list(cases.train))
+    try:
+        dataset = infer_dataset_class(str(folders.data))(str(folders.data), list(cases.train))
+    except AssertionError as e:  # nnU-Net's own check of the folder's file types
+        raise NnUNetPruneError(f"{folders.data} holds no readable preprocessed data ({e}): run "
+                               f"nnUNetv2_plan_and_preprocess for the model's plans.") from None
     tiles = []  # (case, slicer)
     shapes = {}
     for case in cases.train:
@@ -177,7 +190,12 @@ def link_images(cases: FoldCases, target: str | os.PathLike) -> Path:
     ``nnUNetv2_predict -i`` reads. Returns it."""
     target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
+    import shutil
+
     for files in cases.images.values():
         for f in files:
-            (target / f.name).symlink_to(f.resolve())
+            try:
+                (target / f.name).symlink_to(f.resolve())
+            except OSError:  # a file system without symbolic links: copy
+                shutil.copy2(f, target / f.name)
     return target

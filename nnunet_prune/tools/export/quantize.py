@@ -11,7 +11,7 @@ Why not NNCF's ONNX backend (QDQ ONNX, which ONNX Runtime could run too): on a L
 OpenVINO segmented 95.7 % of the validation voxels like float32, the OpenVINO backend's 99.2 % (docs/deploy.md).
 
 NNCF is optional (``pip install "nnunet-prune[int8]"``); a missing one is a one-line :class:`NnUNetPruneError`.
-Source: NNCF ``nncf.quantize`` (post-training quantization, ONNX backend).
+Source: NNCF ``nncf.quantize`` (post-training quantization, OpenVINO backend).
 """
 
 from __future__ import annotations

@@ -246,12 +246,12 @@ class RuntimeNetworkWriter(FoldWriter):
         if self.is_int8():
             from nnunet_prune.tools.export.quantize import nncf_version
 
-            counts = sorted({len(p) for p in self.int8.patches.values()})
             out["quantization"] = {
                 "tool": f"nncf {nncf_version()}",
                 "method": "post-training (OpenVINO backend), preset performance (symmetric int8 weights per channel, "
                           "int8 activations), fast bias correction",
-                "scope": self.int8.scope, "calibration_patches": counts[-1],
+                "scope": self.int8.scope,
+                "calibration_patches": {str(f): len(p) for f, p in self.int8.patches.items()},
                 "calibration": "sliding-window patches of the fold's preprocessed training cases"}
         return out
 

@@ -129,6 +129,7 @@ def test_missing_nncf_is_a_one_line_install_hint(monkeypatch):
     (ExportOptions(runtime="openvino"), Int8Options(max_dice_drop=-0.1), "max-dice-drop must be in"),
     (ExportOptions(runtime="openvino"), Int8Options(calibration_patches=0), "calibration-patches must be >= 1"),
     (ExportOptions(runtime="openvino", fp16=True), Int8Options(), "--int8 and --fp16"),
+    (ExportOptions(runtime="openvino", magnitude_tau=0.01), Int8Options(), "--int8 and --magnitude-tau"),
     (ExportOptions(runtime="openvino", checkpoints=("checkpoint_final.pth", "checkpoint_best.pth")), Int8Options(),
      "one checkpoint"),
 ])
@@ -136,6 +137,25 @@ def test_bad_int8_requests_are_refused_before_work(tmp_path, options, int8, word
     with pytest.raises(NnUNetPruneError, match=words):
         check_int8_request(tmp_path / "src", tmp_path / "out", options, int8)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_without_its_parent_folder_is_refused(tmp_path):
+    with pytest.raises(NnUNetPruneError, match="parent folder does not exist"):
+        check_int8_request(tmp_path / "src", tmp_path / "no" / "out", ExportOptions(runtime="openvino"), Int8Options())
+    assert not (tmp_path / "no").exists()
+
+
+def test_dice_of_a_class_absent_from_reference_and_prediction_counts_as_segmented():
+    from nnunet_prune.tools.export.int8 import case_mean_dice
+
+    nan = float("nan")
+    summary = {"metric_per_case": [{"metrics": {"1": {"Dice": 0.8}, "2": {"Dice": nan}}},
+                                   {"metrics": {"1": {"Dice": 0.6}, "2": {"Dice": 0.5}}}]}
+    # class 1: (0.8 + 0.6) / 2; class 2: (1.0 + 0.5) / 2 -- nnU-Net's foreground_mean would be NaN here
+    assert case_mean_dice(summary) == pytest.approx((0.7 + 0.75) / 2)
+    # a fold whose validation cases lack a class entirely: finite, so the bound can be checked
+    empty = {"metric_per_case": [{"metrics": {"1": {"Dice": 0.9}, "2": {"Dice": nan}}}]}
+    assert case_mean_dice(empty) == pytest.approx(0.95)
 
 
 def test_the_command_line_refuses_int8_with_precision(tmp_path):
@@ -146,6 +166,9 @@ def test_the_command_line_refuses_int8_with_precision(tmp_path):
         export.run(args)
     args = argparse.Namespace(precision=None, int8=True, threads=None, runtime="pytorch")
     with pytest.raises(NnUNetPruneError, match="add --runtime openvino"):
+        export.run(args)
+    args = argparse.Namespace(precision=None, int8=False, threads=None, runtime="openvino", max_dice_drop=0.02)
+    with pytest.raises(NnUNetPruneError, match="--max-dice-drop belong to --int8"):
         export.run(args)
 
 
