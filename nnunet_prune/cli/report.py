@@ -52,6 +52,9 @@ def add_parser(sub) -> None:
                         "compared with PyTorch's")
     p.add_argument("--step-size", type=float, default=0.5, help="with --predict: sliding-window step size (0.5)")
     p.add_argument("--disable-tta", action="store_true", help="with --predict: no test-time mirroring")
+    p.add_argument("--stages", action="store_true",
+                   help="with --predict: also run each prediction stage by stage (start-up, read, preprocess, network "
+                        "forward, sliding window, resample logits, write, exit) to show where a case's time goes")
     p.set_defaults(func=run)
 
 
@@ -112,6 +115,8 @@ def check_inputs(args) -> None:
         if not 0 < args.step_size <= 1:
             raise NnUNetPruneError(f"--step-size must be in (0, 1] (nnU-Net's default 0.5); got {args.step_size}.")
         check_image_folder(args.predict, "--predict")
+    elif getattr(args, "stages", False):
+        raise NnUNetPruneError("--stages splits a prediction into its stages: give the images with --predict.")
 
 
 def run(args) -> int:
@@ -256,7 +261,7 @@ def _end_to_end(args, plan: _Plan) -> list:
     for mf, label in zip(plan.folders, plan.labels, strict=True):
         runs = measure_end_to_end(mf, args.predict, e2e_runtimes, device=e2e_device, step_size=args.step_size,
                                   tta=not args.disable_tta, label=label, threads=args.threads,
-                                  progress=lambda m: print(m, flush=True))
+                                  progress=lambda m: print(m, flush=True), stages=getattr(args, "stages", False))
         for r in runs:
             print(f"  {r.runtime}: " + (f"failed ({r.error})" if r.error else
                   f"{r.seconds:.1f} s ({r.seconds_per_image:.2f} s per image)"

@@ -636,6 +636,11 @@ def format_markdown(rows: Sequence[FoldEfficiency], end_to_end: Sequence | None 
         from nnunet_prune.tools.report.end_to_end import format_end_to_end
 
         lines += ["", "## End to end: nnUNetv2_predict", "", *format_end_to_end(end_to_end)]
+        staged = [r.stages for r in end_to_end if getattr(r, "stages", None) is not None]
+        if staged:
+            from nnunet_prune.tools.report.stages import format_stages
+
+            lines += ["", "## Where the time goes: the same prediction stage by stage", "", *format_stages(staged)]
     notes = [*class_notes(rows), *(n for r in rows for n in [*r.notes, *timing_warnings(r)])]
     if notes:
         lines += ["", "Notes:", "", *(f"- {n}" for n in notes)]

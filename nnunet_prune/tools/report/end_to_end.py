@@ -57,6 +57,8 @@ class EndToEnd:
     voxels: int | None = None
     error: str | None = None
     not_comparable: str | None = None
+    #: with ``stages``: the same prediction stage by stage (:class:`nnunet_prune.tools.report.stages.StageTiming`)
+    stages: object = None
 
     @property
     def seconds_per_image(self) -> float:
@@ -147,9 +149,18 @@ def format_end_to_end(rows: Sequence[EndToEnd]) -> list[str]:
     return lines
 
 
+def _own_runtime(model: ModelFolder) -> str | None:
+    """The row name of an INT8 folder timed as it is (``openvino int8``), else None (a float runtime folder's own
+    runtime is one of the exported rows)."""
+    if model.runtime is None or model.runtime[1].get("precision") != "int8":
+        return None
+    return f"{model.runtime[0]} int8"
+
+
 def measure_end_to_end(model: ModelFolder, images: str | os.PathLike, runtimes: Sequence[str], *,
                        device: str = "cpu", step_size: float = 0.5, tta: bool = True, label: str | None = None,
-                       threads: int | None = None, progress: Callable[[str], None] | None = None) -> list[EndToEnd]:
+                       threads: int | None = None, progress: Callable[[str], None] | None = None,
+                       stages: bool = False) -> list[EndToEnd]:
     """Time stock ``nnUNetv2_predict_from_modelfolder`` on every image of ``images`` with the chosen folds of
     ``model``: PyTorch first, then each of ``runtimes`` (exported to a temporary folder with ``nnunet-prune export
     --runtime``, deleted afterwards). ``threads``: the runtimes' thread count (default: theirs). A failed run is
@@ -171,13 +182,15 @@ def measure_end_to_end(model: ModelFolder, images: str | os.PathLike, runtimes: 
     with tempfile.TemporaryDirectory(prefix="nnunet_prune_e2e_") as tmp:
         tmp = Path(tmp)
         reference = None
-        for runtime in ["pytorch", *runtimes]:
+        own = _own_runtime(model)  # an INT8 folder (export --int8) is also timed as it is
+        for runtime in ["pytorch", *runtimes, *([own] if own else [])]:
             folder = model.path
             if progress:
                 progress(f"{label}: {COMMAND} through {runtime} on {len(cases)} image(s)")
             row = EndToEnd(label, runtime, len(cases), list(model.folds), tta, step_size, device, 0.0)
             try:
-                if runtime != "pytorch" or model.runtime is not None:  # (a runtime folder's PyTorch baseline too)
+                if runtime != own and (runtime != "pytorch" or model.runtime is not None):  # (a runtime folder's
+                    # PyTorch baseline is exported too)
                     folder = tmp / f"model_{runtime}"
                     takes_threads = runtime != "pytorch" and "threads" in RUNTIMES[runtime].options
                     export_model_folder(model.path, folder, ExportOptions(
@@ -191,6 +204,12 @@ def measure_end_to_end(model: ModelFolder, images: str | os.PathLike, runtimes: 
             row.seconds, row.peak_rss_mb, row.error, row.not_comparable = _run(
                 folder, Path(images).expanduser(), out, model.folds, device, step_size, tta, env,
                 model.checkpoint_name)
+            if stages:
+                from nnunet_prune.tools.report.stages import run_stages
+
+                row.stages = run_stages(folder, Path(images).expanduser(), tmp / f"stages_{runtime}", model.folds,
+                                        step_size=step_size, tta=tta, device=device, checkpoint=model.checkpoint_name,
+                                        label=label, runtime=runtime)
             if row.error is None:
                 segs = _segmentations(out, file_ending)
                 if runtime == "pytorch":
