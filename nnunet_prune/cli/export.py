@@ -116,11 +116,10 @@ def run(args) -> int:
     if options.get("precision") == "int8":
         from nnunet_prune.tools.export.int8 import Int8Options, export_int8
 
-        defaults = Int8Options()
-        result = export_int8(args.model_folder, args.output, export, Int8Options(
-            defaults.max_dice_drop if args.max_dice_drop is None else args.max_dice_drop,
-            defaults.calibration_patches if args.calibration_patches is None else args.calibration_patches,
-            args.device or defaults.device))
+        given = {"max_dice_drop": args.max_dice_drop, "calibration_patches": args.calibration_patches,
+                 "device": args.device}
+        result = export_int8(args.model_folder, args.output, export,
+                             Int8Options(**{k: v for k, v in given.items() if v is not None}))
     else:
         result = export_model_folder(args.model_folder, args.output, export)
     print(result.summary())

@@ -300,15 +300,7 @@ class RuntimeNetwork(nn.Module):
         if dict(options or {}).get("precision") == "int8":
             raise NnUNetPruneError("An INT8 runtime needs calibration patches and a Dice check: nnunet-prune export "
                                    "--runtime openvino --int8 writes one.")
-        self = cls.__new__(cls)
-        nn.Module.__init__(self)
-        self._setup(runtime, options)
-        self.network = copy.deepcopy(unwrap(network)).cpu().eval()
-        state = dict(self.network.state_dict())
-        if self.spec.onnx:
-            state.update(onnx_entries(to_onnx(self.network, patch_size)))
-        self.load_state_dict(state)
-        return self.eval()
+        return cls._wrapping(network, runtime, options, lambda net: to_onnx(net, patch_size))
 
     @classmethod
     def from_stored(cls, network: nn.Module, runtime: str, options: Mapping | None, blob) -> RuntimeNetwork:
@@ -320,11 +312,21 @@ class RuntimeNetwork(nn.Module):
         Raises:
             NnUNetPruneError: unknown runtime or options, or a missing runtime package.
         """
+        return cls._wrapping(network, runtime, options, lambda _: _bytes(blob))
+
+    @classmethod
+    def _wrapping(cls, network: nn.Module, runtime: str, options: Mapping | None,
+                  model_of: Callable[[nn.Module], bytes]) -> RuntimeNetwork:
+        """A copy of ``network`` (CPU, eval) run by ``runtime``; for the ONNX-based runtimes with the stored model
+        ``model_of(copy)`` returns, as a fold's checkpoint would hold it."""
         self = cls.__new__(cls)
         nn.Module.__init__(self)
         self._setup(runtime, options)
         self.network = copy.deepcopy(unwrap(network)).cpu().eval()
-        self.load_state_dict({**self.network.state_dict(), **onnx_entries(_bytes(blob))})
+        state = dict(self.network.state_dict())
+        if self.spec.onnx:
+            state.update(onnx_entries(model_of(self.network)))
+        self.load_state_dict(state)
         return self.eval()
 
     def _setup(self, runtime: str, options: Mapping | None) -> None:

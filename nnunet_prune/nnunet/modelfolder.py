@@ -266,6 +266,11 @@ class ModelFolder:
             cfg = configurations[cfg["inherits_from"]]
         return runtime_of(cfg.get("architecture", {})) if isinstance(cfg, dict) else None
 
+    @property
+    def int8(self) -> bool:
+        """Whether this is an INT8 runtime folder (``nnunet-prune export --int8``)."""
+        return self.runtime is not None and self.runtime[1].get("precision") == "int8"
+
     @cached_property
     def dataset_json(self) -> dict:
         """The folder's dataset.json (read once).

@@ -267,17 +267,6 @@ class RuntimeNetworkWriter(FoldWriter):
         """Whether the runtime computes at reduced precision (the looser limits of :data:`MIN_AGREEMENT`)."""
         return self.options.get("precision", "fp32") != "fp32"
 
-    def _verify_int8(self, net, fold: FoldWork) -> dict:
-        """INT8: the runtime against PyTorch on a real calibration patch (a random one is outside the calibrated
-        ranges); recorded, not judged: the export's Dice check on the validation cases decides."""
-        import torch
-
-        x = torch.from_numpy(fold.calibration[0])
-        with torch.no_grad():
-            out, reference = net.eval()(x), fold.network.eval()(x)
-        return {"runtime_max_abs_difference": float((out - reference).abs().max()),
-                "runtime_argmax_agreement": float((out.argmax(1) == reference.argmax(1)).float().mean())}
-
     def verify(self, folder: Path, fold: FoldWork, x: torch.Tensor) -> dict:
         """Build the written fold as nnU-Net's predictor does (plans -> RuntimeNetwork, the checkpoint's weights as
         they are stored) and compare the runtime's logits and segmentation with the PyTorch network's
@@ -297,14 +286,19 @@ class RuntimeNetworkWriter(FoldWriter):
         net = build_network(pm, cm, json.loads((folder / "dataset.json").read_text()), "nnUNetTrainer")
         ckpt = torch.load(folder / f"fold_{fold.fold}" / fold.checkpoint_name, map_location="cpu", weights_only=False)
         net.load_state_dict(ckpt["network_weights"])
-        if self.is_int8():
-            return self._verify_int8(net, fold)
+        reference = fold.reference
+        if self.is_int8():  # a real calibration patch: a random one lies outside the calibrated ranges
+            x = torch.from_numpy(fold.calibration[0])
+            with torch.no_grad():
+                reference = fold.network.eval()(x)
         with torch.no_grad():
             out = net.eval()(x)
-        difference = float((out - fold.reference).abs().max())
-        agreement = float((out.argmax(1) == fold.reference.argmax(1)).float().mean())
+        difference = float((out - reference).abs().max())
+        agreement = float((out.argmax(1) == reference.argmax(1)).float().mean())
+        if self.is_int8():  # recorded, not judged: the export's Dice check on the validation cases decides
+            return {"runtime_max_abs_difference": difference, "runtime_argmax_agreement": agreement}
         level = "reduced" if self.reduced_precision() else "fp32"
-        largest = max(float(fold.reference.abs().max()), 1.0)
+        largest = max(float(reference.abs().max()), 1.0)
         if agreement < MIN_AGREEMENT[level] or difference > MAX_RELATIVE_DIFFERENCE[level] * largest:
             raise NnUNetPruneError(
                 f"fold {fold.fold} ({fold.checkpoint_name}): the {net.runtime} model does not reproduce PyTorch on a "

@@ -291,26 +291,21 @@ def _time_on_cpu(row: FoldEfficiency, net: torch.nn.Module, patch: Sequence[int]
     _put(row, "cpu_ms_eager", measure_latency_stats(net, patch, cpu, t.repeats, t.warmup, threads=t.threads,
                                                     **t.policy))
     _put(row, "cpu_ms_compiled", _compiled(row, net, patch, cpu, False, t) if compile else None)
-    for name in runtimes:
-        stats = _runtime_ms(net, name, patch, t.repeats, t.warmup, row.threads, row, t.warn, t.policy)
-        if stats is not None:
-            row.cpu_ms_runtimes[name], row.cpu_ms_runtimes_iqr[name] = stats.median_ms, stats.iqr_ms
-            _verdict(row, name, stats)
+    timed = [(name, name, None) for name in runtimes]
     if stored is not None:
-        name = f"{stored[0]} int8"
-        stats = _runtime_ms(net, stored[0], patch, t.repeats, t.warmup, row.threads, row, t.warn, t.policy,
-                            stored=stored)
+        timed.append((f"{stored[0]} int8", stored[0], stored))
+    for column, name, model in timed:
+        stats = _runtime_ms(net, name, patch, t.repeats, t.warmup, row.threads, row, t.warn, t.policy, stored=model)
         if stats is not None:
-            row.cpu_ms_runtimes[name], row.cpu_ms_runtimes_iqr[name] = stats.median_ms, stats.iqr_ms
-            _verdict(row, name, stats)
+            row.cpu_ms_runtimes[column], row.cpu_ms_runtimes_iqr[column] = stats.median_ms, stats.iqr_ms
+            _verdict(row, column, stats)
 
 
 def _stored_int8(mf: ModelFolder, fold) -> tuple | None:
     """(runtime, options, stored model) of an INT8 runtime folder's fold (``export --int8``), else None."""
-    runtime = mf.runtime
-    if runtime is None or runtime[1].get("precision") != "int8":
+    if not mf.int8:
         return None
-    return runtime[0], runtime[1], mf.load_checkpoint(fold).get("runtime_model")
+    return mf.runtime[0], mf.runtime[1], mf.load_checkpoint(fold).get("runtime_model")
 
 
 def _time_on_gpu(row: FoldEfficiency, net: torch.nn.Module, patch: Sequence[int], dev: torch.device, compile: bool,

@@ -149,14 +149,6 @@ def format_end_to_end(rows: Sequence[EndToEnd]) -> list[str]:
     return lines
 
 
-def _own_runtime(model: ModelFolder) -> str | None:
-    """The row name of an INT8 folder timed as it is (``openvino int8``), else None (a float runtime folder's own
-    runtime is one of the exported rows)."""
-    if model.runtime is None or model.runtime[1].get("precision") != "int8":
-        return None
-    return f"{model.runtime[0]} int8"
-
-
 def measure_end_to_end(model: ModelFolder, images: str | os.PathLike, runtimes: Sequence[str], *,
                        device: str = "cpu", step_size: float = 0.5, tta: bool = True, label: str | None = None,
                        threads: int | None = None, progress: Callable[[str], None] | None = None,
@@ -182,7 +174,8 @@ def measure_end_to_end(model: ModelFolder, images: str | os.PathLike, runtimes: 
     with tempfile.TemporaryDirectory(prefix="nnunet_prune_e2e_") as tmp:
         tmp = Path(tmp)
         reference = None
-        own = _own_runtime(model)  # an INT8 folder (export --int8) is also timed as it is
+        # an INT8 folder (export --int8) is also timed as it is (a float runtime folder's runtime is an exported row)
+        own = f"{model.runtime[0]} int8" if model.int8 else None
         for runtime in ["pytorch", *runtimes, *([own] if own else [])]:
             folder = model.path
             if progress:

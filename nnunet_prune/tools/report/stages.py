@@ -47,7 +47,6 @@ from pathlib import Path
 import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
-from nnunetv2.utilities.file_path_utilities import get_output_folder  # noqa (imported as by the stock command)
 predictor = nnUNetPredictor(tile_step_size=float(step), use_mirroring=tta == "1", device=torch.device(device),
                             verbose=False, allow_tqdm=False)
 predictor.initialize_from_trained_model_folder(model, folds, chk)
@@ -102,11 +101,6 @@ class StageTiming:
     seconds: dict = field(default_factory=dict)
     forward_calls: int = 0
     error: str | None = None
-
-    @property
-    def staged_seconds(self) -> float:
-        """The sum of the measured stages (all but *unaccounted*)."""
-        return sum(v for k, v in self.seconds.items() if k != "unaccounted")
 
 
 def run_stages(model: str | os.PathLike, images: str | os.PathLike, output: str | os.PathLike, folds: Sequence,
