@@ -59,6 +59,10 @@ def add_parser(sub) -> None:
     p.add_argument("--runtimes", nargs="+", default=None, metavar="NAME",
                    help="deployment runtimes timed on the CPU next to PyTorch: onnxruntime, openvino (default: every "
                         "installed one; 'none' for none)")
+    from nnunet_prune.cli.cluster import add_executor_arguments
+
+    add_executor_arguments(p, "planning, training, prediction (export, prediction and evaluation of the test "
+                              "images, the magnitude sweep), measurement")
     p.set_defaults(func=run)
 
 
@@ -70,8 +74,11 @@ def run(args) -> int:
 
     Raises:
         NnUNetPruneError: a bad input (checked before any work), or planning failed."""
+    from nnunet_prune.cli.cluster import slurm_options
     from nnunet_prune.nnunet.seeding import check_seed
     from nnunet_prune.tools.benchmark.benchmark import Benchmark, BenchmarkSettings
+
+    options = slurm_options(args)
 
     if args.seeds < 1:
         raise NnUNetPruneError(f"--seeds {args.seeds}: give at least 1 (the number of trainings per method).")
@@ -89,6 +96,8 @@ def run(args) -> int:
 
     methods = table_order(names, distill=args.distill)  # every name checked; the distilled rows added
     device = args.device
+    if device is None and args.executor != "local":
+        device = "cuda" if args.gpus else "cpu"  # the compute nodes': what was asked for
     if device is None and not gpu_driver_present():
         device = "cpu"  # no GPU driver: no need to import torch to know (the benchmark checks its inputs first)
     if device is None:
@@ -100,7 +109,10 @@ def run(args) -> int:
         methods=methods, epochs=args.epochs, iterations=args.iters_per_epoch,
         val_iterations=args.val_iters, test_images=args.test_images, test_labels=args.test_labels, device=device,
         sweep_taus=args.sweep_taus, jobs=args.jobs, repeats=args.repeats,
-        runtimes=[] if args.runtimes == ["none"] else args.runtimes, seed=args.seed, seeds=args.seeds)
+        runtimes=[] if args.runtimes == ["none"] else args.runtimes, seed=args.seed, seeds=args.seeds,
+        executor=args.executor)
+    if args.executor != "local":
+        return run_jobs(Benchmark(settings, args.output), args, options)
     try:
         md = Benchmark(settings, args.output).run()
     except KeyboardInterrupt:
@@ -108,3 +120,42 @@ def run(args) -> int:
     print(f"\nTable: {md}\nCSV: {md.with_suffix('.csv')}\nPlots: {md.parent / 'pareto.png'}")
     print(md.read_text())
     return 0
+
+
+def run_jobs(bench, args, options) -> int:
+    """The benchmark as jobs: ``--executor commands`` writes ``OUT/jobs/jobs.sh``; ``--executor slurm`` submits
+    what is missing, shows the queue, waits with ``--wait``, and once no job is queued or running writes the table
+    from what the jobs did (:meth:`~nnunet_prune.tools.benchmark.jobs.BenchmarkJobs.collect`).
+
+    Returns:
+        0, or 1 when the table was written with failed steps."""
+    from nnunet_prune.cli.cluster import run_on_slurm
+    from nnunet_prune.tools.benchmark.jobs import JOBS, BenchmarkJobs
+    from nnunet_prune.tools.cluster.graph import write_script
+    from nnunet_prune.tools.commands import package_command
+
+    bench.check()
+    bench.out.mkdir(parents=True, exist_ok=True)
+    jobs = BenchmarkJobs(bench)
+    jobs.save_settings()
+    if args.executor == "commands":
+        graph = jobs.graph()
+        path = write_script(graph, bench.out / JOBS / "jobs.sh",
+                            footer=[package_command("benchmark-step", "-o", str(bench.out), "collect")])
+        bench.say(f"wrote {path}: {len(graph.pending())} job(s); its last line writes the table")
+        return 0
+    from nnunet_prune.tools.cluster.submission import Submission
+
+    submission = Submission(jobs.graph, bench.out / JOBS, options, bench.say)
+    if not run_on_slurm(submission, args, bench.say):
+        bench.say("rerun the same command to follow the jobs, or add --wait; the table is written once no job is "
+                  "queued or running")
+        return 0
+    md = jobs.collect()
+    print(f"\nTable: {md}\nCSV: {md.with_suffix('.csv')}\nPlots: {md.parent / 'pareto.png'}")
+    print(md.read_text())
+    failed = [n for n, (s, _) in submission.states().items() if s == "failed"]
+    if failed:
+        bench.say(f"{len(failed)} step(s) failed: {', '.join(failed)}; rerun the same command to resubmit them")
+    return 1 if failed else 0
+

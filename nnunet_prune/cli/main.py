@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "sweep": "nnunet_prune.cli.sweep",
     "plans-from-model": "nnunet_prune.cli.plans_from_model",
     "benchmark": "nnunet_prune.cli.benchmark",
+    "benchmark-step": "nnunet_prune.cli.benchmark_step",
+    "train-folds": "nnunet_prune.cli.trainfolds",
     "pseudo-label": "nnunet_prune.cli.pseudolabel",
 }
 

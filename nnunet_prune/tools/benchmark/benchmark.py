@@ -39,13 +39,13 @@ from pathlib import Path
 
 from nnunet_prune import NnUNetPruneError
 from nnunet_prune.tools.benchmark import tables
-from nnunet_prune.tools.benchmark.measure import measure_method
+from nnunet_prune.tools.benchmark.measure import measure_method, store_measurement, stored_measurement
 from nnunet_prune.tools.benchmark.methods import DENSE, METHOD_NAMES, METHODS, MethodSpec, method_spec, table_order
 from nnunet_prune.tools.benchmark.pareto import dice_noise, pareto_front, plot_pareto
 from nnunet_prune.tools.benchmark.pipeline import Layout, Narrator, Pipeline, run_environment
 from nnunet_prune.tools.benchmark.rows import MEAN_FIELDS, MethodResult, aggregate_rows
 from nnunet_prune.tools.benchmark.runner import INTERRUPTED_CODES, StepFailed, StepInterrupted, StepRunner
-from nnunet_prune.tools.benchmark.settings import STATE, TOOL, BenchmarkSettings, check_inputs
+from nnunet_prune.tools.benchmark.settings import JOB_STEPS, STATE, TOOL, BenchmarkSettings, check_inputs
 from nnunet_prune.tools.benchmark.state import RunState
 
 #: the names this module has always offered (the benchmark's pieces now live in the modules beside it)
@@ -76,6 +76,8 @@ class Benchmark:
         self.rows = self.new_rows(self.seed)
         self.runs: dict[int, dict[str, MethodResult]] = {}  # seed -> that run's rows
         self.state = RunState(self.out / STATE, TOOL)
+        self.commands_file: Path | None = self.out / "commands.sh"  # None in a cluster job (its log says it)
+        self.measure_here = True  # False: only measurements stored by cluster jobs are used
         self.dataset_json: dict = {}
         self.pipeline: Pipeline | None = None  # the current seed's
         self._tag = ""  # "seed S: " before each progress line with several seeds
@@ -117,7 +119,7 @@ class Benchmark:
         """The runner of the steps of seed ``seed``'s run (its results folder and seed in the environment), their
         logs in ``log_dir``, every command in ``commands.sh``."""
         env = run_environment(self.user_env, self.s, seed, self.layout(seed).results)
-        return self.runner_class(env, self.out, log_dir=log_dir, commands=self.out / "commands.sh",
+        return self.runner_class(env, self.out, log_dir=log_dir, commands=self.commands_file,
                                  note_prefix=note_prefix, stop=self._stop)
 
     def new_pipeline(self, seed: int, rows: dict[str, MethodResult]) -> Pipeline:
@@ -146,6 +148,7 @@ class Benchmark:
         self.out.mkdir(parents=True, exist_ok=True)
         record_files(self.out, TOOL, [])  # the manifest at once: from now on the folder is recognisably a benchmark
         self.state.load()
+        self.state.merge_steps(sorted((self.out / JOB_STEPS).glob("*.json")))  # the step times of cluster jobs
         self.state.data["settings"] = json.loads(json.dumps(self.s.identity()))
         self.state.data.setdefault("steps", {})
         self.state.data.pop("interrupted", None)
@@ -185,13 +188,11 @@ class Benchmark:
 
         Raises:
             KeyboardInterrupt: Ctrl-C (the steps that were running end as "interrupted")."""
-        self.seed = seed
-        self.rows = self.runs[seed] = self.new_rows(seed)
+        self.use_seed(seed)
         self._tag = f"seed {seed}: " if self.s.seeds > 1 else ""
         self._dense_done, self._dense_ok = threading.Event(), False
         if DENSE not in self.s.methods:
             self._dense_done.set()
-        self.pipeline = self.new_pipeline(seed, self.rows)
         with ThreadPoolExecutor(max_workers=self.s.jobs) as pool:
             try:
                 list(pool.map(self.run_method, self.methods))  # the dense model first: others wait for it
@@ -202,7 +203,6 @@ class Benchmark:
             if self.rows[m.name].status != "ok":
                 continue
             try:
-                self.say(f"{m.name}: measuring (parameters, MACs, latency)")
                 self.measure(m)
             except Exception as e:  # noqa: BLE001
                 self.rows[m.name].status, self.rows[m.name].error = "failed", f"measuring: {e}"
@@ -247,12 +247,33 @@ class Benchmark:
                 self._dense_done.set()
             self._save_state()
 
+    def use_seed(self, seed: int) -> None:
+        """Make seed ``seed``'s run the current one: its empty rows (in :attr:`runs`) and its pipeline."""
+        self.seed = seed
+        self.rows = self.runs[seed] = self.new_rows(seed)
+        self.pipeline = self.new_pipeline(seed, self.rows)
+
+    def measurement_file(self, m: MethodSpec) -> Path:
+        """Where the current seed's measurement of ``m`` is stored (``seed_<S>/measurements/<method>.json``)."""
+        return self.pipeline.layout.run / "measurements" / f"{m.name}.json"
+
     def measure(self, m: MethodSpec) -> None:
         """Parameters, MACs, checkpoint size, latencies (and validation Dice without a test set) of a trained method
         (its export where it is measured exported), averaged over its folds; its map picture copied to ``maps/``
-        (first seed): :func:`~nnunet_prune.tools.benchmark.measure.measure_method`."""
-        measure_method(self.rows[m.name], self.pipeline.layout.model_folder(m), self.pipeline.measured_folder(m),
+        (first seed): :func:`~nnunet_prune.tools.benchmark.measure.measure_method`. Stored in
+        :meth:`measurement_file` and reused from there with the same folds, device, repeats and runtimes."""
+        row, file = self.rows[m.name], self.measurement_file(m)
+        if stored_measurement(row, file, self.s):
+            self.say(f"{m.name}: measured before (reused: {file.relative_to(self.out)})")
+            return
+        if not self.measure_here:
+            raise StepFailed(f"not measured by its cluster job ({file.relative_to(self.out)} is missing); rerun the "
+                             f"command to resubmit it")
+        self.say(f"{m.name}: measuring (parameters, MACs, latency)")
+        before = asdict(row)
+        measure_method(row, self.pipeline.layout.model_folder(m), self.pipeline.measured_folder(m),
                        self.s, maps=self.out / "maps" if self.seed == self.s.seed else None, name=m.name)
+        store_measurement(row, before, file, self.s)
 
     def _save_state(self) -> None:
         self.state.save(rows={k: asdict(v) for k, v in self.rows.items()},

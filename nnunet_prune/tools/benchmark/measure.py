@@ -7,8 +7,10 @@ is not measured here: it is nnU-Net's ``summary.json`` (:meth:`Pipeline.predict
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 from nnunet_prune.tools.benchmark.rows import MethodResult
@@ -62,6 +64,36 @@ def measure_method(row: MethodResult, trained: Path, measured: Path, s: Benchmar
         row.initial_parameters = float(initial) if initial else None
     if maps is not None:
         copy_map(row, trained / f"fold_{s.folds[0]}", maps, name)
+
+
+def measurement_key(s: BenchmarkSettings) -> dict:
+    """What a stored measurement depends on besides the trained folds: folds, device, repeats, runtimes."""
+    return {"folds": [str(f) for f in s.folds], "device": s.device, "repeats": s.repeats,
+            "runtimes": sorted(s.runtimes) if s.runtimes is not None else None}
+
+
+def stored_measurement(row: MethodResult, file: Path, s: BenchmarkSettings) -> bool:
+    """Apply the measurement stored in ``file`` (by :func:`store_measurement`, with the same
+    :func:`measurement_key`) to ``row``; False when there is none to reuse."""
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return False
+    if data.get("key") != measurement_key(s):
+        return False
+    for name, value in data["fields"].items():
+        setattr(row, name, value)
+    return True
+
+
+def store_measurement(row: MethodResult, before: dict, file: Path, s: BenchmarkSettings) -> None:
+    """Store what a measurement changed in ``row`` (``before``: ``asdict(row)`` before it) in ``file``, so that a
+    rerun, or the benchmark collecting its cluster jobs, reuses it (a temporary file, then a rename)."""
+    changed = {k: v for k, v in asdict(row).items() if before.get(k) != v}
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_text(json.dumps({"key": measurement_key(s), "fields": changed}, indent=2, default=str))
+    tmp.replace(file)
 
 
 def validation_dice(row: MethodResult, trained: Path, folds: Sequence) -> None:

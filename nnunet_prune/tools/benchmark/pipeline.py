@@ -163,10 +163,30 @@ class Pipeline:
         self.train_method(m)
         self.finish_method(m)
 
-    def train_method(self, m: MethodSpec) -> None:
-        """Train ``m``'s folds with its variables (:meth:`method_env`: the magnitude method after the dense model's
-        sweep)."""
-        self.train(m, self.method_env(m))
+    def train_method(self, m: MethodSpec, folds: Sequence | None = None) -> None:
+        """Train ``m``'s folds (``folds``: only those) with its variables (:meth:`method_env`: the magnitude method
+        after the dense model's sweep)."""
+        self.train(m, self.method_env(m), folds)
+
+    def trained(self, m: MethodSpec, fold) -> bool:
+        """Whether fold ``fold`` of ``m`` is trained and validated (a rerun reuses it)."""
+        fd = self.layout.model_folder(m) / f"fold_{fold}"
+        return (fd / "checkpoint_final.pth").is_file() and (fd / "validation" / "summary.json").is_file()
+
+    def finished(self, m: MethodSpec) -> bool:
+        """Whether :meth:`finish_method` has nothing left to do for ``m`` (its export, its test-set summary)."""
+        return (not m.export or (self.layout.exported(m) / "plans.json").is_file()) and \
+            (not self.s.test_images or (self.layout.predictions(m) / "summary.json").is_file())
+
+    def planned(self, methods: Sequence[MethodSpec]) -> bool:
+        """Whether :meth:`plan` has nothing left to do for ``methods``."""
+        pre = Path(self.env["nnUNet_preprocessed"]) / self.s.dataset
+        default = pre / "nnUNetPlans.json"
+        if not default.is_file():
+            return False
+        cfg = json.loads(default.read_text())["configurations"].get(self.s.configuration, {})
+        return (pre / cfg.get("data_identifier", f"nnUNetPlans_{self.s.configuration}")).is_dir() and \
+            all((pre / f"{m.plans}.json").is_file() for m in methods if m.planner)
 
     def finish_method(self, m: MethodSpec) -> None:
         """After the training: export ``m`` where it is measured exported, predict and evaluate the held-out images
@@ -229,14 +249,14 @@ class Pipeline:
                                                         "-pl", planner, "-np", n, "-npfp", n])
 
     # ------------------------------------------------------------------ training
-    def train(self, m: MethodSpec, extra_env: Mapping[str, str] | None = None) -> None:
-        """Train every fold of ``m`` (reused when finished and validated; continued with ``--c`` when interrupted,
-        the time so far counted); its training seconds go to its row."""
+    def train(self, m: MethodSpec, extra_env: Mapping[str, str] | None = None, folds: Sequence | None = None) -> None:
+        """Train every fold of ``m`` (``folds``: only those; reused when finished and validated; continued with
+        ``--c`` when interrupted, the time so far counted); its training seconds go to its row."""
         row = self.rows[m.name]
-        for fold in self.s.folds:
+        for fold in self.s.folds if folds is None else folds:
             fd = self.layout.model_folder(m) / f"fold_{fold}"
             key = self.key(f"{m.name} train fold {fold}")
-            if (fd / "checkpoint_final.pth").is_file() and (fd / "validation" / "summary.json").is_file():
+            if self.trained(m, fold):
                 self.narrate.reused(m, fold)
                 row.train_seconds += self.state.seconds(key) or 0.0
                 continue

@@ -17,6 +17,8 @@ from nnunet_prune.tools.benchmark.state import RunState
 #: the manifest's name of the benchmark's files, its output folder's marker and its state file
 TOOL = "benchmark"
 STATE = "benchmark_state.json"
+#: where a benchmark's cluster jobs keep their own step times (one state file per job), inside its output folder
+JOB_STEPS = "jobs/steps"
 
 
 @dataclass
@@ -25,7 +27,8 @@ class BenchmarkSettings:
     budget (``epochs`` x ``iterations`` training iterations, ``val_iterations`` per epoch), the held-out images and
     labels (None: the folds' validation), the device, and the seeds: ``seeds`` trainings of every method, with seeds
     ``seed`` .. ``seed + seeds - 1``. Everything but ``methods``, ``jobs``, ``repeats``, ``runtimes`` and ``seeds``
-    must match on a rerun in the same output folder (more seeds add runs; fewer use the first ones)."""
+    must match on a rerun in the same output folder (more seeds add runs; fewer use the first ones). ``executor``:
+    where the steps run (``local``; ``slurm``, ``commands``: the device is the compute nodes', not checked here)."""
 
     dataset: str
     configuration: str
@@ -43,6 +46,7 @@ class BenchmarkSettings:
     runtimes: list[str] | None = None
     seed: int = 0
     seeds: int = 1
+    executor: str = "local"
 
     def identity(self) -> dict:
         """The settings that define the results (a rerun must give the same)."""
@@ -114,7 +118,7 @@ def _check_numbers(s: BenchmarkSettings) -> None:
     check_seed(s.seed + s.seeds - 1, "--seed + --seeds - 1")
     if s.device not in ("cpu", "cuda"):
         raise NnUNetPruneError(f"--device must be cpu or cuda, not {s.device!r}.")
-    if s.device == "cuda":
+    if s.device == "cuda" and s.executor == "local":
         import torch
 
         if not torch.cuda.is_available():

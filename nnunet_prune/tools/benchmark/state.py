@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,9 +15,10 @@ class RunState:
     """The state of a run, kept in :attr:`data` (``steps``: step name, e.g. ``seed 0: dense train fold 0`` -> wall
     seconds, in the order the steps first ran; plus what the owner stores) and written to ``file`` by :meth:`save`
     (None: in memory only). ``tool`` names the owner of the file in its folder's manifest
-    (:func:`nnunet_prune.core.outputs.record_files`). Thread-safe: the benchmark's methods run in threads."""
+    (:func:`nnunet_prune.core.outputs.record_files`; None: not recorded, e.g. a cluster job's own state, which the
+    benchmark records when it collects). Thread-safe: the benchmark's methods run in threads."""
 
-    def __init__(self, file: Path | None = None, tool: str = "benchmark"):
+    def __init__(self, file: Path | None = None, tool: str | None = "benchmark"):
         self.file, self.tool = file, tool
         self.data: dict = {}
         self._lock = threading.Lock()
@@ -31,6 +32,14 @@ class RunState:
             except ValueError:
                 self.data = {}
         return self.data
+
+    def merge_steps(self, files: Iterable[Path]) -> None:
+        """Take the step times other processes recorded in ``files`` (the states of a benchmark's cluster jobs, each
+        written by its job only): theirs win over this state's."""
+        for file in files:
+            steps = RunState(file).load().get("steps", {})
+            with self._lock:
+                self.data.setdefault("steps", {}).update(steps)
 
     def seconds(self, key: str) -> float | None:
         """The recorded seconds of step ``key`` (None: not recorded)."""
@@ -63,6 +72,8 @@ class RunState:
             if self.file is None:
                 return
             tmp = self.file.with_name(self.file.name + ".tmp")
+            tmp.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(self.data, indent=2, default=str))
             tmp.replace(self.file)
-            record_files(self.file.parent, self.tool, [self.file])
+            if self.tool is not None:
+                record_files(self.file.parent, self.tool, [self.file])
