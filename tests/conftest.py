@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["tests.slurm_fixture"]  # the session's real Slurm cluster (fixture ``slurm``)
+
 BIN = Path(sys.executable).parent
 DATASET_2D = 601
 DATASET_3D = 602
