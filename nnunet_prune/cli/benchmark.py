@@ -79,6 +79,9 @@ def run(args) -> int:
     from nnunet_prune.tools.benchmark.benchmark import Benchmark, BenchmarkSettings
 
     options = slurm_options(args)
+    if args.jobs != 1 and args.executor != "local":
+        raise NnUNetPruneError(f"--jobs applies to the local executor; with --executor {args.executor} the "
+                               f"scheduler runs as many jobs at once as it allows.")
 
     if args.seeds < 1:
         raise NnUNetPruneError(f"--seeds {args.seeds}: give at least 1 (the number of trainings per method).")
@@ -147,7 +150,7 @@ def run_jobs(bench, args, options) -> int:
     from nnunet_prune.tools.cluster.submission import Submission
 
     submission = Submission(jobs.graph, bench.out / JOBS, options, bench.say)
-    if not run_on_slurm(submission, args, bench.say):
+    if not run_on_slurm(submission, args, bench.say, bench.s.device):
         bench.say("rerun the same command to follow the jobs, or add --wait; the table is written once no job is "
                   "queued or running")
         return 0

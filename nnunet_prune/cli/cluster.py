@@ -63,9 +63,14 @@ def slurm_options(args):
     return SlurmOptions.parse(given, args.slurm_arg, args.max_requeues)
 
 
-def run_on_slurm(submission, args, say: Callable[[str], None]) -> bool:
+def run_on_slurm(submission, args, say: Callable[[str], None], device: str) -> bool:
     """Submit what is missing (``submission``: a :class:`~nnunet_prune.tools.cluster.submission.Submission`), say
-    the job ids and the queue, wait with ``--wait``; returns whether no job is queued or running any more."""
+    the job ids and the queue, wait with ``--wait``; returns whether no job is queued or running any more. A
+    training on ``device`` cuda without a GPU asked for (``--gpus``, a ``gres``/``gpu`` sbatch option) is noted."""
+    asked = submission.options.options("training")
+    if device == "cuda" and not any("gpu" in k or "gres" in k for k in asked):
+        say("note: the trainings run on cuda, but no GPU is asked for (--gpus training=1, or "
+            "--slurm-arg=--gres=gpu:1): they get one only where the partition gives one by default")
     submitted = submission.submit()
     for name, job_id in submitted:
         say(f"submitted job {job_id}: {name}")

@@ -160,6 +160,12 @@ def run(args) -> int:
     int8 = _version("nncf") if is_available("openvino") else "needs openvino"
     print(f"  {'openvino --int8 (NNCF)':<30} {int8}  (INT8 export with a Dice bound; pip install "
           f"\"nnunet-prune[int8]\")")
+    import shutil
+
+    sbatch = shutil.which("sbatch")
+    print("\nCluster execution (--executor slurm; optional: pip install \"nnunet-prune[slurm]\"):")
+    print(f"  {'submitit':<30} {_version('submitit')}")
+    print(f"  {'sbatch':<30} {sbatch or 'not on PATH'}  (Slurm's commands on this machine)")
     problems = _print_variables()
     try:
         import _nnunet_prune_hook as hook

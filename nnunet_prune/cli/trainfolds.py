@@ -62,7 +62,7 @@ def run(args) -> int:
     from nnunet_prune.tools.cluster.submission import Submission
 
     submission = Submission(training.graph, folder / JOBS, options, say)
-    if run_on_slurm(submission, args, say):
+    if run_on_slurm(submission, args, say, args.device):
         failed = [n for n, (s, _) in submission.states().items() if s == "failed"]
         say("every fold is trained and validated" if not failed else
             f"failed: {', '.join(failed)} (rerun the same command to resubmit)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,14 +84,16 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 def test_a_signalled_training_is_requeued_and_finishes_with_c(nnunet, dataset2d, slurm, tmp_path):
     results = tmp_path / "results"
-    env = {"nnUNet_results": str(results), "nnUNet_n_proc_DA": "0", "NNUNET_PRUNE_EPOCHS": "12", **slurm.env}
+    # checkpoint_latest.pth every 2 epochs (NNUNET_PRUNE_SAVE_EVERY; nnU-Net's own: 50), carried into the job
+    env = {"nnUNet_results": str(results), "nnUNet_n_proc_DA": "0", "NNUNET_PRUNE_EPOCHS": "12",
+           "NNUNET_PRUNE_SAVE_EVERY": "2", **slurm.env}
     cmd = [*PRUNE, "train-folds", "-d", DATASET_2D, "-c", "2d", "-tr", "nnUNetTrainerBudget", "-device", "cpu",
            "--executor", "slurm", "--cpus", "2", "--poll", "1"]
     nnunet.run(*cmd, "-f", 0, env=env)
     folder = next(results.glob("*/nnUNetTrainerBudget__nnUNetPlans__2d"))
     jobs = folder / "nnunet_prune_jobs"
     job_id = ledger(jobs)["fold 0"]["job_id"]
-    _wait_for(lambda: list((folder / "fold_0").glob("training_log_*.txt")), 120, "the training to start")
+    _wait_for(lambda: (folder / "fold_0" / "checkpoint_latest.pth").is_file(), 120, "a first checkpoint")
     subprocess.run(["scancel", "--signal=USR1", job_id], env={**os.environ, **slurm.env}, check=True)
     finished = nnunet.run(*cmd, "-f", 0, "--wait", env=env, timeout=600)
     assert "fold 0: done (job " + job_id in finished.stdout  # the same job, requeued
@@ -100,6 +103,12 @@ def test_a_signalled_training_is_requeued_and_finishes_with_c(nnunet, dataset2d,
     assert "requeue 1 of at most 3" in record["attempts"][0]["detail"]
     assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
     assert "nnUNetv2_train" in (jobs / "logs" / "fold_0.attempt2.log").read_text().splitlines()[0]
+    # the second attempt continued from the checkpoint: its training log starts at a later epoch than 0
+    logs = sorted((folder / "fold_0").glob("training_log_*.txt"), key=lambda p: p.stat().st_mtime)
+    assert len(logs) == 2
+    first_epoch = next(int(line.split("Epoch ")[1]) for line in logs[1].read_text().splitlines()
+                       if re.search(r": Epoch \d+\s*$", line))
+    assert first_epoch >= 2
 
     # no requeue left: the signalled job fails, and a rerun submits it again
     nnunet.run(*cmd, "-f", 1, "--max-requeues", 0, env=env)
@@ -141,6 +150,6 @@ def test_bad_input_is_refused_before_any_job_is_submitted(nnunet, dataset2d, slu
                            f"mount -t tmpfs none '{private}' && exec {line}"],
                           env={**nnunet.env, **env, "nnUNet_results": str(private / "results")}, capture_output=True,
                           text=True, timeout=300)
-    assert proc.returncode == 2 and "could not read and write" in proc.stderr and "compute nodes share" in proc.stderr, \
-        proc.stderr
+    said = proc.stderr
+    assert proc.returncode == 2 and "could not read and write" in said and "compute nodes share" in said, said
     assert slurm.squeue() == before and not results.exists()  # nothing queued, nothing written

@@ -160,7 +160,9 @@ class Benchmark:
             self.say(f"benchmark of {len(self.methods)} method(s) on {self.s.dataset} {self.s.configuration}, folds "
                      f"{self.s.folds}, {self.s.epochs} epochs x {self.s.iterations} iterations, "
                      + (f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]})")
-                     + f", device {self.s.device}, {self.s.jobs} job(s) at a time; output {self.out}")
+                     + f", device {self.s.device}, " + (f"{self.s.jobs} job(s) at a time" if self.s.executor == "local"
+                                                        else f"steps run by {self.s.executor} jobs")
+                     + f"; output {self.out}")
             self.plan()
             for seed in seeds:
                 self.run_seed(seed)

@@ -24,7 +24,8 @@ HANDLER_WAIT_S = 30
 
 class JobRecord:
     """The record of one job (``<name>.json``): its name, command and attempts (Slurm job id, restart count, host,
-    start and end times, outcome: ``running``, ``done``, ``failed``, ``requeued``). Written by the job only (a
+    start and end times, outcome: ``running``, ``done``, ``failed``, ``requeued``, ``killed``: ended without a word,
+    e.g. preempted with Slurm's own requeue). Written by the job only (a
     temporary file, then a rename); read by the submitting command."""
 
     def __init__(self, path: Path):
@@ -47,6 +48,9 @@ class JobRecord:
         """A new attempt of job ``name`` begins here (the Slurm job id and restart count from the environment);
         returns its number (1, 2, ...)."""
         data = self.read() or {"name": name, "command": list(command), "attempts": []}
+        if data["attempts"] and data["attempts"][-1]["outcome"] == "running":
+            data["attempts"][-1].update(outcome="killed", detail="ended without a word: preempted, its node failed "
+                                                                 "or it was killed (Slurm requeued it)")
         data["attempts"].append({"job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(),
                                  "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0),
                                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "outcome": "running"})
