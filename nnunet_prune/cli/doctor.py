@@ -133,6 +133,15 @@ def _print_variables() -> list[str]:
     return [f"{line}: rename or unset it" for line in problems]
 
 
+def _print_cluster() -> None:
+    """submitit and Slurm's sbatch, for ``--executor slurm``."""
+    import shutil
+
+    print("\nCluster execution (--executor slurm; optional: pip install \"nnunet-prune[slurm]\"):")
+    print(f"  {'submitit':<30} {_version('submitit')}")
+    print(f"  {'sbatch':<30} {shutil.which('sbatch') or 'not on PATH'}  (Slurm's commands on this machine)")
+
+
 def run(args) -> int:
     """Print versions, nnU-Net's and this package's environment variables and the start-up hook's state, then check in
     a fresh interpreter that nnU-Net finds every trainer and planner of this package and that every patch applies.
@@ -160,12 +169,7 @@ def run(args) -> int:
     int8 = _version("nncf") if is_available("openvino") else "needs openvino"
     print(f"  {'openvino --int8 (NNCF)':<30} {int8}  (INT8 export with a Dice bound; pip install "
           f"\"nnunet-prune[int8]\")")
-    import shutil
-
-    sbatch = shutil.which("sbatch")
-    print("\nCluster execution (--executor slurm; optional: pip install \"nnunet-prune[slurm]\"):")
-    print(f"  {'submitit':<30} {_version('submitit')}")
-    print(f"  {'sbatch':<30} {sbatch or 'not on PATH'}  (Slurm's commands on this machine)")
+    _print_cluster()
     problems = _print_variables()
     try:
         import _nnunet_prune_hook as hook
