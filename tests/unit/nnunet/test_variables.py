@@ -123,6 +123,8 @@ def test_every_command_refuses_an_unknown_variable_before_any_work(monkeypatch, 
         "benchmark": ["benchmark", "-d", "7", "-c", "2d", "-o", str(out)],
         "pseudo-label": ["pseudo-label", "-d", "7", "-c", "2d", "-tr", "nnUNetTrainerBudget", "-i", str(tmp_path),
                          "-o", "8"],
+        "benchmark-step": ["benchmark-step", "-o", str(out), "plan"],
+        "train-folds": ["train-folds", "-d", "7", "-c", "2d", "--executor", "commands"],
     }
     assert set(calls) == set(SUBCOMMANDS) - {"doctor"}
     for argv in calls.values():
