@@ -99,8 +99,8 @@ def run(args) -> int:
 
     methods = table_order(names, distill=args.distill)  # every name checked; the distilled rows added
     device = args.device
-    if device is None and args.executor != "local":
-        device = "cuda" if args.gpus else "cpu"  # the compute nodes': what was asked for
+    if device is None and args.executor == "slurm":
+        device = "cuda" if options.asks_for_gpus() else "cpu"  # the compute nodes': what was asked for
     if device is None and not gpu_driver_present():
         device = "cpu"  # no GPU driver: no need to import torch to know (the benchmark checks its inputs first)
     if device is None:
@@ -116,6 +116,17 @@ def run(args) -> int:
         executor=args.executor)
     if args.executor != "local":
         return run_jobs(Benchmark(settings, args.output), args, options)
+    from pathlib import Path
+
+    from nnunet_prune.tools.benchmark.jobs import JOBS
+    from nnunet_prune.tools.cluster.submission import active_steps
+
+    busy = active_steps(Path(args.output).expanduser() / JOBS)
+    if busy:
+        named = ", ".join(busy[:3]) + (", ..." if len(busy) > 3 else "")
+        raise NnUNetPruneError(f"-o {args.output}: {len(busy)} of its steps are Slurm jobs still queued or running "
+                               f"({named}); running them here too would train the same folds twice. Follow them with "
+                               f"--executor slurm (the same command), or scancel them first.")
     try:
         md = Benchmark(settings, args.output).run()
     except KeyboardInterrupt:
@@ -132,6 +143,8 @@ def run_jobs(bench, args, options) -> int:
 
     Returns:
         0, or 1 when the table was written with failed steps."""
+    from pathlib import Path
+
     from nnunet_prune.cli.cluster import run_on_slurm
     from nnunet_prune.tools.benchmark.jobs import JOBS, BenchmarkJobs
     from nnunet_prune.tools.cluster.graph import write_script
@@ -149,7 +162,9 @@ def run_jobs(bench, args, options) -> int:
         return 0
     from nnunet_prune.tools.cluster.submission import Submission
 
-    submission = Submission(jobs.graph, bench.out / JOBS, options, bench.say)
+    env = bench.user_env
+    seen = [Path(env["nnUNet_raw"]) / bench.s.dataset, Path(env["nnUNet_preprocessed"]) / bench.s.dataset]
+    submission = Submission(jobs.graph, bench.out / JOBS, options, bench.say, visible=seen)
     if not run_on_slurm(submission, args, bench.say, bench.s.device):
         bench.say("rerun the same command to follow the jobs, or add --wait; the table is written once no job is "
                   "queued or running")
@@ -157,7 +172,7 @@ def run_jobs(bench, args, options) -> int:
     md = jobs.collect()
     print(f"\nTable: {md}\nCSV: {md.with_suffix('.csv')}\nPlots: {md.parent / 'pareto.png'}")
     print(md.read_text())
-    failed = [n for n, (s, _) in submission.states().items() if s == "failed"]
+    failed = [n for n, (s, _) in submission.states()[1].items() if s == "failed"]
     if failed:
         bench.say(f"{len(failed)} step(s) failed: {', '.join(failed)}; rerun the same command to resubmit them")
     return 1 if failed else 0

@@ -24,12 +24,20 @@ def run(args) -> int:
         0; 1 when collecting found failed steps.
 
     Raises:
-        NnUNetPruneError: OUT holds no benchmark planned as jobs, no such step, or the step failed."""
+        NnUNetPruneError: OUT holds no benchmark planned as jobs, no such step, or the step failed.
+        KeyboardInterrupt: Ctrl-C, or SIGUSR1 / SIGTERM (Slurm's requeue signal, a preemption): the step's time so
+            far is saved first (exit code 130)."""
+    import signal
     from pathlib import Path
 
     from nnunet_prune.tools.benchmark.benchmark import Benchmark
     from nnunet_prune.tools.benchmark.jobs import BenchmarkJobs, stored_settings
 
+    def interrupted(signum, frame):  # Slurm's requeue signal or a preemption: the step's time so far is kept
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGUSR1, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
     out = Path(args.output).expanduser().resolve()
     bench = Benchmark(stored_settings(out), out)
     bench.check()

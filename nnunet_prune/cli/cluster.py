@@ -3,7 +3,7 @@ options given once or per kind of job, waiting), and following a Slurm submissio
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from nnunet_prune import NnUNetPruneError
 
@@ -45,12 +45,13 @@ def add_executor_arguments(p, kinds: str) -> None:
                    help="seconds between looks at the queue with --wait (default 30)")
 
 
-def slurm_options(args):
-    """The :class:`~nnunet_prune.tools.cluster.slurm.SlurmOptions` of the command line; with another executor than
-    slurm, any of them is refused.
+def slurm_options(args, kinds: Sequence[str] | None = None):
+    """The :class:`~nnunet_prune.tools.cluster.slurm.SlurmOptions` of the command line (``kinds``: the kinds of job
+    the command has; None: all); with another executor than slurm, any of them is refused.
 
     Raises:
         NnUNetPruneError: a Slurm option without --executor slurm, or a malformed one."""
+    from nnunet_prune.tools.cluster.graph import KINDS
     from nnunet_prune.tools.cluster.slurm import SlurmOptions
 
     given = {name: getattr(args, name) for name in SLURM_OPTIONS}
@@ -60,17 +61,18 @@ def slurm_options(args):
         raise NnUNetPruneError(f"{', '.join(used)} only apply with --executor slurm.")
     if args.poll <= 0:
         raise NnUNetPruneError("--poll must be more than 0 seconds.")
-    return SlurmOptions.parse(given, args.slurm_arg, args.max_requeues)
+    return SlurmOptions.parse(given, args.slurm_arg, args.max_requeues, kinds or KINDS)
 
 
 def run_on_slurm(submission, args, say: Callable[[str], None], device: str) -> bool:
     """Submit what is missing (``submission``: a :class:`~nnunet_prune.tools.cluster.submission.Submission`), say
     the job ids and the queue, wait with ``--wait``; returns whether no job is queued or running any more. A
     training on ``device`` cuda without a GPU asked for (``--gpus``, a ``gres``/``gpu`` sbatch option) is noted."""
-    asked = submission.options.options("training")
-    if device == "cuda" and not any("gpu" in k or "gres" in k for k in asked):
-        say("note: the trainings run on cuda, but no GPU is asked for (--gpus training=1, or "
-            "--slurm-arg=--gres=gpu:1): they get one only where the partition gives one by default")
+    kinds = {j.kind for j in submission.plan().jobs} - {"planning"}
+    without = [k for k in sorted(kinds) if not submission.options.asks_for_gpus(k)]
+    if device == "cuda" and without:
+        say(f"note: the {', '.join(without)} jobs run on cuda but ask for no GPU (--gpus KIND=1, or "
+            f"--slurm-arg=KIND=--gres=gpu:1): they get one only where the partition gives one by default")
     submitted = submission.submit()
     for name, job_id in submitted:
         say(f"submitted job {job_id}: {name}")
@@ -78,5 +80,5 @@ def run_on_slurm(submission, args, say: Callable[[str], None], device: str) -> b
         say("nothing to submit: every step is done, queued or running")
     for line in submission.summary():
         say(line)
-    states = submission.wait(args.poll) if args.wait else submission.states()
+    states = submission.wait(args.poll) if args.wait else submission.states()[1]
     return not any(s not in ("done", "failed", "new") for s, _ in states.values())

@@ -42,11 +42,12 @@ def run(args) -> int:
     from nnunet_prune.tools.cluster.graph import write_script
     from nnunet_prune.tools.trainfolds import JOBS, FoldTraining, train_here
 
-    options = slurm_options(args)
+    options = slurm_options(args, kinds=("training",))
     dataset = resolve_dataset(args.dataset)
     folder, folds = check_fold_training(dataset, args.configuration, args.trainer, args.plans, args.folds)
     training = FoldTraining(dataset, args.configuration, args.trainer, args.plans, folds, args.device, folder,
                             ["--npz"] if args.npz else [])
+    folder.mkdir(parents=True, exist_ok=True)  # where the jobs run and keep their files (nnU-Net makes it too)
     start = time.perf_counter()
 
     def say(text: str) -> None:
@@ -59,11 +60,14 @@ def run(args) -> int:
         path = write_script(training.graph(), folder / JOBS / "jobs.sh")
         say(f"wrote {path} ({len(training.graph().pending())} job(s))")
         return 0
+    from pathlib import Path
+
     from nnunet_prune.tools.cluster.submission import Submission
 
-    submission = Submission(training.graph, folder / JOBS, options, say)
+    seen = [Path(os.environ["nnUNet_preprocessed"]) / dataset]
+    submission = Submission(training.graph, folder / JOBS, options, say, visible=seen)
     if run_on_slurm(submission, args, say, args.device):
-        failed = [n for n, (s, _) in submission.states().items() if s == "failed"]
+        failed = [n for n, (s, _) in submission.states()[1].items() if s == "failed"]
         say("every fold is trained and validated" if not failed else
             f"failed: {', '.join(failed)} (rerun the same command to resubmit)")
         return 1 if failed else 0

@@ -43,10 +43,11 @@ class FoldTraining:
                 "-p", self.plans, "-device", self.device, *self.extra, "--c"]
 
     def graph(self, env: Mapping[str, str] | None = None) -> JobGraph:
-        """A training job per fold (``fold F``), none depending on another."""
+        """A training job per fold (``fold F``), none depending on another, run in the model folder (made by
+        :func:`~nnunet_prune.nnunet.foldtraining.check_fold_training`'s caller before any job)."""
         env = os.environ if env is None else env
         jobs = [Job(f"fold {f}", "training", tuple(self.command(f)), (), self.trained(f)) for f in self.folds]
-        return JobGraph(jobs, carried_environment(env), Path.cwd(),
+        return JobGraph(jobs, carried_environment(env), self.folder,
                         f"nnUNetv2_train of {self.trainer} / {self.plans} / {self.configuration} on {self.dataset}, "
                         f"folds {' '.join(map(str, self.folds))}: {self.folder}")
 

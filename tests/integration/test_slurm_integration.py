@@ -93,22 +93,25 @@ def test_a_signalled_training_is_requeued_and_finishes_with_c(nnunet, dataset2d,
     folder = next(results.glob("*/nnUNetTrainerBudget__nnUNetPlans__2d"))
     jobs = folder / "nnunet_prune_jobs"
     job_id = ledger(jobs)["fold 0"]["job_id"]
-    _wait_for(lambda: (folder / "fold_0" / "checkpoint_latest.pth").is_file(), 120, "a first checkpoint")
+    # the epoch after the first checkpoint has begun: the checkpoint (end of epoch 1) is complete
+    _wait_for(lambda: any(re.search(r": Epoch [2-9]\d*\s*$", line) for log in (folder / "fold_0").glob(
+        "training_log_*.txt") for line in log.read_text().splitlines()), 120, "a first checkpoint")
     subprocess.run(["scancel", "--signal=USR1", job_id], env={**os.environ, **slurm.env}, check=True)
     finished = nnunet.run(*cmd, "-f", 0, "--wait", env=env, timeout=600)
     assert "fold 0: done (job " + job_id in finished.stdout  # the same job, requeued
     record = json.loads((jobs / "records" / "fold_0.json").read_text())
     assert [a["outcome"] for a in record["attempts"]] == ["requeued", "done"]
-    assert record["attempts"][1]["restart_count"] == 1 and record["command"][-1] == "--c"
+    assert record["attempts"][1]["restart_count"] == 1
     assert "requeue 1 of at most 3" in record["attempts"][0]["detail"]
     assert (folder / "fold_0" / "checkpoint_final.pth").is_file()
-    assert "nnUNetv2_train" in (jobs / "logs" / "fold_0.attempt2.log").read_text().splitlines()[0]
+    command = (jobs / "logs" / "fold_0.attempt2.log").read_text().splitlines()[0]
+    assert "nnUNetv2_train" in command and command.endswith(" --c")
     # the second attempt continued from the checkpoint: its training log starts at a later epoch than 0
     logs = sorted((folder / "fold_0").glob("training_log_*.txt"), key=lambda p: p.stat().st_mtime)
     assert len(logs) == 2
-    first_epoch = next(int(line.split("Epoch ")[1]) for line in logs[1].read_text().splitlines()
-                       if re.search(r": Epoch \d+\s*$", line))
-    assert first_epoch >= 2
+    epochs = [int(line.split("Epoch ")[1]) for line in logs[1].read_text().splitlines()
+              if re.search(r": Epoch \d+\s*$", line)]
+    assert epochs and epochs[0] >= 2, epochs
 
     # no requeue left: the signalled job fails, and a rerun submits it again
     nnunet.run(*cmd, "-f", 1, "--max-requeues", 0, env=env)

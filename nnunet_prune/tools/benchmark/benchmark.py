@@ -263,9 +263,13 @@ class Benchmark:
         """Parameters, MACs, checkpoint size, latencies (and validation Dice without a test set) of a trained method
         (its export where it is measured exported), averaged over its folds; its map picture copied to ``maps/``
         (first seed): :func:`~nnunet_prune.tools.benchmark.measure.measure_method`. Stored in
-        :meth:`measurement_file` and reused from there with the same folds, device, repeats and runtimes."""
-        row, file = self.rows[m.name], self.measurement_file(m)
-        if stored_measurement(row, file, self.s):
+        :meth:`measurement_file` and reused from there with the same folds, device, repeats, runtimes and
+        checkpoints.
+
+        Raises:
+            StepFailed: nothing stored and :attr:`measure_here` is False (collecting what cluster jobs did)."""
+        row, file, measured = self.rows[m.name], self.measurement_file(m), self.pipeline.measured_folder(m)
+        if stored_measurement(row, file, self.s, measured):
             self.say(f"{m.name}: measured before (reused: {file.relative_to(self.out)})")
             return
         if not self.measure_here:
@@ -273,9 +277,14 @@ class Benchmark:
                              f"command to resubmit it")
         self.say(f"{m.name}: measuring (parameters, MACs, latency)")
         before = asdict(row)
-        measure_method(row, self.pipeline.layout.model_folder(m), self.pipeline.measured_folder(m),
+        measure_method(row, self.pipeline.layout.model_folder(m), measured,
                        self.s, maps=self.out / "maps" if self.seed == self.s.seed else None, name=m.name)
-        store_measurement(row, before, file, self.s)
+        if self.s.executor == "slurm":
+            import socket
+
+            row.notes.append(f"latency measured on node {socket.gethostname()} (a Slurm job): compare it with "
+                             f"latencies measured on the same kind of node")
+        store_measurement(row, before, file, self.s, measured)
 
     def _save_state(self) -> None:
         self.state.save(rows={k: asdict(v) for k, v in self.rows.items()},

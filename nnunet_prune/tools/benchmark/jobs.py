@@ -81,7 +81,7 @@ class BenchmarkJobs:
                                   self._finish(seed, m)))
                     last = [f"{p}{m.name} predict"]
                 measured = stored_measurement(MethodResult(m.name, m.label, m.trainer, m.plans),
-                                              b.measurement_file(m), s)
+                                              b.measurement_file(m), s, pipe.measured_folder(m))
                 steps.append((job(f"{p}{m.name} measure", "measurement", last, measured), self._measure(seed, m)))
         return steps
 
@@ -125,13 +125,18 @@ class BenchmarkJobs:
         self.bench.state = RunState(self.bench.out / JOB_STEPS / f"{job.slug}.json", tool=None)
         self.bench.state.load()  # a requeued job adds to the times of its earlier attempts
         self.bench.commands_file = None
-        act()
-        self.bench.state.save()
+        try:
+            act()
+        finally:  # also when Slurm's signal interrupts it: a requeued training adds to the time so far
+            self.bench.state.save()
 
     def collect(self) -> Path:
         """Once no job is queued or running: the local benchmark in the same folder, reusing what the jobs did and
         running nothing (a step no job finished is its method's failure: "rerun the command to resubmit"); writes
-        the table like the local executor and returns ``benchmark.md``."""
+        the table like the local executor and returns ``benchmark.md``.
+
+        Raises:
+            NnUNetPruneError: a check of the benchmark failed, or planning is not done."""
         self.bench.runner_class = CollectRunner
         self.bench.measure_here = False
         return self.bench.run()

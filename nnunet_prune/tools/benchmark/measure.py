@@ -66,33 +66,43 @@ def measure_method(row: MethodResult, trained: Path, measured: Path, s: Benchmar
         copy_map(row, trained / f"fold_{s.folds[0]}", maps, name)
 
 
-def measurement_key(s: BenchmarkSettings) -> dict:
-    """What a stored measurement depends on besides the trained folds: folds, device, repeats, runtimes."""
+def measurement_key(s: BenchmarkSettings, measured: Path) -> dict:
+    """What a stored measurement of model folder ``measured`` depends on: folds, device, repeats, runtimes, and each
+    fold's checkpoint (size in bytes and modification time: a retrained fold is measured again)."""
+    checkpoints = {}
+    for fold in s.folds:
+        file = Path(measured) / f"fold_{fold}" / "checkpoint_final.pth"
+        stat = file.stat() if file.is_file() else None
+        checkpoints[str(fold)] = [stat.st_size, stat.st_mtime_ns] if stat else None
     return {"folds": [str(f) for f in s.folds], "device": s.device, "repeats": s.repeats,
-            "runtimes": sorted(s.runtimes) if s.runtimes is not None else None}
+            "runtimes": sorted(s.runtimes) if s.runtimes is not None else None, "checkpoints": checkpoints}
 
 
-def stored_measurement(row: MethodResult, file: Path, s: BenchmarkSettings) -> bool:
+def stored_measurement(row: MethodResult, file: Path, s: BenchmarkSettings, measured: Path) -> bool:
     """Apply the measurement stored in ``file`` (by :func:`store_measurement`, with the same
-    :func:`measurement_key`) to ``row``; False when there is none to reuse."""
+    :func:`measurement_key` of model folder ``measured``) to ``row``; False when there is none to reuse."""
     try:
         data = json.loads(file.read_text())
     except (OSError, ValueError):
         return False
-    if data.get("key") != measurement_key(s):
+    if data.get("key") != measurement_key(s, measured):
         return False
     for name, value in data["fields"].items():
         setattr(row, name, value)
     return True
 
 
-def store_measurement(row: MethodResult, before: dict, file: Path, s: BenchmarkSettings) -> None:
-    """Store what a measurement changed in ``row`` (``before``: ``asdict(row)`` before it) in ``file``, so that a
-    rerun, or the benchmark collecting its cluster jobs, reuses it (a temporary file, then a rename)."""
+def store_measurement(row: MethodResult, before: dict, file: Path, s: BenchmarkSettings, measured: Path) -> None:
+    """Store what a measurement of model folder ``measured`` changed in ``row`` (``before``: ``asdict(row)`` before
+    it) in ``file``, with the host it ran on, so that a rerun, or the benchmark collecting its cluster jobs, reuses
+    it (a temporary file, then a rename)."""
+    import socket
+
     changed = {k: v for k, v in asdict(row).items() if before.get(k) != v}
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(file.name + ".tmp")
-    tmp.write_text(json.dumps({"key": measurement_key(s), "fields": changed}, indent=2, default=str))
+    tmp.write_text(json.dumps({"key": measurement_key(s, measured), "host": socket.gethostname(), "fields": changed},
+                              indent=2, default=str))
     tmp.replace(file)
 
 

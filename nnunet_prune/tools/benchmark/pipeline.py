@@ -376,8 +376,14 @@ class Pipeline:
         for fold in self.s.folds:
             for case in splits[int(fold)]["val"]:
                 for f in (raw / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9]{ending}"):
-                    if not (images / f.name).exists():
-                        (images / f.name).symlink_to(f)
-                if not (labels / f"{case}{ending}").exists():
-                    (labels / f"{case}{ending}").symlink_to(raw / "labelsTr" / f"{case}{ending}")
+                    _link(images / f.name, f)
+                _link(labels / f"{case}{ending}", raw / "labelsTr" / f"{case}{ending}")
         return str(images), str(labels)
+
+
+def _link(link: Path, target: Path) -> None:
+    """``link`` -> ``target`` unless it is there (another seed's sweep, a cluster job at the same time, made it)."""
+    try:
+        link.symlink_to(target)
+    except FileExistsError:
+        pass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nnunet_prune import NnUNetPruneError
 
-#: the kinds of job, each with its own scheduler options (planning takes the prediction options unless given)
+#: the kinds of job, each with its own scheduler options (the common ones, then the kind's own)
 KINDS = ("planning", "training", "prediction", "measurement")
 #: variables a job takes from the environment of the command that planned it (nnU-Net's folders, this package's
 #: settings), whatever the scheduler exports; the node's own variables (CUDA_VISIBLE_DEVICES, SLURM_*) stay

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from nnunet_prune import NnUNetPruneError
 
-#: exit codes of a command that the requeue signal ended (killed by it, or a shell's 128 + its number)
-SIGNALLED = (-signal.SIGUSR1, 128 + signal.SIGUSR1)
+#: exit codes of a command that a scheduler's signal ended: the requeue signal or SIGTERM (killed by it, or 128 + its
+#: number), or 130 (``nnunet-prune benchmark-step`` turns both into an interruption)
+SIGNALLED = (-signal.SIGUSR1, 128 + signal.SIGUSR1, -signal.SIGTERM, 128 + signal.SIGTERM, 128 + signal.SIGINT)
 #: seconds a job waits, after its command ended by the requeue signal, for submitit's handler to requeue it
 HANDLER_WAIT_S = 30
 
@@ -89,7 +90,7 @@ class CommandJob:
         self.cwd, self.logs, self.record, self.max_requeues = Path(cwd), Path(logs), Path(record), max_requeues
 
     def __call__(self) -> str:
-        from nnunet_prune.tools.benchmark.runner import StepFailed, StepRunner
+        from nnunet_prune.tools.benchmark.runner import StepFailed, StepInterrupted, StepRunner
 
         record = JobRecord(self.record)
         attempt = record.start(self.name, self.command)
@@ -101,11 +102,15 @@ class CommandJob:
         runner = StepRunner({**os.environ, **self.env}, self.cwd, log_dir=self.logs)
         try:
             runner.run(self.slug, f"attempt{attempt}", self.command)
-        except StepFailed as e:
-            if any(f"exit code {c}" in str(e) for c in SIGNALLED):
-                time.sleep(HANDLER_WAIT_S)  # the same signal reached this process: its handler requeues it
-            record.end("failed", str(e))
-            raise
+        except (StepFailed, StepInterrupted) as e:
+            if not any(f"exit code {c})" in str(e) or f"exit code {c};" in str(e) for c in SIGNALLED):
+                record.end("failed", str(e))
+                raise
+            # the scheduler's signal reached this process too: submitit's handler requeues it (SystemExit) ...
+            time.sleep(HANDLER_WAIT_S)
+            # ... unless it was SIGTERM (a preemption or scancel: Slurm requeues or ends the job itself)
+            record.end("killed", f"ended by the scheduler's signal ({e})")
+            raise NnUNetPruneError(f"{self.name}: ended by the scheduler's signal") from None
         except BaseException as e:  # SystemExit from submitit's requeue handler, Ctrl-C, a kill
             record.end("failed", f"{type(e).__name__}: {e}")
             raise

@@ -24,7 +24,7 @@ REQUEUE_SIGNAL = "USR1"
 SIGNAL_DELAY_S = 90
 #: states of a job that is still going to run or is running
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-                 "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "PREEMPTED", "RESV_DEL_HOLD"}
+                 "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 INSTALL_HINT = 'pip install "nnunet-prune[slurm]" (installs submitit)'
 
 
@@ -62,25 +62,27 @@ class SlurmOptions:
     max_requeues: int = 3
 
     @classmethod
-    def parse(cls, values: Mapping[str, Sequence[str] | None], extra: Sequence[str] = (),
-              max_requeues: int = 3) -> SlurmOptions:
+    def parse(cls, values: Mapping[str, Sequence[str] | None], extra: Sequence[str] = (), max_requeues: int = 3,
+              kinds: Sequence[str] = KINDS) -> SlurmOptions:
         """From the command line: ``values`` maps a name of :data:`OPTIONS` to what was given, each ``VALUE`` (every
-        kind) or ``KIND=VALUE``; ``extra``: ``--slurm-arg`` values, the same way (``training=--exclusive``).
+        kind) or ``KIND=VALUE``; ``extra``: ``--slurm-arg`` values, the same way (``training=--exclusive``);
+        ``kinds``: the kinds of job the command has.
 
         Raises:
-            NnUNetPruneError: an option given twice for the same kind, or a bad ``--max-requeues``."""
+            NnUNetPruneError: an option given twice for the same kind, an unknown kind or one the command has no
+                jobs of, a bad time, or a bad ``--max-requeues``."""
         out = cls(max_requeues=max_requeues)
         if max_requeues < 0:
             raise NnUNetPruneError(f"--max-requeues {max_requeues}: give 0 or more.")
         for name, given in values.items():
             for text in given or ():
-                kind, value = _split_kind(text)
+                kind, value = _split_kind(text, f"--{name}", kinds)
                 slot = out.given.setdefault(kind, {})
                 if OPTIONS[name] in slot:
                     raise NnUNetPruneError(f"--{name} is given twice for {kind or 'every kind of job'}.")
                 slot[OPTIONS[name]] = value
         for text in extra:
-            kind, value = _split_kind(text)
+            kind, value = _split_kind(text, "--slurm-arg", kinds)
             if not value.startswith("-"):
                 raise NnUNetPruneError(f"--slurm-arg {text!r}: give an sbatch option as sbatch takes it, e.g. "
                                        f"--slurm-arg=--constraint=a100 or --slurm-arg=training=--exclusive.")
@@ -102,25 +104,45 @@ class SlurmOptions:
         """:meth:`options` as ``sbatch`` arguments."""
         return [f"--{k}" if v is True else f"--{k}={v}" for k, v in self.options(kind).items()]
 
+    def asks_for_gpus(self, kind: str | None = None) -> bool:
+        """Whether the jobs of ``kind`` (None: any kind) ask for a GPU (``--gpus``, an sbatch option naming
+        ``gpu`` or ``gres``)."""
+        kinds = KINDS if kind is None else [kind]
+        return any("gpu" in k or "gres" in k for x in kinds for k in self.options(x))
+
     def partition(self, kind: str) -> str | None:
         """The partition of a kind of job (None: Slurm's default)."""
         value = self.options(kind).get("partition")
         return value if isinstance(value, str) else None
 
 
-def _split_kind(text: str) -> tuple[str, str]:
+def _split_kind(text: str, option: str, kinds: Sequence[str]) -> tuple[str, str]:
+    """(kind or "", value) of ``KIND=VALUE`` or ``VALUE``; an sbatch option (``--x=y``) is a value."""
     head, sep, rest = text.partition("=")
-    if sep and head in KINDS:
-        return head, rest
-    return "", text
+    if not sep or head.startswith("-"):
+        return "", text
+    if head not in KINDS:
+        raise NnUNetPruneError(f"{option} {text!r}: {head!r} is not a kind of job; give VALUE, or KIND=VALUE with "
+                               f"KIND one of {', '.join(kinds)}.")
+    if head not in kinds:
+        raise NnUNetPruneError(f"{option} {text!r}: this command has no {head} jobs (only {', '.join(kinds)}).")
+    return head, rest
 
 
-def _slurm(cmd: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess:
+def slurm_command(cmd: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """Ask Slurm: run one of its commands (``sbatch``, ``squeue``, ...), its output captured as text. (Scheduler
+    queries, not steps: the steps run through the one subprocess runner inside the jobs.)
+
+    Raises:
+        NnUNetPruneError: the command is not there or did not answer within ``timeout`` seconds."""
     try:
         return subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise NnUNetPruneError(f"`{' '.join(cmd)}` did not answer in {timeout:.0f} s: is the Slurm controller "
                                f"reachable from here (scontrol ping)?") from None
+    except OSError as e:
+        raise NnUNetPruneError(f"`{cmd[0]}` cannot run here ({e}): --executor slurm submits from a machine with "
+                               f"Slurm's commands (a login node).") from None
 
 
 def require_commands(names: Iterable[str] = ("sbatch", "squeue", "scontrol", "sinfo")) -> None:
@@ -140,8 +162,11 @@ def require_commands(names: Iterable[str] = ("sbatch", "squeue", "scontrol", "si
 
 
 def partitions() -> tuple[list[str], str | None]:
-    """(every partition, the default one or None), from ``sinfo``."""
-    proc = _slurm(["sinfo", "-h", "-o", "%P"])
+    """(every partition, the default one or None), from ``sinfo``.
+
+    Raises:
+        NnUNetPruneError: ``sinfo`` failed."""
+    proc = slurm_command(["sinfo", "-h", "-o", "%P"])
     if proc.returncode != 0:
         raise NnUNetPruneError(f"sinfo failed: {proc.stderr.strip() or proc.stdout.strip()}")
     names = [p.strip() for p in proc.stdout.split() if p.strip()]
@@ -151,12 +176,15 @@ def partitions() -> tuple[list[str], str | None]:
 
 def partition_time(partition: str | None) -> str:
     """The time a job of ``partition`` (None: the default one) gets when it asks for none: the partition's
-    DefaultTime, else its MaxTime (``UNLIMITED`` when it has neither)."""
+    DefaultTime, else its MaxTime (``UNLIMITED`` when it has neither).
+
+    Raises:
+        NnUNetPruneError: Slurm could not be asked."""
     if partition is None:
         partition = partitions()[1]
     if partition is None:
         return "UNLIMITED"
-    proc = _slurm(["scontrol", "-o", "show", "partition", partition])
+    proc = slurm_command(["scontrol", "-o", "show", "partition", partition])
     fields = dict(f.split("=", 1) for f in proc.stdout.split() if "=" in f)
     for key in ("DefaultTime", "MaxTime"):
         value = fields.get(key, "NONE")
@@ -184,7 +212,7 @@ def check_slurm(options: SlurmOptions, kinds: Iterable[str]) -> None:
         raise NnUNetPruneError("This cluster has no default partition: give --partition.")
     for kind in kinds:
         args = options.arguments(kind)
-        proc = _slurm(["sbatch", "--test-only", *args, "--wrap", "true"])
+        proc = slurm_command(["sbatch", "--test-only", *args, "--wrap", "true"])
         if proc.returncode != 0:
             said = " ".join((proc.stderr or proc.stdout).split())
             raise NnUNetPruneError(f"Slurm refuses the options of the {kind} jobs ({' '.join(args) or 'none'}): "
@@ -193,11 +221,14 @@ def check_slurm(options: SlurmOptions, kinds: Iterable[str]) -> None:
 
 def queue(ids: Iterable[str]) -> dict[str, tuple[str, str]]:
     """Job id -> (state, reason) of those of ``ids`` the controller still knows (``squeue --states=all``: queued,
-    running and recently ended jobs)."""
+    running and recently ended jobs).
+
+    Raises:
+        NnUNetPruneError: ``squeue`` failed or did not answer."""
     wanted = set(ids)
     if not wanted:
         return {}
-    proc = _slurm(["squeue", "-h", "--me", "--states=all", "-o", "%i|%T|%r"])
+    proc = slurm_command(["squeue", "-h", "--me", "--states=all", "-o", "%i|%T|%r"])
     if proc.returncode != 0:
         raise NnUNetPruneError(f"squeue failed: {proc.stderr.strip() or proc.stdout.strip()}")
     out = {}

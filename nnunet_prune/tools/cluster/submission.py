@@ -7,12 +7,13 @@ running (``jobs.json``, the ledger, records every job id). Before the first job:
 
 from __future__ import annotations
 
+import fcntl
 import json
-import subprocess
+import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nnunet_prune import NnUNetPruneError
@@ -26,6 +27,8 @@ from nnunet_prune.tools.cluster.slurm import (
     check_slurm,
     partition_time,
     queue,
+    require_commands,
+    slurm_command,
     time_minutes,
 )
 
@@ -33,14 +36,28 @@ from nnunet_prune.tools.cluster.slurm import (
 PROBE_WAIT_S = 120
 
 
+def active_steps(folder: Path) -> list[str]:
+    """The steps of the ledger in ``folder`` whose job is queued or running ([] without a ledger, or where Slurm's
+    commands are not there to ask)."""
+    try:
+        ledger = json.loads((Path(folder) / "jobs.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if shutil.which("squeue") is None:
+        return []
+    known = queue(e["job_id"] for e in ledger.values())
+    return [n for n, e in ledger.items() if known.get(e["job_id"], ("", ""))[0] in ACTIVE_STATES]
+
+
 class Submission:
     """The jobs of ``plan()`` (called again for each look: which jobs are done is read from the files) on Slurm, with
     ``options``; its files in ``folder`` (``jobs.json``, ``records/``, ``logs/``, ``submitit/``); ``say``: one line
-    per event."""
+    per event; ``visible``: further folders the jobs read (nnU-Net's), checked from a node by :meth:`probe`."""
 
     def __init__(self, plan: Callable[[], JobGraph], folder: Path, options: SlurmOptions,
-                 say: Callable[[str], None]):
+                 say: Callable[[str], None], visible: Sequence[Path] = ()):
         self.plan, self.folder, self.options, self.say = plan, Path(folder), options, say
+        self.visible = [str(p) for p in visible]  # what the probe job checks a node sees, besides ``folder``
         self.ledger_file = self.folder / "jobs.json"
 
     # ------------------------------------------------------------------ what is where
@@ -61,22 +78,26 @@ class Submission:
         """The record the job writes (its attempts)."""
         return JobRecord(self.folder / "records" / f"{job.slug}.json")
 
-    def states(self, graph: JobGraph | None = None) -> dict[str, tuple[str, str]]:
-        """Step name -> (state, detail): ``done`` (its result is there), ``new`` (never submitted), a Slurm state
-        of a queued or running job (``PENDING``, ``RUNNING``, ...; detail: Slurm's reason), or ``failed`` (detail:
-        how it ended, from Slurm and the job's record)."""
-        graph = graph or self.plan()
+    def states(self) -> tuple[JobGraph, dict[str, tuple[str, str]]]:
+        """The plan and, step name -> (state, detail): a Slurm state of a queued or running job (``PENDING``,
+        ``RUNNING``, ...; detail: Slurm's reason), ``done`` (its result is there), ``new`` (never submitted), or
+        ``failed`` (detail: how it ended, from Slurm and the job's record). Slurm is asked before the files are
+        read, so a job that ends in between is done, never failed; a job still in the queue is not done yet.
+
+        Raises:
+            NnUNetPruneError: ``squeue`` failed."""
         ledger = self.ledger()
         known = queue(e["job_id"] for e in ledger.values())
+        graph = self.plan()
         out = {}
         for job in graph.jobs:
             entry = ledger.get(job.name)
-            if job.done:
+            if entry is not None and known.get(entry["job_id"], ("", ""))[0] in ACTIVE_STATES:
+                out[job.name] = known[entry["job_id"]]
+            elif job.done:
                 out[job.name] = ("done", "")
             elif entry is None:
                 out[job.name] = ("new", "")
-            elif known.get(entry["job_id"], ("", ""))[0] in ACTIVE_STATES:
-                out[job.name] = known[entry["job_id"]]
             else:
                 state = known.get(entry["job_id"], ("gone from the queue", ""))[0]
                 attempts = self.record(job).read().get("attempts", [])
@@ -85,7 +106,7 @@ class Submission:
                                                                       else ", never started")
                           + (f": {last.get('detail')}" if last.get("detail") else ""))
                 out[job.name] = ("failed", detail)
-        return out
+        return graph, out
 
     # ------------------------------------------------------------------ submitting
     def submit(self) -> list[tuple[str, str]]:
@@ -93,9 +114,21 @@ class Submission:
         order, each after the jobs it needs that are not done; returns (step, job id) of those submitted.
 
         Raises:
-            NnUNetPruneError: a check failed (:func:`~.slurm.check_slurm`, :meth:`probe`); nothing was submitted."""
-        graph = self.plan()
-        states = self.states(graph)
+            NnUNetPruneError: a check failed (:func:`~.slurm.check_slurm`, :meth:`probe`; nothing was submitted),
+                another command is submitting in the same folder, or sbatch refused a job (those submitted before
+                it are named and recorded: a rerun goes on from there)."""
+        require_commands()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "jobs.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise NnUNetPruneError(f"Another nnunet-prune command is submitting the jobs of {self.folder} right "
+                                       f"now; run this one again when it is done.") from None
+            return self._submit_locked()
+
+    def _submit_locked(self) -> list[tuple[str, str]]:
+        graph, states = self.states()
         todo = [j for j in graph.jobs if states[j.name][0] in ("new", "failed")]
         if not todo:
             return []
@@ -107,7 +140,12 @@ class Submission:
             after = [ledger[a]["job_id"] for a in job.after if states[a][0] != "done" and a in ledger]
             if gate and not after:
                 after = [gate]
-            job_id = self._submit_one(graph, job, after)
+            try:
+                job_id = self._submit_one(graph, job, after)
+            except NnUNetPruneError as e:
+                done = ", ".join(f"{n} (job {i})" for n, i in submitted) or "none"
+                raise NnUNetPruneError(f"{e} Submitted before it: {done}; rerun the command to submit the rest.") \
+                    from None
             entry = ledger.get(job.name, {})
             ledger[job.name] = {"job_id": job_id, "kind": job.kind, "after": after,
                                 "submitted": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -135,12 +173,14 @@ class Submission:
                              self.record(job).path, self.options.max_requeues)
         try:
             return executor.submit(command).job_id
-        except (subprocess.CalledProcessError, submitit.core.utils.FailedSubmissionError) as e:
-            raise NnUNetPruneError(f"sbatch refused the job {job.name!r} (Slurm's message is above): {e}") from None
+        except Exception as e:  # noqa: BLE001 -- submitit raises FailedJobError, CalledProcessError, ...
+            said = " ".join(str(e).split())[-600:]
+            raise NnUNetPruneError(f"sbatch refused the job {job.name!r}: {said}.") from None
 
     def probe(self, wait_s: float = PROBE_WAIT_S) -> str | None:
-        """A job that proves a compute node sees ``folder`` and runs this Python with this package: it reads a token
-        written here and writes it back. Returns None when it succeeded within ``wait_s`` seconds, else its job id
+        """A job (with the training jobs' options but a 5-minute limit) that proves a compute node sees ``folder``
+        and the ``visible`` folders and runs this Python with this package: it reads a token written here and
+        writes it back. Returns None when it succeeded within ``wait_s`` seconds, else its job id
         (still queued: every job then starts after it, ``afterok``, so nothing runs where the folder is not seen).
 
         Raises:
@@ -151,12 +191,15 @@ class Submission:
         token = uuid.uuid4().hex
         ask, answer, log = probes / f"{token}.ask", probes / f"{token}.seen", probes / f"{token}.out"
         ask.write_text(token)
-        code = (f"import pathlib, nnunet_prune; a = pathlib.Path({str(ask)!r}); "
+        code = (f"import pathlib, sys, nnunet_prune; a = pathlib.Path({str(ask)!r}); "
+                f"gone = [p for p in {self.visible!r} if not pathlib.Path(p).is_dir()]; "
+                f"gone and sys.exit('not visible on this node: ' + ', '.join(gone)); "
                 f"pathlib.Path({str(answer)!r}).write_text(a.read_text())")
-        opts = {k: v for k, v in self.options.options("training").items() if k in ("partition", "account", "qos")}
+        opts = {k: v for k, v in self.options.options("training").items() if k != "time"}  # where trainings run
         cmd = ["sbatch", "--parsable", "--job-name=nnunet-prune:probe", "--time=5", f"--output={log}",
-               *[f"--{k}={v}" for k, v in opts.items()], "--wrap", f"{sys.executable} -c {json.dumps(code)}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+               *[f"--{k}" if v is True else f"--{k}={v}" for k, v in opts.items()], "--wrap",
+               f"{sys.executable} -c {json.dumps(code)}"]
+        proc = slurm_command(cmd)
         if proc.returncode != 0:
             raise NnUNetPruneError(f"sbatch refused the probe job: {proc.stderr.strip()}")
         job_id = proc.stdout.strip().split(";")[0]
@@ -182,9 +225,12 @@ class Submission:
 
     # ------------------------------------------------------------------ following
     def summary(self) -> list[str]:
-        """The jobs as ``squeue`` shows them (job id, state, kind, step, reason), done and failed ones counted."""
-        graph = self.plan()
-        states, ledger = self.states(graph), self.ledger()
+        """The jobs as ``squeue`` shows them (job id, state, kind, step, reason), done and failed ones counted.
+
+        Raises:
+            NnUNetPruneError: ``squeue`` failed."""
+        graph, states = self.states()
+        ledger = self.ledger()
         rows = [("JOBID", "STATE", "KIND", "STEP", "REASON")]
         for job in graph.jobs:
             state, detail = states[job.name]
@@ -199,12 +245,26 @@ class Submission:
                      f"{counts['new']} not submitted (of {len(graph.jobs)} steps)")
         return lines
 
-    def wait(self, poll_s: float = 30.0) -> dict[str, tuple[str, str]]:
-        """Until no job is queued or running: a line per job that finishes (or fails); returns the final states."""
-        seen = {n for n, (s, _) in self.states().items() if s in ("done", "failed")}
+    def wait(self, poll_s: float = 30.0, tries: int = 10) -> dict[str, tuple[str, str]]:
+        """Until no job is queued or running: a line per job that finishes (or fails); returns the final states.
+        A look at the queue that fails is said and tried again at the next poll.
+
+        Raises:
+            NnUNetPruneError: ``tries`` looks in a row failed."""
+        seen = {n for n, (s, _) in self.states()[1].items() if s in ("done", "failed")}
+        failures = 0
         while True:
-            graph = self.plan()
-            states, ledger = self.states(graph), self.ledger()
+            try:
+                graph, states = self.states()
+                failures = 0
+            except NnUNetPruneError as e:
+                failures += 1
+                if failures >= tries:
+                    raise
+                self.say(f"could not look at the queue ({e}); trying again in {poll_s:.0f} s")
+                time.sleep(poll_s)
+                continue
+            ledger = self.ledger()
             for job in graph.jobs:
                 state, detail = states[job.name]
                 if state in ("done", "failed") and job.name not in seen:

@@ -51,6 +51,15 @@ def test_bad_options_are_refused(values, extra, words):
         SlurmOptions.parse(values, extra)
 
 
+def test_kinds_are_checked():
+    with pytest.raises(NnUNetPruneError, match="'trainng' is not a kind of job.*planning, training"):
+        SlurmOptions.parse({"time": ["trainng=1-00"]})
+    with pytest.raises(NnUNetPruneError, match="this command has no prediction jobs"):
+        SlurmOptions.parse({"gpus": ["prediction=1"]}, kinds=("training",))
+    o = SlurmOptions.parse({}, ["--gres=gpu:1"])
+    assert o.asks_for_gpus("training") and not SlurmOptions.parse({"gpus": ["training=1"]}).asks_for_gpus("measurement")
+
+
 def test_slurm_options_without_the_slurm_executor_are_refused(capsys):
     assert main(["train-folds", "-d", "999", "-c", "2d", "--partition", "gpu"]) == 2
     assert "--partition only apply with --executor slurm" in capsys.readouterr().err
@@ -128,9 +137,42 @@ def test_a_measurement_is_reused_only_with_the_same_settings(tmp_path):
     before = asdict(row)
     row.parameters, row.macs, row.cpu_ms = 10.0, 20.0, 1.5
     file = tmp_path / "seed_0" / "measurements" / "dense.json"
-    store_measurement(row, before, file, s)
+    model = tmp_path / "model"
+    for fold in (0, 1):
+        (model / f"fold_{fold}").mkdir(parents=True)
+        (model / f"fold_{fold}" / "checkpoint_final.pth").write_bytes(b"weights")
+    store_measurement(row, before, file, s, model)
     assert set(json.loads(file.read_text())["fields"]) == {"parameters", "macs", "cpu_ms"}
     again = MethodResult("dense", "nnU-Net default", "T", "P", train_seconds=5.0)
-    assert stored_measurement(again, file, s) and (again.macs, again.cpu_ms, again.train_seconds) == (20.0, 1.5, 5.0)
+    assert stored_measurement(again, file, s, model)
+    assert (again.macs, again.cpu_ms, again.train_seconds) == (20.0, 1.5, 5.0)
+    (model / "fold_1" / "checkpoint_final.pth").write_bytes(b"retrained")  # another model: measured again
+    assert not stored_measurement(MethodResult("dense", "x", "T", "P"), file, s, model)
+    store_measurement(row, before, file, s, model)
     s.repeats = 10
-    assert not stored_measurement(MethodResult("dense", "x", "T", "P"), file, s)
+    assert not stored_measurement(MethodResult("dense", "x", "T", "P"), file, s, model)
+
+
+def test_the_benchmark_plan_orders_every_step_after_what_it_needs(tmp_path, monkeypatch):
+    from nnunet_prune.tools.benchmark.benchmark import Benchmark
+    from nnunet_prune.tools.benchmark.jobs import BenchmarkJobs
+    from nnunet_prune.tools.benchmark.methods import table_order
+
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path / "raw"))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    s = BenchmarkSettings("Dataset601_X", "2d", [0, 1], table_order(["magnitude", "l2", "lunet8_distill", "dense"]),
+                          test_images=str(tmp_path / "imagesTs"), test_labels=str(tmp_path / "labelsTs"), seeds=2,
+                          executor="slurm")
+    graph = BenchmarkJobs(Benchmark(s, tmp_path / "out")).graph()
+    jobs = {j.name: j for j in graph.jobs}
+    dense = ("seed 1: dense train fold 0", "seed 1: dense train fold 1")
+    assert jobs["seed 1: magnitude sweep"].after == dense and jobs["seed 1: magnitude sweep"].kind == "prediction"
+    assert jobs["seed 1: magnitude train fold 0"].after == ("plan", *dense, "seed 1: magnitude sweep")
+    assert jobs["seed 1: l2 train fold 1"].after == ("plan", *dense)  # starts from the dense folds
+    assert jobs["seed 1: lunet8_distill train fold 0"].after == ("plan", *dense)  # its teacher
+    assert jobs["seed 0: l2 predict"].after == ("seed 0: l2 train fold 0", "seed 0: l2 train fold 1")
+    assert jobs["seed 0: l2 measure"].after == ("seed 0: l2 predict",) and jobs["seed 0: l2 measure"].kind == \
+        "measurement"
+    assert len([n for n in jobs if n.endswith("measure")]) == 2 * 4 and not any(j.done for j in graph.jobs)
+    assert jobs["seed 0: dense train fold 0"].command[-3:] == ("-o", str(tmp_path / "out"),
+                                                                "seed 0: dense train fold 0")
