@@ -47,7 +47,8 @@ def run(args) -> int:
     folder, folds = check_fold_training(dataset, args.configuration, args.trainer, args.plans, args.folds)
     training = FoldTraining(dataset, args.configuration, args.trainer, args.plans, folds, args.device, folder,
                             ["--npz"] if args.npz else [])
-    folder.mkdir(parents=True, exist_ok=True)  # where the jobs run and keep their files (nnU-Net makes it too)
+    if args.executor != "slurm":  # (on Slurm: once Slurm's checks passed)
+        folder.mkdir(parents=True, exist_ok=True)  # where the jobs run and keep their files (nnU-Net makes it too)
     start = time.perf_counter()
 
     def say(text: str) -> None:

@@ -507,8 +507,8 @@ def predict_folds(plan: PseudoLabelPlan, work: Path, echo: Callable[[str], None]
     Raises:
         StepFailed: a prediction failed (the message holds the end of its output).
     """
-    from nnunet_prune.tools.benchmark.runner import StepRunner
     from nnunet_prune.tools.commands import console_script
+    from nnunet_prune.tools.runner import StepRunner
 
     req = plan.request
     runner = StepRunner(plan.env, work, echo=echo)

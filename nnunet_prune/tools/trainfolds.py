@@ -57,7 +57,7 @@ def train_here(graph: JobGraph, env: Mapping[str, str], say: Callable[[str], Non
 
     Raises:
         StepFailed: a fold's training failed (the folds after it are not started)."""
-    from nnunet_prune.tools.benchmark.runner import StepRunner
+    from nnunet_prune.tools.runner import StepRunner
 
     runner = StepRunner({**env, **graph.env}, graph.cwd, echo=say)
     for job in graph.jobs:

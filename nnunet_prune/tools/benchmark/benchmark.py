@@ -14,7 +14,7 @@ checkpoint size, CPU latency in PyTorch and every installed deployment runtime; 
 The methods are those registered (:mod:`.methods`, derived from :data:`nnunet_prune.nnunet.benchmarked.BENCHMARKED`)
 and their distilled rows (``<method>_distill``: the same method learning from the dense model of the seed);
 their steps are the shared :class:`~nnunet_prune.tools.benchmark.pipeline.Pipeline` (the demo is a preset of it),
-every command through one :class:`~nnunet_prune.tools.benchmark.runner.StepRunner`; this module orchestrates the
+every command through one :class:`~nnunet_prune.tools.runner.StepRunner`; this module orchestrates the
 seeds, the parallel methods, failures and Ctrl-C, and the outputs (:mod:`.tables`, :mod:`.pareto`).
 
 Outputs in ``OUT``: ``benchmark.csv`` and ``benchmark.md`` (one row per method, sorted by MACs; Dice per class),
@@ -44,9 +44,9 @@ from nnunet_prune.tools.benchmark.methods import DENSE, METHOD_NAMES, METHODS, M
 from nnunet_prune.tools.benchmark.pareto import dice_noise, pareto_front, plot_pareto
 from nnunet_prune.tools.benchmark.pipeline import Layout, Narrator, Pipeline, run_environment
 from nnunet_prune.tools.benchmark.rows import MEAN_FIELDS, MethodResult, aggregate_rows
-from nnunet_prune.tools.benchmark.runner import INTERRUPTED_CODES, StepFailed, StepInterrupted, StepRunner
 from nnunet_prune.tools.benchmark.settings import JOB_STEPS, STATE, TOOL, BenchmarkSettings, check_inputs
 from nnunet_prune.tools.benchmark.state import RunState
+from nnunet_prune.tools.runner import INTERRUPTED_CODES, StepFailed, StepInterrupted, StepRunner
 
 #: the names this module has always offered (the benchmark's pieces now live in the modules beside it)
 __all__ = ["DENSE", "INTERRUPTED_CODES", "MEAN_FIELDS", "METHODS", "METHOD_NAMES", "STATE", "TOOL",

@@ -35,10 +35,10 @@ from nnunet_prune.tools.benchmark.methods import MethodSpec, method_spec
 from nnunet_prune.tools.benchmark.pipeline import Layout, Pipeline, run_environment
 from nnunet_prune.tools.benchmark.progress import ProgressEstimate, budget_scale, busy_machine, plan_steps
 from nnunet_prune.tools.benchmark.rows import MethodResult
-from nnunet_prune.tools.benchmark.runner import StepRunner
 from nnunet_prune.tools.benchmark.settings import BenchmarkSettings
 from nnunet_prune.tools.benchmark.state import RunState
 from nnunet_prune.tools.commands import package_command
+from nnunet_prune.tools.runner import StepRunner
 
 TOOL = "demo"
 DATASET_ID = 990

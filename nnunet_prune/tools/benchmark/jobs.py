@@ -16,11 +16,11 @@ from nnunet_prune.tools.benchmark.benchmark import Benchmark
 from nnunet_prune.tools.benchmark.measure import stored_measurement
 from nnunet_prune.tools.benchmark.methods import DENSE, MethodSpec
 from nnunet_prune.tools.benchmark.rows import MethodResult
-from nnunet_prune.tools.benchmark.runner import StepFailed, StepRunner
 from nnunet_prune.tools.benchmark.settings import JOB_STEPS, STATE, BenchmarkSettings
 from nnunet_prune.tools.benchmark.state import RunState
 from nnunet_prune.tools.cluster.graph import Job, JobGraph, carried_environment
 from nnunet_prune.tools.commands import package_command
+from nnunet_prune.tools.runner import StepFailed, StepRunner
 
 #: the benchmark's folder of its jobs' files (ledger, records, logs, step times, the script)
 JOBS = "jobs"

@@ -2,7 +2,7 @@
 every fold with stock ``nnUNetv2_train``, export where the method is measured exported, predict the held-out images
 with stock nnU-Net and score them with ``nnUNetv2_evaluate_folder`` (the one Dice source: its ``summary.json``), and
 the magnitude-pruning sweep of the dense model (``nnunet-prune sweep``). Every command runs through one
-:class:`~nnunet_prune.tools.benchmark.runner.StepRunner`; each step is reused when its result exists (a rerun
+:class:`~nnunet_prune.tools.runner.StepRunner`; each step is reused when its result exists (a rerun
 continues), and its wall time goes to the run's :class:`~nnunet_prune.tools.benchmark.state.RunState`.
 
 Where the files go is a :class:`Layout`; what is said at each step, a :class:`Narrator` (the benchmark's progress
@@ -22,11 +22,11 @@ from pathlib import Path
 from nnunet_prune.nnunet.seeding import SEED_VAR
 from nnunet_prune.tools.benchmark.methods import DENSE, DISTILL_VAR, TEACHER_VAR, MethodSpec, method_spec
 from nnunet_prune.tools.benchmark.rows import MethodResult
-from nnunet_prune.tools.benchmark.runner import StepFailed, StepRunner
 from nnunet_prune.tools.benchmark.settings import BenchmarkSettings
 from nnunet_prune.tools.benchmark.state import RunState
 from nnunet_prune.tools.commands import console_script, package_command
 from nnunet_prune.tools.quiet import quiet_environment
+from nnunet_prune.tools.runner import StepFailed, StepRunner
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ class CommandJob:
         self.cwd, self.logs, self.record, self.max_requeues = Path(cwd), Path(logs), Path(record), max_requeues
 
     def __call__(self) -> str:
-        from nnunet_prune.tools.benchmark.runner import StepFailed, StepInterrupted, StepRunner
+        from nnunet_prune.tools.runner import StepFailed, StepInterrupted, StepRunner
 
         record = JobRecord(self.record)
         attempt = record.start(self.name, self.command)

@@ -7,6 +7,7 @@ running (``jobs.json``, the ledger, records every job id). Before the first job:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import shutil
@@ -118,6 +119,10 @@ class Submission:
                 another command is submitting in the same folder, or sbatch refused a job (those submitted before
                 it are named and recorded: a rerun goes on from there)."""
         require_commands()
+        pending = self.plan().kinds()
+        if not pending:
+            return []
+        check_slurm(self.options, pending)  # before anything is written
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / "jobs.lock", "w") as lock:
             try:
@@ -132,7 +137,6 @@ class Submission:
         todo = [j for j in graph.jobs if states[j.name][0] in ("new", "failed")]
         if not todo:
             return []
-        check_slurm(self.options, sorted({j.kind for j in todo}))
         gate = self.probe()
         ledger = self.ledger()
         submitted: list[tuple[str, str]] = []
@@ -206,14 +210,18 @@ class Submission:
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             state = queue([job_id]).get(job_id, ("gone", ""))[0]
-            if answer.is_file():
-                return None
-            if state not in ACTIVE_STATES:
-                time.sleep(1)  # the file may arrive late on a network filesystem
-                if answer.is_file():
-                    return None
+            if state not in ACTIVE_STATES or answer.is_file():
+                if not answer.is_file():
+                    time.sleep(1)  # the file may arrive late on a network filesystem
                 said = log.read_text(errors="replace").strip()[-800:] if log.is_file() else ""
-                where = ("it wrote nothing into " + str(probes) if not said else "it said: " + said)
+                seen = answer.is_file()
+                for f in (ask, answer, log):  # the probe's own files; its folder too when they were all in it
+                    f.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    probes.rmdir()
+                if seen:
+                    return None
+                where = "it wrote nothing into " + str(probes) if not said else "it said: " + said
                 raise NnUNetPruneError(
                     f"The probe job {job_id} ({state.lower()}) could not read and write {probes} with "
                     f"{sys.executable}; {where}. The output folder (and nnU-Net's folders) must be on a filesystem the "

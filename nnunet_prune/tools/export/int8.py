@@ -276,7 +276,7 @@ def export_int8(source, output, options: ExportOptions, int8: Int8Options | None
             :func:`~nnunet_prune.nnunet.calibration.fold_cases` refuses (before any work); no scope holds
             ``max_dice_drop`` (nothing written); a prediction or evaluation failed (its last output lines).
     """
-    from nnunet_prune.tools.benchmark.runner import StepRunner
+    from nnunet_prune.tools.runner import StepRunner
 
     int8 = int8 or Int8Options()
     output = Path(output).expanduser().resolve()

@@ -2,7 +2,7 @@
 per method and class), per-class Dice and notes in its table, and Ctrl-C reported as an interruption.
 
 The steps' commands are replaced inside the benchmark's one runner (:class:`FakeRunner`, a
-:class:`~nnunet_prune.tools.benchmark.runner.StepRunner` that runs a real, trivial subprocess and writes the files a
+:class:`~nnunet_prune.tools.runner.StepRunner` that runs a real, trivial subprocess and writes the files a
 finished step leaves); the rest is the benchmark's code as it runs. The runs through stock nnU-Net are in
 tests/e2e/test_benchmark.py (slow).
 """
@@ -28,8 +28,8 @@ from nnunet_prune.tools.benchmark.benchmark import (
     aggregate_rows,
     method_spec,
 )
-from nnunet_prune.tools.benchmark.runner import StepRunner
 from nnunet_prune.tools.class_dice import class_notes, format_dice
+from nnunet_prune.tools.runner import StepRunner
 
 #: a subprocess that Ctrl-C ends (SIGINT, as the terminal sends it to the whole process group)
 KILLED_BY_SIGINT = ("import os, signal; signal.signal(signal.SIGINT, signal.SIG_DFL); "
@@ -262,7 +262,7 @@ def test_the_magnitude_method_trains_at_the_sweeps_tau_with_the_users_other_sett
 
 
 def test_the_runner_logs_streams_records_and_says_why_a_step_failed(tmp_path):
-    from nnunet_prune.tools.benchmark.runner import StepFailed
+    from nnunet_prune.tools.runner import StepFailed
 
     code = ("import sys; print('Please cite the following paper when using nnU-Net'); print('50%\\r100%'); "
             "print('ERROR: no such plans'); sys.exit(3)")

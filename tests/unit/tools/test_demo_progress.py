@@ -23,7 +23,7 @@ from nnunet_prune.tools.benchmark.progress import (
     format_minutes,
     plan_steps,
 )
-from nnunet_prune.tools.benchmark.runner import StepRunner
+from nnunet_prune.tools.runner import StepRunner
 from tests.helpers import REPO
 
 README = REPO / "README.md"

@@ -19,7 +19,6 @@ from nnunet_prune import NnUNetPruneError
 from nnunet_prune.cli.main import main
 from nnunet_prune.core.outputs import MANIFEST, foreign_entries
 from nnunet_prune.tools import pseudolabel as pl
-from nnunet_prune.tools.benchmark.runner import StepFailed
 from nnunet_prune.tools.pseudolabel import (
     MARK,
     TABLE,
@@ -32,6 +31,7 @@ from nnunet_prune.tools.pseudolabel import (
     pseudo_label,
     table_text,
 )
+from nnunet_prune.tools.runner import StepFailed
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

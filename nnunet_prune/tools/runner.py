@@ -1,5 +1,5 @@
-"""The one subprocess runner of the benchmark and the demo: every step of theirs (a stock nnU-Net console script or
-a command of this package) runs through :class:`StepRunner`.
+"""The one subprocess runner: every step of the benchmark, the demo, a cluster job, ``train-folds``, the INT8 export's
+checks (a stock nnU-Net console script or a command of this package) runs through :class:`StepRunner`.
 
 A runner is given its steps' whole environment (the caller composes it from the user's environment once: nothing
 here reads or writes ``os.environ``); each step may add variables. The output of a step goes to its log file
