@@ -56,6 +56,13 @@ def add_parser(sub) -> None:
                         "the mean ± standard deviation of the Dice (default 1); a rerun with a larger N adds seeds")
     p.add_argument("--repeats", type=int, default=10,
                    help="timed runs per latency at least; more until the median is known (default 10)")
+    p.add_argument("--int8", action="store_true",
+                   help="also quantize every model to INT8 for OpenVINO (nnunet-prune export --runtime openvino "
+                        "--int8: calibrated on each fold's training patches, kept only if its Dice on the fold's "
+                        "validation cases stays within --max-dice-drop of the float model's) and put its latency and "
+                        "its own Dice in the table (pip install \"nnunet-prune[int8]\")")
+    p.add_argument("--max-dice-drop", type=float, default=None,
+                   help="with --int8: the largest Dice drop of an INT8 model (default 0.01)")
     p.add_argument("--runtimes", nargs="+", default=None, metavar="NAME",
                    help="deployment runtimes timed on the CPU next to PyTorch: onnxruntime, openvino (default: every "
                         "installed one; 'none' for none)")
@@ -79,6 +86,8 @@ def run(args) -> int:
     from nnunet_prune.tools.benchmark.benchmark import Benchmark, BenchmarkSettings
 
     options = slurm_options(args)
+    if args.max_dice_drop is not None and not args.int8:
+        raise NnUNetPruneError("--max-dice-drop belongs to --int8: add --int8 or leave it out.")
     if args.jobs != 1 and args.executor != "local":
         raise NnUNetPruneError(f"--jobs applies to the local executor; with --executor {args.executor} the "
                                f"scheduler runs as many jobs at once as it allows.")
@@ -113,7 +122,8 @@ def run(args) -> int:
         val_iterations=args.val_iters, test_images=args.test_images, test_labels=args.test_labels, device=device,
         sweep_taus=args.sweep_taus, jobs=args.jobs, repeats=args.repeats,
         runtimes=[] if args.runtimes == ["none"] else args.runtimes, seed=args.seed, seeds=args.seeds,
-        executor=args.executor)
+        executor=args.executor, int8=args.int8,
+        max_dice_drop=0.01 if args.max_dice_drop is None else args.max_dice_drop)
     if args.executor != "local":
         return run_jobs(Benchmark(settings, args.output), args, options)
     from pathlib import Path

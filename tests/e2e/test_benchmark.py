@@ -154,3 +154,23 @@ def test_every_method_end_to_end_then_a_rerun_reuses_everything(nnunet, dataset2
     assert "mean ± sample standard deviation over 2 seeds" in (out2 / "benchmark.md").read_text()
     assert rows["sauron"]["status"] == "failed" and "NNUNET_PRUNE_SAURON" in rows["sauron"]["error"]
     assert "sauron: FAILED" in run.stdout and "failed: " in (out2 / "benchmark.md").read_text()
+
+
+@pytest.mark.slow
+def test_int8_rows_are_quantized_timed_and_scored_on_their_own_predictions(nnunet, dataset2d, tmp_path):
+    """--int8: each model's INT8 folder (nnunet-prune export --int8) is timed, and its Dice is its own validation
+    predictions', never assumed. The bound 0.9 holds for any model whose float Dice is below 0.9 (a drop is at most
+    the float Dice), as every model of this budget is: the INT8 model is accepted on every run."""
+    out = tmp_path / "bench"
+    nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "benchmark", "-d", DATASET_2D, "-c", "2d", "-o", out,
+               "--methods", "dense", "--epochs", 1, "--iters-per-epoch", 2, "--val-iters", 1, "--repeats", 2,
+               "--runtimes", "none", "--int8", "--max-dice-drop", 0.9, timeout=1200)
+    row = next(csv.DictReader(open(out / "benchmark.csv")))
+    assert row["status"] == "ok" and float(row["dice"]) < 0.9 and not row["int8_error"]
+    int8 = out / "seed_0" / "int8" / "dense"
+    summary = json.loads((int8 / "fold_0" / "validation" / "summary.json").read_text())
+    assert abs(float(row["int8_dice"]) - summary["foreground_mean"]["Dice"]) < 1e-9
+    export = json.loads((int8 / "export_summary.json").read_text())["int8"]
+    assert export["max_dice_drop"] == 0.9
+    assert float(row["int8_ms"]) > 0 and row["fastest_runtime"] in ("pytorch", "openvino int8")
+    assert "INT8 ms (OpenVINO)" in (out / "benchmark.md").read_text()

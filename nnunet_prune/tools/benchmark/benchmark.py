@@ -39,7 +39,7 @@ from pathlib import Path
 
 from nnunet_prune import NnUNetPruneError
 from nnunet_prune.tools.benchmark import tables
-from nnunet_prune.tools.benchmark.measure import measure_method, store_measurement, stored_measurement
+from nnunet_prune.tools.benchmark.measure import measure_int8, measure_method, store_measurement, stored_measurement
 from nnunet_prune.tools.benchmark.methods import DENSE, METHOD_NAMES, METHODS, MethodSpec, method_spec, table_order
 from nnunet_prune.tools.benchmark.pareto import dice_noise, pareto_front, plot_pareto
 from nnunet_prune.tools.benchmark.pipeline import Layout, Narrator, Pipeline, run_environment
@@ -279,6 +279,8 @@ class Benchmark:
         before = asdict(row)
         measure_method(row, self.pipeline.layout.model_folder(m), measured,
                        self.s, maps=self.out / "maps" if self.seed == self.s.seed else None, name=m.name)
+        if self.s.int8:
+            measure_int8(row, self.pipeline.layout.int8(m), self.s)
         if self.s.executor == "slurm":
             import socket
 

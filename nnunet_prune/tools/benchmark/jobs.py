@@ -76,7 +76,7 @@ class BenchmarkJobs:
                     steps.append((job(p + "magnitude sweep", "prediction", trains,
                                       (pipe.layout.sweep / "sweep.json").is_file()), self._sweep(seed)))
                 last = trains
-                if m.export or s.test_images:
+                if m.export or s.test_images or s.int8:
                     steps.append((job(f"{p}{m.name} predict", "prediction", trains, pipe.finished(m)),
                                   self._finish(seed, m)))
                     last = [f"{p}{m.name} predict"]

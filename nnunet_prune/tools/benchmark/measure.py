@@ -66,16 +66,34 @@ def measure_method(row: MethodResult, trained: Path, measured: Path, s: Benchmar
         copy_map(row, trained / f"fold_{s.folds[0]}", maps, name)
 
 
+def measure_int8(row: MethodResult, int8: Path, s: BenchmarkSettings) -> None:
+    """The CPU latency of the INT8 folder ``int8`` (its stored OpenVINO INT8 model, ms per patch, mean over the
+    folds) into ``row.int8_ms``; the fastest runtime becomes ``openvino int8`` where it is faster. Nothing without
+    the folder (refused: ``row.int8_error`` says why)."""
+    from nnunet_prune.tools.report.efficiency import measure_model_folder
+
+    if not (int8 / "plans.json").is_file():
+        return
+    notes: list[str] = []
+    rows = measure_model_folder(int8, s.folds, device="cpu", repeats=s.repeats, warmup=2, compile=False, cpu=True,
+                                runtimes=[], warn=notes.append)
+    row.int8_ms = _mean([r.cpu_latencies().get("openvino int8") for r in rows])
+    if row.int8_ms is not None and (row.fastest_ms is None or row.int8_ms < row.fastest_ms):
+        row.fastest_runtime, row.fastest_ms = "openvino int8", row.int8_ms
+    row.notes += [f"INT8: {n}" for n in notes]
+
+
 def measurement_key(s: BenchmarkSettings, measured: Path) -> dict:
-    """What a stored measurement of model folder ``measured`` depends on: folds, device, repeats, runtimes, and each
-    fold's checkpoint (size in bytes and modification time: a retrained fold is measured again)."""
+    """What a stored measurement of model folder ``measured`` depends on: folds, device, repeats, runtimes, INT8 or
+    not, and each fold's checkpoint (size in bytes and modification time: a retrained fold is measured again)."""
     checkpoints = {}
     for fold in s.folds:
         file = Path(measured) / f"fold_{fold}" / "checkpoint_final.pth"
         stat = file.stat() if file.is_file() else None
         checkpoints[str(fold)] = [stat.st_size, stat.st_mtime_ns] if stat else None
     return {"folds": [str(f) for f in s.folds], "device": s.device, "repeats": s.repeats,
-            "runtimes": sorted(s.runtimes) if s.runtimes is not None else None, "checkpoints": checkpoints}
+            "runtimes": sorted(s.runtimes) if s.runtimes is not None else None, "checkpoints": checkpoints,
+            "int8": s.int8}
 
 
 def stored_measurement(row: MethodResult, file: Path, s: BenchmarkSettings, measured: Path) -> bool:

@@ -49,13 +49,18 @@ class Layout:
         """The method's trained model folder, ``<results>/<dataset>/<trainer>__<plans>__<configuration>``."""
         return self.results / self.dataset / f"{m.trainer}__{m.plans}__{self.configuration}"
 
-    def predictions(self, m: MethodSpec) -> Path:
-        """The method's predictions of the held-out images, with nnU-Net's ``summary.json``."""
-        return self.run / "predictions" / m.name
+    def predictions(self, m: MethodSpec, variant: str = "") -> Path:
+        """The method's predictions of the held-out images, with nnU-Net's ``summary.json`` (``variant`` "int8": its
+        INT8 folder's)."""
+        return self.run / "predictions" / (f"{m.name}_{variant}" if variant else m.name)
 
     def exported(self, m: MethodSpec) -> Path:
         """The method's ``nnunet-prune export`` (methods measured exported)."""
         return self.run / "exported" / m.name
+
+    def int8(self, m: MethodSpec) -> Path:
+        """The method's INT8 folder (``nnunet-prune export --runtime openvino --int8``, with ``--int8``)."""
+        return self.run / "int8" / m.name
 
     @property
     def sweep(self) -> Path:
@@ -124,6 +129,10 @@ class Narrator:
         """``m``'s prediction of the held-out images starts (with console script ``script``)."""
         self.say(f"{m.name}: predicting the test images ({script}, folds {self.s.folds})")
 
+    def quantizing(self, m: MethodSpec) -> None:
+        """``m``'s INT8 export (with its Dice check) starts."""
+        self.say(f"{m.name}: INT8 export (OpenVINO; kept within a Dice drop of {self.s.max_dice_drop})")
+
     def sweeping(self, m: MethodSpec) -> None:
         """The magnitude-pruning sweep of ``m`` (the dense model) starts."""
         self.say("magnitude: sweep of the dense model")
@@ -175,8 +184,11 @@ class Pipeline:
 
     def finished(self, m: MethodSpec) -> bool:
         """Whether :meth:`finish_method` has nothing left to do for ``m`` (its export, its test-set summary)."""
+        int8 = self.layout.int8(m)
         return (not m.export or (self.layout.exported(m) / "plans.json").is_file()) and \
-            (not self.s.test_images or (self.layout.predictions(m) / "summary.json").is_file())
+            (not self.s.test_images or (self.layout.predictions(m) / "summary.json").is_file()) and \
+            (not self.s.int8 or _refusal(int8).is_file() or (int8 / "plans.json").is_file()
+             and (not self.s.test_images or (self.layout.predictions(m, "int8") / "summary.json").is_file()))
 
     def planned(self, methods: Sequence[MethodSpec]) -> bool:
         """Whether :meth:`plan` has nothing left to do for ``methods``."""
@@ -195,6 +207,8 @@ class Pipeline:
             self.export(m)
         if self.s.test_images:
             self.predict(m)
+        if self.s.int8:
+            self.quantize(m)
 
     def method_env(self, m: MethodSpec) -> dict[str, str]:
         """The variables ``m``'s trainings get on top of the run's: its spec's, the dense model it starts from,
@@ -300,26 +314,71 @@ class Pipeline:
         ``nnUNetv2_predict_from_modelfolder``) and score them with ``nnUNetv2_evaluate_folder``; reused when its
         ``summary.json`` exists. The row gets the wall time and nnU-Net's Dice (foreground mean and per class)."""
         out = self.layout.predictions(m)
-        summary = out / "summary.json"
         row = self.rows[m.name]
-        key = self.key(f"{m.name} predict")
-        if summary.is_file():
-            row.predict_seconds = self.state.seconds(key) or 0.0
-        else:
-            cmd = self._predict_command(m, out)
-            self.narrate.predicting(m, Path(cmd[0]).name)
-            start = time.perf_counter()
-            self.runner.run(m.name, "predict", cmd)
-            self.runner.run(m.name, "evaluate", [
-                console_script("nnUNetv2_evaluate_folder"), self.s.test_labels, str(out), "-djfile",
-                str(out / "dataset.json"), "-pfile", str(out / "plans.json"), "-o", str(summary), "-np",
-                self.env.get("nnUNet_def_n_proc", "2")])
-            row.predict_seconds = self.state.add_seconds(key, time.perf_counter() - start)
+        cmd = self._predict_command(m, out)
+        summary, row.predict_seconds = self._predict_and_evaluate(m, "predict", cmd, out)
         from nnunet_prune.tools.report.efficiency import dice_from_summary
 
-        row.dice, per_class = dice_from_summary(json.loads(summary.read_text()), self.dataset_json)
+        row.dice, per_class = dice_from_summary(summary, self.dataset_json)
         row.dice_per_class = per_class or {}
         row.dice_source = "test"
+
+    def _predict_and_evaluate(self, m: MethodSpec, step: str, cmd: list[str], out: Path) -> tuple[dict, float]:
+        """Run the prediction ``cmd`` into ``out`` and ``nnUNetv2_evaluate_folder`` on it (reused when its
+        ``summary.json`` exists); returns (the summary, the wall seconds of both, recorded as ``<method> <step>``)."""
+        summary, key = out / "summary.json", self.key(f"{m.name} {step}")
+        if summary.is_file():
+            return json.loads(summary.read_text()), self.state.seconds(key) or 0.0
+        self.narrate.predicting(m, Path(cmd[0]).name)
+        start = time.perf_counter()
+        self.runner.run(m.name, step, cmd)
+        self.runner.run(m.name, step.replace("predict", "evaluate"), [
+            console_script("nnUNetv2_evaluate_folder"), self.s.test_labels, str(out), "-djfile",
+            str(out / "dataset.json"), "-pfile", str(out / "plans.json"), "-o", str(summary), "-np",
+            self.env.get("nnUNet_def_n_proc", "2")])
+        return json.loads(summary.read_text()), self.state.add_seconds(key, time.perf_counter() - start)
+
+    def quantize(self, m: MethodSpec) -> None:
+        """With ``--int8``: ``nnunet-prune export --runtime openvino --int8`` of the folder ``m`` is measured from
+        (kept only within ``max_dice_drop`` of its float Dice on the validation cases), then its Dice like the
+        float model's: the test set predicted by the INT8 folder (``nnUNetv2_predict_from_modelfolder``, CPU) and
+        evaluated, else its folds' validation Dice (the INT8 predictions the export checked). A refusal (no INT8 model
+        holds the bound) is remembered (``int8/<method>.refused``) and goes to the row's ``int8_error``; so does any
+        other failure of the export (retried on a rerun); the method itself stays ok."""
+        out, row = self.layout.int8(m), self.rows[m.name]
+        if _refusal(out).is_file():
+            row.int8_error = _refusal(out).read_text().strip()
+            return
+        if not (out / "plans.json").is_file():
+            self.narrate.quantizing(m)
+            cmd = package_command("export", str(self.measured_folder(m)), "-o", str(out), "--runtime", "openvino",
+                                  "--int8", "--max-dice-drop", str(self.s.max_dice_drop), "-f",
+                                  *map(str, self.s.folds))
+            try:
+                with self.state.timed(self.key(f"{m.name} int8")):
+                    self.runner.run(m.name, "int8", cmd)
+            except StepFailed as e:
+                row.int8_error = str(e).split("ERROR: ")[-1][:400]
+                if "INT8 refused" in str(e):
+                    _refusal(out).parent.mkdir(parents=True, exist_ok=True)
+                    _refusal(out).write_text(row.int8_error + "\n")
+                return
+        if self.s.test_images:
+            pred = self.layout.predictions(m, "int8")
+            cmd = [console_script("nnUNetv2_predict_from_modelfolder"), "-i", self.s.test_images, "-o", str(pred),
+                   "-m", str(out), "-f", *map(str, self.s.folds), "-device", "cpu", "-npp", "1", "-nps", "1",
+                   "--disable_progress_bar"]
+            summary, _ = self._predict_and_evaluate(m, "int8_predict", cmd, pred)
+            from nnunet_prune.tools.report.efficiency import dice_from_summary
+
+            row.int8_dice = dice_from_summary(summary, self.dataset_json)[0]
+        else:
+            from nnunet_prune.nnunet.modelfolder import ModelFolder
+            from nnunet_prune.tools.report.efficiency import read_dice
+
+            folder = ModelFolder.open(out, self.s.folds)
+            dices = [read_dice(folder, f)[0] for f in self.s.folds]
+            row.int8_dice = sum(dices) / len(dices) if None not in dices else None
 
     def _predict_command(self, m: MethodSpec, out: Path) -> list[str]:
         folds = [*map(str, self.s.folds)]
@@ -387,3 +446,8 @@ def _link(link: Path, target: Path) -> None:
         link.symlink_to(target)
     except FileExistsError:
         pass
+
+
+def _refusal(int8: Path) -> Path:
+    """The file that remembers that the INT8 export of a method was refused (its message)."""
+    return int8.with_name(int8.name + ".refused")

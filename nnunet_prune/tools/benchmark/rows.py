@@ -55,11 +55,17 @@ class MethodResult:
     dice_per_seed: dict = field(default_factory=dict)
     distilled: bool = False
     student_of: str | None = None
+    #: with ``--int8``: the INT8 folder's CPU latency (ms per patch, OpenVINO) and its Dice (same source as ``dice``:
+    #: its own predictions, never assumed), or why there is none (the Dice bound refused every INT8 model)
+    int8_ms: float | None = None
+    int8_dice: float | None = None
+    int8_error: str | None = None
 
 
 #: fields of a row that are per-run numbers: the mean over the seeds in the table
 MEAN_FIELDS = ("parameters", "initial_parameters", "nonzero_parameters", "macs", "checkpoint_mb", "cpu_ms",
-               "fastest_ms", "gpu_ms", "gpu_ms_compiled", "gpu_peak_mb", "tau", "train_seconds", "predict_seconds")
+               "fastest_ms", "gpu_ms", "gpu_ms_compiled", "gpu_peak_mb", "tau", "train_seconds", "predict_seconds",
+               "int8_ms", "int8_dice")
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

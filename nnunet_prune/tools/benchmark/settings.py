@@ -28,7 +28,9 @@ class BenchmarkSettings:
     labels (None: the folds' validation), the device, and the seeds: ``seeds`` trainings of every method, with seeds
     ``seed`` .. ``seed + seeds - 1``. Everything but ``methods``, ``jobs``, ``repeats``, ``runtimes`` and ``seeds``
     must match on a rerun in the same output folder (more seeds add runs; fewer use the first ones). ``executor``:
-    where the steps run (``local``; ``slurm``, ``commands``: the device is the compute nodes', not checked here)."""
+    where the steps run (``local``; ``slurm``, ``commands``: the device is the compute nodes', not checked here).
+    ``int8``: every model is also quantized for OpenVINO (``nnunet-prune export --int8``, kept only within
+    ``max_dice_drop`` of its float Dice on the validation cases), timed and scored as its own folder."""
 
     dataset: str
     configuration: str
@@ -47,6 +49,8 @@ class BenchmarkSettings:
     seed: int = 0
     seeds: int = 1
     executor: str = "local"
+    int8: bool = False
+    max_dice_drop: float = 0.01
 
     def identity(self) -> dict:
         """The settings that define the results (a rerun must give the same)."""
@@ -118,6 +122,15 @@ def _check_numbers(s: BenchmarkSettings) -> None:
     check_seed(s.seed + s.seeds - 1, "--seed + --seeds - 1")
     if s.device not in ("cpu", "cuda"):
         raise NnUNetPruneError(f"--device must be cpu or cuda, not {s.device!r}.")
+    if s.int8:
+        from nnunet_prune.core.runtime_specs import is_available, require_nncf
+
+        if not is_available("openvino"):
+            raise NnUNetPruneError('--int8 runs the INT8 models through OpenVINO, which is not installed: pip install '
+                                   '"nnunet-prune[int8]"')
+        require_nncf()
+        if not 0 <= s.max_dice_drop < 1:
+            raise NnUNetPruneError(f"--max-dice-drop {s.max_dice_drop}: give a Dice drop in [0, 1).")
     if s.device == "cuda" and s.executor == "local":
         import torch
 

@@ -17,7 +17,8 @@ CSV_HEAD = ("method", "label", "trainer", "plans", "status", "parameters", "init
             "macs_per_patch", "checkpoint_mb", "cpu_ms_pytorch", "fastest_runtime", "fastest_ms", "gpu_ms",
             "gpu_ms_compiled_bf16", "gpu_peak_mb", "dice", "dice_spread")
 CSV_TAIL = ("dice_source", "tau", "train_s", "predict_s", "seeds", "dice_per_seed", "error", "notes",
-            "latency_comparable", "latency_not_comparable", "distilled", "student_of")
+            "latency_comparable", "latency_not_comparable", "distilled", "student_of", "int8_ms", "int8_dice",
+            "int8_error")
 
 
 def _fmt(value, pattern: str, missing: str = "") -> str:
@@ -46,7 +47,8 @@ def write_csv(rows: Sequence[MethodResult], classes: Sequence[str], file: Path) 
                         _fmt(r.tau, "{}"), f"{r.train_seconds:.1f}", f"{r.predict_seconds:.1f}",
                         " ".join(map(str, r.seeds)), " ".join(f"{k}:{v}" for k, v in r.dice_per_seed.items()),
                         r.error or "", " | ".join(r.notes), r.latency_not_comparable is None,
-                        r.latency_not_comparable or "", "true" if r.distilled else "false", r.student_of or ""])
+                        r.latency_not_comparable or "", "true" if r.distilled else "false", r.student_of or "",
+                        _fmt(r.int8_ms, "{}"), _fmt(r.int8_dice, "{}"), r.int8_error or ""])
 
 
 def markdown(s: BenchmarkSettings, rows: Sequence[MethodResult], classes: Sequence[str],
@@ -77,6 +79,9 @@ def _budget(s: BenchmarkSettings, rows: Sequence[MethodResult]) -> str:
     source = "test set (nnUNetv2_predict + nnUNetv2_evaluate_folder, folds ensembled)" if s.test_images \
         else "validation of each fold (nnU-Net's summary.json), mean over folds"
     threads = next((r.threads for r in rows if r.threads), None)
+    int8 = (f" and the INT8 model (`nnunet-prune export --runtime openvino --int8`, kept only within "
+            f"{s.max_dice_drop} of the float Dice on the validation cases; its Dice measured on its own predictions "
+            f"like the float one's)") if s.int8 else ""
     seeds = s.seed_list()
     if len(seeds) > 1:
         source += (f". Dice cells: mean ± sample standard deviation over {len(seeds)} seeds ({seeds[0]}-"
@@ -88,8 +93,8 @@ def _budget(s: BenchmarkSettings, rows: Sequence[MethodResult]) -> str:
             f"epoch) for every method, folds {', '.join(map(str, s.folds))}, device {s.device}. Dice: {source}. "
             f"Latency: one patch, batch 1, median of at least {s.repeats} runs (more until the median is known) on "
             f"{threads} CPU thread(s); 'fastest runtime' is the fastest of PyTorch and the installed deployment "
-            f"runtimes; '(n/c)': timed on a busy machine or runs that did not agree, not comparable (why: notes). "
-            f"Sorted by MACs.")
+            f"runtimes{int8}; '(n/c)': timed on a busy machine or runs that did not agree, not comparable (why: "
+            f"notes). Sorted by MACs.")
 
 
 def _table(s: BenchmarkSettings, rows: Sequence[MethodResult], classes: Sequence[str],
@@ -97,6 +102,8 @@ def _table(s: BenchmarkSettings, rows: Sequence[MethodResult], classes: Sequence
     """The Markdown table: a row per method (a failed one says why), GPU columns on CUDA."""
     head = ["method", "parameters", "GMAC/patch", "MACs vs dense", "checkpoint", "CPU ms (PyTorch)",
             "fastest runtime", "Dice", *[f"Dice {c}" for c in classes], "train"]
+    if s.int8:
+        head[7:7] = ["INT8 ms (OpenVINO)", "INT8 Dice"]
     if s.device == "cuda":
         head[7:7] = ["GPU ms (eager / compiled bf16)", "GPU peak MB"]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
@@ -113,6 +120,9 @@ def _table(s: BenchmarkSettings, rows: Sequence[MethodResult], classes: Sequence
                  _fmt(r.checkpoint_mb, "{:.1f} MB", "-"), *_latency_cells(r), format_dice(r.dice, r.dice_spread),
                  *[format_dice(r.dice_per_class.get(c), r.dice_per_class_spread.get(c)) for c in classes],
                  f"{r.train_seconds:.0f} s"]
+        if s.int8:
+            cells[7:7] = [_fmt(r.int8_ms, "{:.1f}", "-"), format_dice(r.int8_dice, None) if r.int8_dice is not None
+                          else "refused" if r.int8_error else "-"]
         if s.device == "cuda":
             cells[7:7] = [f"{_fmt(r.gpu_ms, '{:.2f}', '-')} / {_fmt(r.gpu_ms_compiled, '{:.2f}', '-')}",
                           _fmt(r.gpu_peak_mb, "{:.0f}", "-")]
@@ -133,6 +143,8 @@ def _notes(rows: Sequence[MethodResult]) -> list[str]:
         if r.tau is not None:
             notes.append(f"{r.label}: tau = {r.tau:.4g} from the sweep (magnitude_sweep/summary.md); zeros shrink a "
                          f"compressed checkpoint, not MACs or latency.")
+        if r.int8_error:
+            notes.append(f"{r.label}: no INT8 model: {r.int8_error}")
         notes += [f"{r.label}: {n}" for n in r.notes]
         if r.map_png:
             notes.append(f"{r.label}: map of what was pruned: [{r.map_png}]({r.map_png})")
