@@ -351,6 +351,7 @@ class Pipeline:
             return
         if not (out / "plans.json").is_file():
             self.narrate.quantizing(m)
+            out.parent.mkdir(parents=True, exist_ok=True)
             cmd = package_command("export", str(self.measured_folder(m)), "-o", str(out), "--runtime", "openvino",
                                   "--int8", "--max-dice-drop", str(self.s.max_dice_drop), "-f",
                                   *map(str, self.s.folds))
