@@ -44,7 +44,9 @@ def test_a_benchmark_through_slurm_gives_the_local_table(nnunet, dataset2d, slur
 
     env["nnUNet_preprocessed"] = str(tmp_path / "pre_slurm")
     out = tmp_path / "slurm"
-    on_slurm = [*args, "-o", out, "--executor", "slurm", "--cpus", 2, "--time", "training=30", "--poll", 1]
+    # one CPU per job: the 2-CPU node runs two jobs at once (each mostly starts Python and nnU-Net), as a cluster
+    # would; every training is seeded and deterministic, so the order and overlap change no number compared here
+    on_slurm = [*args, "-o", out, "--executor", "slurm", "--cpus", 1, "--time", "training=30", "--poll", 1]
     first = nnunet.run(*on_slurm, env=env)
     ids = {name: e["job_id"] for name, e in ledger(out / "jobs").items()}
     # planning (LUnet 8's plans) and, per method, its folds and its measurement; l2 starts from the dense folds
@@ -84,9 +86,11 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 def test_a_signalled_training_is_requeued_and_finishes_with_c(nnunet, dataset2d, slurm, tmp_path):
     results = tmp_path / "results"
-    # checkpoint_latest.pth every 2 epochs (NNUNET_PRUNE_SAVE_EVERY; nnU-Net's own: 50), carried into the job
+    # checkpoint_latest.pth every 2 epochs (NNUNET_PRUNE_SAVE_EVERY; nnU-Net's own: 50), carried into the job; 12
+    # epochs of 50 iterations (about 2 s each here): the signal, sent within a second of epoch 2's start, always
+    # lands more than 15 s before the training could end
     env = {"nnUNet_results": str(results), "nnUNet_n_proc_DA": "0", "NNUNET_PRUNE_EPOCHS": "12",
-           "NNUNET_PRUNE_SAVE_EVERY": "2", **slurm.env}
+           "NNUNET_PRUNE_ITERS_PER_EPOCH": "50", "NNUNET_PRUNE_SAVE_EVERY": "2", **slurm.env}
     cmd = [*PRUNE, "train-folds", "-d", DATASET_2D, "-c", "2d", "-tr", "nnUNetTrainerBudget", "-device", "cpu",
            "--executor", "slurm", "--cpus", "2", "--poll", "1"]
     nnunet.run(*cmd, "-f", 0, env=env)
