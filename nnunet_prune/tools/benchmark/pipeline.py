@@ -192,13 +192,9 @@ class Pipeline:
 
     def planned(self, methods: Sequence[MethodSpec]) -> bool:
         """Whether :meth:`plan` has nothing left to do for ``methods``."""
-        pre = Path(self.env["nnUNet_preprocessed"]) / self.s.dataset
-        default = pre / "nnUNetPlans.json"
-        if not default.is_file():
-            return False
-        cfg = json.loads(default.read_text())["configurations"].get(self.s.configuration, {})
-        return (pre / cfg.get("data_identifier", f"nnUNetPlans_{self.s.configuration}")).is_dir() and \
-            all((pre / f"{m.plans}.json").is_file() for m in methods if m.planner)
+        default, planners = _missing_plans(Path(self.env["nnUNet_preprocessed"]) / self.s.dataset,
+                                           self.s.configuration, methods)
+        return default is None and not planners
 
     def finish_method(self, m: MethodSpec) -> None:
         """After the training: export ``m`` where it is measured exported, predict and evaluate the held-out images
@@ -237,26 +233,22 @@ class Pipeline:
     def plan(self, methods: Sequence[MethodSpec]) -> None:
         """Plan (and preprocess) what is missing: the default plans' data of the configuration, then the plans of
         ``methods``' planners (which reuse that data). Existing plans are never overwritten."""
-        pre = Path(self.env["nnUNet_preprocessed"]) / self.s.dataset
         n = self.env.get("nnUNet_def_n_proc", str(min(8, os.cpu_count() or 1)))
         script = console_script("nnUNetv2_plan_and_preprocess")
-        default = pre / "nnUNetPlans.json"
-        if not default.is_file():
+        default, planners = _missing_plans(Path(self.env["nnUNet_preprocessed"]) / self.s.dataset,
+                                           self.s.configuration, methods)
+        if default == "plan":
             self.narrate.planning(None, "nnUNetPlans")
             with self.state.timed("plan default"):
                 self.plan_runner.run("plans", "default", [script, "-d", self.s.dataset_id, "-c",
                                                           self.s.configuration, "-np", n, "-npfp", n])
-        else:
-            cfg = json.loads(default.read_text())["configurations"].get(self.s.configuration, {})
-            if not (pre / cfg.get("data_identifier", f"nnUNetPlans_{self.s.configuration}")).is_dir():
-                self.narrate.planning(None, "nnUNetPlans", preprocess_only=True)
-                with self.state.timed("preprocess default"):
-                    self.plan_runner.run("plans", "preprocess", [
-                        console_script("nnUNetv2_preprocess"), "-d", self.s.dataset_id, "-plans_name",
-                        "nnUNetPlans", "-c", self.s.configuration, "-np", n])
-        for planner, plans in sorted({(m.planner, m.plans) for m in methods if m.planner}):
-            if (pre / f"{plans}.json").is_file():
-                continue
+        elif default == "preprocess":
+            self.narrate.planning(None, "nnUNetPlans", preprocess_only=True)
+            with self.state.timed("preprocess default"):
+                self.plan_runner.run("plans", "preprocess", [
+                    console_script("nnUNetv2_preprocess"), "-d", self.s.dataset_id, "-plans_name",
+                    "nnUNetPlans", "-c", self.s.configuration, "-np", n])
+        for planner, plans in planners:
             self.narrate.planning(planner, plans)
             with self.state.timed(f"plan {planner}"):
                 self.plan_runner.run("plans", planner, [script, "-d", self.s.dataset_id, "-c", self.s.configuration,
@@ -452,3 +444,20 @@ def _link(link: Path, target: Path) -> None:
 def _refusal(int8: Path) -> Path:
     """The file that remembers that the INT8 export of a method was refused (its message)."""
     return int8.with_name(int8.name + ".refused")
+
+
+def _missing_plans(pre: Path, configuration: str,
+                   methods: Sequence[MethodSpec]) -> tuple[str | None, list[tuple[str, str]]]:
+    """In the dataset's preprocessed folder ``pre``: (what the default plans lack for ``configuration``: ``"plan"``
+    (no nnUNetPlans.json), ``"preprocess"`` (no data of the configuration) or None; the (planner, plans) of
+    ``methods`` not planned yet)."""
+    default, need = pre / "nnUNetPlans.json", None
+    if not default.is_file():
+        need = "plan"
+    else:
+        cfg = json.loads(default.read_text())["configurations"].get(configuration, {})
+        if not (pre / cfg.get("data_identifier", f"nnUNetPlans_{configuration}")).is_dir():
+            need = "preprocess"
+    return need, [(planner, plans) for planner, plans in sorted({(m.planner, m.plans) for m in methods
+                                                                 if m.planner})
+                  if not (pre / f"{plans}.json").is_file()]
