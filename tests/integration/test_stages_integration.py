@@ -29,6 +29,10 @@ def test_stages_add_up_and_segment_as_stock_prediction(nnunet, dataset2d, dense_
     assert abs(row.seconds["unaccounted"]) <= 0.05 * row.wall_seconds
     # 32x32 images, 32x32 patch: one tile; 2D mirroring over 2 axes: 4 copies; 2 folds; 3 cases
     assert row.forward_calls == 1 * 4 * 2 * 3
+    # peak memory after each stage: the process's own high-water mark in MB (torch alone is well over 100 MB)
+    peaks = list(row.peak_rss_mb.values())
+    assert list(row.peak_rss_mb) == ["start-up", "read", "preprocess", "network", "resample logits", "write"]
+    assert 100 < peaks[0] and peaks == sorted(peaks) and peaks[-1] < 64_000
     stock = tmp_path / "stock"
     nnunet.run("nnUNetv2_predict_from_modelfolder", "-i", dataset2d / "imagesTs", "-o", stock, "-m", dense_model,
                "-f", 0, 1, "-device", "cpu", "--disable_progress_bar")

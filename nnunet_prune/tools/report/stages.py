@@ -39,8 +39,11 @@ STAGES = ("start-up", "read", "preprocess", "network forward", "sliding window",
 _MARK = "nnunet-prune stages: "
 #: the stage-by-stage prediction, run as ``python -c SCRIPT START MODEL IMAGES OUT STEP TTA DEVICE CHK FOLDS...``
 _SCRIPT = r'''
-import json, sys, time
+import json, resource, sys, time
 start = float(sys.argv[1])
+def rss():  # peak resident memory of this process so far, MB (Linux: kB, macOS: bytes)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
 model, images, out, step, tta, device, chk = sys.argv[2:9]
 folds = [f if f == "all" else int(f) for f in sys.argv[9:]]
 from pathlib import Path
@@ -51,6 +54,7 @@ predictor = nnUNetPredictor(tile_step_size=float(step), use_mirroring=tta == "1"
                             verbose=False, allow_tqdm=False)
 predictor.initialize_from_trained_model_folder(model, folds, chk)
 startup = time.time() - start
+peaks = {"start-up": rss()}
 net, forward = predictor.network, predictor.network.forward
 calls = [0, 0.0]
 def timed(*a, **k):
@@ -72,17 +76,17 @@ Path(out).mkdir(parents=True, exist_ok=True)
 for case in cases:
     t = time.perf_counter()
     data, props = rw.read_images([str(Path(images) / f"{case}_{c:04d}{ending}") for c in range(channels)])
-    stages["read"] += time.perf_counter() - t; t = time.perf_counter()
+    stages["read"] += time.perf_counter() - t; peaks["read"] = rss(); t = time.perf_counter()
     data, _, props = pre.run_case_npy(data, None, props, pm, cm, dj)
-    stages["preprocess"] += time.perf_counter() - t; t = time.perf_counter()
+    stages["preprocess"] += time.perf_counter() - t; peaks["preprocess"] = rss(); t = time.perf_counter()
     logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).cpu()
-    stages["network"] += time.perf_counter() - t; t = time.perf_counter()
+    stages["network"] += time.perf_counter() - t; peaks["network"] = rss(); t = time.perf_counter()
     seg = convert_predicted_logits_to_segmentation_with_correct_shape(logits, pm, cm, predictor.label_manager, props)
-    stages["resample logits"] += time.perf_counter() - t; t = time.perf_counter()
+    stages["resample logits"] += time.perf_counter() - t; peaks["resample logits"] = rss(); t = time.perf_counter()
     rw.write_seg(seg, str(Path(out) / (case + ending)), props)
-    stages["write"] += time.perf_counter() - t
+    stages["write"] += time.perf_counter() - t; peaks["write"] = rss()
 print("''' + _MARK + r'''" + json.dumps({"start-up": startup, **stages, "forward": calls[1], "calls": calls[0],
-                                        "cases": len(cases), "end": time.time()}), flush=True)
+                                        "cases": len(cases), "peaks": peaks, "end": time.time()}), flush=True)
 '''
 
 
@@ -101,6 +105,10 @@ class StageTiming:
     seconds: dict = field(default_factory=dict)
     forward_calls: int = 0
     error: str | None = None
+    #: peak resident memory of the prediction process (MB) at the end of each stage (start-up, read, preprocess,
+    #: network, resample logits, write; the last case's): a stage whose value rises above the one before set a new
+    #: peak, the last value is the process's peak
+    peak_rss_mb: dict = field(default_factory=dict)
 
 
 def run_stages(model: str | os.PathLike, images: str | os.PathLike, output: str | os.PathLike, folds: Sequence,
@@ -133,30 +141,41 @@ def run_stages(model: str | os.PathLike, images: str | os.PathLike, output: str 
     row.seconds = {"start-up": data["start-up"], "read": data["read"], "preprocess": data["preprocess"],
                    "network forward": data["forward"], "sliding window": data["network"] - data["forward"],
                    "resample logits": data["resample logits"], "write": data["write"]}
+    row.peak_rss_mb = data.get("peaks", {})
     row.seconds["exit"] = max(start + row.wall_seconds - data["end"], 0.0)
     row.seconds["unaccounted"] = row.wall_seconds - sum(row.seconds.values())
     return row
+
+
+def peak_memory(row: StageTiming) -> str:
+    """``'2712 (network)'``: the process's peak resident memory (MB) and the first stage that reached it; '-' when
+    not measured."""
+    if not row.peak_rss_mb:
+        return "-"
+    peak = max(row.peak_rss_mb.values())
+    return f"{peak:.0f} ({next(k for k, v in row.peak_rss_mb.items() if v >= peak)})"
 
 
 def format_stages(rows: Sequence[StageTiming]) -> list[str]:
     """Markdown lines: one row per run, seconds per stage and its share of the wall time."""
     if not rows:
         return []
-    lines = ["| Model | Runtime | Cases | " + " | ".join(STAGES) + " | wall s | forward calls |",
-             "|:---|:---|---:|" + "---:|" * (len(STAGES) + 2)]
+    lines = ["| Model | Runtime | Cases | " + " | ".join(STAGES) + " | wall s | forward calls | peak MB (stage) |",
+             "|:---|:---|---:|" + "---:|" * (len(STAGES) + 3)]
     for r in rows:
         if r.error is not None:
             lines.append(f"| {r.model} | {r.runtime} | - | failed: {r.error.replace('|', '/')} |" + " |" * (
-                len(STAGES) + 1))
+                len(STAGES) + 2))
             continue
         cells = [f"{r.seconds[s]:.2f} ({r.seconds[s] / r.wall_seconds:.0%})" for s in STAGES]
         lines.append(f"| {r.model} | {r.runtime} | {r.cases} | " + " | ".join(cells) +
-                     f" | {r.wall_seconds:.2f} | {r.forward_calls} |")
+                     f" | {r.wall_seconds:.2f} | {r.forward_calls} | {peak_memory(r)} |")
     r = rows[0]
     lines += ["", f"Stage by stage with nnU-Net's own functions in a fresh process (no overlap of preprocessing, "
                   f"network and export as in the stock command), step size {r.step_size}, test-time mirroring "
                   f"{'on' if r.tta else 'off'}, folds {','.join(map(str, r.folds))}; seconds summed over the cases "
                   f"(share of the wall time). 'sliding window': the network stage beyond its forward calls "
                   f"(Gaussian weighting, accumulation, copies); 'exit': interpreter shutdown after the last case; "
-                  f"'unaccounted': the wall time beyond all of these."]
+                  f"'unaccounted': the wall time beyond all of these; 'peak MB': the prediction process's peak "
+                  f"resident memory and the stage that reached it."]
     return lines
