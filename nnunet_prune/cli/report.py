@@ -55,6 +55,11 @@ def add_parser(sub) -> None:
     p.add_argument("--stages", action="store_true",
                    help="with --predict: also run each prediction stage by stage (start-up, read, preprocess, network "
                         "forward, sliding window, resample logits, write, exit) to show where a case's time goes")
+    p.add_argument("--settings", nargs="+", default=None, metavar="SETTING",
+                   help="also predict each chosen fold's validation cases with stock nnUNetv2_predict_from_modelfolder "
+                        "once per setting and score them with nnU-Net's evaluation: tta:STEP (test-time mirroring) "
+                        "or notta:STEP (none) with a sliding-window step size, e.g. tta:0.5 (nnU-Net's default) "
+                        "notta:0.5 notta:0.75; needs the dataset through nnU-Net's variables")
     p.set_defaults(func=run)
 
 
@@ -117,6 +122,10 @@ def check_inputs(args) -> None:
         check_image_folder(args.predict, "--predict")
     elif getattr(args, "stages", False):
         raise NnUNetPruneError("--stages splits a prediction into its stages: give the images with --predict.")
+    if getattr(args, "settings", None):
+        from nnunet_prune.tools.report.settings import parse_settings
+
+        parse_settings(args.settings)
 
 
 def run(args) -> int:
@@ -142,11 +151,16 @@ def run(args) -> int:
     _announce(args, plan)
     rows = _measure(args, plan)
     end_to_end = _end_to_end(args, plan) if args.predict is not None else []
+    settings = _settings(args, plan) if getattr(args, "settings", None) else []
     print()
     print(format_table(rows))
     for note in class_notes(rows):
         print(f"Note: {note}")
-    written = write_report(rows, plan.out, end_to_end)
+    if settings:
+        from nnunet_prune.tools.report.settings import format_settings
+
+        print("\nSettings against Dice (validation cases):\n" + "\n".join(format_settings(settings)[:-2]))
+    written = write_report(rows, plan.out, end_to_end, settings)
     print()
     print("Wrote " + ", ".join(str(p) for p in written.values()) + ".")
     if "plot" not in written:
@@ -192,6 +206,11 @@ def _plan(args) -> _Plan:
 
         for mf in folders:
             image_cases(args.predict, mf.dataset_json.get("file_ending", ".nii.gz"))
+    if getattr(args, "settings", None):
+        from nnunet_prune.nnunet.calibration import dataset_folders
+
+        for mf in folders:  # the dataset of every folder, before the first measurement
+            dataset_folders(mf, "--settings (each fold's validation cases, scored by nnU-Net's evaluation)")
     return _Plan(device, runtimes, out, folders, model_labels([mf.path for mf in folders]))
 
 
@@ -269,5 +288,20 @@ def _end_to_end(args, plan: _Plan) -> list:
                   + ("" if r.voxels_differing is None else f", {r.voxels_differing} voxels differ from PyTorch")
                   + ("" if r.not_comparable is None else f"; not comparable: {r.not_comparable}")),
                   flush=True)
+        out += runs
+    return out
+
+
+def _settings(args, plan: _Plan) -> list:
+    """``--settings``: each model folder's validation cases predicted and scored once per setting, one line each."""
+    from nnunet_prune.tools.report.settings import measure_settings, parse_settings
+
+    device = "cuda" if plan.device.type == "cuda" else "cpu"
+    out = []
+    for mf, label in zip(plan.folders, plan.labels, strict=True):
+        runs = measure_settings(mf, parse_settings(args.settings), device=device, label=label,
+                                progress=lambda m: print(m, flush=True))
+        for r in runs:
+            print(f"  {r.seconds:.1f} s ({r.seconds_per_case:.2f} s per case), Dice {r.dice:.4f}", flush=True)
         out += runs
     return out

@@ -57,8 +57,9 @@ class DatasetFolders:
     file_ending: str
 
 
-def dataset_folders(model: ModelFolder) -> DatasetFolders:
-    """The folders of ``model``'s dataset, found through nnU-Net's variables and checked.
+def dataset_folders(model: ModelFolder, purpose: str = "INT8 calibration and its Dice check") -> DatasetFolders:
+    """The folders of ``model``'s dataset, found through nnU-Net's variables and checked; ``purpose`` (what needs
+    them) is named in the errors.
 
     Raises:
         NnUNetPruneError: ``nnUNet_preprocessed`` or ``nnUNet_raw`` unset, or a folder or file missing (naming it and
@@ -68,7 +69,7 @@ def dataset_folders(model: ModelFolder) -> DatasetFolders:
     name = model.plans["dataset_name"]
     missing = [v for v in ("nnUNet_raw", "nnUNet_preprocessed") if not folders[v]]
     if missing:
-        raise NnUNetPruneError(f"INT8 calibration and its Dice check read the dataset {name}: set "
+        raise NnUNetPruneError(f"{purpose} read(s) the dataset {name}: set "
                                f"{' and '.join(missing)} (nnU-Net's folders the model was trained from).")
     pre = Path(folders["nnUNet_preprocessed"]) / name
     out = DatasetFolders(pre / model.configuration_manager.data_identifier, pre / "splits_final.json",
@@ -81,8 +82,8 @@ def dataset_folders(model: ModelFolder) -> DatasetFolders:
                        (out.reference, f"the reference segmentations nnU-Net's preprocessing writes: {plan}"),
                        (out.images, "the raw training images of the dataset (nnU-Net's dataset conversion)")):
         if not path.exists():
-            raise NnUNetPruneError(f"{path} is missing ({what}). INT8 calibration and its Dice check need the dataset "
-                                   f"the model was trained on.")
+            raise NnUNetPruneError(f"{path} is missing ({what}). {purpose[0].upper() + purpose[1:]} need(s) the "
+                                   f"dataset the model was trained on.")
     return out
 
 

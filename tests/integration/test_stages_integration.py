@@ -1,15 +1,18 @@
 """Where a case's prediction time goes (``nnunet-prune report --predict --stages``): the stages add up to the
 subprocess's wall time, the network is called once per tile, mirror and fold, and the stage-by-stage prediction
-segments exactly as stock ``nnUNetv2_predict_from_modelfolder``."""
+segments exactly as stock ``nnUNetv2_predict_from_modelfolder``; ``report --settings`` scores the validation cases
+once per stock setting."""
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from nnunet_prune.tools.export.int8 import case_mean_dice
 from nnunet_prune.tools.report.stages import STAGES, run_stages
 
 pytestmark = pytest.mark.slow
@@ -45,3 +48,25 @@ def test_stages_add_up_and_segment_as_stock_prediction(nnunet, dataset2d, dense_
 def test_stages_need_images(nnunet, dense_model):
     proc = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "report", dense_model, "--stages", check=False)
     assert proc.returncode == 2 and "give the images with --predict" in proc.stderr
+
+
+def test_settings_are_timed_and_scored_on_the_validation_cases(nnunet, dense_model, tmp_path):
+    """report --settings: nnU-Net's default setting scores fold 0's validation cases exactly as nnU-Net's own
+    validation at the end of training did (same network, cases, step and mirroring); every setting gets a row."""
+    out = tmp_path / "report"
+    proc = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "report", dense_model, "-f", "0",
+                      "--runtimes", "none", "--no-compile", "--repeats", "1", "--warmup", "0", "-o", out,
+                      "--settings", "tta:0.5", "notta:1.0")
+    assert "Settings against Dice" in proc.stdout
+    own = case_mean_dice(json.loads((dense_model / "fold_0" / "validation" / "summary.json").read_text()))
+    rows = [line.split("|") for line in (out / "report.md").read_text().splitlines()
+            if line.startswith(f"| {dense_model.name} | pytorch |")]
+    assert [(r[3].strip(), r[4].strip()) for r in rows] == [("on", "0.5"), ("off", "1.0")]
+    assert float(rows[0][9]) == pytest.approx(own, abs=1e-4)  # the table's 4 decimals
+    assert all(float(r[6]) > 0 and 0 <= float(r[9]) <= 1 for r in rows)
+
+
+def test_bad_settings_are_refused_before_any_work(nnunet, dense_model, tmp_path):
+    proc = nnunet.run(sys.executable, "-m", "nnunet_prune.cli.main", "report", dense_model, "-o", tmp_path / "r",
+                      "--settings", "mirror:0.5", check=False)
+    assert proc.returncode == 2 and "give tta:STEP" in proc.stderr and not (tmp_path / "r").exists()

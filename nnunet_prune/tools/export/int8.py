@@ -32,7 +32,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -162,10 +163,14 @@ def case_mean_dice(summary: dict) -> float:
     return sum(means) / len(means)
 
 
-def _predict_and_score(model: Path, cases: FoldCases, work: Path, name: str, runner, reference: Path,
-                       device: str, checkpoint: str, probabilities: bool = False) -> float:
+def predict_and_score(model: Path, cases: FoldCases, work: Path, name: str, runner, reference: Path,
+                      device: str, checkpoint: str, probabilities: bool = False, options: Sequence[str] = (),
+                      timings: dict | None = None) -> float:
     """Stock prediction of the fold's validation cases with ``model`` (``probabilities``: also the .npz files
-    ``nnUNetv2_find_best_configuration`` ensembles with) and nnU-Net's evaluation: :func:`case_mean_dice`.
+    ``nnUNetv2_find_best_configuration`` ensembles with; ``options``: more of the stock command's options, e.g.
+    ``-step_size 0.75 --disable_tta``) into ``work/<name>_fold_<F>``, and nnU-Net's evaluation of it against
+    ``reference``: :func:`case_mean_dice`. ``runner``: a :class:`nnunet_prune.tools.runner.StepRunner`; ``timings``:
+    a dict that gets the prediction command's wall seconds under ``'predict'``.
 
     Raises:
         NnUNetPruneError: a prediction or evaluation failed (its last output lines), or a case was not scored.
@@ -176,10 +181,13 @@ def _predict_and_score(model: Path, cases: FoldCases, work: Path, name: str, run
     if not images.exists():
         link_images(cases, images)
     out = work / f"{name}_fold_{cases.fold}"
+    start = time.perf_counter()
     runner.run(name, f"predict_fold_{cases.fold}", [
         console_script("nnUNetv2_predict_from_modelfolder"), "-i", str(images), "-o", str(out), "-m", str(model),
         "-f", str(cases.fold), "-chk", checkpoint, "-device", device, "--disable_progress_bar",
-        *(["--save_probabilities"] if probabilities else [])])
+        *(["--save_probabilities"] if probabilities else []), *options])
+    if timings is not None:
+        timings["predict"] = time.perf_counter() - start
     runner.run(name, f"evaluate_fold_{cases.fold}", [
         console_script("nnUNetv2_evaluate_folder"), str(reference), str(out), "-djfile", str(model / "dataset.json"),
         "-pfile", str(model / "plans.json"), "-np", "1", "--chill"])
@@ -231,7 +239,7 @@ class _Run:
     reference: dict = field(default_factory=dict)
 
     def score(self, folder: Path, cases: FoldCases, name: str, probabilities: bool = False) -> float:
-        return _predict_and_score(folder, cases, self.work, name, self.runner, self.folders.reference,
+        return predict_and_score(folder, cases, self.work, name, self.runner, self.folders.reference,
                                   self.int8.device, self.model.checkpoint_name, probabilities)
 
     def try_scope(self, scope: str) -> tuple[ExportResult, list[Int8Check]]:

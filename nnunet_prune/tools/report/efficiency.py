@@ -584,9 +584,11 @@ def format_table(rows: Sequence[FoldEfficiency]) -> str:
     return "\n".join([line(headers), "  ".join("-" * w for w in widths), *(line(c) for c in cells)])
 
 
-def format_markdown(rows: Sequence[FoldEfficiency], end_to_end: Sequence | None = None) -> str:
+def format_markdown(rows: Sequence[FoldEfficiency], end_to_end: Sequence | None = None,
+                    settings: Sequence | None = None) -> str:
     """The report as a Markdown document: the table, what the numbers mean, the end-to-end prediction times
-    (:mod:`nnunet_prune.tools.report.end_to_end`, if measured) and any measurement notes."""
+    (:mod:`nnunet_prune.tools.report.end_to_end`, if measured), the settings against Dice
+    (:mod:`nnunet_prune.tools.report.settings`, if measured) and any measurement notes."""
     headers, cells = _table(rows)
     lines = ["# nnunet-prune efficiency report", ""]
     if headers:
@@ -636,6 +638,10 @@ def format_markdown(rows: Sequence[FoldEfficiency], end_to_end: Sequence | None 
             from nnunet_prune.tools.report.stages import format_stages
 
             lines += ["", "## Where the time goes: the same prediction stage by stage", "", *format_stages(staged)]
+    if settings:
+        from nnunet_prune.tools.report.settings import format_settings
+
+        lines += ["", "## Settings against Dice: the validation cases", "", *format_settings(settings)]
     notes = [*class_notes(rows), *(n for r in rows for n in [*r.notes, *timing_warnings(r)])]
     if notes:
         lines += ["", "Notes:", "", *(f"- {n}" for n in notes)]
@@ -762,10 +768,11 @@ def _label_spots(ax, spots: list[list[FoldEfficiency]]) -> None:
 
 
 def write_report(rows: Sequence[FoldEfficiency], out_dir: str | os.PathLike,
-                 end_to_end: Sequence | None = None) -> dict[str, Path]:
-    """Write ``report.csv``, ``report.md``, (when any row has a Dice) ``dice_vs_macs.png`` and (with ``end_to_end``
-    rows of :func:`nnunet_prune.tools.report.end_to_end.measure_end_to_end`) ``end_to_end.csv`` into ``out_dir``;
-    returns the
+                 end_to_end: Sequence | None = None, settings: Sequence | None = None) -> dict[str, Path]:
+    """Write ``report.csv``, ``report.md`` (with ``settings`` rows of
+    :func:`nnunet_prune.tools.report.settings.measure_settings`, their table too), (when any row has a Dice)
+    ``dice_vs_macs.png`` and (with ``end_to_end`` rows of
+    :func:`nnunet_prune.tools.report.end_to_end.measure_end_to_end`) ``end_to_end.csv`` into ``out_dir``; returns the
     written paths by kind ('csv', 'markdown', 'plot', 'end_to_end')."""
     import pandas as pd
 
@@ -774,7 +781,7 @@ def write_report(rows: Sequence[FoldEfficiency], out_dir: str | os.PathLike,
     out.mkdir(parents=True, exist_ok=True)
     written = {"csv": out / "report.csv", "markdown": out / "report.md"}
     pd.DataFrame(_records(rows)).to_csv(written["csv"], index=False)
-    written["markdown"].write_text(format_markdown(rows, end_to_end))
+    written["markdown"].write_text(format_markdown(rows, end_to_end, settings))
     (out / "end_to_end.csv").unlink(missing_ok=True)  # an earlier run's (checked above to be this tool's own)
     if end_to_end:
         written["end_to_end"] = out / "end_to_end.csv"

@@ -444,3 +444,17 @@ def test_every_table_has_a_column_per_class_and_says_which_class_was_not_learned
     written = write_report(rows, tmp_path)
     with open(written["csv"]) as f:
         assert float(list(csv.DictReader(f))[1]["dice_lesion"]) == 0.0
+
+
+def test_settings_parse_in_order_without_repeats_and_refuse_what_nnunet_cannot_run():
+    from nnunet_prune.tools.report.settings import SettingRun, format_settings, parse_settings
+
+    assert parse_settings(["tta:0.5", "notta:0.75", "tta:0.5", "notta:1"]) == [(True, 0.5), (False, 0.75),
+                                                                              (False, 1.0)]
+    for bad in ("mirror:0.5", "tta", "tta:0", "notta:1.5", "tta:half"):
+        with pytest.raises(NnUNetPruneError, match="give tta:STEP"):
+            parse_settings([bad])
+    runs = [SettingRun("dense", "pytorch", [0], True, 0.5, 3, 12.0, 0.8, {0: 0.8}),
+            SettingRun("dense", "openvino int8", [0], False, 0.75, 3, 4.0, 0.75, {0: 0.75})]
+    table = format_settings(runs)
+    assert table[3] == "| dense | openvino int8 | off | 0.75 | 3 | 4.0 | 1.33 | 3.00x | 0.7500 | -0.0500 |"
