@@ -13,6 +13,8 @@ one stage after the other, in a fresh subprocess (what a user's prediction proce
   (``convert_predicted_logits_to_segmentation_with_correct_shape``: back to the image's geometry, argmax) and
   **write** (the plans' writer);
 * **exit**: from the last case's end to the subprocess's exit (interpreter shutdown: threads, pools, modules);
+* **peak memory**: the subprocess's peak resident memory read after every stage (``ru_maxrss``; not on Windows),
+  so the stage that reached the peak is known;
 * **unaccounted**: the subprocess's wall time (measured by this process, from spawn to exit) minus all of the
   above; a test holds it within 5 % of the wall time, so the stages say where the time went.
 
@@ -39,9 +41,15 @@ STAGES = ("start-up", "read", "preprocess", "network forward", "sliding window",
 _MARK = "nnunet-prune stages: "
 #: the stage-by-stage prediction, run as ``python -c SCRIPT START MODEL IMAGES OUT STEP TTA DEVICE CHK FOLDS...``
 _SCRIPT = r'''
-import json, resource, sys, time
+import json, sys, time
 start = float(sys.argv[1])
+try:
+    import resource
+except ImportError:  # Windows: no peak memory
+    resource = None
 def rss():  # peak resident memory of this process so far, MB (Linux: kB, macOS: bytes)
+    if resource is None:
+        return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024 if sys.platform == "darwin" else 1024)
 model, images, out, step, tta, device, chk = sys.argv[2:9]
@@ -141,7 +149,7 @@ def run_stages(model: str | os.PathLike, images: str | os.PathLike, output: str 
     row.seconds = {"start-up": data["start-up"], "read": data["read"], "preprocess": data["preprocess"],
                    "network forward": data["forward"], "sliding window": data["network"] - data["forward"],
                    "resample logits": data["resample logits"], "write": data["write"]}
-    row.peak_rss_mb = data.get("peaks", {})
+    row.peak_rss_mb = {k: v for k, v in data.get("peaks", {}).items() if v is not None}
     row.seconds["exit"] = max(start + row.wall_seconds - data["end"], 0.0)
     row.seconds["unaccounted"] = row.wall_seconds - sum(row.seconds.values())
     return row
