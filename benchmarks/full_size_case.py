@@ -140,7 +140,7 @@ def train(work: Path, env: dict, log: Path) -> None:
 def export_folder(work: Path, label: str, runtime: str) -> Path:
     if runtime == "pytorch":
         return model_folder(work, label)
-    return work / "exports" / f"{label.replace(' ', '').replace('%', '')}_{runtime.replace(' ', '_')}"
+    return work / "exports" / f"{_slug(label)}_{runtime.replace(' ', '_')}"
 
 
 def export(work: Path, env: dict, log: Path, calibration_patches: int) -> None:
@@ -252,8 +252,12 @@ def measure(work: Path, env: dict, shape, spacing, max_staged: float, max_stock:
 
 
 def run_name(row: dict) -> str:
-    return (f"{row['label'].replace(' ', '').replace('%', '')}_{row['runtime'].replace(' ', '_')}_"
-            f"{'tta' if row['tta'] else 'notta'}_{row['step']}")
+    return f"{_slug(row['label'])}_{row['runtime'].replace(' ', '_')}_{'tta' if row['tta'] else 'notta'}_{row['step']}"
+
+
+def _slug(label: str) -> str:
+    """A model label as a file name: 'L2 25 %' -> 'L225'."""
+    return label.replace(" ", "").replace("%", "")
 
 
 def tables(rows: list[dict], shape, spacing) -> str:

@@ -208,9 +208,10 @@ def _plan(args) -> _Plan:
             image_cases(args.predict, mf.dataset_json.get("file_ending", ".nii.gz"))
     if getattr(args, "settings", None):
         from nnunet_prune.nnunet.calibration import dataset_folders
+        from nnunet_prune.tools.report.settings import PURPOSE
 
         for mf in folders:  # the dataset of every folder, before the first measurement
-            dataset_folders(mf, "--settings (each fold's validation cases, scored by nnU-Net's evaluation)")
+            dataset_folders(mf, PURPOSE)
     return _Plan(device, runtimes, out, folders, model_labels([mf.path for mf in folders]))
 
 

@@ -69,7 +69,7 @@ def dataset_folders(model: ModelFolder, purpose: str = "INT8 calibration and its
     name = model.plans["dataset_name"]
     missing = [v for v in ("nnUNet_raw", "nnUNet_preprocessed") if not folders[v]]
     if missing:
-        raise NnUNetPruneError(f"{purpose} read(s) the dataset {name}: set "
+        raise NnUNetPruneError(f"The dataset {name} is needed for {purpose}: set "
                                f"{' and '.join(missing)} (nnU-Net's folders the model was trained from).")
     pre = Path(folders["nnUNet_preprocessed"]) / name
     out = DatasetFolders(pre / model.configuration_manager.data_identifier, pre / "splits_final.json",
@@ -82,8 +82,8 @@ def dataset_folders(model: ModelFolder, purpose: str = "INT8 calibration and its
                        (out.reference, f"the reference segmentations nnU-Net's preprocessing writes: {plan}"),
                        (out.images, "the raw training images of the dataset (nnU-Net's dataset conversion)")):
         if not path.exists():
-            raise NnUNetPruneError(f"{path} is missing ({what}). {purpose[0].upper() + purpose[1:]} need(s) the "
-                                   f"dataset the model was trained on.")
+            raise NnUNetPruneError(f"{path} is missing ({what}). The dataset the model was trained on is needed "
+                                   f"for {purpose}.")
     return out
 
 

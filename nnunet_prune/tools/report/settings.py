@@ -22,6 +22,9 @@ from pathlib import Path
 
 from nnunet_prune import NnUNetPruneError
 
+#: what reads the dataset, named in the errors of :func:`nnunet_prune.nnunet.calibration.dataset_folders`
+PURPOSE = "--settings (each fold's validation cases, scored by nnU-Net's evaluation)"
+
 
 def parse_settings(texts: Sequence[str]) -> list[tuple[bool, float]]:
     """``['tta:0.5', 'notta:0.75']`` -> ``[(True, 0.5), (False, 0.75)]`` (mirroring, step size), in order, without
@@ -81,7 +84,7 @@ def measure_settings(model, settings: Sequence[tuple[bool, float]], *, device: s
     from nnunet_prune.tools.export.int8 import predict_and_score
     from nnunet_prune.tools.runner import StepRunner
 
-    folders = dataset_folders(model, "--settings (each fold's validation cases, scored by nnU-Net's evaluation)")
+    folders = dataset_folders(model, PURPOSE)
     per_fold = fold_cases(model, folders)
     label = label or model.path.name
     runtime = "pytorch" if model.runtime is None else f"{model.runtime[0]}{' int8' if model.int8 else ''}"
